@@ -1,0 +1,161 @@
+// SPDX-License-Identifier: Apache-2.0
+// The sortie client library: connect to a profile's hub, submit jobs, wait for them, read their
+// state and output, manage pilots. The `sortie` CLI is a thin layer over it.
+//
+//   auto client = sortie::Client::connect();            // the default profile's hub
+//   sortie::JobSpec spec;
+//   spec.argv = {"python3", "simulate.py", "--seed", "7"};
+//   auto submitted = client->submit(spec);              // durable once this returns
+//   auto done = client->wait(sortie::JobSelector::range(submitted->first_id));
+//
+// A Client is one connection; its calls block the calling thread and it is not thread-safe (use
+// one Client per thread). Every call returns a Result: errors carry a message that says what went
+// wrong and how to fix it.
+#pragma once
+
+#include <cstdint>
+#include <filesystem>
+#include <functional>
+#include <map>
+#include <memory>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "sortie/ids.hpp"
+#include "sortie/job.hpp"
+#include "sortie/result.hpp"
+
+namespace sortie {
+
+struct ConnectOptions {
+  std::string profile;            ///< empty: $SORTIE_PROFILE, else "default"
+  std::filesystem::path hub_file; ///< a hub.json to use instead of the profile's
+  std::int64_t timeout_ms = 10'000;
+  std::string client_name = "client";
+};
+
+/// Which jobs a call is about: the union of id ranges and groups, or every job.
+struct JobSelector {
+  std::vector<std::pair<JobId, JobId>> ranges; ///< inclusive
+  std::vector<GroupId> groups;
+  bool all = false;
+
+  static JobSelector one(JobId id) { return JobSelector{{{id, id}}, {}, false}; }
+  static JobSelector range(JobId first, std::uint64_t count = 1) {
+    return JobSelector{{{first, JobId(first.value + count - 1)}}, {}, false};
+  }
+  static JobSelector group(GroupId g) { return JobSelector{{}, {g}, false}; }
+  static JobSelector every() { return JobSelector{{}, {}, true}; }
+};
+
+struct WaitProgress {
+  std::uint64_t total = 0;
+  std::uint64_t finished = 0;
+  std::uint64_t succeeded = 0;
+  std::uint64_t failed = 0; ///< failed, timed out or lost
+  std::uint64_t cancelled = 0;
+  bool done = false;
+  std::vector<JobId> failed_ids; ///< the first 100 jobs that did not succeed (when done)
+  bool all_succeeded() const { return done && succeeded == total; }
+};
+
+struct CancelSummary {
+  std::uint64_t cancelled = 0;
+  std::uint64_t already_finished = 0;
+  std::uint64_t not_found = 0;
+};
+
+struct HubStatus {
+  std::string version;
+  std::string profile;
+  int pid = 0;
+  std::int64_t started_ms = 0;
+  std::string address;
+  std::map<std::string, std::uint64_t> jobs_by_state;
+  std::uint32_t agents = 0;
+  std::uint32_t pilots = 0;
+  std::uint64_t slots_total = 0;
+  std::uint64_t slots_used = 0;
+  std::string store_path;
+};
+
+struct PilotSpec {
+  std::string resource = "local";
+  std::uint32_t nodes = 1;
+  std::uint32_t slots_per_node = 0; ///< 0: the number of cores
+  std::string label;
+  std::vector<std::string> node_names; ///< one per node; empty: generated
+};
+
+struct PilotInfo {
+  PilotId id;
+  PilotSpec spec;
+  std::string state;
+  std::uint32_t nodes_up = 0;
+  std::uint64_t slots_used = 0;
+  std::uint64_t slots_total = 0;
+  std::int64_t created_ms = 0;
+  std::string reason;
+  std::vector<std::string> nodes;
+};
+
+enum class OutputStream { Stdout, Stderr };
+
+class Client {
+public:
+  /// Connects and authenticates to the hub of a profile.
+  static Result<Client> connect(const ConnectOptions& options = {});
+
+  Client(Client&&) noexcept;
+  Client& operator=(Client&&) noexcept;
+  ~Client();
+
+  /// Submits one job. On success it is durable in the hub's store.
+  Result<Submitted> submit(const JobSpec& spec);
+  /// Submits one job per index of `range`; each sees SORTIE_ARRAY_INDEX.
+  Result<Submitted> submit_array(const JobSpec& spec, const ArrayRange& range);
+  /// Submits many jobs at once, as one group, in one transaction.
+  Result<Submitted> submit_batch(const std::vector<JobSpec>& specs,
+                                 const std::string& group_name = {});
+
+  /// One job with its spec, state history and resource usage.
+  Result<JobInfo> job(JobId id);
+  /// Jobs matching `selector` (all by default), optionally only in `states`.
+  Result<std::vector<JobInfo>> jobs(const JobSelector& selector = JobSelector::every(),
+                                    const std::vector<JobState>& states = {});
+
+  /// Blocks until every selected job is final. `on_progress` (optional) is called as jobs finish.
+  /// timeout_ms < 0 waits forever; on timeout the error code is Timeout.
+  Result<WaitProgress> wait(const JobSelector& selector,
+                            const std::function<void(const WaitProgress&)>& on_progress = {},
+                            std::int64_t timeout_ms = -1);
+
+  Result<CancelSummary> cancel(const JobSelector& selector, const std::string& reason = {});
+
+  /// Streams an attempt's output (0: the latest) to `sink` as it is read. With `follow`, keeps
+  /// streaming until the attempt ends. `sink` returning false stops early.
+  Result<void> output(JobId id,
+                      OutputStream stream,
+                      bool follow,
+                      const std::function<bool(std::string_view)>& sink,
+                      std::uint32_t attempt = 0);
+
+  Result<HubStatus> hub_status();
+  /// Asks the hub to stop (it stops its local pilots and requeues what ran on them).
+  Result<void> stop_hub();
+
+  Result<PilotId> add_pilot(const PilotSpec& spec);
+  Result<std::vector<PilotInfo>> pilots();
+  Result<void> cancel_pilot(PilotId id);
+
+  /// The hub's heartbeat interval from the handshake.
+  std::int64_t heartbeat_interval_ms() const;
+
+private:
+  struct Impl;
+  explicit Client(std::unique_ptr<Impl> impl);
+  std::unique_ptr<Impl> impl_;
+};
+
+} // namespace sortie

@@ -1,0 +1,96 @@
+// SPDX-License-Identifier: Apache-2.0
+// The public description of jobs: what a client submits (JobSpec) and what it reads back
+// (JobInfo). These mirror the protocol's messages (docs/protocol/03-messages.md) without exposing
+// protobuf to users of the library.
+#pragma once
+
+#include <cstdint>
+#include <optional>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "sortie/ids.hpp"
+
+namespace sortie {
+
+/// The states of a job (docs/architecture.md, "Life of a job"). Values match the wire enum.
+enum class JobState : std::uint8_t {
+  Queued = 1,
+  Assigned = 2,
+  Running = 3,
+  Succeeded = 4,
+  Failed = 5,
+  Cancelled = 6,
+  TimedOut = 7,
+  Lost = 8,
+};
+
+/// "queued", "running", ... as printed by the CLI and used in JSON.
+const char* job_state_name(JobState state);
+/// Parses a name printed by job_state_name; nullopt when unknown.
+std::optional<JobState> parse_job_state(const std::string& name);
+/// True for succeeded, failed, cancelled, timed_out and lost: the job will not change again. (A
+/// lost job that is retried goes back to queued at once, so one at rest in `lost` is final.)
+bool is_terminal(JobState state);
+
+/// What to run. argv[0] is looked up in PATH when it has no slash; nothing goes through a shell.
+struct JobSpec {
+  std::vector<std::string> argv;
+  std::vector<std::pair<std::string, std::string>> env; ///< added to the agent's environment
+  std::string cwd;                                      ///< empty: the agent's working directory
+  std::uint32_t slots = 1;                              ///< threads; sets OMP_NUM_THREADS
+  std::string label;                                    ///< empty: any pilot
+  std::string name;                                     ///< free text shown in listings
+};
+
+/// first..last inclusive, every step-th value: `--array 1-1000:2`.
+struct ArrayRange {
+  std::int64_t first = 0;
+  std::int64_t last = 0;
+  std::int64_t step = 1;
+  std::uint64_t count() const {
+    return last < first || step <= 0 ? 0 : static_cast<std::uint64_t>((last - first) / step) + 1;
+  }
+};
+
+/// Acknowledgement of a submission: the jobs are durable in the hub's store and have the
+/// consecutive ids first_id .. first_id + count - 1.
+struct Submitted {
+  JobId first_id;
+  std::uint64_t count = 0;
+  GroupId group;
+};
+
+struct StateChange {
+  JobState state;
+  std::int64_t time_ms = 0; ///< Unix time in milliseconds
+};
+
+struct ResourceUsage {
+  std::int64_t user_cpu_us = 0;
+  std::int64_t system_cpu_us = 0;
+  std::int64_t max_rss_kib = 0;
+};
+
+struct JobInfo {
+  JobId id;
+  JobState state = JobState::Queued;
+  std::optional<int> exit_code; ///< set when the process exited normally
+  std::optional<int> signal;    ///< set when the process was killed by a signal
+  std::string node;             ///< node of the current or last attempt
+  std::uint32_t attempt = 0;    ///< 1 for the first run; 0 when it never started
+  std::optional<std::int64_t> array_index;
+  GroupId group;
+  std::string name;
+  std::int64_t submit_ms = 0;
+  std::int64_t start_ms = 0;
+  std::int64_t end_ms = 0;
+  std::string reason; ///< why it failed, was cancelled or lost, when known
+  // Filled by Client::job() only:
+  std::optional<JobSpec> spec;
+  std::vector<StateChange> history;
+  ResourceUsage usage;
+};
+
+} // namespace sortie

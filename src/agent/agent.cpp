@@ -1,0 +1,780 @@
+// SPDX-License-Identifier: Apache-2.0
+#include "agent/agent.hpp"
+
+#include <fcntl.h>
+#include <sys/resource.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <boost/asio/posix/stream_descriptor.hpp>
+#include <boost/asio/signal_set.hpp>
+
+#include <deque>
+#include <fstream>
+#include <memory>
+#include <optional>
+#include <unordered_map>
+#include <variant>
+
+#include <fmt/format.h>
+
+#include "agent/process.hpp"
+#include "common/clock.hpp"
+#include "common/files.hpp"
+#include "common/hub_file.hpp"
+#include "common/log.hpp"
+#include "common/text.hpp"
+#include "protocol/handshake.hpp"
+#include "protocol/link.hpp"
+
+extern char** environ;
+
+namespace sortie::agent {
+namespace {
+
+constexpr std::size_t kReadChunk = 64 * 1024;
+constexpr std::int64_t kDrainMs = 500; // after the leader exits, how long pipes may stay open
+
+std::int64_t wall_ms() { return wall_now_ms(); }
+
+std::string host_name() {
+  char buf[256] = {};
+  ::gethostname(buf, sizeof buf - 1);
+  return buf;
+}
+
+struct Task {
+  std::uint64_t job = 0;
+  std::uint32_t attempt = 0;
+  pb::JobSpec spec;
+  std::optional<std::int64_t> array_index;
+  std::uint32_t slots = 1;
+  pid_t pid = 0;
+  bool started = false;
+  bool exited = false;
+  int status = 0;
+  rusage usage{};
+  int streams_open = 0;
+  std::int64_t offsets[2] = {0, 0};
+  bool kill_requested = false;
+  int kill_signal = 0;
+  std::unique_ptr<asio::steady_timer> kill_timer;
+  std::unique_ptr<asio::steady_timer> drain_timer;
+  std::shared_ptr<asio::posix::stream_descriptor> pipes[2];
+};
+
+using OutItem = std::variant<pb::JobEvent, pb::OutputChunk>;
+
+class Agent {
+public:
+  Agent(asio::io_context& io, AgentOptions options, int keeper_fd)
+      : io_(io), options_(std::move(options)), keeper_fd_(keeper_fd), credit_wakeup_(io),
+        signals_(io, SIGTERM, SIGINT), children_(io, SIGCHLD) {
+    for (char** e = environ; *e; ++e)
+      base_env_.emplace_back(*e);
+    hostname_ = host_name();
+    if (options_.node_name.empty())
+      options_.node_name = hostname_;
+    cores_ = static_cast<std::uint32_t>(std::max(1L, ::sysconf(_SC_NPROCESSORS_ONLN)));
+    if (options_.slots == 0)
+      options_.slots = cores_;
+  }
+
+  void start() {
+    watch_signals();
+    watch_children();
+    asio::co_spawn(io_, connection_loop(), [this](std::exception_ptr e) {
+      if (e) {
+        try {
+          std::rethrow_exception(e);
+        } catch (const std::exception& ex) {
+          log::error("agent connection loop failed: {}", ex.what());
+        }
+        exit_code_ = 1;
+        kill_everything_and_stop();
+      }
+    });
+  }
+
+  int exit_code() const { return exit_code_; }
+
+private:
+  // ---------------------------------------------------------------------------------------
+  // Connection
+
+  Awaitable<void> connection_loop() {
+    std::int64_t give_up_at = net::steady_ms() + options_.connect_window_ms;
+    std::int64_t backoff = 100;
+    while (!stopping_) {
+      bool was_registered = co_await connect_once();
+      if (stopping_)
+        break;
+      if (was_registered) {
+        give_up_at = net::steady_ms() + reconnect_window_ms_;
+        backoff = 100;
+        log::warn("lost the hub ({}); jobs keep running; reconnecting for up to {}",
+                  last_error_.to_string(), format_duration_ms(reconnect_window_ms_));
+      }
+      if (net::steady_ms() >= give_up_at) {
+        log::error("could not reach the hub in time ({}); killing {} jobs and exiting",
+                   last_error_.to_string(), tasks_.size());
+        exit_code_ = 2;
+        kill_everything_and_stop();
+        co_return;
+      }
+      asio::steady_timer t(io_);
+      t.expires_after(std::chrono::milliseconds(backoff));
+      co_await t.async_wait(use_nothrow);
+      backoff = std::min<std::int64_t>(backoff * 2, 2000);
+    }
+  }
+
+  /// One connection: connect, handshake, register, serve. True if it got registered.
+  Awaitable<bool> connect_once() {
+    auto hf = read_hub_file(options_.hub_file);
+    if (!hf.ok()) {
+      last_error_ = hf.error();
+      co_return false;
+    }
+    auto key = token_key(*hf);
+    if (!key.ok()) {
+      last_error_ = key.error();
+      co_return false;
+    }
+    Result<std::unique_ptr<net::ByteStream>> stream = make_error(ErrorCode::Unavailable, "");
+    if (!hf->socket.empty() && ::access(hf->socket.c_str(), F_OK) == 0)
+      stream = co_await net::connect_unix(io_.get_executor(), hf->socket);
+    if (!stream.ok())
+      stream = co_await net::connect_tcp(io_.get_executor(), hf->host, hf->port);
+    if (!stream.ok()) {
+      last_error_ = stream.error();
+      co_return false;
+    }
+    auto link = std::make_shared<net::Link>(io_.get_executor(), std::move(*stream));
+    link->start();
+    auto welcome = co_await net::connect_handshake(link, *key, pb::ROLE_AGENT,
+                                                   "agent " + options_.node_name, 10'000);
+    if (!welcome.ok()) {
+      last_error_ = welcome.error();
+      if (welcome.error().code == ErrorCode::PermissionDenied)
+        log::error("{}", welcome.error().to_string());
+      co_return false;
+    }
+    std::int64_t interval = welcome->heartbeat_interval_ms() ? welcome->heartbeat_interval_ms() : 5000;
+    link->start_heartbeat(interval, 4 * interval);
+    link->send(make_register());
+
+    auto reply = co_await link->receive();
+    if (!reply.ok()) {
+      last_error_ = reply.error();
+      co_return false;
+    }
+    if (reply->has_error()) {
+      last_error_ = net::error_from_pb(reply->error());
+      log::error("the hub refused this agent: {}", last_error_.to_string());
+      if (last_error_.code == ErrorCode::InvalidArgument || last_error_.code == ErrorCode::AlreadyExists) {
+        exit_code_ = 3;
+        kill_everything_and_stop();
+      }
+      co_return false;
+    }
+    if (!reply->has_agent_registered()) {
+      last_error_ = make_error(ErrorCode::InvalidArgument,
+                               fmt::format("protocol error: expected agent_registered, got {}",
+                                           protocol::body_name(*reply)));
+      link->close(last_error_);
+      co_return false;
+    }
+    const auto& reg = reply->agent_registered();
+    bool first = agent_id_ == 0;
+    agent_id_ = reg.agent_id();
+    reconnect_window_ms_ = reg.reconnect_window_ms() > 0 ? reg.reconnect_window_ms() : 60'000;
+    budget_ = static_cast<std::int64_t>(reg.output_credit()) - inflight_bytes_ - outbox_bytes_;
+    link_ = link;
+    log::info("{} agent {} (node {}, {} slots) with the hub at {}",
+              first ? "registered as" : "reconnected as", agent_id_, options_.node_name,
+              options_.slots, link->peer());
+    for (auto id : reg.kill_jobs())
+      kill_job(id, 0, "the hub does not know this job");
+    // Output the hub may not have written: send it again (writes are idempotent by offset).
+    if (!inflight_.empty()) {
+      pb::Envelope env;
+      for (const auto& c : inflight_)
+        *env.mutable_output()->add_chunks() = c;
+      link->send(env);
+    }
+    credit_wakeup_.cancel();
+    post_flush();
+
+    while (true) {
+      auto frame = co_await link->receive();
+      if (!frame.ok()) {
+        last_error_ = frame.error();
+        break;
+      }
+      handle(*frame);
+    }
+    if (link_ == link)
+      link_.reset();
+    co_return true;
+  }
+
+  pb::Envelope make_register() {
+    // Whatever finished while disconnected goes into the registration, so the hub settles it
+    // before deciding what is lost; queued start events are implied by the job list.
+    pb::JobEvents pending_finished;
+    std::deque<OutItem> rest;
+    for (auto& item : outbox_) {
+      if (auto* ev = std::get_if<pb::JobEvent>(&item)) {
+        if (ev->kind() == pb::JobEvent::FINISHED)
+          *pending_finished.add_events() = *ev;
+      } else {
+        rest.push_back(std::move(item));
+      }
+    }
+    outbox_.swap(rest);
+    if (pending_finished.events_size() > 0) {
+      std::uint64_t seq = next_seq_++;
+      for (const auto& ev : pending_finished.events())
+        unacked_.emplace_back(seq, ev);
+    }
+    pb::Envelope env;
+    auto* r = env.mutable_agent_register();
+    r->set_agent_id(agent_id_);
+    r->set_pilot_id(options_.pilot);
+    r->set_node_name(options_.node_name);
+    r->set_hostname(hostname_);
+    r->set_cores(cores_);
+    r->set_memory_bytes(total_memory_bytes());
+    r->set_slots(options_.slots);
+    r->set_label(options_.label);
+    r->set_pid(::getpid());
+    for (const auto& [id, t] : tasks_) {
+      auto* j = r->add_jobs();
+      j->set_job_id(id);
+      j->set_attempt(t->attempt);
+      j->set_started(t->started);
+    }
+    std::uint64_t max_seq = 0;
+    for (const auto& [seq, ev] : unacked_) {
+      *r->mutable_unacked()->add_events() = ev;
+      max_seq = std::max(max_seq, seq);
+    }
+    r->mutable_unacked()->set_seq(max_seq);
+    return env;
+  }
+
+  void handle(pb::Envelope& env) {
+    switch (env.body_case()) {
+    case pb::Envelope::kAssign:
+      for (auto& a : *env.mutable_assign()->mutable_jobs())
+        enqueue(a);
+      try_launch();
+      return;
+    case pb::Envelope::kKill: {
+      const auto& k = env.kill();
+      for (const auto& ref : k.jobs()) {
+        auto it = tasks_.find(ref.job_id());
+        if (it != tasks_.end() && it->second->attempt == ref.attempt())
+          kill_job(ref.job_id(), k.grace_ms(), k.reason());
+      }
+      return;
+    }
+    case pb::Envelope::kJobEventsAck: {
+      auto seq = env.job_events_ack().seq();
+      std::erase_if(unacked_, [seq](const auto& p) { return p.first <= seq; });
+      return;
+    }
+    case pb::Envelope::kOutputCredit:
+      release_credit(env.output_credit().bytes());
+      return;
+    case pb::Envelope::kShutdown:
+      log::info("the hub asked this agent to shut down: {}", env.shutdown().reason());
+      shutdown(env.shutdown().reason());
+      return;
+    case pb::Envelope::kError:
+      log::warn("the hub reported: {}", net::error_from_pb(env.error()).to_string());
+      return;
+    default:
+      log::warn("ignoring unexpected message '{}' from the hub", protocol::body_name(env));
+    }
+  }
+
+  // ---------------------------------------------------------------------------------------
+  // Launching
+
+  void enqueue(pb::Assignment& a) {
+    if (tasks_.contains(a.job_id()))
+      return; // a duplicate after a reconnect
+    auto t = std::make_unique<Task>();
+    t->job = a.job_id();
+    t->attempt = a.attempt();
+    if (!t->spec.ParseFromString(a.spec())) {
+      emit_finished(*t, "the job's spec could not be decoded");
+      return;
+    }
+    if (a.has_array_index())
+      t->array_index = a.array_index();
+    t->slots = std::max<std::uint32_t>(1, t->spec.slots());
+    launch_queue_.push_back(t->job);
+    tasks_.emplace(t->job, std::move(t));
+  }
+
+  void try_launch() {
+    while (!launch_queue_.empty() && !stopping_) {
+      auto it = tasks_.find(launch_queue_.front());
+      if (it == tasks_.end()) {
+        launch_queue_.pop_front();
+        continue;
+      }
+      Task& t = *it->second;
+      if (used_slots_ + t.slots > options_.slots && used_slots_ > 0)
+        break;
+      launch_queue_.pop_front();
+      launch(t);
+    }
+  }
+
+  std::vector<std::string> job_env(const Task& t) {
+    std::vector<std::string> env = base_env_;
+    auto set = [&env](const std::string& name, const std::string& value) {
+      std::string prefix = name + "=";
+      for (auto& e : env)
+        if (e.compare(0, prefix.size(), prefix) == 0) {
+          e = prefix + value;
+          return;
+        }
+      env.push_back(prefix + value);
+    };
+    for (const auto& e : t.spec.env())
+      set(e.name(), e.value());
+    set("SORTIE_JOB_ID", std::to_string(t.job));
+    set("SORTIE_ATTEMPT", std::to_string(t.attempt));
+    set("SORTIE_NODE", options_.node_name);
+    set("SORTIE_SLOTS", std::to_string(t.slots));
+    set("OMP_NUM_THREADS", std::to_string(t.slots));
+    if (t.array_index)
+      set("SORTIE_ARRAY_INDEX", std::to_string(*t.array_index));
+    return env;
+  }
+
+  void launch(Task& t) {
+    int out[2], err[2];
+    if (::pipe2(out, O_CLOEXEC) != 0) {
+      emit_finished(t, fmt::format("cannot create a pipe: {}", errno_text(errno)));
+      return erase_task(t.job);
+    }
+    if (::pipe2(err, O_CLOEXEC) != 0) {
+      ::close(out[0]);
+      ::close(out[1]);
+      emit_finished(t, fmt::format("cannot create a pipe: {}", errno_text(errno)));
+      return erase_task(t.job);
+    }
+    SpawnRequest req;
+    req.argv.assign(t.spec.argv().begin(), t.spec.argv().end());
+    req.env = job_env(t);
+    req.cwd = t.spec.cwd();
+    req.stdout_fd = out[1];
+    req.stderr_fd = err[1];
+    auto pid = spawn_process(req);
+    ::close(out[1]);
+    ::close(err[1]);
+    if (!pid.ok()) {
+      ::close(out[0]);
+      ::close(err[0]);
+      emit_finished(t, pid.error().message, 127);
+      return erase_task(t.job);
+    }
+    t.pid = *pid;
+    t.started = true;
+    used_slots_ += t.slots;
+    by_pid_[t.pid] = t.job;
+    keeper_register(keeper_fd_, t.pid);
+    pb::JobEvent ev;
+    ev.set_job_id(t.job);
+    ev.set_attempt(t.attempt);
+    ev.set_kind(pb::JobEvent::STARTED);
+    ev.set_time_ms(wall_ms());
+    ev.set_pid(t.pid);
+    push(std::move(ev));
+    t.streams_open = 2;
+    for (int s = 0; s < 2; ++s) {
+      int fd = s == 0 ? out[0] : err[0];
+      t.pipes[s] = std::make_shared<asio::posix::stream_descriptor>(io_, fd);
+      asio::co_spawn(io_, read_stream(t.job, s, t.pipes[s]), asio::detached);
+    }
+  }
+
+  Awaitable<void> read_stream(std::uint64_t job,
+                              int stream,
+                              std::shared_ptr<asio::posix::stream_descriptor> pipe) {
+    std::string buf;
+    while (true) {
+      while (budget_ <= 0 && !stopping_) {
+        credit_wakeup_.expires_at(asio::steady_timer::time_point::max());
+        co_await credit_wakeup_.async_wait(use_nothrow);
+      }
+      std::size_t want = stopping_ ? kReadChunk
+                                   : std::min<std::size_t>(kReadChunk, static_cast<std::size_t>(budget_));
+      buf.resize(want);
+      auto [ec, n] = co_await pipe->async_read_some(asio::buffer(buf), use_nothrow);
+      auto it = tasks_.find(job);
+      if (it == tasks_.end())
+        co_return;
+      Task& t = *it->second;
+      if (ec || n == 0) {
+        error_code ignored;
+        pipe->close(ignored);
+        --t.streams_open;
+        maybe_finish(t);
+        co_return;
+      }
+      pb::OutputChunk c;
+      c.set_job_id(job);
+      c.set_attempt(t.attempt);
+      c.set_stream(stream == 0 ? pb::STREAM_STDOUT : pb::STREAM_STDERR);
+      c.set_offset(t.offsets[stream]);
+      c.set_data(buf.data(), n);
+      t.offsets[stream] += static_cast<std::int64_t>(n);
+      budget_ -= static_cast<std::int64_t>(n);
+      outbox_bytes_ += static_cast<std::int64_t>(n);
+      push(std::move(c));
+    }
+  }
+
+  void release_credit(std::uint64_t bytes) {
+    budget_ += static_cast<std::int64_t>(bytes);
+    std::int64_t left = static_cast<std::int64_t>(bytes);
+    while (left > 0 && !inflight_.empty()) {
+      auto& c = inflight_.front();
+      auto size = static_cast<std::int64_t>(c.data().size());
+      if (size <= left) {
+        left -= size;
+        inflight_bytes_ -= size;
+        inflight_.pop_front();
+      } else {
+        // A partial credit: keep the tail (offsets stay exact for a resend).
+        c.set_offset(c.offset() + left);
+        c.mutable_data()->erase(0, static_cast<std::size_t>(left));
+        inflight_bytes_ -= left;
+        left = 0;
+      }
+    }
+    credit_wakeup_.cancel();
+  }
+
+  // ---------------------------------------------------------------------------------------
+  // Process exits
+
+  void watch_children() {
+    children_.async_wait([this](error_code ec, int) {
+      if (ec)
+        return;
+      reap();
+      watch_children();
+    });
+  }
+
+  void reap() {
+    int status = 0;
+    rusage ru{};
+    pid_t pid;
+    while ((pid = ::wait4(-1, &status, WNOHANG, &ru)) > 0) {
+      auto it = by_pid_.find(pid);
+      if (it == by_pid_.end())
+        continue; // an orphan of some job, reparented to us (subreaper)
+      std::uint64_t job = it->second;
+      by_pid_.erase(it);
+      auto t_it = tasks_.find(job);
+      if (t_it == tasks_.end())
+        continue;
+      Task& t = *t_it->second;
+      t.exited = true;
+      t.status = status;
+      t.usage = ru;
+      used_slots_ -= std::min(used_slots_, t.slots);
+      // The job is over when its leader exits: what it left behind in its process group goes
+      // too (as Slurm does at the end of a step). Stragglers elsewhere are found below.
+      ::kill(-t.pid, SIGKILL);
+      if (t.kill_requested)
+        kill_tree(t.pid);
+      else
+        kill_orphans_of(t.pid);
+      keeper_unregister(keeper_fd_, t.pid);
+      if (t.kill_timer)
+        t.kill_timer->cancel();
+      if (t.streams_open > 0) {
+        // Something outside the group still holds the pipes: give it a moment, then kill the
+        // whole tree so the pipes close.
+        t.drain_timer = std::make_unique<asio::steady_timer>(io_);
+        t.drain_timer->expires_after(std::chrono::milliseconds(kDrainMs));
+        t.drain_timer->async_wait([this, job](error_code e) {
+          if (e)
+            return;
+          if (auto i = tasks_.find(job); i != tasks_.end()) {
+            kill_tree(i->second->pid);
+            for (auto& p : i->second->pipes)
+              if (p) {
+                error_code ignored;
+                p->cancel(ignored);
+              }
+          }
+        });
+      }
+      maybe_finish(t);
+    }
+    try_launch();
+  }
+
+  /// Kills our children (orphans reparented to this subreaper) that belong to session `sid`.
+  void kill_orphans_of(pid_t sid) {
+    std::ifstream f(fmt::format("/proc/{}/task/{}/children", ::getpid(), ::getpid()));
+    pid_t child;
+    while (f >> child) {
+      if (by_pid_.contains(child))
+        continue;
+      if (::getsid(child) == sid)
+        kill_tree(sid);
+    }
+  }
+
+  void maybe_finish(Task& t) {
+    if (!t.exited || t.streams_open > 0)
+      return;
+    pb::JobEvent ev;
+    ev.set_job_id(t.job);
+    ev.set_attempt(t.attempt);
+    ev.set_kind(pb::JobEvent::FINISHED);
+    ev.set_time_ms(wall_ms());
+    ev.set_pid(t.pid);
+    if (WIFEXITED(t.status))
+      ev.set_exit_code(WEXITSTATUS(t.status));
+    else if (WIFSIGNALED(t.status))
+      ev.set_signal(WTERMSIG(t.status));
+    ev.set_killed(t.kill_requested);
+    auto* u = ev.mutable_usage();
+    u->set_user_cpu_us(t.usage.ru_utime.tv_sec * 1'000'000 + t.usage.ru_utime.tv_usec);
+    u->set_system_cpu_us(t.usage.ru_stime.tv_sec * 1'000'000 + t.usage.ru_stime.tv_usec);
+    u->set_max_rss_kib(t.usage.ru_maxrss);
+    push(std::move(ev));
+    erase_task(t.job);
+  }
+
+  void emit_finished(const Task& t, const std::string& error, std::optional<int> exit_code = {}) {
+    pb::JobEvent ev;
+    ev.set_job_id(t.job);
+    ev.set_attempt(t.attempt);
+    ev.set_kind(pb::JobEvent::FINISHED);
+    ev.set_time_ms(wall_ms());
+    ev.set_error(error);
+    if (exit_code)
+      ev.set_exit_code(*exit_code);
+    ev.set_killed(t.kill_requested);
+    push(std::move(ev));
+  }
+
+  void erase_task(std::uint64_t job) {
+    tasks_.erase(job);
+    if (stopping_ && tasks_.empty())
+      finish_shutdown();
+  }
+
+  // ---------------------------------------------------------------------------------------
+  // Killing
+
+  void kill_job(std::uint64_t job, std::int64_t grace_ms, const std::string& reason) {
+    auto it = tasks_.find(job);
+    if (it == tasks_.end())
+      return;
+    Task& t = *it->second;
+    if (t.kill_requested && grace_ms > 0)
+      return;
+    t.kill_requested = true;
+    if (!t.started) {
+      std::erase(launch_queue_, job);
+      emit_finished(t, reason);
+      return erase_task(job);
+    }
+    if (t.exited)
+      return;
+    log::info("killing job {} ({})", job, reason);
+    if (grace_ms <= 0) {
+      kill_tree(t.pid);
+      return;
+    }
+    signal_tree(t.pid, SIGTERM);
+    t.kill_timer = std::make_unique<asio::steady_timer>(io_);
+    t.kill_timer->expires_after(std::chrono::milliseconds(grace_ms));
+    t.kill_timer->async_wait([this, job](error_code ec) {
+      if (ec)
+        return;
+      if (auto i = tasks_.find(job); i != tasks_.end() && !i->second->exited)
+        kill_tree(i->second->pid);
+    });
+  }
+
+  void shutdown(const std::string& reason) {
+    if (stopping_)
+      return;
+    stopping_ = true;
+    credit_wakeup_.cancel();
+    std::vector<std::uint64_t> ids;
+    for (const auto& [id, t] : tasks_)
+      ids.push_back(id);
+    for (auto id : ids)
+      kill_job(id, 2000, reason);
+    if (tasks_.empty())
+      finish_shutdown();
+  }
+
+  void finish_shutdown() {
+    if (shut_down_)
+      return;
+    shut_down_ = true;
+    flush();
+    if (link_) {
+      pb::Envelope bye;
+      bye.mutable_goodbye()->set_reason("agent shutting down");
+      link_->send(bye);
+      link_->close_after_flush(make_error(ErrorCode::Cancelled, "agent shut down"));
+    }
+    asio::co_spawn(io_, stop_when_flushed(), asio::detached);
+  }
+
+  Awaitable<void> stop_when_flushed() {
+    asio::steady_timer t(io_);
+    for (int i = 0; i < 100 && link_ && !link_->closed(); ++i) {
+      t.expires_after(std::chrono::milliseconds(20));
+      co_await t.async_wait(use_nothrow);
+    }
+    ::close(keeper_fd_);
+    signals_.cancel();
+    children_.cancel();
+    io_.stop();
+  }
+
+  void kill_everything_and_stop() {
+    stopping_ = true;
+    for (auto& [id, t] : tasks_)
+      if (t->started && !t->exited)
+        kill_tree(t->pid);
+    ::close(keeper_fd_);
+    io_.stop();
+  }
+
+  void watch_signals() {
+    signals_.async_wait([this](error_code ec, int sig) {
+      if (ec)
+        return;
+      log::info("received signal {}: killing jobs and exiting", sig);
+      shutdown(fmt::format("agent received signal {}", sig));
+      watch_signals();
+    });
+  }
+
+  // ---------------------------------------------------------------------------------------
+  // Outbox: events and output in the order they happened, one frame per run per loop turn.
+
+  void push(OutItem item) {
+    outbox_.push_back(std::move(item));
+    post_flush();
+  }
+
+  void post_flush() {
+    if (flush_posted_)
+      return;
+    flush_posted_ = true;
+    asio::post(io_, [this] { flush(); });
+  }
+
+  void flush() {
+    flush_posted_ = false;
+    if (!link_ || link_->closed() || agent_id_ == 0)
+      return; // kept until the next registration
+    while (!outbox_.empty()) {
+      pb::Envelope env;
+      if (std::holds_alternative<pb::JobEvent>(outbox_.front())) {
+        auto* events = env.mutable_job_events();
+        bool finished = false;
+        while (!outbox_.empty() && std::holds_alternative<pb::JobEvent>(outbox_.front())) {
+          auto& ev = std::get<pb::JobEvent>(outbox_.front());
+          finished = finished || ev.kind() == pb::JobEvent::FINISHED;
+          *events->add_events() = std::move(ev);
+          outbox_.pop_front();
+        }
+        if (finished) {
+          std::uint64_t seq = next_seq_++;
+          events->set_seq(seq);
+          for (const auto& ev : events->events())
+            if (ev.kind() == pb::JobEvent::FINISHED)
+              unacked_.emplace_back(seq, ev);
+        }
+      } else {
+        auto* out = env.mutable_output();
+        while (!outbox_.empty() && std::holds_alternative<pb::OutputChunk>(outbox_.front())) {
+          auto& c = std::get<pb::OutputChunk>(outbox_.front());
+          auto size = static_cast<std::int64_t>(c.data().size());
+          outbox_bytes_ -= size;
+          inflight_bytes_ += size;
+          inflight_.push_back(c);
+          *out->add_chunks() = std::move(c);
+          outbox_.pop_front();
+        }
+      }
+      link_->send(env);
+    }
+  }
+
+  asio::io_context& io_;
+  AgentOptions options_;
+  int keeper_fd_;
+  std::vector<std::string> base_env_;
+  std::string hostname_;
+  std::uint32_t cores_ = 1;
+
+  std::shared_ptr<net::Link> link_;
+  std::uint64_t agent_id_ = 0;
+  std::int64_t reconnect_window_ms_ = 60'000;
+  Error last_error_;
+
+  std::unordered_map<std::uint64_t, std::unique_ptr<Task>> tasks_;
+  std::deque<std::uint64_t> launch_queue_;
+  std::unordered_map<pid_t, std::uint64_t> by_pid_;
+  std::uint32_t used_slots_ = 0;
+
+  std::deque<OutItem> outbox_;
+  bool flush_posted_ = false;
+  std::uint64_t next_seq_ = 1;
+  std::vector<std::pair<std::uint64_t, pb::JobEvent>> unacked_;
+  std::deque<pb::OutputChunk> inflight_;
+  std::int64_t inflight_bytes_ = 0;
+  std::int64_t outbox_bytes_ = 0;
+  std::int64_t budget_ = 0;
+  asio::steady_timer credit_wakeup_;
+
+  asio::signal_set signals_;
+  asio::signal_set children_;
+  bool stopping_ = false;
+  bool shut_down_ = false;
+  int exit_code_ = 0;
+};
+
+} // namespace
+
+int run_agent(const AgentOptions& options) {
+  // The keeper is forked before anything else exists (no threads, no event loop).
+  auto keeper = start_keeper();
+  if (!keeper.ok()) {
+    log::error("cannot start the keeper process: {}", keeper.error().to_string());
+    return 1;
+  }
+  become_subreaper();
+  ::signal(SIGPIPE, SIG_IGN);
+  asio::io_context io(1);
+  Agent agent(io, options, *keeper);
+  agent.start();
+  io.run();
+  return agent.exit_code();
+}
+
+} // namespace sortie::agent

@@ -1,0 +1,262 @@
+// SPDX-License-Identifier: Apache-2.0
+#include "agent/process.hpp"
+
+#include <dirent.h>
+#include <fcntl.h>
+#include <signal.h>
+#include <spawn.h>
+#include <sys/prctl.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <cstdio>
+#include <cstring>
+#include <fstream>
+#include <unordered_map>
+#include <unordered_set>
+
+#include <fmt/format.h>
+
+#include "common/files.hpp"
+
+namespace sortie::agent {
+namespace {
+
+struct ProcInfo {
+  pid_t pid;
+  pid_t ppid;
+  pid_t pgid;
+  pid_t sid;
+};
+
+/// Parses /proc/PID/stat. The command name is in parentheses and may contain anything.
+bool read_stat(pid_t pid, ProcInfo& out) {
+  char path[64];
+  std::snprintf(path, sizeof path, "/proc/%d/stat", pid);
+  int fd = ::open(path, O_RDONLY | O_CLOEXEC);
+  if (fd < 0)
+    return false;
+  char buf[512];
+  ssize_t n = ::read(fd, buf, sizeof buf - 1);
+  ::close(fd);
+  if (n <= 0)
+    return false;
+  buf[n] = '\0';
+  char* close = std::strrchr(buf, ')');
+  if (!close)
+    return false;
+  char state = 0;
+  int ppid = 0, pgid = 0, sid = 0;
+  if (std::sscanf(close + 2, "%c %d %d %d", &state, &ppid, &pgid, &sid) != 4)
+    return false;
+  if (state == 'Z' || state == 'X')
+    return false; // a zombie holds nothing and cannot be killed further
+  out = {pid, ppid, pgid, sid};
+  return true;
+}
+
+std::vector<ProcInfo> all_processes() {
+  std::vector<ProcInfo> out;
+  DIR* d = ::opendir("/proc");
+  if (!d)
+    return out;
+  while (auto* e = ::readdir(d)) {
+    char* end = nullptr;
+    long pid = std::strtol(e->d_name, &end, 10);
+    if (*end != '\0' || pid <= 0)
+      continue;
+    ProcInfo p;
+    if (read_stat(static_cast<pid_t>(pid), p))
+      out.push_back(p);
+  }
+  ::closedir(d);
+  return out;
+}
+
+void write_all_nonblocking(int fd, const char* data, size_t n) {
+  while (n > 0) {
+    ssize_t w = ::write(fd, data, n);
+    if (w < 0 && errno == EINTR)
+      continue;
+    if (w <= 0)
+      return;
+    data += w;
+    n -= static_cast<size_t>(w);
+  }
+}
+
+[[noreturn]] void keeper_main(int read_fd) {
+  // Survive the signals aimed at the agent: the keeper's whole job starts when the agent is gone.
+  ::signal(SIGTERM, SIG_IGN);
+  ::signal(SIGINT, SIG_IGN);
+  ::signal(SIGHUP, SIG_IGN);
+  ::prctl(PR_SET_NAME, "sortie-keeper");
+  std::unordered_set<pid_t> sessions;
+  char buf[4096];
+  std::string pending;
+  while (true) {
+    ssize_t n = ::read(read_fd, buf, sizeof buf);
+    if (n < 0 && errno == EINTR)
+      continue;
+    if (n <= 0)
+      break;
+    pending.append(buf, static_cast<size_t>(n));
+    size_t pos;
+    while ((pos = pending.find('\n')) != std::string::npos) {
+      std::string line = pending.substr(0, pos);
+      pending.erase(0, pos + 1);
+      if (line.size() < 2)
+        continue;
+      pid_t sid = static_cast<pid_t>(std::atoi(line.c_str() + 1));
+      if (line[0] == '+')
+        sessions.insert(sid);
+      else
+        sessions.erase(sid);
+    }
+  }
+  for (pid_t sid : sessions)
+    kill_tree(sid);
+  ::_exit(0);
+}
+
+} // namespace
+
+Result<pid_t> spawn_process(const SpawnRequest& req) {
+  std::vector<char*> argv;
+  for (const auto& a : req.argv)
+    argv.push_back(const_cast<char*>(a.c_str()));
+  argv.push_back(nullptr);
+  std::vector<char*> envp;
+  for (const auto& e : req.env)
+    envp.push_back(const_cast<char*>(e.c_str()));
+  envp.push_back(nullptr);
+
+  posix_spawn_file_actions_t fa;
+  posix_spawn_file_actions_init(&fa);
+  posix_spawn_file_actions_addopen(&fa, 0, "/dev/null", O_RDONLY, 0);
+  if (req.stdout_fd >= 0)
+    posix_spawn_file_actions_adddup2(&fa, req.stdout_fd, 1);
+  if (req.stderr_fd >= 0)
+    posix_spawn_file_actions_adddup2(&fa, req.stderr_fd, 2);
+  if (!req.cwd.empty())
+    posix_spawn_file_actions_addchdir_np(&fa, req.cwd.c_str());
+  posix_spawnattr_t attr;
+  posix_spawnattr_init(&attr);
+  sigset_t none;
+  sigemptyset(&none);
+  posix_spawnattr_setsigmask(&attr, &none);
+  sigset_t defaults;
+  sigfillset(&defaults);
+  sigdelset(&defaults, SIGKILL);
+  sigdelset(&defaults, SIGSTOP);
+  posix_spawnattr_setsigdefault(&attr, &defaults);
+  posix_spawnattr_setflags(&attr,
+                           POSIX_SPAWN_SETSID | POSIX_SPAWN_SETSIGMASK | POSIX_SPAWN_SETSIGDEF);
+  pid_t pid = 0;
+  // glibc's posix_spawn reports exec failures (missing program, bad cwd) as its return value.
+  int rc = ::posix_spawnp(&pid, argv[0], &fa, &attr, argv.data(), envp.data());
+  posix_spawn_file_actions_destroy(&fa);
+  posix_spawnattr_destroy(&attr);
+  if (rc != 0) {
+    if (rc == ENOENT && !req.cwd.empty() && ::access(req.cwd.c_str(), X_OK) != 0)
+      return make_error(ErrorCode::NotFound,
+                        fmt::format("cannot enter working directory '{}': {}", req.cwd,
+                                    errno_text(errno)));
+    return make_error(rc == ENOENT ? ErrorCode::NotFound : ErrorCode::PermissionDenied,
+                      fmt::format("cannot execute '{}': {}", req.argv[0], errno_text(rc)));
+  }
+  return pid;
+}
+
+std::vector<pid_t> process_tree(pid_t sid) {
+  auto procs = all_processes();
+  std::unordered_map<pid_t, std::vector<pid_t>> children;
+  std::vector<pid_t> roots;
+  for (const auto& p : procs) {
+    children[p.ppid].push_back(p.pid);
+    if (p.sid == sid || p.pgid == sid || p.pid == sid)
+      roots.push_back(p.pid);
+  }
+  std::unordered_set<pid_t> seen;
+  std::vector<pid_t> out;
+  std::vector<pid_t> stack = roots;
+  pid_t self = ::getpid();
+  while (!stack.empty()) {
+    pid_t p = stack.back();
+    stack.pop_back();
+    if (p == self || !seen.insert(p).second)
+      continue;
+    out.push_back(p);
+    if (auto it = children.find(p); it != children.end())
+      stack.insert(stack.end(), it->second.begin(), it->second.end());
+  }
+  return out;
+}
+
+int signal_tree(pid_t sid, int sig) {
+  ::kill(-sid, sig);
+  int n = 0;
+  for (pid_t p : process_tree(sid))
+    if (::kill(p, sig) == 0)
+      ++n;
+  return n;
+}
+
+void kill_tree(pid_t sid) {
+  // Stop first so nothing forks between finding the tree and killing it, then kill.
+  for (int round = 0; round < 10; ++round) {
+    auto tree = process_tree(sid);
+    ::kill(-sid, SIGKILL);
+    if (tree.empty())
+      return;
+    for (pid_t p : tree)
+      ::kill(p, SIGSTOP);
+    for (pid_t p : process_tree(sid))
+      ::kill(p, SIGKILL);
+  }
+}
+
+void become_subreaper() { ::prctl(PR_SET_CHILD_SUBREAPER, 1); }
+
+Result<int> start_keeper() {
+  int fds[2];
+  if (::pipe2(fds, O_CLOEXEC) != 0)
+    return make_error(ErrorCode::Io, fmt::format("pipe: {}", errno_text(errno)));
+  pid_t pid = ::fork();
+  if (pid < 0)
+    return make_error(ErrorCode::Io, fmt::format("fork: {}", errno_text(errno)));
+  if (pid == 0) {
+    ::close(fds[1]);
+    for (int fd = 3; fd < 1024; ++fd)
+      if (fd != fds[0])
+        ::close(fd);
+    keeper_main(fds[0]);
+  }
+  ::close(fds[0]);
+  ::fcntl(fds[1], F_SETFL, ::fcntl(fds[1], F_GETFL) | O_NONBLOCK);
+  return fds[1];
+}
+
+void keeper_register(int fd, pid_t sid) {
+  auto s = fmt::format("+{}\n", sid);
+  write_all_nonblocking(fd, s.data(), s.size());
+}
+
+void keeper_unregister(int fd, pid_t sid) {
+  auto s = fmt::format("-{}\n", sid);
+  write_all_nonblocking(fd, s.data(), s.size());
+}
+
+std::uint64_t total_memory_bytes() {
+  std::ifstream f("/proc/meminfo");
+  std::string key;
+  std::uint64_t kb = 0;
+  std::string unit;
+  while (f >> key >> kb >> unit)
+    if (key == "MemTotal:")
+      return kb * 1024;
+  return 0;
+}
+
+} // namespace sortie::agent

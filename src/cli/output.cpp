@@ -1,0 +1,238 @@
+// SPDX-License-Identifier: Apache-2.0
+#include "cli/output.hpp"
+
+#include <algorithm>
+
+#include <fmt/format.h>
+#include <nlohmann/json.hpp>
+
+#include "common/clock.hpp"
+#include "common/text.hpp"
+
+namespace sortie::cli {
+namespace {
+
+using nlohmann::json;
+
+std::string exit_text(const JobInfo& j) {
+  if (j.exit_code)
+    return std::to_string(*j.exit_code);
+  if (j.signal)
+    return fmt::format("sig{}", *j.signal);
+  return "-";
+}
+
+std::string elapsed(const JobInfo& j) {
+  if (j.start_ms == 0)
+    return "-";
+  std::int64_t end = j.end_ms > j.start_ms ? j.end_ms : wall_now_ms();
+  return format_duration_ms(end - j.start_ms);
+}
+
+json job_to_json(const JobInfo& j) {
+  json o = {{"id", j.id.value},
+            {"state", job_state_name(j.state)},
+            {"exit_code", j.exit_code ? json(*j.exit_code) : json(nullptr)},
+            {"signal", j.signal ? json(*j.signal) : json(nullptr)},
+            {"node", j.node.empty() ? json(nullptr) : json(j.node)},
+            {"attempt", j.attempt},
+            {"array_index", j.array_index ? json(*j.array_index) : json(nullptr)},
+            {"group", j.group.value},
+            {"name", j.name},
+            {"submit_ms", j.submit_ms},
+            {"start_ms", j.start_ms ? json(j.start_ms) : json(nullptr)},
+            {"end_ms", j.end_ms ? json(j.end_ms) : json(nullptr)},
+            {"reason", j.reason}};
+  if (j.spec) {
+    json env = json::object();
+    for (const auto& [k, v] : j.spec->env)
+      env[k] = v;
+    o["spec"] = {{"argv", j.spec->argv}, {"env", env},           {"cwd", j.spec->cwd},
+                 {"slots", j.spec->slots}, {"label", j.spec->label}, {"name", j.spec->name}};
+    json hist = json::array();
+    for (const auto& h : j.history)
+      hist.push_back({{"state", job_state_name(h.state)}, {"time_ms", h.time_ms}});
+    o["history"] = hist;
+    o["usage"] = {{"user_cpu_us", j.usage.user_cpu_us},
+                  {"system_cpu_us", j.usage.system_cpu_us},
+                  {"max_rss_kib", j.usage.max_rss_kib}};
+  }
+  return o;
+}
+
+/// Left-aligned columns sized to their widest cell.
+std::string table(const std::vector<std::vector<std::string>>& rows) {
+  std::vector<std::size_t> width;
+  for (const auto& r : rows)
+    for (std::size_t i = 0; i < r.size(); ++i) {
+      if (width.size() <= i)
+        width.push_back(0);
+      width[i] = std::max(width[i], r[i].size());
+    }
+  std::string out;
+  for (const auto& r : rows) {
+    std::string line;
+    for (std::size_t i = 0; i < r.size(); ++i) {
+      line += r[i];
+      if (i + 1 < r.size())
+        line += std::string(width[i] - r[i].size() + 2, ' ');
+    }
+    while (!line.empty() && line.back() == ' ')
+      line.pop_back();
+    out += line + "\n";
+  }
+  return out;
+}
+
+} // namespace
+
+std::string jobs_table(const std::vector<JobInfo>& jobs) {
+  std::vector<std::vector<std::string>> rows = {
+      {"ID", "STATE", "EXIT", "NODE", "ATTEMPT", "ELAPSED", "NAME"}};
+  for (const auto& j : jobs)
+    rows.push_back({std::to_string(j.id.value), job_state_name(j.state), exit_text(j),
+                    j.node.empty() ? "-" : j.node, std::to_string(j.attempt), elapsed(j),
+                    j.name.empty() ? (j.array_index ? fmt::format("[{}]", *j.array_index) : "")
+                                   : j.name});
+  return table(rows);
+}
+
+std::string jobs_json(const std::vector<JobInfo>& jobs) {
+  json a = json::array();
+  for (const auto& j : jobs)
+    a.push_back(job_to_json(j));
+  return a.dump(2) + "\n";
+}
+
+std::string job_json(const JobInfo& job) { return job_to_json(job).dump(2) + "\n"; }
+
+std::string job_details(const JobInfo& j) {
+  std::string out;
+  auto line = [&](const char* k, const std::string& v) { out += fmt::format("{:<12} {}\n", k, v); };
+  line("id:", std::to_string(j.id.value));
+  if (!j.name.empty())
+    line("name:", j.name);
+  line("state:", job_state_name(j.state));
+  if (!j.reason.empty())
+    line("reason:", j.reason);
+  if (j.exit_code)
+    line("exit code:", std::to_string(*j.exit_code));
+  if (j.signal)
+    line("signal:", std::to_string(*j.signal));
+  line("node:", j.node.empty() ? "-" : j.node);
+  line("attempt:", std::to_string(j.attempt));
+  if (j.array_index)
+    line("array index:", std::to_string(*j.array_index));
+  line("group:", std::to_string(j.group.value));
+  if (j.spec) {
+    std::string argv;
+    for (const auto& a : j.spec->argv) {
+      bool plain = !a.empty() && a.find_first_of(" \t\n'\"\\$`") == std::string::npos;
+      argv += (argv.empty() ? "" : " ") + (plain ? a : "'" + a + "'");
+    }
+    line("command:", argv);
+    line("cwd:", j.spec->cwd.empty() ? "(agent's)" : j.spec->cwd);
+    line("slots:", std::to_string(j.spec->slots));
+    if (!j.spec->label.empty())
+      line("label:", j.spec->label);
+    for (const auto& [k, v] : j.spec->env)
+      line("env:", k + "=" + v);
+  }
+  line("submitted:", format_time_ms(j.submit_ms));
+  line("started:", format_time_ms(j.start_ms));
+  line("ended:", format_time_ms(j.end_ms));
+  if (j.start_ms)
+    line("elapsed:", elapsed(j));
+  if (j.end_ms && j.start_ms)
+    line("usage:", fmt::format("user {:.3f}s, system {:.3f}s, max RSS {}",
+                               static_cast<double>(j.usage.user_cpu_us) / 1e6,
+                               static_cast<double>(j.usage.system_cpu_us) / 1e6,
+                               format_size_bytes(static_cast<std::uint64_t>(j.usage.max_rss_kib) * 1024)));
+  if (!j.history.empty()) {
+    out += "history:\n";
+    std::int64_t first = j.history.front().time_ms;
+    for (const auto& h : j.history)
+      out += fmt::format("  {}  {:<10} +{}\n", format_time_ms(h.time_ms), job_state_name(h.state),
+                         format_duration_ms(h.time_ms - first));
+  }
+  return out;
+}
+
+std::string status_text(const HubStatus& s) {
+  std::string jobs;
+  for (const auto& [k, v] : s.jobs_by_state)
+    jobs += fmt::format("{}{} {}", jobs.empty() ? "" : ", ", v, k);
+  return fmt::format("hub:      running (pid {}, sortie {})\n"
+                     "profile:  {}\n"
+                     "address:  {}\n"
+                     "up since: {}\n"
+                     "agents:   {} ({} of {} slots busy)\n"
+                     "pilots:   {}\n"
+                     "jobs:     {}\n"
+                     "store:    {}\n",
+                     s.pid, s.version, s.profile, s.address, format_time_ms(s.started_ms), s.agents,
+                     s.slots_used, s.slots_total, s.pilots, jobs.empty() ? "none" : jobs,
+                     s.store_path);
+}
+
+std::string status_json(const HubStatus& s) {
+  json o = {{"running", true},      {"version", s.version},         {"profile", s.profile},
+            {"pid", s.pid},         {"started_ms", s.started_ms},   {"address", s.address},
+            {"agents", s.agents},   {"pilots", s.pilots},           {"slots_total", s.slots_total},
+            {"slots_used", s.slots_used}, {"jobs_by_state", s.jobs_by_state},
+            {"store", s.store_path}};
+  return o.dump(2) + "\n";
+}
+
+std::string pilots_table(const std::vector<PilotInfo>& pilots) {
+  std::vector<std::vector<std::string>> rows = {
+      {"ID", "RESOURCE", "STATE", "NODES", "SLOTS", "LABEL", "REASON"}};
+  for (const auto& p : pilots)
+    rows.push_back({std::to_string(p.id.value), p.spec.resource, p.state,
+                    fmt::format("{}/{}", p.nodes_up, p.spec.nodes),
+                    fmt::format("{}/{}", p.slots_used, p.slots_total),
+                    p.spec.label.empty() ? "-" : p.spec.label, p.reason});
+  return table(rows);
+}
+
+std::string pilots_json(const std::vector<PilotInfo>& pilots) {
+  json a = json::array();
+  for (const auto& p : pilots)
+    a.push_back({{"id", p.id.value},
+                 {"resource", p.spec.resource},
+                 {"state", p.state},
+                 {"nodes", p.spec.nodes},
+                 {"nodes_up", p.nodes_up},
+                 {"node_names", p.spec.node_names},
+                 {"slots_per_node", p.spec.slots_per_node},
+                 {"slots_used", p.slots_used},
+                 {"slots_total", p.slots_total},
+                 {"label", p.spec.label},
+                 {"created_ms", p.created_ms},
+                 {"reason", p.reason}});
+  return a.dump(2) + "\n";
+}
+
+std::string submitted_json(const Submitted& s) {
+  json o = {{"first_id", s.first_id.value},
+            {"count", s.count},
+            {"last_id", s.first_id.value + s.count - 1},
+            {"group", s.group.value}};
+  return o.dump() + "\n";
+}
+
+std::string progress_line(const WaitProgress& p, int width) {
+  std::string tail = fmt::format(" {}/{} done", p.finished, p.total);
+  if (p.failed)
+    tail += fmt::format(", {} failed", p.failed);
+  if (p.cancelled)
+    tail += fmt::format(", {} cancelled", p.cancelled);
+  int bar = std::max(10, std::min(50, width - static_cast<int>(tail.size()) - 3));
+  int filled = p.total ? static_cast<int>(static_cast<double>(bar) * static_cast<double>(p.finished) /
+                                          static_cast<double>(p.total))
+                       : bar;
+  return "[" + std::string(static_cast<std::size_t>(filled), '#') +
+         std::string(static_cast<std::size_t>(bar - filled), '.') + "]" + tail;
+}
+
+} // namespace sortie::cli

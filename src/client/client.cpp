@@ -1,0 +1,398 @@
+// SPDX-License-Identifier: Apache-2.0
+// The client library over a blocking link: one request at a time, replies matched by request id.
+#include "sortie/client.hpp"
+
+#include <unistd.h>
+
+#include <fmt/format.h>
+
+#include "common/hub_file.hpp"
+#include "common/profile.hpp"
+#include "protocol/blocking_link.hpp"
+#include "protocol/errors.hpp"
+
+namespace sortie {
+namespace {
+
+pb::JobSpec to_pb(const JobSpec& s) {
+  pb::JobSpec out;
+  for (const auto& a : s.argv)
+    out.add_argv(a);
+  for (const auto& [k, v] : s.env) {
+    auto* e = out.add_env();
+    e->set_name(k);
+    e->set_value(v);
+  }
+  out.set_cwd(s.cwd);
+  out.set_slots(s.slots);
+  out.set_label(s.label);
+  out.set_name(s.name);
+  return out;
+}
+
+JobSpec from_pb(const pb::JobSpec& s) {
+  JobSpec out;
+  out.argv.assign(s.argv().begin(), s.argv().end());
+  for (const auto& e : s.env())
+    out.env.emplace_back(e.name(), e.value());
+  out.cwd = s.cwd();
+  out.slots = s.slots();
+  out.label = s.label();
+  out.name = s.name();
+  return out;
+}
+
+void to_pb(const JobSelector& sel, pb::JobSelector& out) {
+  for (const auto& [a, b] : sel.ranges) {
+    auto* r = out.add_ids();
+    r->set_first(a.value);
+    r->set_last(b.value);
+  }
+  for (auto g : sel.groups)
+    out.add_groups(g.value);
+  out.set_all(sel.all);
+}
+
+JobInfo from_pb(const pb::JobInfo& j) {
+  JobInfo out;
+  out.id = JobId(j.id());
+  out.state = static_cast<JobState>(j.state());
+  if (j.has_exit_code())
+    out.exit_code = j.exit_code();
+  if (j.has_signal())
+    out.signal = j.signal();
+  out.node = j.node();
+  out.attempt = j.attempt();
+  if (j.has_array_index())
+    out.array_index = j.array_index();
+  out.group = GroupId(j.group());
+  out.name = j.name();
+  out.submit_ms = j.submit_ms();
+  out.start_ms = j.start_ms();
+  out.end_ms = j.end_ms();
+  out.reason = j.reason();
+  if (j.has_spec())
+    out.spec = from_pb(j.spec());
+  for (const auto& h : j.history())
+    out.history.push_back({static_cast<JobState>(h.state()), h.time_ms()});
+  out.usage = {j.usage().user_cpu_us(), j.usage().system_cpu_us(), j.usage().max_rss_kib()};
+  return out;
+}
+
+WaitProgress from_pb(const pb::WaitProgress& p) {
+  WaitProgress out;
+  out.total = p.total();
+  out.finished = p.finished();
+  out.succeeded = p.succeeded();
+  out.failed = p.failed();
+  out.cancelled = p.cancelled();
+  out.done = p.done();
+  for (auto id : p.failed_ids())
+    out.failed_ids.push_back(JobId(id));
+  return out;
+}
+
+PilotSpec from_pb(const pb::PilotSpec& s) {
+  PilotSpec out;
+  out.resource = s.resource();
+  out.nodes = s.nodes();
+  out.slots_per_node = s.slots_per_node();
+  out.label = s.label();
+  out.node_names.assign(s.node_names().begin(), s.node_names().end());
+  return out;
+}
+
+} // namespace
+
+struct Client::Impl {
+  net::BlockingLink link;
+  std::uint64_t next_rid = 1;
+  std::int64_t timeout_ms = 10'000;
+  std::int64_t heartbeat_ms = 5'000;
+
+  /// How long to wait for the next frame of a reply before calling the hub unresponsive: the hub
+  /// sends heartbeats, so silence this long means it is gone.
+  std::int64_t silence_limit() const { return std::max(timeout_ms, 4 * heartbeat_ms); }
+
+  Result<std::uint64_t> send(pb::Envelope& env) {
+    std::uint64_t rid = next_rid++;
+    env.set_request_id(rid);
+    SORTIE_TRY(link.send(env));
+    return rid;
+  }
+
+  /// The next frame answering `rid` (others are skipped). An ErrorReply becomes the error.
+  Result<pb::Envelope> reply(std::uint64_t rid, std::int64_t timeout) {
+    while (true) {
+      SORTIE_ASSIGN_OR_RETURN(env, link.receive(timeout));
+      if (env.request_id() != rid && env.request_id() != 0)
+        continue;
+      if (env.has_error())
+        return net::error_from_pb(env.error());
+      if (env.request_id() == 0)
+        continue;
+      return env;
+    }
+  }
+
+  Result<pb::Envelope> call(pb::Envelope& req) {
+    SORTIE_ASSIGN_OR_RETURN(rid, send(req));
+    return reply(rid, silence_limit());
+  }
+};
+
+Client::Client(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
+Client::Client(Client&&) noexcept = default;
+Client& Client::operator=(Client&&) noexcept = default;
+Client::~Client() = default;
+
+std::int64_t Client::heartbeat_interval_ms() const { return impl_->heartbeat_ms; }
+
+Result<Client> Client::connect(const ConnectOptions& options) {
+  std::filesystem::path hub_file = options.hub_file;
+  std::string profile_name = options.profile;
+  if (hub_file.empty()) {
+    SORTIE_ASSIGN_OR_RETURN(profile, resolve_profile(options.profile));
+    hub_file = profile.hub_file();
+    profile_name = profile.name;
+  }
+  SORTIE_ASSIGN_OR_RETURN(hf, read_hub_file(hub_file));
+  SORTIE_ASSIGN_OR_RETURN(key, token_key(hf));
+  Result<net::BlockingLink> link = make_error(ErrorCode::Unavailable, "");
+  if (!hf.socket.empty() && ::access(hf.socket.c_str(), F_OK) == 0)
+    link = net::BlockingLink::connect_unix(hf.socket, options.timeout_ms);
+  if (!link.ok() && hf.port != 0)
+    link = net::BlockingLink::connect_tcp(hf.host, hf.port, options.timeout_ms);
+  if (!link.ok())
+    return make_error(ErrorCode::Unavailable,
+                      fmt::format("the hub of profile '{}' is not running ({}): start it with "
+                                  "`sortie hub start`",
+                                  profile_name.empty() ? hf.profile : profile_name,
+                                  link.error().message));
+  auto impl = std::make_unique<Impl>();
+  impl->link = std::move(*link);
+  impl->timeout_ms = options.timeout_ms;
+  SORTIE_ASSIGN_OR_RETURN(welcome, impl->link.handshake(key, pb::ROLE_CLIENT, options.client_name,
+                                                        options.timeout_ms));
+  if (welcome.heartbeat_interval_ms())
+    impl->heartbeat_ms = welcome.heartbeat_interval_ms();
+  return Client(std::move(impl));
+}
+
+Result<Submitted> Client::submit(const JobSpec& spec) { return submit_batch({spec}); }
+
+Result<Submitted> Client::submit_array(const JobSpec& spec, const ArrayRange& range) {
+  pb::Envelope env;
+  auto* item = env.mutable_submit()->add_items();
+  *item->mutable_spec() = to_pb(spec);
+  auto* a = item->mutable_array();
+  a->set_first(range.first);
+  a->set_last(range.last);
+  a->set_step(range.step);
+  SORTIE_ASSIGN_OR_RETURN(reply, impl_->call(env));
+  if (!reply.has_submit_reply())
+    return make_error(ErrorCode::Internal, "unexpected reply to a submission");
+  const auto& r = reply.submit_reply();
+  return Submitted{JobId(r.first_job_id()), r.count(), GroupId(r.group_id())};
+}
+
+Result<Submitted> Client::submit_batch(const std::vector<JobSpec>& specs,
+                                       const std::string& group_name) {
+  if (specs.empty())
+    return make_error(ErrorCode::InvalidArgument, "nothing to submit: the batch is empty");
+  pb::Envelope env;
+  auto* req = env.mutable_submit();
+  req->set_group_name(group_name);
+  for (const auto& s : specs)
+    *req->add_items()->mutable_spec() = to_pb(s);
+  if (env.ByteSizeLong() > 60u << 20)
+    return make_error(ErrorCode::InvalidArgument,
+                      "the batch is larger than 60 MiB: submit it in several parts");
+  SORTIE_ASSIGN_OR_RETURN(reply, impl_->call(env));
+  if (!reply.has_submit_reply())
+    return make_error(ErrorCode::Internal, "unexpected reply to a submission");
+  const auto& r = reply.submit_reply();
+  return Submitted{JobId(r.first_job_id()), r.count(), GroupId(r.group_id())};
+}
+
+Result<JobInfo> Client::job(JobId id) {
+  pb::Envelope env;
+  env.mutable_get_job()->set_job_id(id.value);
+  SORTIE_ASSIGN_OR_RETURN(reply, impl_->call(env));
+  if (!reply.has_job_info())
+    return make_error(ErrorCode::Internal, "unexpected reply to a job query");
+  return from_pb(reply.job_info());
+}
+
+Result<std::vector<JobInfo>> Client::jobs(const JobSelector& selector,
+                                          const std::vector<JobState>& states) {
+  pb::Envelope env;
+  auto* req = env.mutable_list_jobs();
+  to_pb(selector, *req->mutable_selector());
+  for (auto s : states)
+    req->add_states(static_cast<pb::JobState>(s));
+  SORTIE_ASSIGN_OR_RETURN(rid, impl_->send(env));
+  std::vector<JobInfo> out;
+  while (true) {
+    SORTIE_ASSIGN_OR_RETURN(reply, impl_->reply(rid, impl_->silence_limit()));
+    if (!reply.has_job_list())
+      return make_error(ErrorCode::Internal, "unexpected reply to a job list");
+    for (const auto& j : reply.job_list().jobs())
+      out.push_back(from_pb(j));
+    if (reply.job_list().last())
+      return out;
+  }
+}
+
+Result<WaitProgress> Client::wait(const JobSelector& selector,
+                                  const std::function<void(const WaitProgress&)>& on_progress,
+                                  std::int64_t timeout_ms) {
+  pb::Envelope env;
+  auto* req = env.mutable_wait();
+  to_pb(selector, *req->mutable_selector());
+  req->set_progress(static_cast<bool>(on_progress));
+  SORTIE_ASSIGN_OR_RETURN(rid, impl_->send(env));
+  auto clock_ms = [] {
+    return std::chrono::duration_cast<std::chrono::milliseconds>(
+               std::chrono::steady_clock::now().time_since_epoch())
+        .count();
+  };
+  std::int64_t deadline = timeout_ms < 0 ? -1 : clock_ms() + timeout_ms;
+  while (true) {
+    std::int64_t limit = impl_->silence_limit();
+    if (deadline >= 0)
+      limit = std::min(limit, std::max<std::int64_t>(0, deadline - clock_ms()));
+    auto reply = impl_->reply(rid, limit);
+    if (!reply.ok()) {
+      if (reply.error().code == ErrorCode::Timeout && deadline >= 0 && clock_ms() >= deadline) {
+        // The hub still waits on our behalf; drop the connection so it stops.
+        impl_->link.close();
+        return make_error(ErrorCode::Timeout,
+                          fmt::format("the jobs did not finish within {} ms", timeout_ms));
+      }
+      return reply.error();
+    }
+    if (!reply->has_wait_progress())
+      return make_error(ErrorCode::Internal, "unexpected reply to a wait");
+    auto p = from_pb(reply->wait_progress());
+    if (on_progress)
+      on_progress(p);
+    if (p.done)
+      return p;
+  }
+}
+
+Result<CancelSummary> Client::cancel(const JobSelector& selector, const std::string& reason) {
+  pb::Envelope env;
+  to_pb(selector, *env.mutable_cancel()->mutable_selector());
+  env.mutable_cancel()->set_reason(reason);
+  SORTIE_ASSIGN_OR_RETURN(reply, impl_->call(env));
+  if (!reply.has_cancel_reply())
+    return make_error(ErrorCode::Internal, "unexpected reply to a cancel");
+  const auto& c = reply.cancel_reply();
+  return CancelSummary{c.cancelled(), c.already_finished(), c.not_found()};
+}
+
+Result<void> Client::output(JobId id,
+                            OutputStream stream,
+                            bool follow,
+                            const std::function<bool(std::string_view)>& sink,
+                            std::uint32_t attempt) {
+  pb::Envelope env;
+  auto* req = env.mutable_logs();
+  req->set_job_id(id.value);
+  req->set_stream(stream == OutputStream::Stderr ? pb::STREAM_STDERR : pb::STREAM_STDOUT);
+  req->set_follow(follow);
+  req->set_attempt(attempt);
+  SORTIE_ASSIGN_OR_RETURN(rid, impl_->send(env));
+  while (true) {
+    // Following may wait a long time between chunks; heartbeats keep the link checked.
+    SORTIE_ASSIGN_OR_RETURN(reply, impl_->reply(rid, impl_->silence_limit()));
+    if (!reply.has_logs_data())
+      return make_error(ErrorCode::Internal, "unexpected reply to a logs request");
+    const auto& d = reply.logs_data();
+    if (!d.data().empty() && !sink(d.data())) {
+      impl_->link.close();
+      return ok_result();
+    }
+    if (d.eof())
+      return ok_result();
+  }
+}
+
+Result<HubStatus> Client::hub_status() {
+  pb::Envelope env;
+  env.mutable_hub_status();
+  SORTIE_ASSIGN_OR_RETURN(reply, impl_->call(env));
+  if (!reply.has_hub_status_reply())
+    return make_error(ErrorCode::Internal, "unexpected reply to a status request");
+  const auto& s = reply.hub_status_reply();
+  HubStatus out;
+  out.version = s.version();
+  out.profile = s.profile();
+  out.pid = s.pid();
+  out.started_ms = s.started_ms();
+  out.address = s.address();
+  for (const auto& [k, v] : s.jobs_by_state())
+    out.jobs_by_state[k] = v;
+  out.agents = s.agents();
+  out.pilots = s.pilots();
+  out.slots_total = s.slots_total();
+  out.slots_used = s.slots_used();
+  out.store_path = s.store_path();
+  return out;
+}
+
+Result<void> Client::stop_hub() {
+  pb::Envelope env;
+  env.mutable_hub_stop();
+  SORTIE_ASSIGN_OR_RETURN(reply, impl_->call(env));
+  return ok_result();
+}
+
+Result<PilotId> Client::add_pilot(const PilotSpec& spec) {
+  pb::Envelope env;
+  auto* s = env.mutable_pilot_add()->mutable_spec();
+  s->set_resource(spec.resource);
+  s->set_nodes(spec.nodes);
+  s->set_slots_per_node(spec.slots_per_node);
+  s->set_label(spec.label);
+  for (const auto& n : spec.node_names)
+    s->add_node_names(n);
+  SORTIE_ASSIGN_OR_RETURN(reply, impl_->call(env));
+  if (!reply.has_pilot_add_reply())
+    return make_error(ErrorCode::Internal, "unexpected reply to pilot add");
+  return PilotId(reply.pilot_add_reply().pilot_id());
+}
+
+Result<std::vector<PilotInfo>> Client::pilots() {
+  pb::Envelope env;
+  env.mutable_pilot_list();
+  SORTIE_ASSIGN_OR_RETURN(reply, impl_->call(env));
+  if (!reply.has_pilot_list_reply())
+    return make_error(ErrorCode::Internal, "unexpected reply to pilot list");
+  std::vector<PilotInfo> out;
+  for (const auto& p : reply.pilot_list_reply().pilots()) {
+    PilotInfo i;
+    i.id = PilotId(p.id());
+    i.spec = from_pb(p.spec());
+    i.state = p.state();
+    i.nodes_up = p.nodes_up();
+    i.slots_used = p.slots_used();
+    i.slots_total = p.slots_total();
+    i.created_ms = p.created_ms();
+    i.reason = p.reason();
+    i.nodes.assign(p.nodes().begin(), p.nodes().end());
+    out.push_back(std::move(i));
+  }
+  return out;
+}
+
+Result<void> Client::cancel_pilot(PilotId id) {
+  pb::Envelope env;
+  env.mutable_pilot_cancel()->set_pilot_id(id.value);
+  SORTIE_ASSIGN_OR_RETURN(reply, impl_->call(env));
+  return ok_result();
+}
+
+} // namespace sortie

@@ -1,0 +1,174 @@
+// SPDX-License-Identifier: Apache-2.0
+#include "common/text.hpp"
+
+#include <charconv>
+#include <cmath>
+#include <ctime>
+
+#include <fmt/format.h>
+
+namespace sortie {
+
+Result<std::int64_t> parse_int(std::string_view text, std::int64_t min, std::int64_t max) {
+  text = trim(text);
+  std::int64_t v = 0;
+  auto [ptr, ec] = std::from_chars(text.data(), text.data() + text.size(), v);
+  if (text.empty() || ec != std::errc() || ptr != text.data() + text.size())
+    return make_error(ErrorCode::InvalidArgument,
+                      fmt::format("'{}' is not a whole number", text));
+  if (v < min || v > max)
+    return make_error(ErrorCode::InvalidArgument,
+                      fmt::format("{} is out of range: expected {}..{}", v, min, max));
+  return v;
+}
+
+Result<std::int64_t> parse_duration_ms(std::string_view text) {
+  std::string_view t = trim(text);
+  size_t i = 0;
+  while (i < t.size() && (std::isdigit(static_cast<unsigned char>(t[i])) || t[i] == '.'))
+    ++i;
+  std::string_view number = t.substr(0, i);
+  std::string_view unit = t.substr(i);
+  double value = 0;
+  auto [ptr, ec] = std::from_chars(number.data(), number.data() + number.size(), value);
+  auto bad = [&] {
+    return make_error(ErrorCode::InvalidArgument,
+                      fmt::format("'{}' is not a duration: use a number with a unit, like 250ms, "
+                                  "90s, 15m, 2h or 1d",
+                                  text));
+  };
+  if (number.empty() || ec != std::errc() || ptr != number.data() + number.size() || value < 0)
+    return bad();
+  double scale = 0;
+  if (unit.empty() || unit == "s")
+    scale = 1000;
+  else if (unit == "ms")
+    scale = 1;
+  else if (unit == "m" || unit == "min")
+    scale = 60'000;
+  else if (unit == "h")
+    scale = 3'600'000;
+  else if (unit == "d")
+    scale = 86'400'000;
+  else
+    return bad();
+  double ms = value * scale;
+  if (ms > 9.0e15)
+    return bad();
+  return static_cast<std::int64_t>(std::llround(ms));
+}
+
+std::string format_duration_ms(std::int64_t ms) {
+  if (ms < 0)
+    return "-" + format_duration_ms(-ms);
+  if (ms < 1000)
+    return fmt::format("{}ms", ms);
+  std::int64_t s = ms / 1000;
+  if (s < 60)
+    return ms % 1000 == 0 || s >= 10 ? fmt::format("{}s", s)
+                                     : fmt::format("{:.1f}s", static_cast<double>(ms) / 1000);
+  std::int64_t m = s / 60;
+  if (m < 60)
+    return s % 60 ? fmt::format("{}m{:02}s", m, s % 60) : fmt::format("{}m", m);
+  std::int64_t h = m / 60;
+  if (h < 48)
+    return m % 60 ? fmt::format("{}h{:02}m", h, m % 60) : fmt::format("{}h", h);
+  return fmt::format("{}d{:02}h", h / 24, h % 24);
+}
+
+Result<std::uint64_t> parse_size_bytes(std::string_view text) {
+  std::string_view t = trim(text);
+  size_t i = 0;
+  while (i < t.size() && (std::isdigit(static_cast<unsigned char>(t[i])) || t[i] == '.'))
+    ++i;
+  std::string_view number = t.substr(0, i);
+  std::string unit(trim(t.substr(i)));
+  for (auto& c : unit)
+    c = static_cast<char>(std::toupper(static_cast<unsigned char>(c)));
+  if (unit.size() >= 2 && unit.ends_with("IB"))
+    unit.resize(unit.size() - 2);
+  else if (unit.size() >= 2 && unit.back() == 'B')
+    unit.pop_back();
+  double value = 0;
+  auto [ptr, ec] = std::from_chars(number.data(), number.data() + number.size(), value);
+  auto bad = [&] {
+    return make_error(ErrorCode::InvalidArgument,
+                      fmt::format("'{}' is not a size: use a number with an optional unit K, M, "
+                                  "G or T (binary), like 512M or 4G",
+                                  text));
+  };
+  if (number.empty() || ec != std::errc() || ptr != number.data() + number.size() || value < 0)
+    return bad();
+  double scale = 1;
+  if (unit.empty() || unit == "B")
+    scale = 1;
+  else if (unit == "K")
+    scale = 1024.0;
+  else if (unit == "M")
+    scale = 1024.0 * 1024;
+  else if (unit == "G")
+    scale = 1024.0 * 1024 * 1024;
+  else if (unit == "T")
+    scale = 1024.0 * 1024 * 1024 * 1024;
+  else
+    return bad();
+  return static_cast<std::uint64_t>(std::llround(value * scale));
+}
+
+std::string format_size_bytes(std::uint64_t bytes) {
+  const char* units[] = {"B", "KiB", "MiB", "GiB", "TiB"};
+  double v = static_cast<double>(bytes);
+  int u = 0;
+  while (v >= 1024 && u < 4) {
+    v /= 1024;
+    ++u;
+  }
+  if (u == 0)
+    return fmt::format("{} B", bytes);
+  return v < 10 ? fmt::format("{:.1f} {}", v, units[u]) : fmt::format("{:.0f} {}", v, units[u]);
+}
+
+std::vector<std::string> split(std::string_view text, char sep) {
+  std::vector<std::string> out;
+  size_t start = 0;
+  while (true) {
+    size_t pos = text.find(sep, start);
+    out.emplace_back(text.substr(start, pos == std::string_view::npos ? text.npos : pos - start));
+    if (pos == std::string_view::npos)
+      break;
+    start = pos + 1;
+  }
+  return out;
+}
+
+std::string_view trim(std::string_view text) {
+  const char* ws = " \t\r\n";
+  size_t b = text.find_first_not_of(ws);
+  if (b == std::string_view::npos)
+    return {};
+  size_t e = text.find_last_not_of(ws);
+  return text.substr(b, e - b + 1);
+}
+
+std::string join(const std::vector<std::string>& parts, std::string_view sep) {
+  std::string out;
+  for (size_t i = 0; i < parts.size(); ++i) {
+    if (i)
+      out += sep;
+    out += parts[i];
+  }
+  return out;
+}
+
+std::string format_time_ms(std::int64_t ms) {
+  if (ms <= 0)
+    return "-";
+  std::time_t t = static_cast<std::time_t>(ms / 1000);
+  std::tm tm{};
+  localtime_r(&t, &tm);
+  char buf[32];
+  std::strftime(buf, sizeof buf, "%Y-%m-%d %H:%M:%S", &tm);
+  return buf;
+}
+
+} // namespace sortie

@@ -1,0 +1,146 @@
+// SPDX-License-Identifier: Apache-2.0
+#include "hub/config.hpp"
+
+#include <toml++/toml.h>
+
+#include <fmt/format.h>
+
+#include "common/text.hpp"
+
+namespace sortie::hub {
+namespace {
+
+std::string where(const std::filesystem::path& path, const toml::source_region& src) {
+  return fmt::format("{}:{}:{}", path.string(), src.begin.line, src.begin.column);
+}
+
+} // namespace
+
+Result<void> parse_listen(const std::string& text, HubConfig& config) {
+  std::string host = text;
+  std::string port;
+  if (!text.empty() && text[0] == '[') {
+    auto close = text.find(']');
+    if (close == std::string::npos)
+      return make_error(ErrorCode::InvalidArgument,
+                        fmt::format("'{}' is not an address: a '[' without ']'", text));
+    host = text.substr(1, close - 1);
+    if (close + 1 < text.size()) {
+      if (text[close + 1] != ':')
+        return make_error(ErrorCode::InvalidArgument,
+                          fmt::format("'{}' is not an address: expected ':' after ']'", text));
+      port = text.substr(close + 2);
+    }
+  } else if (auto colon = text.rfind(':'); colon != std::string::npos) {
+    host = text.substr(0, colon);
+    port = text.substr(colon + 1);
+  }
+  if (host.empty())
+    return make_error(ErrorCode::InvalidArgument,
+                      fmt::format("'{}' has no host: use host:port, e.g. 127.0.0.1:7714", text));
+  config.listen_host = host;
+  config.listen_port = 0;
+  if (!port.empty()) {
+    auto p = parse_int(port, 0, 65535);
+    if (!p.ok())
+      return make_error(ErrorCode::InvalidArgument,
+                        fmt::format("'{}' has an invalid port: {}", text, p.error().message));
+    config.listen_port = static_cast<std::uint16_t>(*p);
+  }
+  return ok_result();
+}
+
+Result<void> load_config_file(const std::filesystem::path& path, HubConfig& config) {
+  std::error_code ec;
+  if (!std::filesystem::exists(path, ec))
+    return ok_result();
+  toml::table doc;
+  try {
+    doc = toml::parse_file(path.string());
+  } catch (const toml::parse_error& e) {
+    return make_error(ErrorCode::InvalidArgument,
+                      fmt::format("{}: {}", where(path, e.source()), e.description()));
+  }
+  for (auto&& [key, node] : doc) {
+    // Later sections (resources, pilots) are read by other parts; only [hub] is known here.
+    if (key.str() != "hub" && key.str() != "resources" && key.str() != "pilots")
+      return make_error(ErrorCode::InvalidArgument,
+                        fmt::format("{}: unknown table '{}': known tables are [hub]",
+                                    where(path, node.source()), key.str()));
+  }
+  auto* hub = doc["hub"].as_table();
+  if (!hub)
+    return ok_result();
+  for (auto&& [key_node, node] : *hub) {
+    std::string key(key_node.str());
+    std::string at = where(path, node.source());
+    auto want_string = [&]() -> Result<std::string> {
+      if (auto s = node.value<std::string>())
+        return *s;
+      return make_error(ErrorCode::InvalidArgument,
+                        fmt::format("{}: hub.{} must be a string", at, key));
+    };
+    auto want_duration = [&](std::int64_t& out) -> Result<void> {
+      SORTIE_ASSIGN_OR_RETURN(s, want_string());
+      auto d = parse_duration_ms(s);
+      if (!d.ok())
+        return make_error(ErrorCode::InvalidArgument,
+                          fmt::format("{}: hub.{}: {}", at, key, d.error().message));
+      out = *d;
+      return ok_result();
+    };
+    auto want_int = [&](std::int64_t min, std::int64_t max) -> Result<std::int64_t> {
+      auto v = node.value<std::int64_t>();
+      if (!v || *v < min || *v > max)
+        return make_error(ErrorCode::InvalidArgument,
+                          fmt::format("{}: hub.{} must be a whole number in {}..{}", at, key, min,
+                                      max));
+      return *v;
+    };
+    if (key == "listen") {
+      SORTIE_ASSIGN_OR_RETURN(s, want_string());
+      auto r = parse_listen(s, config);
+      if (!r.ok())
+        return make_error(ErrorCode::InvalidArgument,
+                          fmt::format("{}: hub.listen: {}", at, r.error().message));
+    } else if (key == "heartbeat_interval") {
+      SORTIE_TRY(want_duration(config.heartbeat_interval_ms));
+      config.heartbeat_deadline_ms = 4 * config.heartbeat_interval_ms;
+    } else if (key == "agent_reconnect_window") {
+      SORTIE_TRY(want_duration(config.agent_reconnect_window_ms));
+    } else if (key == "kill_grace") {
+      SORTIE_TRY(want_duration(config.kill_grace_ms));
+    } else if (key == "launch_queue") {
+      SORTIE_ASSIGN_OR_RETURN(v, want_int(0, 64));
+      config.launch_queue = static_cast<std::uint32_t>(v);
+    } else if (key == "lost_retries") {
+      SORTIE_ASSIGN_OR_RETURN(v, want_int(0, 1000));
+      config.lost_retries = static_cast<std::uint32_t>(v);
+    } else if (key == "output_credit") {
+      SORTIE_ASSIGN_OR_RETURN(s, want_string());
+      auto b = parse_size_bytes(s);
+      if (!b.ok() || *b < 65536)
+        return make_error(ErrorCode::InvalidArgument,
+                          fmt::format("{}: hub.output_credit must be a size of at least 64K", at));
+      config.output_credit = *b;
+    } else if (key == "store_sync") {
+      SORTIE_ASSIGN_OR_RETURN(s, want_string());
+      if (s != "full" && s != "normal")
+        return make_error(ErrorCode::InvalidArgument,
+                          fmt::format("{}: hub.store_sync must be \"full\" or \"normal\"", at));
+      config.store_sync_full = s == "full";
+    } else {
+      return make_error(ErrorCode::InvalidArgument,
+                        fmt::format("{}: unknown key hub.{}: known keys are listen, "
+                                    "heartbeat_interval, agent_reconnect_window, kill_grace, "
+                                    "launch_queue, lost_retries, output_credit, store_sync",
+                                    at, key));
+    }
+  }
+  if (config.heartbeat_interval_ms < 100)
+    return make_error(ErrorCode::InvalidArgument,
+                      fmt::format("{}: hub.heartbeat_interval must be at least 100ms", path.string()));
+  return ok_result();
+}
+
+} // namespace sortie::hub

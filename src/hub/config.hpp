@@ -1,0 +1,38 @@
+// SPDX-License-Identifier: Apache-2.0
+// Hub parameters, read from the profile's config.toml ([hub] table) with defaults for all.
+#pragma once
+
+#include <cstdint>
+#include <filesystem>
+#include <string>
+
+#include "common/profile.hpp"
+#include "sortie/result.hpp"
+
+namespace sortie::hub {
+
+struct HubConfig {
+  Profile profile;
+  std::string listen_host = "127.0.0.1";
+  std::uint16_t listen_port = 0; ///< 0: the previous run's port if free, else any
+  std::int64_t heartbeat_interval_ms = 5'000;
+  std::int64_t heartbeat_deadline_ms = 20'000;
+  /// How long an agent keeps its jobs running while it cannot reach the hub; the hub waits this
+  /// long (plus a margin) before it declares a silent agent's jobs lost.
+  std::int64_t agent_reconnect_window_ms = 60'000;
+  std::int64_t kill_grace_ms = 3'000;   ///< SIGTERM to SIGKILL on cancel
+  std::uint32_t launch_queue = 1;       ///< launch-queue depth per agent, in multiples of its slots
+  std::uint64_t output_credit = 8u << 20; ///< output bytes an agent may have in flight
+  bool store_sync_full = true;
+  std::uint32_t lost_retries = 3;       ///< times a job is requeued after its agent was lost
+  std::int64_t handshake_timeout_ms = 10'000;
+  std::filesystem::path self_exe;       ///< the sortie binary, to start local agents
+};
+
+/// Reads `path` if it exists (a missing file means defaults) into `config`. Errors name the file,
+/// line and key, and say what is expected.
+Result<void> load_config_file(const std::filesystem::path& path, HubConfig& config);
+/// Parses "host:port", "[v6]:port" or "host" (port 0).
+Result<void> parse_listen(const std::string& text, HubConfig& config);
+
+} // namespace sortie::hub

@@ -1,0 +1,1762 @@
+// SPDX-License-Identifier: Apache-2.0
+#include "hub/hub.hpp"
+
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cstring>
+
+#include <fmt/format.h>
+
+#include "common/assert.hpp"
+#include "common/log.hpp"
+#include "common/text.hpp"
+#include "common/version.hpp"
+#include "protocol/link.hpp"
+
+namespace sortie::hub {
+namespace {
+
+constexpr std::size_t kScheduleStep = 4096;     // assignments per loop turn
+constexpr std::size_t kListChunk = 5000;        // jobs per JobList frame
+constexpr std::size_t kLogsChunk = 1u << 20;    // bytes per output read
+constexpr std::size_t kSlowPeerBytes = 64u << 20; // a follower this far behind is dropped
+constexpr std::uint64_t kMaxJobsPerSubmit = 10'000'000;
+constexpr std::int64_t kReconnectMarginMs = 5'000;
+
+bool is_final(JobState s) { return is_terminal(s); }
+
+bool valid_label(const std::string& s) {
+  if (s.size() > 64)
+    return false;
+  for (char c : s)
+    if (!std::isalnum(static_cast<unsigned char>(c)) && c != '-' && c != '_' && c != '.')
+      return false;
+  return true;
+}
+
+bool valid_node_name(const std::string& s) { return !s.empty() && valid_label(s); }
+
+std::string signal_name(int sig) {
+  const char* n = sigabbrev_np(sig);
+  return n ? fmt::format("SIG{}", n) : fmt::format("signal {}", sig);
+}
+
+pb::JobState to_pb(JobState s) { return static_cast<pb::JobState>(s); }
+
+/// Validates a spec from a client and fills in defaults; errors say which job and what to do.
+Result<void> check_spec(pb::JobSpec& spec, std::size_t item) {
+  auto ctx = fmt::format("job {} of the submission", item + 1);
+  if (spec.argv_size() == 0 || spec.argv(0).empty())
+    return make_error(ErrorCode::InvalidArgument,
+                      "the command is empty: give the program and its arguments after --", ctx);
+  for (const auto& a : spec.argv())
+    if (a.find('\0') != std::string::npos)
+      return make_error(ErrorCode::InvalidArgument, "an argument contains a NUL byte", ctx);
+  if (spec.slots() == 0)
+    spec.set_slots(1);
+  if (spec.slots() > 4096)
+    return make_error(ErrorCode::InvalidArgument,
+                      fmt::format("{} slots is more than any node has (at most 4096)", spec.slots()),
+                      ctx);
+  for (const auto& e : spec.env()) {
+    if (e.name().empty() || e.name().find('=') != std::string::npos ||
+        e.name().find('\0') != std::string::npos || e.value().find('\0') != std::string::npos)
+      return make_error(ErrorCode::InvalidArgument,
+                        fmt::format("environment variable '{}' is not valid: use NAME=VALUE with "
+                                    "a name without '='",
+                                    e.name()),
+                        ctx);
+  }
+  if (!spec.cwd().empty() && spec.cwd()[0] != '/')
+    return make_error(ErrorCode::InvalidArgument,
+                      fmt::format("working directory '{}' is not absolute", spec.cwd()), ctx);
+  if (!valid_label(spec.label()))
+    return make_error(ErrorCode::InvalidArgument,
+                      fmt::format("label '{}' is not valid: use letters, digits, '-', '_' and '.' "
+                                  "(at most 64)",
+                                  spec.label()),
+                      ctx);
+  if (spec.name().size() > 256)
+    return make_error(ErrorCode::InvalidArgument, "the job name is longer than 256 bytes", ctx);
+  return ok_result();
+}
+
+} // namespace
+
+Hub::Hub(asio::any_io_executor executor,
+         HubConfig config,
+         store::Store& store,
+         launch::Launcher& launcher,
+         const Clock& clock)
+    : executor_(executor), config_(std::move(config)), store_(store), launcher_(launcher),
+      clock_(clock), tick_timer_(executor) {}
+
+Hub::~Hub() { *alive_ = false; }
+
+// -------------------------------------------------------------------------------------------
+// Loading
+
+Result<void> Hub::load(store::LoadedState state) {
+  for (auto& s : state.specs) {
+    pb::JobSpec spec;
+    if (!spec.ParseFromString(s.body))
+      return make_error(ErrorCode::Internal, fmt::format("spec {} in the store is corrupt", s.id));
+    if (specs_.size() < s.id)
+      specs_.resize(s.id);
+    specs_[s.id - 1] =
+        Spec{std::move(s.body), {spec.label(), std::max<std::uint32_t>(1, spec.slots())}, spec.name()};
+    next_spec_id_ = std::max(next_spec_id_, s.id + 1);
+  }
+  for (auto& g : state.groups) {
+    if (groups_.size() < g.id)
+      groups_.resize(g.id);
+    groups_[g.id - 1] = Group{g.id, g.name, g.created_ms, g.first_job, g.count};
+    next_group_id_ = std::max(next_group_id_, g.id + 1);
+  }
+  std::int64_t now_mono = clock_.monotonic_ms();
+  std::int64_t deadline = now_mono + config_.agent_reconnect_window_ms + kReconnectMarginMs;
+  for (auto& a : state.agents) {
+    next_agent_id_ = std::max(next_agent_id_, a.id + 1);
+    Agent agent;
+    agent.id = AgentId(a.id);
+    agent.pilot = PilotId(a.pilot_id);
+    agent.node = a.node;
+    agent.hostname = a.hostname;
+    agent.pid = a.pid;
+    agent.slots = a.slots;
+    agent.label = a.label;
+    agent.registered_ms = a.registered_ms;
+    agent.reconnect_deadline = a.connected ? deadline : 0;
+    agents_.emplace(agent.id, std::move(agent));
+  }
+  for (auto& p : state.pilots) {
+    next_pilot_id_ = std::max(next_pilot_id_, p.id + 1);
+    Pilot pilot;
+    pilot.id = PilotId(p.id);
+    pilot.spec.ParseFromString(p.spec);
+    pilot.state = p.state;
+    pilot.created_ms = p.created_ms;
+    pilot.ended_ms = p.ended_ms;
+    pilot.reason = p.reason;
+    pilots_.emplace(pilot.id, std::move(pilot));
+  }
+  for (auto& a : agents_)
+    if (a.second.reconnect_deadline > 0)
+      if (auto p = pilots_.find(a.second.pilot); p != pilots_.end())
+        p->second.agents.insert(a.first);
+
+  std::size_t waiting = 0;
+  for (auto& r : state.jobs) {
+    jobs_.grow_to(r.id);
+    Job& j = jobs_[r.id - 1];
+    j.id = r.id;
+    j.spec = static_cast<std::uint32_t>(r.spec_id);
+    j.group = static_cast<std::uint32_t>(r.group_id);
+    j.is_array = r.array_index.has_value();
+    j.array_index = r.array_index.value_or(0);
+    j.state = r.state;
+    j.attempt = static_cast<std::uint16_t>(r.attempt);
+    j.agent = r.agent_id;
+    j.has_exit_code = r.exit_code.has_value();
+    j.exit_code = r.exit_code.value_or(0);
+    j.has_signal = r.signal.has_value();
+    j.signal = static_cast<std::int16_t>(r.signal.value_or(0));
+    j.submit_ms = r.submit_ms;
+    j.start_ms = r.start_ms;
+    j.end_ms = r.end_ms;
+    j.history = std::move(r.history);
+    j.usage = r.usage;
+    j.reason = std::move(r.reason);
+    for (const auto& h : j.history)
+      if (h.state == JobState::Lost)
+        ++j.lost_count;
+    j.started = j.state == JobState::Running;
+    ++state_counts_[j.state];
+    next_job_id_ = std::max(next_job_id_, r.id + 1);
+    if (j.spec == 0 || j.spec > specs_.size())
+      return make_error(ErrorCode::Internal,
+                        fmt::format("job {} refers to spec {} which is not in the store", j.id, j.spec));
+    if (j.state == JobState::Queued) {
+      scheduler_.enqueue(JobId(j.id), specs_[j.spec - 1].req);
+    } else if (j.state == JobState::Assigned || j.state == JobState::Running) {
+      auto it = agents_.find(AgentId(j.agent));
+      if (it == agents_.end()) {
+        job_lost(j, "its agent is unknown after a hub restart");
+        continue;
+      }
+      if (it->second.reconnect_deadline == 0)
+        it->second.reconnect_deadline = deadline;
+      it->second.jobs.insert(JobId(j.id));
+      ++waiting;
+    }
+  }
+  recovery_deadline_ = deadline;
+  std::size_t agents_waiting = 0;
+  for (const auto& [id, a] : agents_)
+    agents_waiting += a.reconnect_deadline > 0;
+  if (!state.jobs.empty())
+    log::info("loaded {} jobs ({} queued, {} on {} agents expected to reconnect within {})",
+              state.jobs.size(), scheduler_.queued(), waiting, agents_waiting,
+              format_duration_ms(config_.agent_reconnect_window_ms + kReconnectMarginMs));
+  // Pilots that were still starting when the hub stopped have no agents coming back.
+  for (auto& [id, p] : pilots_)
+    update_pilot_state(p);
+  return ok_result();
+}
+
+void Hub::start() {
+  asio::co_spawn(executor_, [this] { return tick_loop(); },
+                 [alive = alive_](std::exception_ptr e) {
+                   if (e && *alive) {
+                     try {
+                       std::rethrow_exception(e);
+                     } catch (const std::exception& ex) {
+                       log::error("hub tick loop failed: {}", ex.what());
+                     }
+                   }
+                 });
+  request_schedule();
+}
+
+// -------------------------------------------------------------------------------------------
+// Batching, scheduling, ticks
+
+store::WriteBatch& Hub::batch() {
+  if (!flush_posted_) {
+    flush_posted_ = true;
+    asio::post(executor_, [this, alive = alive_] {
+      if (*alive)
+        flush();
+    });
+  }
+  return batch_;
+}
+
+void Hub::mark_dirty(Job& job) {
+  if (!job.dirty) {
+    job.dirty = true;
+    dirty_.push_back(job.id);
+    batch();
+  }
+}
+
+void Hub::flush() {
+  flush_posted_ = false;
+  if (!dirty_.empty()) {
+    batch_.job_updates.reserve(dirty_.size());
+    for (auto id : dirty_) {
+      Job& j = jobs_[id - 1];
+      j.dirty = false;
+      store::JobRow r;
+      r.id = j.id;
+      r.spec_id = j.spec;
+      r.group_id = j.group;
+      if (j.is_array)
+        r.array_index = j.array_index;
+      r.state = j.state;
+      r.attempt = j.attempt;
+      r.agent_id = j.agent;
+      if (j.has_exit_code)
+        r.exit_code = j.exit_code;
+      if (j.has_signal)
+        r.signal = j.signal;
+      r.submit_ms = j.submit_ms;
+      r.start_ms = j.start_ms;
+      r.end_ms = j.end_ms;
+      r.history = j.history;
+      r.usage = j.usage;
+      r.reason = j.reason;
+      batch_.job_updates.push_back(std::move(r));
+    }
+    // If the transaction fails (disk full), the rows are written again later.
+    batch_.on_commit.push_back([this, alive = alive_, ids = std::move(dirty_)](const Result<void>& r) {
+      if (!*alive || r.ok())
+        return;
+      for (auto id : ids)
+        mark_dirty(jobs_[id - 1]);
+    });
+    dirty_.clear();
+  }
+  if (!batch_.empty()) {
+    store_.submit(std::move(batch_));
+    batch_ = store::WriteBatch();
+  }
+}
+
+void Hub::request_schedule() {
+  if (schedule_posted_ || stopping_)
+    return;
+  schedule_posted_ = true;
+  asio::post(executor_, [this, alive = alive_] {
+    if (*alive)
+      schedule();
+  });
+}
+
+void Hub::schedule() {
+  schedule_posted_ = false;
+  if (stopping_)
+    return;
+  auto assignments = scheduler_.schedule(kScheduleStep);
+  if (assignments.empty())
+    return;
+  std::int64_t now = clock_.now_ms();
+  std::unordered_map<AgentId, std::vector<std::pair<std::uint64_t, std::uint32_t>>> per_agent;
+  for (const auto& a : assignments) {
+    Job* job = find_job(a.job.value);
+    auto agent_it = agents_.find(a.node);
+    SORTIE_CHECK(job && agent_it != agents_.end(),
+                 "the scheduler only knows jobs and nodes the hub gave it");
+    ++job->attempt;
+    job->agent = a.node.value;
+    job->started = false;
+    job->out_bytes[0] = job->out_bytes[1] = 0;
+    job->has_exit_code = job->has_signal = false;
+    transition(*job, JobState::Assigned, now);
+    agent_it->second.jobs.insert(a.job);
+    per_agent[a.node].emplace_back(job->id, job->attempt);
+  }
+  // Assignments are committed before they are sent, so after a crash a job the store calls
+  // queued was never handed to an agent.
+  batch().on_commit.push_back([this, alive = alive_, per_agent = std::move(per_agent)](
+                                  const Result<void>& r) {
+    if (!*alive)
+      return;
+    for (const auto& [agent_id, list] : per_agent) {
+      auto it = agents_.find(agent_id);
+      pb::Envelope env;
+      auto* assign = env.mutable_assign();
+      for (auto [id, attempt] : list) {
+        Job* job = find_job(id);
+        if (!job || job->agent != agent_id.value || job->attempt != attempt ||
+            job->state != JobState::Assigned)
+          continue; // requeued or finished meanwhile
+        if (job->cancel_requested) {
+          // Cancelled before the assignment left the hub: it never reaches the agent.
+          detach_from_agent(*job);
+          transition(*job, JobState::Cancelled, clock_.now_ms());
+          job->end_ms = clock_.now_ms();
+          job_final(*job);
+          continue;
+        }
+        if (!r.ok()) {
+          requeue(*job, true);
+          continue;
+        }
+        auto* a = assign->add_jobs();
+        a->set_job_id(id);
+        a->set_attempt(attempt);
+        a->set_spec(specs_[job->spec - 1].bytes);
+        if (job->is_array)
+          a->set_array_index(job->array_index);
+      }
+      if (assign->jobs_size() > 0 && it != agents_.end() && it->second.peer)
+        it->second.peer->send(env);
+    }
+    if (!r.ok())
+      request_schedule();
+  });
+  if (assignments.size() == kScheduleStep)
+    request_schedule();
+}
+
+Awaitable<void> Hub::tick_loop() {
+  auto alive = alive_;
+  while (*alive && !stopping_) {
+    tick_timer_.expires_after(std::chrono::milliseconds(200));
+    co_await tick_timer_.async_wait(use_nothrow);
+    if (!*alive)
+      break;
+    tick();
+  }
+}
+
+void Hub::tick() {
+  // Progress of waits, throttled to this tick.
+  std::erase_if(waiters_, [](const std::shared_ptr<Waiter>& w) { return w->peer->closed(); });
+  for (auto& w : waiters_)
+    if (w->dirty && w->progress) {
+      w->dirty = false;
+      waiter_send(*w, false);
+    }
+  // Agents that did not come back in time.
+  std::int64_t now = clock_.monotonic_ms();
+  std::vector<AgentId> expired;
+  for (const auto& [id, a] : agents_)
+    if (!a.peer && a.reconnect_deadline > 0 && now >= a.reconnect_deadline)
+      expired.push_back(id);
+  for (auto id : expired)
+    agent_gone(id, fmt::format("it did not reconnect within {}",
+                               format_duration_ms(config_.agent_reconnect_window_ms +
+                                                  kReconnectMarginMs)));
+}
+
+// -------------------------------------------------------------------------------------------
+// Jobs
+
+Job* Hub::find_job(std::uint64_t id) {
+  if (id == 0 || id > jobs_.size())
+    return nullptr;
+  Job& j = jobs_[id - 1];
+  return j.id ? &j : nullptr;
+}
+
+const Job* Hub::find_job(std::uint64_t id) const {
+  if (id == 0 || id > jobs_.size())
+    return nullptr;
+  const Job& j = jobs_[id - 1];
+  return j.id ? &j : nullptr;
+}
+
+void Hub::transition(Job& job, JobState to, std::int64_t now_ms) {
+  if (job.state == to)
+    return;
+  --state_counts_[job.state];
+  ++state_counts_[to];
+  job.state = to;
+  job.history.push_back({to, now_ms});
+  mark_dirty(job);
+}
+
+void Hub::detach_from_agent(Job& job) {
+  if (auto it = agents_.find(AgentId(job.agent)); it != agents_.end())
+    it->second.jobs.erase(JobId(job.id));
+  scheduler_.release(JobId(job.id));
+}
+
+void Hub::requeue(Job& job, bool front) {
+  detach_from_agent(job);
+  job.started = false;
+  job.agent = 0;
+  transition(job, JobState::Queued, clock_.now_ms());
+  const auto& req = specs_[job.spec - 1].req;
+  if (front)
+    scheduler_.requeue_front(JobId(job.id), req);
+  else
+    scheduler_.enqueue(JobId(job.id), req);
+  request_schedule();
+}
+
+void Hub::job_lost(Job& job, const std::string& why) {
+  detach_from_agent(job);
+  std::int64_t now = clock_.now_ms();
+  job.end_ms = now;
+  job.reason = why;
+  transition(job, JobState::Lost, now);
+  followers_attempt_ended(job);
+  ++job.lost_count;
+  if (job.cancel_requested) {
+    transition(job, JobState::Cancelled, now);
+    job_final(job);
+  } else if (job.lost_count <= config_.lost_retries) {
+    log::warn("job {} lost ({}); requeued (retry {} of {})", job.id, why, job.lost_count,
+              config_.lost_retries);
+    requeue(job, true);
+  } else {
+    log::warn("job {} lost ({}); no retries left", job.id, why);
+    job_final(job);
+  }
+}
+
+void Hub::job_final(Job& job) {
+  for (auto it = waiters_.begin(); it != waiters_.end();) {
+    Waiter& w = **it;
+    if (job.id <= w.max_id && selected(w.selector, job)) {
+      waiter_count(w, job);
+      if (w.succeeded + w.failed + w.cancelled >= w.total) {
+        waiter_send(w, true);
+        it = waiters_.erase(it);
+        continue;
+      }
+    }
+    ++it;
+  }
+  followers_attempt_ended(job);
+}
+
+void Hub::cancel_job(Job& job, const std::string& reason) {
+  std::int64_t now = clock_.now_ms();
+  switch (job.state) {
+  case JobState::Queued:
+    scheduler_.remove_queued(JobId(job.id));
+    job.reason = reason;
+    job.end_ms = now;
+    transition(job, JobState::Cancelled, now);
+    job_final(job);
+    return;
+  case JobState::Assigned:
+  case JobState::Running: {
+    if (job.cancel_requested)
+      return;
+    job.cancel_requested = true;
+    job.reason = reason;
+    auto it = agents_.find(AgentId(job.agent));
+    if (it != agents_.end() && it->second.peer) {
+      pb::Envelope env;
+      auto* k = env.mutable_kill();
+      auto* ref = k->add_jobs();
+      ref->set_job_id(job.id);
+      ref->set_attempt(job.attempt);
+      k->set_reason(reason);
+      k->set_grace_ms(config_.kill_grace_ms);
+      it->second.peer->send(env);
+    }
+    // A disconnected agent is told when it reconnects; if it never does, the job ends cancelled.
+    return;
+  }
+  default:
+    return;
+  }
+}
+
+std::string Hub::node_of(const Job& job) const {
+  if (auto it = agents_.find(AgentId(job.agent)); it != agents_.end())
+    return it->second.node;
+  return {};
+}
+
+void Hub::fill_info(const Job& job, pb::JobInfo& info, bool detail) const {
+  info.set_id(job.id);
+  info.set_state(to_pb(job.state));
+  if (job.has_exit_code)
+    info.set_exit_code(job.exit_code);
+  if (job.has_signal)
+    info.set_signal(job.signal);
+  info.set_node(node_of(job));
+  info.set_attempt(job.attempt);
+  if (job.is_array)
+    info.set_array_index(job.array_index);
+  info.set_group(job.group);
+  info.set_submit_ms(job.submit_ms);
+  info.set_start_ms(job.start_ms);
+  info.set_end_ms(job.end_ms);
+  info.set_reason(job.reason);
+  const Spec& spec = specs_[job.spec - 1];
+  if (detail) {
+    info.mutable_spec()->ParseFromString(spec.bytes);
+    auto* first = info.add_history();
+    first->set_state(pb::JOB_QUEUED);
+    first->set_time_ms(job.submit_ms);
+    for (const auto& h : job.history) {
+      auto* c = info.add_history();
+      c->set_state(to_pb(h.state));
+      c->set_time_ms(h.time_ms);
+    }
+    auto* u = info.mutable_usage();
+    u->set_user_cpu_us(job.usage.user_cpu_us);
+    u->set_system_cpu_us(job.usage.system_cpu_us);
+    u->set_max_rss_kib(job.usage.max_rss_kib);
+  }
+  info.set_name(spec.name);
+}
+
+bool Hub::selected(const pb::JobSelector& sel, const Job& job) const {
+  if (sel.all() || (sel.ids_size() == 0 && sel.groups_size() == 0))
+    return true;
+  for (const auto& r : sel.ids()) {
+    std::uint64_t last = r.last() ? r.last() : r.first();
+    if (job.id >= r.first() && job.id <= last)
+      return true;
+  }
+  for (auto g : sel.groups())
+    if (g == job.group)
+      return true;
+  return false;
+}
+
+// -------------------------------------------------------------------------------------------
+// Client requests
+
+void Hub::send_to(const std::shared_ptr<Peer>& peer, pb::Envelope& env, std::uint64_t rid) {
+  env.set_request_id(rid);
+  peer->send(env);
+}
+
+void Hub::reply_error(const std::shared_ptr<Peer>& peer, std::uint64_t rid, const Error& error) {
+  pb::Envelope env;
+  net::error_to_pb(error, *env.mutable_error());
+  send_to(peer, env, rid);
+}
+
+void Hub::on_client_frame(const std::shared_ptr<Peer>& peer, pb::Envelope& env) {
+  std::uint64_t rid = env.request_id();
+  switch (env.body_case()) {
+  case pb::Envelope::kSubmit:
+    return handle_submit(peer, rid, env.submit());
+  case pb::Envelope::kListJobs:
+    return handle_list(peer, rid, env.list_jobs());
+  case pb::Envelope::kGetJob:
+    return handle_get(peer, rid, env.get_job());
+  case pb::Envelope::kWait:
+    return handle_wait(peer, rid, env.wait());
+  case pb::Envelope::kCancel:
+    return handle_cancel(peer, rid, env.cancel());
+  case pb::Envelope::kLogs:
+    return handle_logs(peer, rid, env.logs());
+  case pb::Envelope::kHubStatus:
+    return handle_status(peer, rid);
+  case pb::Envelope::kHubStop: {
+    pb::Envelope ok;
+    ok.mutable_ok();
+    send_to(peer, ok, rid);
+    log::info("stop requested by {}", peer->describe());
+    if (on_stop_requested)
+      on_stop_requested();
+    return;
+  }
+  case pb::Envelope::kPilotAdd:
+    return handle_pilot_add(peer, rid, env.pilot_add());
+  case pb::Envelope::kPilotList:
+    return handle_pilot_list(peer, rid);
+  case pb::Envelope::kPilotCancel:
+    return handle_pilot_cancel(peer, rid, env.pilot_cancel());
+  case pb::Envelope::kGoodbye:
+    return;
+  default:
+    reply_error(peer, rid,
+                make_error(ErrorCode::InvalidArgument,
+                           fmt::format("'{}' is not a request a client can send",
+                                       protocol::body_name(env))));
+  }
+}
+
+void Hub::on_client_closed(const std::shared_ptr<Peer>& peer) {
+  std::erase_if(waiters_, [&](const std::shared_ptr<Waiter>& w) { return w->peer == peer; });
+  for (auto it = followers_.begin(); it != followers_.end();) {
+    std::erase_if(it->second, [&](const std::shared_ptr<Follower>& f) {
+      if (f->peer == peer)
+        f->ended = true;
+      return f->peer == peer;
+    });
+    it = it->second.empty() ? followers_.erase(it) : std::next(it);
+  }
+}
+
+void Hub::handle_submit(const std::shared_ptr<Peer>& peer,
+                        std::uint64_t rid,
+                        const pb::SubmitRequest& req_in) {
+  if (stopping_)
+    return reply_error(peer, rid, make_error(ErrorCode::Unavailable, "the hub is stopping"));
+  if (req_in.items_size() == 0)
+    return reply_error(peer, rid,
+                       make_error(ErrorCode::InvalidArgument, "a submission needs at least one job"));
+  pb::SubmitRequest req = req_in;
+  std::uint64_t total = 0;
+  for (int i = 0; i < req.items_size(); ++i) {
+    auto* item = req.mutable_items(i);
+    auto r = check_spec(*item->mutable_spec(), static_cast<std::size_t>(i));
+    if (!r.ok())
+      return reply_error(peer, rid, r.error());
+    if (item->has_array()) {
+      auto* a = item->mutable_array();
+      if (a->step() == 0)
+        a->set_step(1);
+      if (a->step() < 0 || a->last() < a->first())
+        return reply_error(peer, rid,
+                           make_error(ErrorCode::InvalidArgument,
+                                      fmt::format("array {}-{}:{} is empty: use FIRST-LAST[:STEP] "
+                                                  "with FIRST <= LAST and STEP > 0",
+                                                  a->first(), a->last(), a->step())));
+      ArrayRange range{a->first(), a->last(), a->step()};
+      total += range.count();
+    } else {
+      total += 1;
+    }
+    if (total > kMaxJobsPerSubmit)
+      return reply_error(peer, rid,
+                         make_error(ErrorCode::InvalidArgument,
+                                    fmt::format("a submission may create at most {} jobs",
+                                                kMaxJobsPerSubmit)));
+  }
+  if (req.group_name().size() > 256)
+    return reply_error(peer, rid,
+                       make_error(ErrorCode::InvalidArgument, "the group name is too long"));
+
+  std::uint64_t group = next_group_id_++;
+  std::uint64_t first = next_job_id_;
+  next_job_id_ += total;
+  std::int64_t now = clock_.now_ms();
+
+  store::WriteBatch& b = batch();
+  b.groups.push_back({group, req.group_name(), now, first, total});
+  // Identical specs in one submission (an array, or a map over files that share nothing but the
+  // command) are stored once.
+  std::unordered_map<std::string, std::uint64_t> seen;
+  std::vector<store::SpecRow> new_specs;
+  std::vector<std::pair<std::uint64_t, scheduler::Requirements>> reqs;
+  std::vector<std::string> names;
+  std::vector<store::JobRun> runs;
+  std::uint64_t id = first;
+  for (const auto& item : req.items()) {
+    std::string bytes;
+    item.spec().SerializeToString(&bytes);
+    std::uint64_t spec_id;
+    if (auto it = seen.find(bytes); it != seen.end()) {
+      spec_id = it->second;
+    } else {
+      spec_id = next_spec_id_++;
+      seen.emplace(bytes, spec_id);
+      reqs.push_back({spec_id, {item.spec().label(), item.spec().slots()}});
+      names.push_back(item.spec().name());
+      new_specs.push_back({spec_id, bytes});
+    }
+    store::JobRun run;
+    run.first_id = id;
+    run.spec_id = spec_id;
+    run.group_id = group;
+    run.submit_ms = now;
+    if (item.has_array()) {
+      ArrayRange range{item.array().first(), item.array().last(), item.array().step()};
+      run.count = range.count();
+      run.is_array = true;
+      run.first_index = range.first;
+      run.step = range.step;
+    } else {
+      run.count = 1;
+    }
+    id += run.count;
+    runs.push_back(run);
+  }
+  b.specs.insert(b.specs.end(), new_specs.begin(), new_specs.end());
+  b.job_runs.insert(b.job_runs.end(), runs.begin(), runs.end());
+  b.on_commit.push_back([this, alive = alive_, peer, rid, group, first, total, now,
+                         name = req.group_name(), new_specs = std::move(new_specs),
+                         reqs = std::move(reqs), names = std::move(names),
+                         runs = std::move(runs)](const Result<void>& r) {
+    if (!*alive)
+      return;
+    if (!r.ok()) {
+      reply_error(peer, rid,
+                  make_error(ErrorCode::Io,
+                             fmt::format("the submission could not be stored, nothing was "
+                                         "submitted: {}",
+                                         r.error().message)));
+      return;
+    }
+    // Durable: make the jobs live.
+    for (std::size_t i = 0; i < new_specs.size(); ++i) {
+      auto sid = new_specs[i].id;
+      if (specs_.size() < sid)
+        specs_.resize(sid);
+      specs_[sid - 1] = Spec{new_specs[i].body, reqs[i].second, names[i]};
+    }
+    if (groups_.size() < group)
+      groups_.resize(group);
+    groups_[group - 1] = Group{group, name, now, first, total};
+    jobs_.grow_to(first + total - 1);
+    for (const auto& run : runs) {
+      const auto& sreq = specs_[run.spec_id - 1].req;
+      for (std::uint64_t k = 0; k < run.count; ++k) {
+        Job& j = jobs_[run.first_id + k - 1];
+        j.id = run.first_id + k;
+        j.spec = static_cast<std::uint32_t>(run.spec_id);
+        j.group = static_cast<std::uint32_t>(group);
+        j.is_array = run.is_array;
+        j.array_index = run.first_index + static_cast<std::int64_t>(k) * run.step;
+        j.submit_ms = now;
+        j.state = JobState::Queued;
+        scheduler_.enqueue(JobId(j.id), sreq);
+      }
+    }
+    state_counts_[JobState::Queued] += total;
+    pb::Envelope env;
+    auto* reply = env.mutable_submit_reply();
+    reply->set_first_job_id(first);
+    reply->set_count(total);
+    reply->set_group_id(group);
+    send_to(peer, env, rid);
+    request_schedule();
+  });
+}
+
+void Hub::handle_list(const std::shared_ptr<Peer>& peer,
+                      std::uint64_t rid,
+                      const pb::ListJobsRequest& req) {
+  std::unordered_set<int> states(req.states().begin(), req.states().end());
+  pb::Envelope env;
+  auto* list = env.mutable_job_list();
+  auto emit = [&](const Job& j) {
+    if (!states.empty() && !states.contains(static_cast<int>(j.state)))
+      return;
+    fill_info(j, *list->add_jobs(), false);
+    if (static_cast<std::size_t>(list->jobs_size()) >= kListChunk) {
+      send_to(peer, env, rid);
+      list->Clear();
+    }
+  };
+  const auto& sel = req.selector();
+  if (!sel.all() && sel.groups_size() == 0 && sel.ids_size() > 0) {
+    for (const auto& r : sel.ids()) {
+      std::uint64_t last = std::min<std::uint64_t>(r.last() ? r.last() : r.first(), jobs_.size());
+      for (std::uint64_t id = r.first(); id <= last; ++id)
+        if (const Job* j = find_job(id))
+          emit(*j);
+    }
+  } else {
+    for (std::size_t i = 0; i < jobs_.size(); ++i)
+      if (jobs_[i].id && selected(sel, jobs_[i]))
+        emit(jobs_[i]);
+  }
+  list->set_last(true);
+  send_to(peer, env, rid);
+}
+
+void Hub::handle_get(const std::shared_ptr<Peer>& peer, std::uint64_t rid, const pb::GetJobRequest& req) {
+  const Job* j = find_job(req.job_id());
+  if (!j)
+    return reply_error(peer, rid,
+                       make_error(ErrorCode::NotFound,
+                                  fmt::format("job {} does not exist", req.job_id())));
+  pb::Envelope env;
+  fill_info(*j, *env.mutable_job_info(), true);
+  send_to(peer, env, rid);
+}
+
+void Hub::waiter_count(Waiter& w, const Job& job) {
+  if (job.state == JobState::Succeeded) {
+    ++w.succeeded;
+  } else if (job.state == JobState::Cancelled) {
+    ++w.cancelled;
+    if (w.failed_ids.size() < 100)
+      w.failed_ids.push_back(job.id);
+  } else {
+    ++w.failed;
+    if (w.failed_ids.size() < 100)
+      w.failed_ids.push_back(job.id);
+  }
+  w.dirty = true;
+}
+
+void Hub::waiter_send(Waiter& w, bool done) {
+  pb::Envelope env;
+  auto* p = env.mutable_wait_progress();
+  p->set_total(w.total);
+  p->set_finished(w.succeeded + w.failed + w.cancelled);
+  p->set_succeeded(w.succeeded);
+  p->set_failed(w.failed);
+  p->set_cancelled(w.cancelled);
+  p->set_done(done);
+  if (done)
+    for (auto id : w.failed_ids)
+      p->add_failed_ids(id);
+  send_to(w.peer, env, w.rid);
+}
+
+void Hub::handle_wait(const std::shared_ptr<Peer>& peer, std::uint64_t rid, const pb::WaitRequest& req) {
+  auto w = std::make_shared<Waiter>();
+  w->peer = peer;
+  w->rid = rid;
+  w->selector = req.selector();
+  w->progress = req.progress();
+  w->max_id = next_job_id_ - 1;
+  const auto& sel = req.selector();
+  // Every named job must exist: waiting for a typo would never end.
+  for (const auto& r : sel.ids()) {
+    std::uint64_t last = r.last() ? r.last() : r.first();
+    if (r.first() == 0 || last < r.first())
+      return reply_error(peer, rid, make_error(ErrorCode::InvalidArgument,
+                                               fmt::format("invalid job range {}-{}", r.first(), last)));
+    for (std::uint64_t id = r.first(); id <= last; ++id)
+      if (!find_job(id))
+        return reply_error(peer, rid,
+                           make_error(ErrorCode::NotFound, fmt::format("job {} does not exist", id)));
+  }
+  for (auto g : sel.groups())
+    if (g == 0 || g > groups_.size() || groups_[g - 1].id == 0)
+      return reply_error(peer, rid,
+                         make_error(ErrorCode::NotFound, fmt::format("group {} does not exist", g)));
+  auto count = [&](const Job& j) {
+    ++w->total;
+    if (is_final(j.state))
+      waiter_count(*w, j);
+  };
+  if (!sel.all() && sel.groups_size() == 0 && sel.ids_size() > 0) {
+    std::unordered_set<std::uint64_t> seen;
+    for (const auto& r : sel.ids())
+      for (std::uint64_t id = r.first(); id <= (r.last() ? r.last() : r.first()); ++id)
+        if (seen.insert(id).second)
+          count(*find_job(id));
+  } else {
+    for (std::size_t i = 0; i < jobs_.size(); ++i)
+      if (jobs_[i].id && selected(sel, jobs_[i]))
+        count(jobs_[i]);
+  }
+  if (w->succeeded + w->failed + w->cancelled >= w->total) {
+    waiter_send(*w, true);
+    return;
+  }
+  if (w->progress)
+    waiter_send(*w, false);
+  w->dirty = false;
+  waiters_.push_back(std::move(w));
+}
+
+void Hub::handle_cancel(const std::shared_ptr<Peer>& peer,
+                        std::uint64_t rid,
+                        const pb::CancelRequest& req) {
+  const auto& sel = req.selector();
+  if (!sel.all() && sel.ids_size() == 0 && sel.groups_size() == 0)
+    return reply_error(peer, rid,
+                       make_error(ErrorCode::InvalidArgument,
+                                  "name the jobs to cancel (ids, a group, or all)"));
+  std::string reason = req.reason().empty() ? fmt::format("cancelled by {}", peer->describe())
+                                            : req.reason();
+  std::uint64_t cancelled = 0, finished = 0, missing = 0;
+  auto one = [&](Job& j) {
+    if (is_final(j.state)) {
+      ++finished;
+    } else {
+      cancel_job(j, reason);
+      ++cancelled;
+    }
+  };
+  if (!sel.all() && sel.groups_size() == 0) {
+    for (const auto& r : sel.ids())
+      for (std::uint64_t id = r.first(); id <= (r.last() ? r.last() : r.first()); ++id) {
+        if (Job* j = find_job(id))
+          one(*j);
+        else
+          ++missing;
+        if (id == UINT64_MAX)
+          break;
+      }
+  } else {
+    for (std::size_t i = 0; i < jobs_.size(); ++i)
+      if (jobs_[i].id && selected(sel, jobs_[i]))
+        one(jobs_[i]);
+  }
+  pb::Envelope env;
+  auto* c = env.mutable_cancel_reply();
+  c->set_cancelled(cancelled);
+  c->set_already_finished(finished);
+  c->set_not_found(missing);
+  send_to(peer, env, rid);
+}
+
+// -------------------------------------------------------------------------------------------
+// Output: followers
+
+void Hub::handle_logs(const std::shared_ptr<Peer>& peer, std::uint64_t rid, const pb::LogsRequest& req) {
+  Job* job = find_job(req.job_id());
+  if (!job)
+    return reply_error(peer, rid,
+                       make_error(ErrorCode::NotFound, fmt::format("job {} does not exist", req.job_id())));
+  if (req.attempt() > job->attempt)
+    return reply_error(peer, rid,
+                       make_error(ErrorCode::NotFound,
+                                  fmt::format("job {} has no attempt {} (it has had {})", job->id,
+                                              req.attempt(), job->attempt)));
+  auto f = std::make_shared<Follower>();
+  f->peer = peer;
+  f->rid = rid;
+  f->job = job->id;
+  f->stream = req.stream() == pb::STREAM_STDERR ? 1 : 0;
+  f->follow = req.follow();
+  f->attempt = req.attempt() ? req.attempt() : job->attempt;
+  if (f->attempt == 0) {
+    // Never started. Without follow there is nothing; with follow, wait for the first start.
+    if (!f->follow || is_final(job->state)) {
+      pb::Envelope env;
+      env.mutable_logs_data()->set_eof(true);
+      return send_to(peer, env, rid);
+    }
+    f->catching_up = false;
+    followers_[job->id].push_back(f);
+    return;
+  }
+  followers_[job->id].push_back(f);
+  follower_read_more(f);
+}
+
+void Hub::follower_read_more(std::shared_ptr<Follower> f) {
+  store_.read_output(f->job, f->attempt, f->stream, f->next_offset, kLogsChunk,
+                     [this, alive = alive_, f](Result<std::string> data) {
+                       if (!*alive || f->ended || f->peer->closed())
+                         return;
+                       if (!data.ok()) {
+                         f->ended = true;
+                         reply_error(f->peer, f->rid, data.error());
+                         return;
+                       }
+                       if (!data->empty()) {
+                         pb::Envelope env;
+                         auto* d = env.mutable_logs_data();
+                         d->set_offset(f->next_offset);
+                         f->next_offset += static_cast<std::int64_t>(data->size());
+                         d->set_data(std::move(*data));
+                         send_to(f->peer, env, f->rid);
+                         if (d->data().size() == kLogsChunk) {
+                           follower_read_more(f);
+                           return;
+                         }
+                       }
+                       // Caught up with the file; what arrived meanwhile was buffered.
+                       f->catching_up = false;
+                       auto buffered = std::move(f->buffered);
+                       for (auto& [off, bytes] : buffered)
+                         follower_deliver(*f, off, bytes);
+                       follower_maybe_end(f);
+                     });
+}
+
+void Hub::follower_deliver(Follower& f, std::int64_t offset, const std::string& data) {
+  if (f.ended)
+    return;
+  if (f.catching_up) {
+    f.buffered.emplace_back(offset, data);
+    return;
+  }
+  std::int64_t end = offset + static_cast<std::int64_t>(data.size());
+  if (end <= f.next_offset)
+    return;
+  std::int64_t skip = std::max<std::int64_t>(0, f.next_offset - offset);
+  if (f.peer->queued_bytes() > kSlowPeerBytes) {
+    f.ended = true;
+    f.peer->close_with_error(make_error(ErrorCode::Unavailable,
+                                        "the client reads job output too slowly; reconnect to "
+                                        "continue from the output files"));
+    return;
+  }
+  pb::Envelope env;
+  auto* d = env.mutable_logs_data();
+  d->set_offset(offset + skip);
+  d->set_data(data.substr(static_cast<std::size_t>(skip)));
+  send_to(f.peer, env, f.rid);
+  f.next_offset = end;
+}
+
+void Hub::follower_maybe_end(const std::shared_ptr<Follower>& f) {
+  if (f->ended || f->catching_up)
+    return;
+  const Job* job = find_job(f->job);
+  bool live = job && job->attempt == f->attempt &&
+              (job->state == JobState::Assigned || job->state == JobState::Running);
+  if (f->follow && live)
+    return;
+  f->ended = true;
+  pb::Envelope env;
+  auto* d = env.mutable_logs_data();
+  d->set_offset(f->next_offset);
+  d->set_eof(true);
+  send_to(f->peer, env, f->rid);
+  auto it = followers_.find(f->job);
+  if (it != followers_.end()) {
+    std::erase(it->second, f);
+    if (it->second.empty())
+      followers_.erase(it);
+  }
+}
+
+void Hub::followers_attempt_ended(Job& job) {
+  auto it = followers_.find(job.id);
+  if (it == followers_.end())
+    return;
+  auto list = it->second; // follower_maybe_end edits the map
+  for (auto& f : list)
+    if (f->attempt != 0 || is_final(job.state))
+      follower_maybe_end(f);
+}
+
+// -------------------------------------------------------------------------------------------
+// Status
+
+HubStats Hub::stats() const {
+  HubStats s;
+  for (const auto& [state, n] : state_counts_)
+    if (n)
+      s.jobs_by_state[job_state_name(state)] = n;
+  for (const auto& [id, a] : agents_)
+    s.agents += a.peer != nullptr;
+  for (const auto& [id, p] : pilots_)
+    s.pilots += p.state != "ended" && p.state != "failed" && p.state != "cancelled";
+  s.slots_total = scheduler_.slots_total();
+  s.slots_used = scheduler_.slots_used();
+  return s;
+}
+
+void Hub::handle_status(const std::shared_ptr<Peer>& peer, std::uint64_t rid) {
+  auto s = stats();
+  pb::Envelope env;
+  auto* st = env.mutable_hub_status_reply();
+  st->set_version(kSortieVersion);
+  st->set_profile(config_.profile.name);
+  st->set_pid(::getpid());
+  st->set_started_ms(started_ms);
+  st->set_address(listen_address);
+  for (const auto& [k, v] : s.jobs_by_state)
+    (*st->mutable_jobs_by_state())[k] = v;
+  st->set_agents(s.agents);
+  st->set_pilots(s.pilots);
+  st->set_slots_total(s.slots_total);
+  st->set_slots_used(s.slots_used);
+  st->set_store_path(config_.profile.store_file().string());
+  send_to(peer, env, rid);
+}
+
+// -------------------------------------------------------------------------------------------
+// Pilots
+
+store::PilotRow Hub::pilot_row(const Pilot& p) const {
+  store::PilotRow r;
+  r.id = p.id.value;
+  p.spec.SerializeToString(&r.spec);
+  r.state = p.state;
+  r.created_ms = p.created_ms;
+  r.ended_ms = p.ended_ms;
+  r.reason = p.reason;
+  return r;
+}
+
+void Hub::pilot_changed(Pilot& p) { batch().pilots.push_back(pilot_row(p)); }
+
+void Hub::update_pilot_state(Pilot& p) {
+  if (p.state == "ended" || p.state == "failed" || p.state == "cancelled")
+    return;
+  std::size_t up = 0, waiting = 0;
+  for (auto id : p.agents) {
+    auto it = agents_.find(id);
+    if (it == agents_.end())
+      continue;
+    up += it->second.peer != nullptr;
+    waiting += it->second.peer == nullptr && it->second.reconnect_deadline > 0;
+  }
+  std::size_t live_pids = 0;
+  for (int pid : p.pids)
+    live_pids += !dead_pids_.contains(pid);
+  std::string next = p.state;
+  if (up > 0) {
+    next = "running";
+  } else if (waiting > 0 || live_pids > 0) {
+    if (p.state == "submitting")
+      next = "pending";
+  } else if (p.cancel_requested || stopping_) {
+    next = "cancelled";
+  } else if (p.state == "running") {
+    next = "ended";
+    if (p.reason.empty())
+      p.reason = "all its agents have exited";
+  } else {
+    next = "failed";
+    if (p.reason.empty())
+      p.reason = "its agents exited before registering with the hub";
+  }
+  if (next != p.state) {
+    log::info("pilot {}: {} -> {}{}", p.id.value, p.state, next,
+              p.reason.empty() ? "" : " (" + p.reason + ")");
+    p.state = next;
+    if (next == "ended" || next == "failed" || next == "cancelled")
+      p.ended_ms = clock_.now_ms();
+    pilot_changed(p);
+  }
+}
+
+void Hub::handle_pilot_add(const std::shared_ptr<Peer>& peer,
+                           std::uint64_t rid,
+                           const pb::PilotAddRequest& req) {
+  if (stopping_)
+    return reply_error(peer, rid, make_error(ErrorCode::Unavailable, "the hub is stopping"));
+  pb::PilotSpec spec = req.spec();
+  if (spec.resource().empty())
+    spec.set_resource("local");
+  if (spec.resource() != "local")
+    return reply_error(peer, rid,
+                       make_error(ErrorCode::InvalidArgument,
+                                  fmt::format("resource '{}' is not defined: this hub knows only "
+                                              "'local' (this machine)",
+                                              spec.resource())));
+  if (spec.nodes() == 0)
+    spec.set_nodes(spec.node_names_size() > 0 ? static_cast<std::uint32_t>(spec.node_names_size()) : 1);
+  if (spec.nodes() > 256)
+    return reply_error(peer, rid,
+                       make_error(ErrorCode::InvalidArgument,
+                                  "a local pilot may start at most 256 agents"));
+  if (spec.slots_per_node() == 0) {
+    long n = ::sysconf(_SC_NPROCESSORS_ONLN);
+    spec.set_slots_per_node(static_cast<std::uint32_t>(n > 0 ? n : 1));
+  }
+  if (spec.slots_per_node() > 4096)
+    return reply_error(peer, rid,
+                       make_error(ErrorCode::InvalidArgument, "at most 4096 slots per node"));
+  if (!valid_label(spec.label()))
+    return reply_error(peer, rid,
+                       make_error(ErrorCode::InvalidArgument,
+                                  fmt::format("label '{}' is not valid: use letters, digits, '-', "
+                                              "'_' and '.' (at most 64)",
+                                              spec.label())));
+  if (spec.node_names_size() > 0 && static_cast<std::uint32_t>(spec.node_names_size()) != spec.nodes())
+    return reply_error(peer, rid,
+                       make_error(ErrorCode::InvalidArgument,
+                                  fmt::format("{} node names for {} nodes: give one name per node",
+                                              spec.node_names_size(), spec.nodes())));
+  PilotId id(next_pilot_id_++);
+  if (spec.node_names_size() == 0)
+    for (std::uint32_t k = 1; k <= spec.nodes(); ++k)
+      spec.add_node_names(fmt::format("local-{}-{}", id.value, k));
+  std::unordered_set<std::string> names;
+  for (const auto& n : spec.node_names()) {
+    if (!valid_node_name(n))
+      return reply_error(peer, rid,
+                         make_error(ErrorCode::InvalidArgument,
+                                    fmt::format("node name '{}' is not valid: use letters, digits, "
+                                                "'-', '_' and '.'",
+                                                n)));
+    if (!names.insert(n).second)
+      return reply_error(peer, rid,
+                         make_error(ErrorCode::InvalidArgument,
+                                    fmt::format("node name '{}' is given twice", n)));
+    for (const auto& [aid, a] : agents_)
+      if (a.peer && a.node == n)
+        return reply_error(peer, rid,
+                           make_error(ErrorCode::AlreadyExists,
+                                      fmt::format("a node named '{}' is already connected (pilot "
+                                                  "{}); choose other names",
+                                                  n, a.pilot.value)));
+  }
+  Pilot p;
+  p.id = id;
+  p.spec = spec;
+  p.state = "submitting";
+  p.created_ms = clock_.now_ms();
+  pilots_.emplace(id, p);
+  batch().pilots.push_back(pilot_row(p));
+  batch().on_commit.push_back([this, alive = alive_, peer, rid, id](const Result<void>& r) {
+    if (!*alive)
+      return;
+    auto it = pilots_.find(id);
+    if (it == pilots_.end())
+      return;
+    Pilot& pilot = it->second;
+    if (!r.ok()) {
+      pilots_.erase(it);
+      return reply_error(peer, rid, r.error());
+    }
+    launch::PilotRequest lr;
+    lr.pilot = id;
+    for (const auto& n : pilot.spec.node_names())
+      lr.agents.push_back({n, pilot.spec.slots_per_node(), pilot.spec.label()});
+    auto alloc = launcher_.submit(lr);
+    if (!alloc.ok()) {
+      pilot.reason = alloc.error().to_string();
+      pilot.state = "failed";
+      pilot.ended_ms = clock_.now_ms();
+      pilot_changed(pilot);
+      return reply_error(peer, rid, alloc.error().with_context(fmt::format("pilot {}", id.value)));
+    }
+    pilot.pids = alloc->pids;
+    for (int pid : pilot.pids)
+      pilot_by_pid_[pid] = id;
+    pilot.state = "pending";
+    pilot_changed(pilot);
+    pb::Envelope env;
+    env.mutable_pilot_add_reply()->set_pilot_id(id.value);
+    send_to(peer, env, rid);
+  });
+}
+
+void Hub::handle_pilot_list(const std::shared_ptr<Peer>& peer, std::uint64_t rid) {
+  pb::Envelope env;
+  auto* list = env.mutable_pilot_list_reply();
+  std::vector<const Pilot*> sorted;
+  for (const auto& [id, p] : pilots_)
+    sorted.push_back(&p);
+  std::sort(sorted.begin(), sorted.end(),
+            [](const Pilot* a, const Pilot* b) { return a->id < b->id; });
+  for (const Pilot* p : sorted) {
+    auto* info = list->add_pilots();
+    info->set_id(p->id.value);
+    *info->mutable_spec() = p->spec;
+    info->set_state(p->state);
+    info->set_created_ms(p->created_ms);
+    info->set_reason(p->reason);
+    std::uint64_t total = 0, used = 0;
+    std::uint32_t up = 0;
+    for (auto aid : p->agents) {
+      auto it = agents_.find(aid);
+      if (it == agents_.end() || !it->second.peer)
+        continue;
+      ++up;
+      info->add_nodes(it->second.node);
+      total += it->second.slots;
+      for (auto jid : it->second.jobs)
+        if (const Job* j = find_job(jid.value); j && j->state == JobState::Running)
+          used += specs_[j->spec - 1].req.slots;
+    }
+    info->set_nodes_up(up);
+    info->set_slots_total(total);
+    info->set_slots_used(used);
+  }
+  send_to(peer, env, rid);
+}
+
+void Hub::handle_pilot_cancel(const std::shared_ptr<Peer>& peer,
+                              std::uint64_t rid,
+                              const pb::PilotCancelRequest& req) {
+  auto it = pilots_.find(PilotId(req.pilot_id()));
+  if (it == pilots_.end())
+    return reply_error(peer, rid,
+                       make_error(ErrorCode::NotFound,
+                                  fmt::format("pilot {} does not exist", req.pilot_id())));
+  Pilot& p = it->second;
+  if (p.state == "ended" || p.state == "failed" || p.state == "cancelled")
+    return reply_error(peer, rid,
+                       make_error(ErrorCode::FailedPrecondition,
+                                  fmt::format("pilot {} is already {}", p.id.value, p.state)));
+  p.cancel_requested = true;
+  p.reason = fmt::format("cancelled by {}", peer->describe());
+  for (auto aid : p.agents) {
+    auto a = agents_.find(aid);
+    if (a == agents_.end())
+      continue;
+    scheduler_.set_accepting(aid, false);
+    if (a->second.peer) {
+      pb::Envelope env;
+      env.mutable_shutdown()->set_reason(fmt::format("pilot {} cancelled", p.id.value));
+      a->second.peer->send(env);
+    }
+  }
+  // Agents that never registered (or hang) get SIGTERM from the launcher as well.
+  launcher_.cancel(launch::Allocation{p.pids});
+  update_pilot_state(p);
+  pb::Envelope env;
+  env.mutable_ok();
+  send_to(peer, env, rid);
+}
+
+void Hub::on_local_process_exit(int pid, int status) {
+  dead_pids_.insert(pid);
+  auto pit = pilot_by_pid_.find(pid);
+  if (pit == pilot_by_pid_.end())
+    return;
+  PilotId pilot_id = pit->second;
+  pilot_by_pid_.erase(pit);
+  std::string how = WIFEXITED(status)   ? fmt::format("exit status {}", WEXITSTATUS(status))
+                    : WIFSIGNALED(status) ? fmt::format("{}", signal_name(WTERMSIG(status)))
+                                          : "unknown status";
+  // An agent process of ours is gone: if its link already closed, its jobs are lost now (no
+  // point waiting for a reconnect that cannot come).
+  for (auto& [id, a] : agents_)
+    if (a.pid == pid && a.local && !a.peer && a.reconnect_deadline > 0)
+      agent_gone(id, fmt::format("its process exited ({})", how));
+  auto p = pilots_.find(pilot_id);
+  if (p == pilots_.end())
+    return;
+  bool registered = false;
+  for (auto aid : p->second.agents)
+    if (auto a = agents_.find(aid); a != agents_.end() && a->second.pid == pid)
+      registered = true;
+  if (!registered && !p->second.cancel_requested && !stopping_ && p->second.reason.empty())
+    p->second.reason = fmt::format("an agent exited ({}) before registering; see {}", how,
+                                   config_.profile.agent_log_dir().string());
+  update_pilot_state(p->second);
+}
+
+// -------------------------------------------------------------------------------------------
+// Agents
+
+void Hub::on_agent_register(const std::shared_ptr<Peer>& peer, const pb::AgentRegister& reg) {
+  if (stopping_) {
+    peer->close_with_error(make_error(ErrorCode::Unavailable, "the hub is stopping"));
+    return;
+  }
+  if (reg.slots() == 0 || reg.slots() > 4096 || !valid_node_name(reg.node_name()) ||
+      !valid_label(reg.label())) {
+    peer->close_with_error(make_error(ErrorCode::InvalidArgument,
+                                      "agent registration is invalid: it needs 1..4096 slots, a "
+                                      "node name and a valid label",
+                                      peer->describe()));
+    return;
+  }
+  std::vector<std::uint64_t> kill;
+  auto existing = agents_.find(AgentId(reg.agent_id()));
+  if (reg.agent_id() != 0 && existing != agents_.end() &&
+      (existing->second.peer || existing->second.reconnect_deadline > 0)) {
+    // A reconnect: after a network drop or a hub restart.
+    Agent& a = existing->second;
+    if (a.peer) {
+      agent_by_peer_.erase(a.peer.get());
+      a.peer->close_with_error(make_error(ErrorCode::AlreadyExists,
+                                          "this agent connected again on another link"));
+    }
+    a.peer = peer;
+    a.reconnect_deadline = 0;
+    a.hostname = reg.hostname();
+    a.pid = reg.pid();
+    agent_by_peer_[peer.get()] = a.id;
+    std::unordered_set<JobId> reported;
+    for (const auto& aj : reg.jobs()) {
+      Job* j = find_job(aj.job_id());
+      if (j && j->agent == a.id.value && j->attempt == aj.attempt() &&
+          (j->state == JobState::Assigned || j->state == JobState::Running)) {
+        reported.insert(JobId(j->id));
+        if (aj.started() && j->state == JobState::Assigned) {
+          j->started = true;
+          transition(*j, JobState::Running, clock_.now_ms());
+        }
+      } else {
+        kill.push_back(aj.job_id());
+      }
+    }
+    scheduler_.add_node(a.id, {a.label, a.slots, a.slots * config_.launch_queue});
+    // Results that finished while the hub could not hear them.
+    for (const auto& ev : reg.unacked().events()) {
+      if (ev.kind() == pb::JobEvent::FINISHED) {
+        reported.insert(JobId(ev.job_id()));
+        apply_finished(a, ev);
+      }
+    }
+    std::vector<JobId> missing;
+    for (auto jid : a.jobs)
+      if (!reported.contains(jid))
+        missing.push_back(jid);
+    for (auto jid : missing) {
+      Job* j = find_job(jid.value);
+      if (!j->started && j->state == JobState::Assigned)
+        requeue(*j, true); // never reached the agent
+      else
+        job_lost(*j, fmt::format("agent {} no longer knows it after reconnecting", a.node));
+    }
+    for (auto jid : a.jobs)
+      if (const Job* j = find_job(jid.value))
+        scheduler_.adopt(jid, a.id, specs_[j->spec - 1].req.slots);
+    log::info("agent {} ({}) reconnected with {} jobs from {}", a.id.value, a.node, a.jobs.size(),
+              peer->describe());
+    std::uint64_t seq = reg.unacked().seq();
+    AgentId id = a.id;
+    batch().agents.push_back({id.value, a.pilot.value, a.node, a.hostname, a.pid, a.slots, a.label,
+                              true, a.registered_ms});
+    batch().on_commit.push_back([this, alive = alive_, peer, id, kill, seq](const Result<void>& r) {
+      if (!*alive || peer->closed())
+        return;
+      if (!r.ok())
+        return peer->close_with_error(r.error());
+      finish_registration(peer, id, kill);
+      if (seq) {
+        pb::Envelope ack;
+        ack.mutable_job_events_ack()->set_seq(seq);
+        peer->send(ack);
+      }
+    });
+    // Cancels that happened while it was away.
+    for (auto jid : a.jobs) {
+      Job* j = find_job(jid.value);
+      if (j && j->cancel_requested) {
+        j->cancel_requested = false;
+        cancel_job(*j, j->reason);
+      }
+    }
+    if (auto p = pilots_.find(a.pilot); p != pilots_.end())
+      update_pilot_state(p->second);
+    return;
+  }
+  // A new agent. One that claims an id the hub does not know (its hub's store was replaced) starts
+  // over and must kill whatever it still runs.
+  for (const auto& aj : reg.jobs())
+    kill.push_back(aj.job_id());
+  for (const auto& [aid, other] : agents_)
+    if (other.peer && other.node == reg.node_name()) {
+      peer->close_with_error(make_error(ErrorCode::AlreadyExists,
+                                        fmt::format("a node named '{}' is already connected "
+                                                    "(agent {}); give this agent another name",
+                                                    reg.node_name(), aid.value)));
+      return;
+    }
+  Agent a;
+  a.id = AgentId(next_agent_id_++);
+  a.pilot = PilotId(reg.pilot_id());
+  a.node = reg.node_name();
+  a.hostname = reg.hostname();
+  a.pid = reg.pid();
+  a.slots = reg.slots();
+  a.cores = reg.cores();
+  a.memory = reg.memory_bytes();
+  a.label = reg.label();
+  a.registered_ms = clock_.now_ms();
+  a.peer = peer;
+  char host[256] = {};
+  ::gethostname(host, sizeof host - 1);
+  a.local = pilot_by_pid_.contains(a.pid) || (a.hostname == host && a.pid > 0);
+  AgentId id = a.id;
+  agent_by_peer_[peer.get()] = id;
+  batch().agents.push_back({id.value, a.pilot.value, a.node, a.hostname, a.pid, a.slots, a.label,
+                            true, a.registered_ms});
+  agents_.emplace(id, std::move(a));
+  log::info("agent {} registered: node {}, {} slots{}, pilot {}, from {}", id.value,
+            reg.node_name(), reg.slots(), reg.label().empty() ? "" : ", label " + reg.label(),
+            reg.pilot_id(), peer->describe());
+  batch().on_commit.push_back([this, alive = alive_, peer, id, kill](const Result<void>& r) {
+    if (!*alive)
+      return;
+    if (!r.ok()) {
+      peer->close_with_error(r.error());
+      return;
+    }
+    if (peer->closed())
+      return;
+    auto it = agents_.find(id);
+    if (it == agents_.end() || it->second.peer != peer)
+      return;
+    scheduler_.add_node(id, {it->second.label, it->second.slots,
+                             it->second.slots * config_.launch_queue});
+    finish_registration(peer, id, kill);
+    if (auto p = pilots_.find(it->second.pilot); p != pilots_.end()) {
+      p->second.agents.insert(id);
+      update_pilot_state(p->second);
+    }
+  });
+}
+
+void Hub::finish_registration(const std::shared_ptr<Peer>& peer,
+                              AgentId id,
+                              std::vector<std::uint64_t> kill) {
+  pb::Envelope env;
+  auto* r = env.mutable_agent_registered();
+  r->set_agent_id(id.value);
+  r->set_output_credit(config_.output_credit);
+  r->set_reconnect_window_ms(config_.agent_reconnect_window_ms);
+  for (auto k : kill)
+    r->add_kill_jobs(k);
+  peer->send(env);
+  request_schedule();
+}
+
+void Hub::on_agent_frame(const std::shared_ptr<Peer>& peer, pb::Envelope& env) {
+  auto it = agent_by_peer_.find(peer.get());
+  if (it == agent_by_peer_.end()) {
+    peer->close_with_error(make_error(ErrorCode::FailedPrecondition,
+                                      fmt::format("protocol error: '{}' before the agent was "
+                                                  "registered",
+                                                  protocol::body_name(env))));
+    return;
+  }
+  Agent& agent = agents_.at(it->second);
+  switch (env.body_case()) {
+  case pb::Envelope::kJobEvents:
+    return handle_job_events(agent, env.job_events());
+  case pb::Envelope::kOutput:
+    return handle_output(agent, *env.mutable_output());
+  case pb::Envelope::kGoodbye:
+    return;
+  default:
+    peer->close_with_error(make_error(ErrorCode::InvalidArgument,
+                                      fmt::format("protocol error: an agent may not send '{}'",
+                                                  protocol::body_name(env))));
+  }
+}
+
+void Hub::handle_job_events(Agent& agent, const pb::JobEvents& events) {
+  for (const auto& ev : events.events()) {
+    if (ev.kind() == pb::JobEvent::STARTED)
+      apply_started(agent, ev);
+    else if (ev.kind() == pb::JobEvent::FINISHED)
+      apply_finished(agent, ev);
+  }
+  if (events.seq() == 0)
+    return;
+  // The agent forgets finished results only once they are durable here.
+  batch().on_commit.push_back(
+      [alive = alive_, peer = agent.peer, seq = events.seq()](const Result<void>& r) {
+        if (!*alive || !r.ok() || !peer || peer->closed())
+          return;
+        pb::Envelope ack;
+        ack.mutable_job_events_ack()->set_seq(seq);
+        peer->send(ack);
+      });
+}
+
+void Hub::apply_started(Agent& agent, const pb::JobEvent& ev) {
+  Job* job = find_job(ev.job_id());
+  if (!job || job->agent != agent.id.value || job->attempt != ev.attempt() ||
+      job->state != JobState::Assigned) {
+    log::debug("agent {}: ignoring start of job {} attempt {}", agent.node, ev.job_id(), ev.attempt());
+    return;
+  }
+  job->started = true;
+  job->start_ms = ev.time_ms();
+  transition(*job, JobState::Running, ev.time_ms());
+  // Followers waiting for the first start follow this attempt from its beginning.
+  if (auto it = followers_.find(job->id); it != followers_.end())
+    for (auto& f : it->second)
+      if (f->attempt == 0)
+        f->attempt = job->attempt;
+}
+
+void Hub::apply_finished(Agent& agent, const pb::JobEvent& ev) {
+  Job* job = find_job(ev.job_id());
+  if (!job || job->agent != agent.id.value || job->attempt != ev.attempt() ||
+      (job->state != JobState::Assigned && job->state != JobState::Running)) {
+    log::debug("agent {}: ignoring end of job {} attempt {}", agent.node, ev.job_id(), ev.attempt());
+    return;
+  }
+  detach_from_agent(*job);
+  request_schedule();
+  std::int64_t now = ev.time_ms() ? ev.time_ms() : clock_.now_ms();
+  job->end_ms = now;
+  job->usage = {ev.usage().user_cpu_us(), ev.usage().system_cpu_us(), ev.usage().max_rss_kib()};
+  job->has_exit_code = ev.has_exit_code();
+  job->exit_code = ev.exit_code();
+  job->has_signal = ev.has_signal();
+  job->signal = static_cast<std::int16_t>(ev.signal());
+  if (ev.killed() && !job->cancel_requested) {
+    // Killed by its agent's shutdown (pilot cancelled, hub stopping), not by the user: run it
+    // again elsewhere.
+    job->reason = fmt::format("its agent {} shut down", agent.node);
+    requeue(*job, true);
+    followers_attempt_ended(*job);
+    return;
+  }
+  JobState to;
+  if (ev.killed()) {
+    to = JobState::Cancelled;
+  } else if (!ev.error().empty()) {
+    to = JobState::Failed;
+    job->reason = ev.error();
+  } else if (ev.has_exit_code() && ev.exit_code() == 0) {
+    to = JobState::Succeeded;
+  } else {
+    to = JobState::Failed;
+    job->reason = ev.has_signal() ? fmt::format("killed by {}", signal_name(ev.signal()))
+                                  : fmt::format("exit code {}", ev.exit_code());
+  }
+  transition(*job, to, now);
+  job_final(*job);
+}
+
+void Hub::handle_output(Agent& agent, pb::OutputBatch& out) {
+  std::uint64_t bytes = 0;
+  auto& b = batch();
+  for (auto& c : *out.mutable_chunks()) {
+    bytes += c.data().size();
+    Job* job = find_job(c.job_id());
+    int stream = c.stream() == pb::STREAM_STDERR ? 1 : 0;
+    if (!job || job->agent != agent.id.value || job->attempt != c.attempt() || c.offset() < 0) {
+      log::debug("agent {}: dropping output of job {} attempt {}", agent.node, c.job_id(),
+                 c.attempt());
+      continue;
+    }
+    std::int64_t end = c.offset() + static_cast<std::int64_t>(c.data().size());
+    job->out_bytes[stream] = std::max<std::uint64_t>(job->out_bytes[stream], static_cast<std::uint64_t>(end));
+    if (auto it = followers_.find(job->id); it != followers_.end())
+      for (auto& f : it->second)
+        if (f->attempt == c.attempt() && f->stream == stream)
+          follower_deliver(*f, c.offset(), c.data());
+    b.output.push_back({job->id, c.attempt(), stream, c.offset(), std::move(*c.mutable_data())});
+  }
+  if (bytes == 0)
+    return;
+  // Credit returns once the bytes are on disk: the agent's memory bounds what is in flight.
+  b.on_commit.push_back([alive = alive_, peer = agent.peer, bytes](const Result<void>&) {
+    if (!*alive || !peer || peer->closed())
+      return;
+    pb::Envelope env;
+    env.mutable_output_credit()->set_bytes(bytes);
+    peer->send(env);
+  });
+}
+
+void Hub::on_agent_closed(const std::shared_ptr<Peer>& peer, const Error& reason, bool goodbye) {
+  auto it = agent_by_peer_.find(peer.get());
+  if (it == agent_by_peer_.end())
+    return;
+  AgentId id = it->second;
+  agent_by_peer_.erase(it);
+  auto a_it = agents_.find(id);
+  if (a_it == agents_.end() || a_it->second.peer != peer)
+    return; // replaced by a newer link
+  Agent& a = a_it->second;
+  a.peer.reset();
+  scheduler_.remove_node(id);
+  bool process_dead = a.local && (dead_pids_.contains(a.pid) || !launcher_.process_alive(a.pid));
+  if (goodbye || stopping_ || process_dead) {
+    agent_gone(id, goodbye ? "it shut down" : process_dead ? "its process died" : "the hub is stopping");
+    return;
+  }
+  a.reconnect_deadline = clock_.monotonic_ms() + config_.agent_reconnect_window_ms + kReconnectMarginMs;
+  log::warn("agent {} ({}) disconnected: {}; its {} jobs keep their state until it reconnects "
+            "(within {})",
+            id.value, a.node, reason.to_string(), a.jobs.size(),
+            format_duration_ms(config_.agent_reconnect_window_ms + kReconnectMarginMs));
+  if (auto p = pilots_.find(a.pilot); p != pilots_.end())
+    update_pilot_state(p->second);
+}
+
+void Hub::agent_gone(AgentId id, const std::string& why) {
+  auto it = agents_.find(id);
+  if (it == agents_.end())
+    return;
+  Agent& a = it->second;
+  if (a.peer) {
+    agent_by_peer_.erase(a.peer.get());
+    a.peer->close_with_error(make_error(ErrorCode::Unavailable, "agent removed: " + why));
+    a.peer.reset();
+  }
+  a.reconnect_deadline = 0;
+  scheduler_.remove_node(id);
+  std::vector<JobId> jobs(a.jobs.begin(), a.jobs.end());
+  std::sort(jobs.begin(), jobs.end());
+  if (!jobs.empty())
+    log::warn("agent {} ({}) is gone ({}): {} of its jobs are lost", id.value, a.node, why,
+              jobs.size());
+  else
+    log::info("agent {} ({}) is gone ({})", id.value, a.node, why);
+  for (auto jid : jobs) {
+    Job* j = find_job(jid.value);
+    if (!j)
+      continue;
+    if (stopping_) {
+      j->reason = "the hub stopped";
+      requeue(*j, true);
+    } else if (j->state == JobState::Assigned && !j->started && !j->cancel_requested) {
+      requeue(*j, true); // it never started there
+    } else {
+      job_lost(*j, fmt::format("agent {} on {} was lost: {}", a.node, a.hostname, why));
+    }
+  }
+  a.jobs.clear();
+  batch().agents.push_back({id.value, a.pilot.value, a.node, a.hostname, a.pid, a.slots, a.label,
+                            false, a.registered_ms});
+  if (auto p = pilots_.find(a.pilot); p != pilots_.end()) {
+    p->second.agents.erase(id);
+    update_pilot_state(p->second);
+  }
+}
+
+// -------------------------------------------------------------------------------------------
+// Shutdown
+
+void Hub::shutdown(std::function<void()> done) {
+  if (stopping_)
+    return;
+  stopping_ = true;
+  tick_timer_.cancel();
+  // Jobs on agents go back to the queue: they run again when pilots come back.
+  std::vector<AgentId> ids;
+  for (auto& [id, a] : agents_)
+    if (a.peer || a.reconnect_deadline > 0)
+      ids.push_back(id);
+  for (auto id : ids) {
+    Agent& a = agents_.at(id);
+    if (a.peer) {
+      pb::Envelope env;
+      env.mutable_shutdown()->set_reason("the hub is stopping");
+      a.peer->send(env);
+      a.peer->close_with_error(make_error(ErrorCode::Unavailable, "the hub is stopping"));
+    }
+    agent_gone(id, "the hub stopped");
+  }
+  for (auto& [id, p] : pilots_) {
+    launcher_.cancel(launch::Allocation{p.pids});
+    if (p.state != "ended" && p.state != "failed" && p.state != "cancelled") {
+      p.reason = "the hub stopped";
+      update_pilot_state(p);
+    }
+  }
+  for (auto& w : waiters_)
+    w->peer->close_with_error(make_error(ErrorCode::Unavailable, "the hub is stopping"));
+  waiters_.clear();
+  batch().on_commit.push_back([done = std::move(done)](const Result<void>&) { done(); });
+  flush();
+}
+
+} // namespace sortie::hub

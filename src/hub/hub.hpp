@@ -1,0 +1,287 @@
+// SPDX-License-Identifier: Apache-2.0
+// The hub's domain state and its handlers: jobs, agents, pilots, waiters and output followers.
+//
+// Design. One event-loop thread owns everything here (no locks). The server hands each decoded
+// frame to a handler; handlers validate, then mutate state and queue messages on peers. Durable
+// changes go into the current WriteBatch, flushed to the store once per loop turn; whatever must
+// not be said before it is durable (submission acks, assignments, event acks, output credit) is
+// sent from the batch's commit completion. Scheduling runs once per loop turn after a change that
+// could enable it, in bounded steps.
+//
+// Recovery. At start the hub reloads every job. Jobs assigned to or running on an agent wait for
+// that agent to reconnect and report what it runs (its reconnect window plus a margin); an agent
+// that does not come back loses its jobs, which are requeued while retries remain. Queued jobs
+// were never handed out (assignments are committed before they are sent), so they are scheduled
+// at once and a job never runs twice at the same time.
+#pragma once
+
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <optional>
+#include <string>
+#include <unordered_map>
+#include <unordered_set>
+#include <vector>
+
+#include "common/chunked_vector.hpp"
+#include "common/clock.hpp"
+#include "hub/config.hpp"
+#include "hub/peer.hpp"
+#include "launch/launcher.hpp"
+#include "protocol/asio.hpp"
+#include "protocol/sortie.pb.h"
+#include "scheduler/scheduler.hpp"
+#include "store/store.hpp"
+
+namespace sortie::hub {
+
+/// One job in memory (about 170 bytes; the spec is shared through the spec table).
+struct Job {
+  std::uint64_t id = 0; ///< 0: no job has this id (a submission that failed to commit)
+  std::uint32_t spec = 0;
+  std::uint32_t group = 0;
+  std::int64_t array_index = 0;
+  std::int64_t submit_ms = 0;
+  std::int64_t start_ms = 0;
+  std::int64_t end_ms = 0;
+  std::uint64_t agent = 0;
+  std::uint64_t out_bytes[2] = {0, 0}; ///< output received for the current attempt
+  std::vector<StateChange> history;
+  std::string reason;
+  ResourceUsage usage;
+  std::int32_t exit_code = 0;
+  std::int16_t signal = 0;
+  std::uint16_t attempt = 0;
+  std::uint16_t lost_count = 0;
+  JobState state = JobState::Queued;
+  bool is_array = false;
+  bool has_exit_code = false;
+  bool has_signal = false;
+  bool dirty = false;
+  bool cancel_requested = false;
+  bool started = false; ///< the current attempt's process started
+};
+
+struct Spec {
+  std::string bytes; ///< serialized pb::JobSpec, sent to agents as is
+  scheduler::Requirements req;
+  std::string name;
+};
+
+struct Group {
+  std::uint64_t id = 0;
+  std::string name;
+  std::int64_t created_ms = 0;
+  std::uint64_t first_job = 0;
+  std::uint64_t count = 0;
+};
+
+struct Agent {
+  AgentId id;
+  PilotId pilot;
+  std::string node;
+  std::string hostname;
+  int pid = 0;
+  std::uint32_t slots = 0;
+  std::uint32_t cores = 0;
+  std::uint64_t memory = 0;
+  std::string label;
+  std::int64_t registered_ms = 0;
+  std::shared_ptr<Peer> peer; ///< null while disconnected
+  std::unordered_set<JobId> jobs; ///< assigned or running here
+  std::uint64_t credit_owed = 0;  ///< output bytes written but not yet credited back
+  std::int64_t reconnect_deadline = 0; ///< monotonic ms; while disconnected
+  bool local = false; ///< started by this hub's local launcher on this machine
+};
+
+struct Pilot {
+  PilotId id;
+  pb::PilotSpec spec;
+  std::string state; ///< submitting, pending, running, draining, ended, failed, cancelled
+  std::int64_t created_ms = 0;
+  std::int64_t ended_ms = 0;
+  std::string reason;
+  std::vector<int> pids; ///< local agent processes started for it
+  std::unordered_set<AgentId> agents;
+  bool cancel_requested = false;
+};
+
+struct HubStats {
+  std::unordered_map<std::string, std::uint64_t> jobs_by_state;
+  std::uint32_t agents = 0;
+  std::uint32_t pilots = 0;
+  std::uint64_t slots_total = 0;
+  std::uint64_t slots_used = 0;
+};
+
+class Hub {
+public:
+  Hub(asio::any_io_executor executor,
+      HubConfig config,
+      store::Store& store,
+      launch::Launcher& launcher,
+      const Clock& clock);
+  ~Hub();
+
+  /// Rebuilds state from the store. Call once, before start().
+  Result<void> load(store::LoadedState state);
+  /// Starts the periodic tick (progress frames, reconnect deadlines).
+  void start();
+
+  // Client connections ---------------------------------------------------------------------
+  /// Handles one request from an authenticated client.
+  void on_client_frame(const std::shared_ptr<Peer>& peer, pb::Envelope& env);
+  void on_client_closed(const std::shared_ptr<Peer>& peer);
+
+  // Agent connections ----------------------------------------------------------------------
+  /// An agent's first frame after the handshake. Replies (after a commit) with AgentRegistered.
+  void on_agent_register(const std::shared_ptr<Peer>& peer, const pb::AgentRegister& reg);
+  void on_agent_frame(const std::shared_ptr<Peer>& peer, pb::Envelope& env);
+  /// The agent's link ended: `goodbye` when the agent said it is leaving.
+  void on_agent_closed(const std::shared_ptr<Peer>& peer, const Error& reason, bool goodbye);
+
+  // Local processes ------------------------------------------------------------------------
+  /// A process started by the local launcher exited (from the hub's SIGCHLD handler).
+  void on_local_process_exit(int pid, int status);
+
+  /// Called when a client asked the hub to stop; the server then calls shutdown().
+  std::function<void()> on_stop_requested;
+  /// Stops local agents, requeues what ran on them, flushes the store, then runs `done`.
+  void shutdown(std::function<void()> done);
+
+  HubStats stats() const;
+  const HubConfig& config() const { return config_; }
+  std::string listen_address; ///< for status, set by the server
+  std::int64_t started_ms = 0;
+
+  /// For tests: the job with this id, or null.
+  const Job* job_for_test(std::uint64_t id) const { return find_job(id); }
+
+private:
+  // Client requests.
+  void handle_submit(const std::shared_ptr<Peer>& peer, std::uint64_t rid, const pb::SubmitRequest& req);
+  void handle_list(const std::shared_ptr<Peer>& peer, std::uint64_t rid, const pb::ListJobsRequest& req);
+  void handle_get(const std::shared_ptr<Peer>& peer, std::uint64_t rid, const pb::GetJobRequest& req);
+  void handle_wait(const std::shared_ptr<Peer>& peer, std::uint64_t rid, const pb::WaitRequest& req);
+  void handle_cancel(const std::shared_ptr<Peer>& peer, std::uint64_t rid, const pb::CancelRequest& req);
+  void handle_logs(const std::shared_ptr<Peer>& peer, std::uint64_t rid, const pb::LogsRequest& req);
+  void handle_status(const std::shared_ptr<Peer>& peer, std::uint64_t rid);
+  void handle_pilot_add(const std::shared_ptr<Peer>& peer, std::uint64_t rid, const pb::PilotAddRequest& req);
+  void handle_pilot_list(const std::shared_ptr<Peer>& peer, std::uint64_t rid);
+  void handle_pilot_cancel(const std::shared_ptr<Peer>& peer, std::uint64_t rid, const pb::PilotCancelRequest& req);
+
+  // Agent messages.
+  void handle_job_events(Agent& agent, const pb::JobEvents& events);
+  void handle_output(Agent& agent, pb::OutputBatch& batch);
+  void apply_started(Agent& agent, const pb::JobEvent& ev);
+  void apply_finished(Agent& agent, const pb::JobEvent& ev);
+  void finish_registration(const std::shared_ptr<Peer>& peer, AgentId id, std::vector<std::uint64_t> kill);
+  void agent_gone(AgentId id, const std::string& why);
+
+  // Job state.
+  Job* find_job(std::uint64_t id);
+  const Job* find_job(std::uint64_t id) const;
+  void transition(Job& job, JobState to, std::int64_t now_ms);
+  void mark_dirty(Job& job);
+  void requeue(Job& job, bool front);
+  /// The job's agent is gone: requeue it while retries remain, else it stays lost.
+  void job_lost(Job& job, const std::string& why);
+  /// The job reached a final state: tell waiters and followers.
+  void job_final(Job& job);
+  void cancel_job(Job& job, const std::string& reason);
+  void detach_from_agent(Job& job);
+  void fill_info(const Job& job, pb::JobInfo& info, bool detail) const;
+  bool selected(const pb::JobSelector& sel, const Job& job) const;
+  std::string node_of(const Job& job) const;
+
+  // Batching and scheduling.
+  store::WriteBatch& batch();
+  void flush();
+  void request_schedule();
+  void schedule();
+
+  // Periodic work.
+  Awaitable<void> tick_loop();
+  void tick();
+
+  // Followers of job output.
+  struct Follower;
+  void follower_read_more(std::shared_ptr<Follower> f);
+  void follower_deliver(Follower& f, std::int64_t offset, const std::string& data);
+  void follower_maybe_end(const std::shared_ptr<Follower>& f);
+  void followers_attempt_ended(Job& job);
+
+  // Pilots.
+  void pilot_changed(Pilot& pilot);
+  void update_pilot_state(Pilot& pilot);
+  store::PilotRow pilot_row(const Pilot& pilot) const;
+
+  void reply_error(const std::shared_ptr<Peer>& peer, std::uint64_t rid, const Error& error);
+  void send_to(const std::shared_ptr<Peer>& peer, pb::Envelope& env, std::uint64_t rid);
+
+  asio::any_io_executor executor_;
+  HubConfig config_;
+  store::Store& store_;
+  launch::Launcher& launcher_;
+  const Clock& clock_;
+
+  ChunkedVector<Job> jobs_; ///< index = id - 1
+  std::vector<Spec> specs_;  ///< index = id - 1
+  std::vector<Group> groups_; ///< index = id - 1
+  std::uint64_t next_job_id_ = 1;
+  std::uint64_t next_spec_id_ = 1;
+  std::uint64_t next_group_id_ = 1;
+  std::uint64_t next_agent_id_ = 1;
+  std::uint64_t next_pilot_id_ = 1;
+
+  std::unordered_map<AgentId, Agent> agents_;
+  std::unordered_map<const Peer*, AgentId> agent_by_peer_;
+  std::unordered_map<PilotId, Pilot> pilots_;
+  std::unordered_map<int, PilotId> pilot_by_pid_;
+  std::unordered_set<int> dead_pids_; ///< local agent processes seen exiting
+  scheduler::Scheduler scheduler_;
+  std::unordered_map<JobState, std::uint64_t> state_counts_;
+
+  store::WriteBatch batch_;
+  std::vector<std::uint64_t> dirty_;
+  bool flush_posted_ = false;
+  bool schedule_posted_ = false;
+  std::int64_t recovery_deadline_ = 0; ///< monotonic ms; agents from before a restart may return
+
+  struct Waiter {
+    std::shared_ptr<Peer> peer;
+    std::uint64_t rid = 0;
+    pb::JobSelector selector;
+    std::uint64_t total = 0;
+    std::uint64_t succeeded = 0, failed = 0, cancelled = 0;
+    std::vector<std::uint64_t> failed_ids;
+    bool progress = false;
+    bool dirty = false;
+    std::uint64_t max_id = 0; ///< jobs above this id were submitted later and do not count
+  };
+  std::vector<std::shared_ptr<Waiter>> waiters_;
+  void waiter_count(Waiter& w, const Job& job);
+  void waiter_send(Waiter& w, bool done);
+
+  struct Follower {
+    std::shared_ptr<Peer> peer;
+    std::uint64_t rid = 0;
+    std::uint64_t job = 0;
+    std::uint32_t attempt = 0; ///< 0 until the job starts
+    int stream = 0;
+    bool follow = false;
+    bool catching_up = true; ///< reading the file; live chunks are buffered meanwhile
+    bool ended = false;
+    std::int64_t next_offset = 0;
+    std::vector<std::pair<std::int64_t, std::string>> buffered;
+  };
+  std::unordered_map<std::uint64_t, std::vector<std::shared_ptr<Follower>>> followers_;
+
+  std::shared_ptr<bool> alive_ = std::make_shared<bool>(true);
+  asio::steady_timer tick_timer_;
+  bool stopping_ = false;
+  std::function<void()> shutdown_done_;
+};
+
+} // namespace sortie::hub

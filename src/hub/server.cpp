@@ -1,0 +1,405 @@
+// SPDX-License-Identifier: Apache-2.0
+// The hub's process shell: the profile lock, listeners, one coroutine per connection (handshake,
+// then frames handed to the Hub by role), signals and an orderly stop. The Hub itself never sees a
+// socket.
+#include "hub/server.hpp"
+
+#include <fcntl.h>
+#include <sys/file.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <boost/asio/ip/tcp.hpp>
+#include <boost/asio/local/stream_protocol.hpp>
+#include <boost/asio/signal_set.hpp>
+
+#include <set>
+
+#include <fmt/format.h>
+
+#include "common/files.hpp"
+#include "common/hub_file.hpp"
+#include "common/log.hpp"
+#include "common/version.hpp"
+#include "hub/hub.hpp"
+#include "launch/local_launcher.hpp"
+#include "protocol/auth.hpp"
+#include "protocol/handshake.hpp"
+#include "protocol/socket_stream.hpp"
+
+namespace sortie::hub {
+namespace {
+
+class LinkPeer final : public Peer {
+public:
+  LinkPeer(std::shared_ptr<net::Link> link, std::string name)
+      : link_(std::move(link)), name_(std::move(name)) {}
+  // Peer
+  void send(const pb::Envelope& env) override { link_->send(env); }
+  void close_with_error(const Error& error) override { link_->close_with_error(error); }
+  bool closed() const override { return link_->closed(); }
+  std::size_t queued_bytes() const override { return link_->queued_bytes(); }
+  std::string describe() const override {
+    return name_.empty() ? link_->peer() : fmt::format("{} ({})", name_, link_->peer());
+  }
+
+private:
+  std::shared_ptr<net::Link> link_;
+  std::string name_;
+};
+
+void report(int fd, const std::string& line) {
+  if (fd < 0)
+    return;
+  std::string s = line + "\n";
+  [[maybe_unused]] auto n = ::write(fd, s.data(), s.size());
+}
+
+class Server {
+public:
+  Server(asio::io_context& io, HubConfig config, std::string key)
+      : io_(io), config_(std::move(config)), key_(std::move(key)), tcp_(io), unix_(io),
+        signals_(io, SIGTERM, SIGINT), children_(io, SIGCHLD) {}
+
+  Result<void> listen(std::uint16_t previous_port) {
+    error_code ec;
+    auto addr = asio::ip::make_address(config_.listen_host, ec);
+    if (ec)
+      return make_error(ErrorCode::InvalidArgument,
+                        fmt::format("cannot listen on '{}': not an IP address (use e.g. 127.0.0.1 "
+                                    "or 0.0.0.0)",
+                                    config_.listen_host));
+    auto try_bind = [&](std::uint16_t port) -> error_code {
+      error_code e;
+      tcp_ = asio::ip::tcp::acceptor(io_);
+      tcp_.open(addr.is_v6() ? asio::ip::tcp::v6() : asio::ip::tcp::v4(), e);
+      if (!e)
+        tcp_.set_option(asio::socket_base::reuse_address(true), e);
+      if (!e)
+        tcp_.bind({addr, port}, e);
+      if (!e)
+        tcp_.listen(asio::socket_base::max_listen_connections, e);
+      return e;
+    };
+    std::uint16_t port = config_.listen_port;
+    ec = try_bind(port ? port : previous_port);
+    if (ec && !port && previous_port)
+      ec = try_bind(0); // the previous port is taken: any port will do
+    if (ec)
+      return make_error(ErrorCode::Unavailable,
+                        fmt::format("cannot listen on {}:{}: {}", config_.listen_host,
+                                    port ? port : previous_port, ec.message()));
+    port_ = tcp_.local_endpoint().port();
+
+    socket_path_ = config_.profile.socket_file().string();
+    ::unlink(socket_path_.c_str()); // we hold the profile lock: any socket here is stale
+    unix_.open(asio::local::stream_protocol(), ec);
+    if (!ec)
+      unix_.bind(asio::local::stream_protocol::endpoint(socket_path_), ec);
+    if (!ec)
+      unix_.listen(asio::socket_base::max_listen_connections, ec);
+    if (ec)
+      return make_error(ErrorCode::Unavailable,
+                        fmt::format("cannot listen on {}: {}", socket_path_, ec.message()));
+    ::chmod(socket_path_.c_str(), 0600);
+    return ok_result();
+  }
+
+  std::uint16_t port() const { return port_; }
+  const std::string& socket_path() const { return socket_path_; }
+
+  void run(Hub& hub) {
+    hub_ = &hub;
+    hub.on_stop_requested = [this] { stop(); };
+    asio::co_spawn(io_, accept_tcp(), asio::detached);
+    asio::co_spawn(io_, accept_unix(), asio::detached);
+    watch_signals();
+    watch_children();
+  }
+
+  void stop() {
+    if (stopping_)
+      return;
+    stopping_ = true;
+    log::info("stopping");
+    error_code ignored;
+    tcp_.close(ignored);
+    unix_.close(ignored);
+    hub_->shutdown([this] {
+      // Let the last replies and Shutdown messages reach their peers, then end the loop.
+      for (auto& w : links_)
+        if (auto l = w.lock())
+          l->close_after_flush(make_error(ErrorCode::Unavailable, "the hub stopped"));
+      asio::co_spawn(io_, drain(), asio::detached);
+    });
+  }
+
+private:
+  Awaitable<void> drain() {
+    asio::steady_timer t(io_);
+    for (int i = 0; i < 100; ++i) {
+      bool open = false;
+      for (auto& w : links_)
+        if (auto l = w.lock(); l && !l->closed())
+          open = true;
+      if (!open)
+        break;
+      t.expires_after(std::chrono::milliseconds(20));
+      co_await t.async_wait(use_nothrow);
+    }
+    signals_.cancel();
+    children_.cancel();
+    io_.stop();
+  }
+
+  void watch_signals() {
+    signals_.async_wait([this](error_code ec, int sig) {
+      if (ec)
+        return;
+      log::info("received signal {}", sig);
+      stop();
+      watch_signals();
+    });
+  }
+
+  void watch_children() {
+    children_.async_wait([this](error_code ec, int) {
+      if (ec)
+        return;
+      int status = 0;
+      pid_t pid;
+      while ((pid = ::waitpid(-1, &status, WNOHANG)) > 0)
+        hub_->on_local_process_exit(pid, status);
+      watch_children();
+    });
+  }
+
+  Awaitable<void> accept_tcp() {
+    while (!stopping_) {
+      auto [ec, socket] = co_await tcp_.async_accept(use_nothrow);
+      if (ec) {
+        if (stopping_ || ec == asio::error::operation_aborted)
+          break;
+        log::warn("accept failed: {}", ec.message());
+        continue;
+      }
+      error_code ignored;
+      socket.set_option(asio::ip::tcp::no_delay(true), ignored);
+      auto remote = socket.remote_endpoint(ignored);
+      auto stream = net::make_socket_stream(
+          std::move(socket), fmt::format("tcp:{}:{}", remote.address().to_string(), remote.port()));
+      spawn_session(std::move(stream));
+    }
+  }
+
+  Awaitable<void> accept_unix() {
+    while (!stopping_) {
+      auto [ec, socket] = co_await unix_.async_accept(use_nothrow);
+      if (ec) {
+        if (stopping_ || ec == asio::error::operation_aborted)
+          break;
+        log::warn("accept failed: {}", ec.message());
+        continue;
+      }
+      spawn_session(net::make_socket_stream(std::move(socket), "unix"));
+    }
+  }
+
+  void spawn_session(std::unique_ptr<net::ByteStream> stream) {
+    auto link = std::make_shared<net::Link>(io_.get_executor(), std::move(stream));
+    std::erase_if(links_, [](const std::weak_ptr<net::Link>& w) { return w.expired(); });
+    links_.push_back(link);
+    link->start();
+    asio::co_spawn(io_, session(link), [link](std::exception_ptr e) {
+      if (!e)
+        return;
+      try {
+        std::rethrow_exception(e);
+      } catch (const std::exception& ex) {
+        log::error("session {} failed: {}", link->peer(), ex.what());
+      }
+      link->close(make_error(ErrorCode::Internal, "internal error"));
+    });
+  }
+
+  Awaitable<void> session(std::shared_ptr<net::Link> link) {
+    pb::Welcome welcome;
+    welcome.set_session_id(++next_session_);
+    welcome.set_heartbeat_interval_ms(static_cast<std::uint32_t>(config_.heartbeat_interval_ms));
+    welcome.set_hub_version(kSortieVersion);
+    welcome.set_profile(config_.profile.name);
+    auto accepted = co_await net::accept_handshake(link, key_, welcome, config_.handshake_timeout_ms);
+    if (!accepted.ok()) {
+      log::warn("connection {} rejected: {}", link->peer(), accepted.error().to_string());
+      co_return;
+    }
+    const auto& hello = accepted->hello;
+    auto peer = std::make_shared<LinkPeer>(link, hello.peer_name());
+    if (stopping_) {
+      peer->close_with_error(make_error(ErrorCode::Unavailable, "the hub is stopping"));
+      co_return;
+    }
+    if (hello.role() == pb::ROLE_CLIENT) {
+      link->start_heartbeat(config_.heartbeat_interval_ms, 0);
+      log::debug("client {} connected", peer->describe());
+      while (true) {
+        auto frame = co_await link->receive();
+        if (!frame.ok())
+          break;
+        hub_->on_client_frame(peer, *frame);
+      }
+      if (link->close_reason().code != ErrorCode::Unavailable)
+        log::warn("client {}: {}", peer->describe(), link->close_reason().to_string());
+      hub_->on_client_closed(peer);
+    } else if (hello.role() == pb::ROLE_AGENT) {
+      link->start_heartbeat(config_.heartbeat_interval_ms, config_.heartbeat_deadline_ms);
+      auto first = co_await link->receive();
+      if (!first.ok())
+        co_return;
+      if (!first->has_agent_register()) {
+        peer->close_with_error(make_error(ErrorCode::InvalidArgument,
+                                          fmt::format("protocol error: an agent must register "
+                                                      "first, got '{}'",
+                                                      protocol::body_name(*first))));
+        co_return;
+      }
+      hub_->on_agent_register(peer, first->agent_register());
+      bool goodbye = false;
+      while (true) {
+        auto frame = co_await link->receive();
+        if (!frame.ok())
+          break;
+        goodbye = goodbye || frame->has_goodbye();
+        hub_->on_agent_frame(peer, *frame);
+      }
+      if (!goodbye)
+        log::warn("agent link {} closed: {}", peer->describe(), link->close_reason().to_string());
+      hub_->on_agent_closed(peer, link->close_reason(), goodbye);
+    } else {
+      peer->close_with_error(make_error(ErrorCode::InvalidArgument,
+                                        fmt::format("role {} is not served by this hub",
+                                                    static_cast<int>(hello.role()))));
+    }
+  }
+
+  asio::io_context& io_;
+  HubConfig config_;
+  std::string key_;
+  asio::ip::tcp::acceptor tcp_;
+  asio::local::stream_protocol::acceptor unix_;
+  asio::signal_set signals_;
+  asio::signal_set children_;
+  std::string socket_path_;
+  std::uint16_t port_ = 0;
+  Hub* hub_ = nullptr;
+  std::vector<std::weak_ptr<net::Link>> links_;
+  std::uint64_t next_session_ = 0;
+  bool stopping_ = false;
+};
+
+/// Takes the profile's lock; fails with who holds it.
+Result<int> lock_profile(const Profile& profile) {
+  int fd = ::open(profile.lock_file().c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0600);
+  if (fd < 0)
+    return make_error(ErrorCode::Io, fmt::format("cannot open {}: {}", profile.lock_file().string(),
+                                                 errno_text(errno)));
+  if (::flock(fd, LOCK_EX | LOCK_NB) != 0) {
+    ::close(fd);
+    std::string who;
+    if (auto hf = read_hub_file(profile.hub_file()); hf.ok())
+      who = fmt::format(" (pid {}, listening on {}:{})", hf->pid, hf->host, hf->port);
+    return make_error(ErrorCode::AlreadyExists,
+                      fmt::format("a hub is already running for profile '{}'{}: use it, or stop "
+                                  "it with `sortie hub stop`",
+                                  profile.name, who));
+  }
+  return fd;
+}
+
+} // namespace
+
+int run_hub(RunOptions options) {
+  HubConfig& config = options.config;
+  auto fail = [&](const Error& e) {
+    log::error("{}", e.to_string());
+    report(options.ready_fd, "error " + e.to_string());
+    if (options.ready_fd >= 0)
+      ::close(options.ready_fd);
+    return 1;
+  };
+  if (auto r = create_profile_dirs(config.profile); !r.ok())
+    return fail(r.error());
+  auto lock = lock_profile(config.profile);
+  if (!lock.ok())
+    return fail(lock.error());
+  if (auto r = load_config_file(config.profile.config_file(), config); !r.ok())
+    return fail(r.error());
+  if (!options.listen.empty())
+    if (auto r = parse_listen(options.listen, config); !r.ok())
+      return fail(r.error());
+
+  auto store = store::Store::open({config.profile.store_file(), config.profile.output_dir(),
+                                   config.store_sync_full});
+  if (!store.ok())
+    return fail(store.error());
+  auto state = (*store)->load();
+  if (!state.ok())
+    return fail(state.error());
+
+  // Keep the token across restarts so agents that outlived the hub can reconnect.
+  HubFile hf;
+  std::uint16_t previous_port = 0;
+  if (auto old = read_hub_file(config.profile.hub_file()); old.ok()) {
+    hf.token = old->token;
+    previous_port = old->port;
+  }
+  if (hf.token.size() != 64)
+    hf.token = protocol::to_hex(protocol::random_bytes(32));
+  auto key = token_key(hf);
+  if (!key.ok())
+    return fail(key.error());
+
+  asio::io_context io(1);
+  Server server(io, config, *key);
+  if (auto r = server.listen(previous_port); !r.ok())
+    return fail(r.error());
+
+  SystemClock clock;
+  launch::LocalLauncher launcher(config.self_exe, config.profile);
+  Hub hub(io.get_executor(), config, **store, launcher, clock);
+  hub.started_ms = clock.now_ms();
+  hub.listen_address = fmt::format("{}:{}", config.listen_host, server.port());
+  if (auto r = hub.load(std::move(*state)); !r.ok())
+    return fail(r.error());
+
+  hf.profile = config.profile.name;
+  hf.pid = ::getpid();
+  hf.host = config.listen_host == "0.0.0.0" || config.listen_host == "::" ? "127.0.0.1"
+                                                                           : config.listen_host;
+  hf.port = server.port();
+  hf.socket = server.socket_path();
+  hf.started_ms = hub.started_ms;
+  if (auto r = write_hub_file(config.profile.hub_file(), hf); !r.ok())
+    return fail(r.error());
+
+  (*store)->start([&io](std::function<void()> f) { asio::post(io, std::move(f)); });
+  hub.start();
+  server.run(hub);
+  log::info("hub for profile '{}' listening on {}:{} and {} (sortie {}, pid {})",
+            config.profile.name, config.listen_host, server.port(), server.socket_path(),
+            kSortieVersion, ::getpid());
+  report(options.ready_fd, fmt::format("ready {}:{}", config.listen_host, server.port()));
+  if (options.ready_fd >= 0)
+    ::close(options.ready_fd);
+
+  io.run();
+  (*store)->stop();
+  ::unlink(server.socket_path().c_str());
+  log::info("hub stopped");
+  log::flush();
+  ::close(*lock);
+  return 0;
+}
+
+} // namespace sortie::hub

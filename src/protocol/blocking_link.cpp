@@ -1,0 +1,254 @@
+// SPDX-License-Identifier: Apache-2.0
+#include "protocol/blocking_link.hpp"
+
+#include <fcntl.h>
+#include <netdb.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <poll.h>
+#include <sys/socket.h>
+#include <sys/un.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <chrono>
+#include <cstring>
+
+#include <fmt/format.h>
+
+#include "common/version.hpp"
+#include "protocol/auth.hpp"
+#include "protocol/errors.hpp"
+
+namespace sortie::net {
+namespace {
+
+std::int64_t now_ms() {
+  return std::chrono::duration_cast<std::chrono::milliseconds>(
+             std::chrono::steady_clock::now().time_since_epoch())
+      .count();
+}
+
+/// Connects a non-blocking socket within the timeout, then makes it blocking again.
+Result<void> connect_with_timeout(int fd, const sockaddr* addr, socklen_t len,
+                                  std::int64_t timeout_ms, const std::string& what) {
+  int flags = ::fcntl(fd, F_GETFL);
+  ::fcntl(fd, F_SETFL, flags | O_NONBLOCK);
+  int rc = ::connect(fd, addr, len);
+  if (rc != 0 && errno != EINPROGRESS)
+    return make_error(ErrorCode::Unavailable,
+                      fmt::format("cannot connect to {}: {}", what, std::strerror(errno)));
+  if (rc != 0) {
+    pollfd p{fd, POLLOUT, 0};
+    int n = ::poll(&p, 1, static_cast<int>(timeout_ms));
+    if (n == 0)
+      return make_error(ErrorCode::Timeout,
+                        fmt::format("cannot connect to {}: no answer within {} ms", what,
+                                    timeout_ms));
+    int err = 0;
+    socklen_t el = sizeof err;
+    ::getsockopt(fd, SOL_SOCKET, SO_ERROR, &err, &el);
+    if (n < 0 || err != 0)
+      return make_error(ErrorCode::Unavailable, fmt::format("cannot connect to {}: {}", what,
+                                                            std::strerror(n < 0 ? errno : err)));
+  }
+  ::fcntl(fd, F_SETFL, flags);
+  return ok_result();
+}
+
+} // namespace
+
+BlockingLink::BlockingLink(int fd, std::string peer) : fd_(fd), peer_(std::move(peer)) {}
+
+BlockingLink::~BlockingLink() { close(); }
+
+BlockingLink::BlockingLink(BlockingLink&& other) noexcept
+    : fd_(other.fd_), peer_(std::move(other.peer_)), decoder_(std::move(other.decoder_)),
+      out_(std::move(other.out_)) {
+  other.fd_ = -1;
+}
+
+BlockingLink& BlockingLink::operator=(BlockingLink&& other) noexcept {
+  if (this != &other) {
+    close();
+    fd_ = other.fd_;
+    peer_ = std::move(other.peer_);
+    decoder_ = std::move(other.decoder_);
+    out_ = std::move(other.out_);
+    other.fd_ = -1;
+  }
+  return *this;
+}
+
+void BlockingLink::close() {
+  if (fd_ >= 0)
+    ::close(fd_);
+  fd_ = -1;
+}
+
+Result<BlockingLink> BlockingLink::connect_unix(const std::string& path, std::int64_t timeout_ms) {
+  sockaddr_un addr{};
+  addr.sun_family = AF_UNIX;
+  if (path.size() >= sizeof addr.sun_path)
+    return make_error(ErrorCode::InvalidArgument,
+                      fmt::format("unix socket path is too long: {}", path));
+  std::memcpy(addr.sun_path, path.c_str(), path.size() + 1);
+  int fd = ::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  if (fd < 0)
+    return make_error(ErrorCode::Io, fmt::format("socket(): {}", std::strerror(errno)));
+  auto r = connect_with_timeout(fd, reinterpret_cast<sockaddr*>(&addr), sizeof addr, timeout_ms,
+                                path);
+  if (!r.ok()) {
+    ::close(fd);
+    return r.error();
+  }
+  return BlockingLink(fd, "unix:" + path);
+}
+
+Result<BlockingLink> BlockingLink::connect_tcp(const std::string& host,
+                                               std::uint16_t port,
+                                               std::int64_t timeout_ms) {
+  addrinfo hints{};
+  hints.ai_family = AF_UNSPEC;
+  hints.ai_socktype = SOCK_STREAM;
+  addrinfo* res = nullptr;
+  std::string what = fmt::format("{}:{}", host, port);
+  int rc = ::getaddrinfo(host.c_str(), std::to_string(port).c_str(), &hints, &res);
+  if (rc != 0)
+    return make_error(ErrorCode::Unavailable,
+                      fmt::format("cannot resolve {}: {}", host, ::gai_strerror(rc)));
+  Error last = make_error(ErrorCode::Unavailable, "no address for " + what);
+  for (addrinfo* ai = res; ai; ai = ai->ai_next) {
+    int fd = ::socket(ai->ai_family, ai->ai_socktype | SOCK_CLOEXEC, ai->ai_protocol);
+    if (fd < 0)
+      continue;
+    auto c = connect_with_timeout(fd, ai->ai_addr, ai->ai_addrlen, timeout_ms, what);
+    if (c.ok()) {
+      ::freeaddrinfo(res);
+      int one = 1;
+      ::setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+      return BlockingLink(fd, "tcp:" + what);
+    }
+    last = c.error();
+    ::close(fd);
+  }
+  ::freeaddrinfo(res);
+  return last;
+}
+
+Result<void> BlockingLink::send(const pb::Envelope& env) {
+  if (fd_ < 0)
+    return make_error(ErrorCode::FailedPrecondition, "not connected");
+  out_.clear();
+  protocol::encode_frame(env, out_);
+  size_t done = 0;
+  while (done < out_.size()) {
+    ssize_t n = ::send(fd_, out_.data() + done, out_.size() - done, MSG_NOSIGNAL);
+    if (n < 0) {
+      if (errno == EINTR)
+        continue;
+      int err = errno;
+      close();
+      return make_error(ErrorCode::Unavailable,
+                        fmt::format("lost the connection to the hub: {}", std::strerror(err)),
+                        peer_);
+    }
+    done += static_cast<size_t>(n);
+  }
+  return ok_result();
+}
+
+Result<pb::Envelope> BlockingLink::receive(std::int64_t timeout_ms) {
+  std::int64_t deadline = timeout_ms < 0 ? -1 : now_ms() + timeout_ms;
+  pb::Envelope env;
+  while (true) {
+    if (fd_ < 0)
+      return make_error(ErrorCode::FailedPrecondition, "not connected");
+    Error error;
+    switch (decoder_.next(env, error)) {
+    case protocol::FrameDecoder::Status::Frame:
+      if (env.has_heartbeat())
+        continue;
+      return env;
+    case protocol::FrameDecoder::Status::Error:
+      close();
+      return error.with_context(peer_);
+    case protocol::FrameDecoder::Status::NeedMore:
+      break;
+    }
+    int wait = -1;
+    if (deadline >= 0) {
+      std::int64_t left = deadline - now_ms();
+      if (left <= 0)
+        return make_error(ErrorCode::Timeout, "no answer from the hub in time", peer_);
+      wait = static_cast<int>(left);
+    }
+    pollfd p{fd_, POLLIN, 0};
+    int n = ::poll(&p, 1, wait);
+    if (n < 0 && errno == EINTR)
+      continue;
+    if (n == 0)
+      return make_error(ErrorCode::Timeout, "no answer from the hub in time", peer_);
+    auto span = decoder_.prepare();
+    ssize_t got = ::recv(fd_, span.data(), span.size(), 0);
+    if (got < 0 && errno == EINTR)
+      continue;
+    if (got <= 0) {
+      int err = got < 0 ? errno : 0;
+      close();
+      return make_error(ErrorCode::Unavailable,
+                        err ? fmt::format("lost the connection to the hub: {}", std::strerror(err))
+                            : std::string("the hub closed the connection"),
+                        peer_);
+    }
+    decoder_.commit(static_cast<size_t>(got));
+  }
+}
+
+Result<pb::Welcome> BlockingLink::handshake(const std::string& key,
+                                            pb::Role role,
+                                            const std::string& peer_name,
+                                            std::int64_t timeout_ms) {
+  std::string nonce = protocol::random_bytes(protocol::kNonceSize);
+  pb::Envelope hello;
+  auto* h = hello.mutable_hello();
+  h->set_protocol_version(protocol::kProtocolVersion);
+  h->set_role(role);
+  h->set_nonce(nonce);
+  h->set_peer_name(peer_name);
+  h->set_software_version(kSortieVersion);
+  SORTIE_TRY(send(hello));
+  SORTIE_ASSIGN_OR_RETURN(challenge, receive(timeout_ms));
+  if (challenge.has_error())
+    return error_from_pb(challenge.error());
+  if (!challenge.has_challenge())
+    return make_error(ErrorCode::InvalidArgument,
+                      fmt::format("protocol error: expected challenge, got {}",
+                                  protocol::body_name(challenge)),
+                      peer_);
+  const auto& c = challenge.challenge();
+  if (!protocol::proofs_equal(c.proof(), protocol::hub_proof(key, nonce, c.nonce()))) {
+    close();
+    return make_error(ErrorCode::PermissionDenied,
+                      "the hub could not prove it knows this profile's token: hub.json belongs to "
+                      "another hub, or another program listens at its address",
+                      peer_);
+  }
+  pb::Envelope auth;
+  auth.mutable_auth()->set_proof(protocol::peer_proof(key, role, c.nonce(), nonce));
+  SORTIE_TRY(send(auth));
+  SORTIE_ASSIGN_OR_RETURN(welcome, receive(timeout_ms));
+  if (welcome.has_error()) {
+    close();
+    return error_from_pb(welcome.error());
+  }
+  if (!welcome.has_welcome())
+    return make_error(ErrorCode::InvalidArgument,
+                      fmt::format("protocol error: expected welcome, got {}",
+                                  protocol::body_name(welcome)),
+                      peer_);
+  decoder_.set_max_frame(protocol::kDefaultMaxFrame);
+  return welcome.welcome();
+}
+
+} // namespace sortie::net

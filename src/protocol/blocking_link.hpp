@@ -1,0 +1,49 @@
+// SPDX-License-Identifier: Apache-2.0
+// A blocking Link for the client library and the CLI: plain POSIX sockets and poll(), the same
+// framing and handshake as the event-loop Link, no event loop of its own. Clients do not send
+// heartbeats; they skip the hub's and use them to notice a dead hub (read timeouts).
+#pragma once
+
+#include <cstdint>
+#include <string>
+
+#include "protocol/frame.hpp"
+
+namespace sortie::net {
+
+class BlockingLink {
+public:
+  BlockingLink() = default;
+  ~BlockingLink();
+  BlockingLink(BlockingLink&& other) noexcept;
+  BlockingLink& operator=(BlockingLink&& other) noexcept;
+
+  static Result<BlockingLink> connect_unix(const std::string& path, std::int64_t timeout_ms);
+  static Result<BlockingLink> connect_tcp(const std::string& host,
+                                          std::uint16_t port,
+                                          std::int64_t timeout_ms);
+
+  /// Runs the connecting side of the handshake with the raw token `key`.
+  Result<pb::Welcome> handshake(const std::string& key,
+                                pb::Role role,
+                                const std::string& peer_name,
+                                std::int64_t timeout_ms);
+
+  Result<void> send(const pb::Envelope& env);
+  /// The next frame that is not a heartbeat. timeout_ms < 0 waits forever. An ErrorReply is
+  /// returned as a frame; the caller decides whether it ends the request.
+  Result<pb::Envelope> receive(std::int64_t timeout_ms);
+
+  void close();
+  bool is_open() const { return fd_ >= 0; }
+  const std::string& peer() const { return peer_; }
+
+private:
+  BlockingLink(int fd, std::string peer);
+  int fd_ = -1;
+  std::string peer_;
+  protocol::FrameDecoder decoder_;
+  std::string out_;
+};
+
+} // namespace sortie::net

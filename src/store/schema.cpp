@@ -1,0 +1,64 @@
+// SPDX-License-Identifier: Apache-2.0
+#include "store/schema.hpp"
+
+namespace sortie::store {
+
+const std::vector<const char*>& migrations() {
+  static const std::vector<const char*> steps = {
+      // 0 -> 1: jobs, their shared specs and groups, agents and pilots.
+      R"sql(
+CREATE TABLE specs (
+  id INTEGER PRIMARY KEY,
+  body BLOB NOT NULL                 -- serialized sortie.pb.JobSpec
+);
+CREATE TABLE groups (
+  id INTEGER PRIMARY KEY,
+  name TEXT NOT NULL DEFAULT '',
+  created_ms INTEGER NOT NULL,
+  first_job INTEGER NOT NULL,
+  count INTEGER NOT NULL
+);
+CREATE TABLE jobs (
+  id INTEGER PRIMARY KEY,
+  spec_id INTEGER NOT NULL,
+  group_id INTEGER NOT NULL,
+  array_index INTEGER,               -- NULL unless part of an array
+  state INTEGER NOT NULL,            -- sortie.pb.JobState
+  attempt INTEGER NOT NULL DEFAULT 0,
+  agent_id INTEGER NOT NULL DEFAULT 0,
+  exit_code INTEGER,
+  signal INTEGER,
+  submit_ms INTEGER NOT NULL,
+  start_ms INTEGER NOT NULL DEFAULT 0,
+  end_ms INTEGER NOT NULL DEFAULT 0,
+  history BLOB,                      -- transitions after 'queued': 9 bytes each (state, ms)
+  user_cpu_us INTEGER NOT NULL DEFAULT 0,
+  system_cpu_us INTEGER NOT NULL DEFAULT 0,
+  max_rss_kib INTEGER NOT NULL DEFAULT 0,
+  reason TEXT NOT NULL DEFAULT ''
+);
+CREATE TABLE agents (
+  id INTEGER PRIMARY KEY,
+  pilot_id INTEGER NOT NULL,
+  node TEXT NOT NULL,
+  hostname TEXT NOT NULL,
+  pid INTEGER NOT NULL,
+  slots INTEGER NOT NULL,
+  label TEXT NOT NULL,
+  connected INTEGER NOT NULL,
+  registered_ms INTEGER NOT NULL
+);
+CREATE TABLE pilots (
+  id INTEGER PRIMARY KEY,
+  spec BLOB NOT NULL,                -- serialized sortie.pb.PilotSpec
+  state TEXT NOT NULL,
+  created_ms INTEGER NOT NULL,
+  ended_ms INTEGER NOT NULL DEFAULT 0,
+  reason TEXT NOT NULL DEFAULT ''
+);
+)sql",
+  };
+  return steps;
+}
+
+} // namespace sortie::store

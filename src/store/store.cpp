@@ -1,0 +1,585 @@
+// SPDX-License-Identifier: Apache-2.0
+#include "store/store.hpp"
+
+#include <fcntl.h>
+#include <sqlite3.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <atomic>
+#include <condition_variable>
+#include <cstring>
+#include <deque>
+#include <list>
+#include <mutex>
+#include <thread>
+#include <unordered_map>
+#include <variant>
+
+#include <fmt/format.h>
+
+#include "common/assert.hpp"
+#include "common/files.hpp"
+#include "common/log.hpp"
+#include "store/schema.hpp"
+
+namespace sortie::store {
+namespace {
+
+/// A prepared statement, finalized on destruction.
+class Statement {
+public:
+  Statement() = default;
+  Statement(sqlite3* db, const char* sql) {
+    int rc = sqlite3_prepare_v3(db, sql, -1, SQLITE_PREPARE_PERSISTENT, &stmt_, nullptr);
+    SORTIE_CHECK(rc == SQLITE_OK, "our SQL statements are fixed and valid for the schema");
+  }
+  ~Statement() { sqlite3_finalize(stmt_); }
+  Statement(Statement&& o) noexcept : stmt_(o.stmt_) { o.stmt_ = nullptr; }
+  Statement& operator=(Statement&& o) noexcept {
+    std::swap(stmt_, o.stmt_);
+    return *this;
+  }
+
+  Statement& bind(int i, std::int64_t v) {
+    sqlite3_bind_int64(stmt_, i, v);
+    return *this;
+  }
+  Statement& bind(int i, std::uint64_t v) { return bind(i, static_cast<std::int64_t>(v)); }
+  Statement& bind(int i, int v) { return bind(i, static_cast<std::int64_t>(v)); }
+  Statement& bind(int i, std::uint32_t v) { return bind(i, static_cast<std::int64_t>(v)); }
+  Statement& bind_null(int i) {
+    sqlite3_bind_null(stmt_, i);
+    return *this;
+  }
+  Statement& bind_text(int i, const std::string& s) {
+    sqlite3_bind_text(stmt_, i, s.data(), static_cast<int>(s.size()), SQLITE_STATIC);
+    return *this;
+  }
+  Statement& bind_blob(int i, const std::string& s) {
+    sqlite3_bind_blob(stmt_, i, s.data(), static_cast<int>(s.size()), SQLITE_STATIC);
+    return *this;
+  }
+  template <typename T>
+  Statement& bind_opt(int i, const std::optional<T>& v) {
+    return v ? bind(i, static_cast<std::int64_t>(*v)) : bind_null(i);
+  }
+
+  /// Runs to completion (for writes). Returns the SQLite result code.
+  int run() {
+    int rc = sqlite3_step(stmt_);
+    sqlite3_reset(stmt_);
+    return rc == SQLITE_DONE ? SQLITE_OK : rc;
+  }
+  bool step() { return sqlite3_step(stmt_) == SQLITE_ROW; }
+  void reset() { sqlite3_reset(stmt_); }
+
+  std::int64_t i64(int col) const { return sqlite3_column_int64(stmt_, col); }
+  bool is_null(int col) const { return sqlite3_column_type(stmt_, col) == SQLITE_NULL; }
+  std::string text(int col) const {
+    const auto* p = reinterpret_cast<const char*>(sqlite3_column_blob(stmt_, col));
+    return p ? std::string(p, static_cast<size_t>(sqlite3_column_bytes(stmt_, col))) : std::string();
+  }
+
+private:
+  sqlite3_stmt* stmt_ = nullptr;
+};
+
+std::string encode_history(const std::vector<StateChange>& h) {
+  std::string out;
+  out.reserve(h.size() * 9);
+  for (const auto& c : h) {
+    out.push_back(static_cast<char>(c.state));
+    std::int64_t t = c.time_ms;
+    char b[8];
+    std::memcpy(b, &t, 8);
+    out.append(b, 8);
+  }
+  return out;
+}
+
+std::vector<StateChange> decode_history(const std::string& s) {
+  std::vector<StateChange> out;
+  for (size_t i = 0; i + 9 <= s.size(); i += 9) {
+    std::int64_t t = 0;
+    std::memcpy(&t, s.data() + i + 1, 8);
+    out.push_back({static_cast<JobState>(s[i]), t});
+  }
+  return out;
+}
+
+Error sqlite_error(sqlite3* db, const std::string& what) {
+  int code = sqlite3_errcode(db);
+  ErrorCode ec = (code == SQLITE_FULL || code == SQLITE_IOERR) ? ErrorCode::Io : ErrorCode::Internal;
+  return make_error(ec, fmt::format("{}: {}", what, sqlite3_errmsg(db)));
+}
+
+Result<void> exec(sqlite3* db, const char* sql) {
+  char* err = nullptr;
+  if (sqlite3_exec(db, sql, nullptr, nullptr, &err) != SQLITE_OK) {
+    std::string msg = err ? err : "unknown error";
+    sqlite3_free(err);
+    return make_error(ErrorCode::Internal, fmt::format("SQL failed ({}): {}", msg, sql));
+  }
+  return ok_result();
+}
+
+Result<sqlite3*> open_db(const std::filesystem::path& path) {
+  sqlite3* db = nullptr;
+  int rc = sqlite3_open_v2(path.c_str(), &db,
+                           SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE | SQLITE_OPEN_NOMUTEX, nullptr);
+  if (rc != SQLITE_OK) {
+    std::string msg = db ? sqlite3_errmsg(db) : "out of memory";
+    sqlite3_close(db);
+    return make_error(ErrorCode::Io, fmt::format("cannot open store {}: {}", path.string(), msg));
+  }
+  ::chmod(path.c_str(), 0600);
+  return db;
+}
+
+/// Brings the schema to `target`, one migration per transaction.
+Result<void> migrate(sqlite3* db, const std::filesystem::path& path, int target) {
+  Statement v(db, "PRAGMA user_version");
+  if (!v.step()) {
+    return make_error(ErrorCode::InvalidArgument,
+                      fmt::format("{} is not a sortie store (not an SQLite database): move it "
+                                  "away or choose another profile",
+                                  path.string()));
+  }
+  int version = static_cast<int>(v.i64(0));
+  v.reset();
+  if (version > kSchemaVersion)
+    return make_error(ErrorCode::FailedPrecondition,
+                      fmt::format("{} has schema version {}, newer than this sortie's {}: use the "
+                                  "sortie release that wrote it",
+                                  path.string(), version, kSchemaVersion));
+  if (version == 0) {
+    // A fresh file, or an SQLite database that is not ours.
+    Statement t(db, "SELECT count(*) FROM sqlite_master");
+    if (t.step() && t.i64(0) > 0)
+      return make_error(ErrorCode::InvalidArgument,
+                        fmt::format("{} is an SQLite database but not a sortie store: move it away "
+                                    "or choose another profile",
+                                    path.string()));
+  }
+  const auto& steps = migrations();
+  for (int next = version + 1; next <= target; ++next) {
+    SORTIE_TRY(exec(db, "BEGIN IMMEDIATE"));
+    auto r = exec(db, steps[static_cast<size_t>(next - 1)]);
+    if (!r.ok()) {
+      (void)exec(db, "ROLLBACK");
+      return r.error().with_context(fmt::format("migrating {} to schema {}", path.string(), next));
+    }
+    SORTIE_TRY(exec(db, fmt::format("PRAGMA user_version = {}", next).c_str()));
+    SORTIE_TRY(exec(db, "COMMIT"));
+    if (version > 0)
+      log::info("store {} migrated to schema version {}", path.string(), next);
+  }
+  return ok_result();
+}
+
+// Things the store thread works on, in queue order.
+struct ReadRequest {
+  std::uint64_t job_id;
+  std::uint32_t attempt;
+  int stream;
+  std::int64_t offset;
+  std::size_t max;
+  std::function<void(Result<std::string>)> done;
+};
+using WorkItem = std::variant<WriteBatch, ReadRequest>;
+
+} // namespace
+
+std::filesystem::path output_path(const std::filesystem::path& output_dir,
+                                  std::uint64_t job_id,
+                                  std::uint32_t attempt,
+                                  int stream) {
+  return output_dir / std::to_string(job_id) /
+         fmt::format("{}.{}", attempt, stream == 0 ? "out" : "err");
+}
+
+struct Store::Impl {
+  Options options;
+  sqlite3* db = nullptr;
+  Post post;
+  std::thread thread;
+  std::mutex mu;
+  std::condition_variable cv;
+  std::deque<WorkItem> queue; // guarded by mu
+  bool stopping = false;      // guarded by mu
+  std::atomic<std::uint64_t> commits{0};
+
+  // Store-thread state: statements and open output files (a small LRU).
+  Statement insert_spec, insert_group, insert_job, update_job, upsert_agent, upsert_pilot;
+  std::list<std::pair<std::string, int>> open_files; // most recent first
+  std::unordered_map<std::string, std::list<std::pair<std::string, int>>::iterator> file_index;
+  std::thread::id thread_id;
+
+  ~Impl() {
+    for (auto& [name, fd] : open_files)
+      ::close(fd);
+    // Statements must be finalized before the connection closes.
+    for (auto* st : {&insert_spec, &insert_group, &insert_job, &update_job, &upsert_agent,
+                     &upsert_pilot})
+      *st = Statement();
+    if (db)
+      sqlite3_close(db);
+  }
+
+  void prepare() {
+    insert_spec = Statement(db, "INSERT INTO specs(id, body) VALUES(?1, ?2)");
+    insert_group = Statement(db, "INSERT INTO groups(id, name, created_ms, first_job, count) "
+                                 "VALUES(?1, ?2, ?3, ?4, ?5)");
+    insert_job = Statement(db, "INSERT INTO jobs(id, spec_id, group_id, array_index, state, "
+                               "submit_ms) VALUES(?1, ?2, ?3, ?4, 1, ?5)");
+    update_job = Statement(db, "UPDATE jobs SET state=?2, attempt=?3, agent_id=?4, exit_code=?5, "
+                               "signal=?6, start_ms=?7, end_ms=?8, history=?9, user_cpu_us=?10, "
+                               "system_cpu_us=?11, max_rss_kib=?12, reason=?13 WHERE id=?1");
+    upsert_agent = Statement(db, "INSERT OR REPLACE INTO agents(id, pilot_id, node, hostname, pid, "
+                                 "slots, label, connected, registered_ms) "
+                                 "VALUES(?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)");
+    upsert_pilot = Statement(db, "INSERT OR REPLACE INTO pilots(id, spec, state, created_ms, "
+                                 "ended_ms, reason) VALUES(?1, ?2, ?3, ?4, ?5, ?6)");
+  }
+
+  int output_fd(std::uint64_t job, std::uint32_t attempt, int stream, bool create) {
+    auto path = output_path(options.output_dir, job, attempt, stream);
+    std::string key = path.string();
+    if (auto it = file_index.find(key); it != file_index.end()) {
+      open_files.splice(open_files.begin(), open_files, it->second);
+      return it->second->second;
+    }
+    int fd = ::open(key.c_str(), (create ? O_WRONLY | O_CREAT : O_RDONLY) | O_CLOEXEC, 0600);
+    if (fd < 0 && create && errno == ENOENT) {
+      ::mkdir(path.parent_path().c_str(), 0700);
+      fd = ::open(key.c_str(), O_WRONLY | O_CREAT | O_CLOEXEC, 0600);
+    }
+    if (fd < 0 || !create)
+      return fd; // read descriptors are not cached
+    open_files.emplace_front(key, fd);
+    file_index[key] = open_files.begin();
+    if (open_files.size() > 256) {
+      ::close(open_files.back().second);
+      file_index.erase(open_files.back().first);
+      open_files.pop_back();
+    }
+    return fd;
+  }
+
+  void write_output(const OutputWrite& w) {
+    int fd = output_fd(w.job_id, w.attempt, w.stream, true);
+    if (fd < 0) {
+      log::error("cannot open output file of job {} attempt {}: {}", w.job_id, w.attempt,
+                 errno_text(errno));
+      return;
+    }
+    size_t done = 0;
+    while (done < w.data.size()) {
+      ssize_t n = ::pwrite(fd, w.data.data() + done, w.data.size() - done,
+                           static_cast<off_t>(w.offset + static_cast<std::int64_t>(done)));
+      if (n < 0) {
+        if (errno == EINTR)
+          continue;
+        log::error("cannot write output of job {} attempt {}: {}", w.job_id, w.attempt,
+                   errno_text(errno));
+        return;
+      }
+      done += static_cast<size_t>(n);
+    }
+  }
+
+  Result<void> apply(WriteBatch& b) {
+    for (const auto& s : b.specs)
+      if (insert_spec.bind(1, s.id).bind_blob(2, s.body).run() != SQLITE_OK)
+        return sqlite_error(db, "inserting a job spec");
+    for (const auto& g : b.groups)
+      if (insert_group.bind(1, g.id)
+              .bind_text(2, g.name)
+              .bind(3, g.created_ms)
+              .bind(4, g.first_job)
+              .bind(5, g.count)
+              .run() != SQLITE_OK)
+        return sqlite_error(db, "inserting a job group");
+    for (const auto& r : b.job_runs) {
+      insert_job.bind(2, r.spec_id).bind(3, r.group_id).bind(5, r.submit_ms);
+      for (std::uint64_t k = 0; k < r.count; ++k) {
+        insert_job.bind(1, r.first_id + k);
+        if (r.is_array)
+          insert_job.bind(4, r.first_index + static_cast<std::int64_t>(k) * r.step);
+        else
+          insert_job.bind_null(4);
+        if (insert_job.run() != SQLITE_OK)
+          return sqlite_error(db, fmt::format("inserting job {}", r.first_id + k));
+      }
+    }
+    for (const auto& j : b.job_updates) {
+      std::string history = encode_history(j.history);
+      if (update_job.bind(1, j.id)
+              .bind(2, static_cast<int>(j.state))
+              .bind(3, j.attempt)
+              .bind(4, j.agent_id)
+              .bind_opt(5, j.exit_code)
+              .bind_opt(6, j.signal)
+              .bind(7, j.start_ms)
+              .bind(8, j.end_ms)
+              .bind_blob(9, history)
+              .bind(10, j.usage.user_cpu_us)
+              .bind(11, j.usage.system_cpu_us)
+              .bind(12, j.usage.max_rss_kib)
+              .bind_text(13, j.reason)
+              .run() != SQLITE_OK)
+        return sqlite_error(db, fmt::format("updating job {}", j.id));
+    }
+    for (const auto& a : b.agents)
+      if (upsert_agent.bind(1, a.id)
+              .bind(2, a.pilot_id)
+              .bind_text(3, a.node)
+              .bind_text(4, a.hostname)
+              .bind(5, a.pid)
+              .bind(6, a.slots)
+              .bind_text(7, a.label)
+              .bind(8, a.connected ? 1 : 0)
+              .bind(9, a.registered_ms)
+              .run() != SQLITE_OK)
+        return sqlite_error(db, fmt::format("writing agent {}", a.id));
+    for (const auto& p : b.pilots)
+      if (upsert_pilot.bind(1, p.id)
+              .bind_blob(2, p.spec)
+              .bind_text(3, p.state)
+              .bind(4, p.created_ms)
+              .bind(5, p.ended_ms)
+              .bind_text(6, p.reason)
+              .run() != SQLITE_OK)
+        return sqlite_error(db, fmt::format("writing pilot {}", p.id));
+    return ok_result();
+  }
+
+  /// Applies a group of batches in one transaction and posts their completions.
+  void commit_group(std::vector<WriteBatch>& group) {
+    for (auto& b : group)
+      for (const auto& w : b.output)
+        write_output(w);
+    Result<void> result = exec(db, "BEGIN");
+    if (result.ok()) {
+      for (auto& b : group) {
+        result = apply(b);
+        if (!result.ok())
+          break;
+      }
+      if (result.ok()) {
+        result = exec(db, "COMMIT");
+        if (!result.ok())
+          result = sqlite_error(db, "committing");
+      }
+      if (!result.ok()) {
+        (void)exec(db, "ROLLBACK");
+        log::error("store transaction failed and was rolled back: {}", result.error().to_string());
+      }
+    }
+    commits.fetch_add(1, std::memory_order_relaxed);
+    std::vector<std::function<void(const Result<void>&)>> callbacks;
+    for (auto& b : group)
+      for (auto& cb : b.on_commit)
+        callbacks.push_back(std::move(cb));
+    if (!callbacks.empty())
+      post([callbacks = std::move(callbacks), result]() {
+        for (const auto& cb : callbacks)
+          cb(result);
+      });
+  }
+
+  void serve_read(ReadRequest& r) {
+    auto path = output_path(options.output_dir, r.job_id, r.attempt, r.stream);
+    int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+    Result<std::string> result = std::string();
+    if (fd >= 0) {
+      std::string data(r.max, '\0');
+      ssize_t n = ::pread(fd, data.data(), r.max, static_cast<off_t>(r.offset));
+      ::close(fd);
+      if (n < 0)
+        result = make_error(ErrorCode::Io, fmt::format("cannot read {}: {}", path.string(),
+                                                       errno_text(errno)));
+      else {
+        data.resize(static_cast<size_t>(n));
+        result = std::move(data);
+      }
+    } else if (errno != ENOENT) {
+      result = make_error(ErrorCode::Io,
+                          fmt::format("cannot open {}: {}", path.string(), errno_text(errno)));
+    }
+    post([done = std::move(r.done), result = std::move(result)]() mutable {
+      done(std::move(result));
+    });
+  }
+
+  void run() {
+    thread_id = std::this_thread::get_id();
+    std::vector<WriteBatch> group;
+    while (true) {
+      std::deque<WorkItem> work;
+      {
+        std::unique_lock lock(mu);
+        cv.wait(lock, [&] { return stopping || !queue.empty(); });
+        if (queue.empty() && stopping)
+          return;
+        work.swap(queue);
+      }
+      // Consecutive writes form one transaction; a read ends the group so that it sees them.
+      for (auto& item : work) {
+        if (auto* b = std::get_if<WriteBatch>(&item)) {
+          group.push_back(std::move(*b));
+          continue;
+        }
+        if (!group.empty()) {
+          commit_group(group);
+          group.clear();
+        }
+        serve_read(std::get<ReadRequest>(item));
+      }
+      if (!group.empty()) {
+        commit_group(group);
+        group.clear();
+      }
+    }
+  }
+};
+
+Store::Store(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
+
+Store::~Store() { stop(); }
+
+Result<std::unique_ptr<Store>> Store::open(const Options& options) {
+  auto impl = std::make_unique<Impl>();
+  impl->options = options;
+  SORTIE_ASSIGN_OR_RETURN(db, open_db(options.db_path));
+  impl->db = db;
+  sqlite3_busy_timeout(db, 5000);
+  // WAL: readers never block the writer and a commit appends to the log. FULL syncs the log at
+  // every commit, which group commit makes affordable; NORMAL survives process crashes (kill -9)
+  // but may lose the last commits on power loss.
+  auto wal = exec(db, "PRAGMA journal_mode=WAL");
+  if (!wal.ok())
+    return make_error(ErrorCode::InvalidArgument,
+                      fmt::format("{} cannot be opened as a sortie store: {}",
+                                  options.db_path.string(), wal.error().message));
+  SORTIE_TRY(exec(db, options.synchronous_full ? "PRAGMA synchronous=FULL"
+                                               : "PRAGMA synchronous=NORMAL"));
+  SORTIE_TRY(exec(db, "PRAGMA temp_store=MEMORY"));
+  SORTIE_TRY(exec(db, "PRAGMA cache_size=-65536"));
+  SORTIE_TRY(migrate(db, options.db_path, kSchemaVersion));
+  impl->prepare();
+  return std::unique_ptr<Store>(new Store(std::move(impl)));
+}
+
+Result<LoadedState> Store::load() {
+  sqlite3* db = impl_->db;
+  LoadedState s;
+  {
+    Statement q(db, "SELECT id, body FROM specs ORDER BY id");
+    while (q.step())
+      s.specs.push_back({static_cast<std::uint64_t>(q.i64(0)), q.text(1)});
+  }
+  {
+    Statement q(db, "SELECT id, name, created_ms, first_job, count FROM groups ORDER BY id");
+    while (q.step())
+      s.groups.push_back({static_cast<std::uint64_t>(q.i64(0)), q.text(1), q.i64(2),
+                          static_cast<std::uint64_t>(q.i64(3)),
+                          static_cast<std::uint64_t>(q.i64(4))});
+  }
+  {
+    Statement q(db, "SELECT id, spec_id, group_id, array_index, state, attempt, agent_id, "
+                    "exit_code, signal, submit_ms, start_ms, end_ms, history, user_cpu_us, "
+                    "system_cpu_us, max_rss_kib, reason FROM jobs ORDER BY id");
+    while (q.step()) {
+      JobRow j;
+      j.id = static_cast<std::uint64_t>(q.i64(0));
+      j.spec_id = static_cast<std::uint64_t>(q.i64(1));
+      j.group_id = static_cast<std::uint64_t>(q.i64(2));
+      if (!q.is_null(3))
+        j.array_index = q.i64(3);
+      int state = static_cast<int>(q.i64(4));
+      if (state < 1 || state > 8)
+        return make_error(ErrorCode::Internal,
+                          fmt::format("job {} has an invalid state {} in the store", j.id, state));
+      j.state = static_cast<JobState>(state);
+      j.attempt = static_cast<std::uint32_t>(q.i64(5));
+      j.agent_id = static_cast<std::uint64_t>(q.i64(6));
+      if (!q.is_null(7))
+        j.exit_code = static_cast<int>(q.i64(7));
+      if (!q.is_null(8))
+        j.signal = static_cast<int>(q.i64(8));
+      j.submit_ms = q.i64(9);
+      j.start_ms = q.i64(10);
+      j.end_ms = q.i64(11);
+      j.history = decode_history(q.text(12));
+      j.usage = {q.i64(13), q.i64(14), q.i64(15)};
+      j.reason = q.text(16);
+      s.jobs.push_back(std::move(j));
+    }
+  }
+  {
+    Statement q(db, "SELECT id, pilot_id, node, hostname, pid, slots, label, connected, "
+                    "registered_ms FROM agents ORDER BY id");
+    while (q.step())
+      s.agents.push_back({static_cast<std::uint64_t>(q.i64(0)),
+                          static_cast<std::uint64_t>(q.i64(1)), q.text(2), q.text(3),
+                          static_cast<int>(q.i64(4)), static_cast<std::uint32_t>(q.i64(5)),
+                          q.text(6), q.i64(7) != 0, q.i64(8)});
+  }
+  {
+    Statement q(db, "SELECT id, spec, state, created_ms, ended_ms, reason FROM pilots ORDER BY id");
+    while (q.step())
+      s.pilots.push_back(
+          {static_cast<std::uint64_t>(q.i64(0)), q.text(1), q.text(2), q.i64(3), q.i64(4), q.text(5)});
+  }
+  return s;
+}
+
+void Store::start(Post post) {
+  impl_->post = std::move(post);
+  impl_->thread = std::thread([this] { impl_->run(); });
+}
+
+void Store::submit(WriteBatch batch) {
+  {
+    std::lock_guard lock(impl_->mu);
+    impl_->queue.emplace_back(std::move(batch));
+  }
+  impl_->cv.notify_one();
+}
+
+void Store::read_output(std::uint64_t job_id,
+                        std::uint32_t attempt,
+                        int stream,
+                        std::int64_t offset,
+                        std::size_t max,
+                        std::function<void(Result<std::string>)> done) {
+  {
+    std::lock_guard lock(impl_->mu);
+    impl_->queue.emplace_back(ReadRequest{job_id, attempt, stream, offset, max, std::move(done)});
+  }
+  impl_->cv.notify_one();
+}
+
+void Store::stop() {
+  if (!impl_ || !impl_->thread.joinable())
+    return;
+  {
+    std::lock_guard lock(impl_->mu);
+    impl_->stopping = true;
+  }
+  impl_->cv.notify_one();
+  impl_->thread.join();
+}
+
+std::uint64_t Store::commits() const { return impl_->commits.load(std::memory_order_relaxed); }
+
+Result<void> create_schema_version_for_test(const std::filesystem::path& db_path, int target) {
+  SORTIE_ASSIGN_OR_RETURN(db, open_db(db_path));
+  auto r = migrate(db, db_path, target);
+  sqlite3_close(db);
+  return r;
+}
+
+} // namespace sortie::store

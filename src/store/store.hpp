@@ -1,0 +1,190 @@
+// SPDX-License-Identifier: Apache-2.0
+// The hub's durable store: SQLite in WAL mode, owned by one store thread (STYLE.md §5).
+//
+// Design. The event loop never touches SQLite or job output files. It hands the store WriteBatch
+// objects; the store thread takes every batch queued since its last commit, applies them in one
+// transaction (group commit), commits, and only then runs their completions, through the `post`
+// function given at open, which places them on the loop. So a completion that acknowledges a
+// submission runs after the data is durable. Output appends in a batch are written (pwrite at the
+// chunk's offset, so a resent chunk is harmless) before the transaction, hence before any job
+// state committed with them. Reads of output go through the same queue, so they see every write
+// queued before them.
+//
+// Threads: open(), load() and close() run on the caller's thread before the loop starts or after
+// it stopped; submit() and read_output() are called from the loop; everything else runs on the
+// store thread.
+#pragma once
+
+#include <cstdint>
+#include <filesystem>
+#include <functional>
+#include <memory>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "sortie/job.hpp"
+#include "sortie/result.hpp"
+
+namespace sortie::store {
+
+/// The newest schema this build writes (PRAGMA user_version).
+inline constexpr int kSchemaVersion = 1;
+
+struct SpecRow {
+  std::uint64_t id = 0;
+  std::string body; ///< a serialized pb::JobSpec
+};
+
+struct GroupRow {
+  std::uint64_t id = 0;
+  std::string name;
+  std::int64_t created_ms = 0;
+  std::uint64_t first_job = 0;
+  std::uint64_t count = 0;
+};
+
+/// A run of new jobs sharing a spec: ids first_id..first_id+count-1, array indices
+/// first_index + k * step (when is_array), all queued at submit_ms.
+struct JobRun {
+  std::uint64_t first_id = 0;
+  std::uint64_t count = 0;
+  std::uint64_t spec_id = 0;
+  std::uint64_t group_id = 0;
+  bool is_array = false;
+  std::int64_t first_index = 0;
+  std::int64_t step = 1;
+  std::int64_t submit_ms = 0;
+};
+
+/// The whole mutable state of one job, written over the row on every update.
+struct JobRow {
+  std::uint64_t id = 0;
+  std::uint64_t spec_id = 0;
+  std::uint64_t group_id = 0;
+  std::optional<std::int64_t> array_index;
+  JobState state = JobState::Queued;
+  std::uint32_t attempt = 0;
+  std::uint64_t agent_id = 0;
+  std::optional<int> exit_code;
+  std::optional<int> signal;
+  std::int64_t submit_ms = 0;
+  std::int64_t start_ms = 0;
+  std::int64_t end_ms = 0;
+  std::vector<StateChange> history; ///< transitions after the initial "queued"
+  ResourceUsage usage;
+  std::string reason;
+};
+
+struct AgentRow {
+  std::uint64_t id = 0;
+  std::uint64_t pilot_id = 0;
+  std::string node;
+  std::string hostname;
+  int pid = 0;
+  std::uint32_t slots = 0;
+  std::string label;
+  bool connected = false;
+  std::int64_t registered_ms = 0;
+};
+
+struct PilotRow {
+  std::uint64_t id = 0;
+  std::string spec; ///< a serialized pb::PilotSpec
+  std::string state;
+  std::int64_t created_ms = 0;
+  std::int64_t ended_ms = 0;
+  std::string reason;
+};
+
+struct OutputWrite {
+  std::uint64_t job_id = 0;
+  std::uint32_t attempt = 0;
+  int stream = 0; ///< 0 stdout, 1 stderr
+  std::int64_t offset = 0;
+  std::string data;
+};
+
+struct WriteBatch {
+  std::vector<SpecRow> specs;
+  std::vector<GroupRow> groups;
+  std::vector<JobRun> job_runs;
+  std::vector<JobRow> job_updates;
+  std::vector<AgentRow> agents;
+  std::vector<PilotRow> pilots;
+  std::vector<OutputWrite> output;
+  /// Run on the loop after the commit (with its error if the transaction failed; the batch is
+  /// then rolled back as a whole, output already written stays).
+  std::vector<std::function<void(const Result<void>&)>> on_commit;
+
+  bool empty() const {
+    return specs.empty() && groups.empty() && job_runs.empty() && job_updates.empty() &&
+           agents.empty() && pilots.empty() && output.empty() && on_commit.empty();
+  }
+};
+
+/// Everything the hub needs at start.
+struct LoadedState {
+  std::vector<SpecRow> specs;
+  std::vector<GroupRow> groups;
+  std::vector<JobRow> jobs; ///< ordered by id
+  std::vector<AgentRow> agents;
+  std::vector<PilotRow> pilots;
+};
+
+struct Options {
+  std::filesystem::path db_path;
+  std::filesystem::path output_dir;
+  bool synchronous_full = true; ///< fsync every commit (survives power loss), else at checkpoints
+};
+
+/// Path of an attempt's output file: <output_dir>/<job>/<attempt>.out|.err
+std::filesystem::path output_path(const std::filesystem::path& output_dir,
+                                  std::uint64_t job_id,
+                                  std::uint32_t attempt,
+                                  int stream);
+
+class Store {
+public:
+  using Post = std::function<void(std::function<void()>)>;
+
+  /// Opens (creating or migrating) the database. Fails with a clear error when the file is not
+  /// a sortie store or was written by a newer sortie.
+  static Result<std::unique_ptr<Store>> open(const Options& options);
+  ~Store();
+
+  /// Reads the whole state. Call before start().
+  Result<LoadedState> load();
+
+  /// Starts the store thread; completions are delivered through `post`.
+  void start(Post post);
+  /// Queues a batch. Loop thread.
+  void submit(WriteBatch batch);
+  /// Reads up to `max` bytes of an attempt's output from `offset`; `done` runs on the loop with
+  /// the bytes (empty at the end). Loop thread.
+  void read_output(std::uint64_t job_id,
+                   std::uint32_t attempt,
+                   int stream,
+                   std::int64_t offset,
+                   std::size_t max,
+                   std::function<void(Result<std::string>)> done);
+  /// Finishes queued work and stops the thread. Completions queued by it still run if the loop
+  /// still runs.
+  void stop();
+
+  /// Batches committed and transactions failed so far (for status and tests).
+  std::uint64_t commits() const;
+
+  Store(const Store&) = delete;
+  Store& operator=(const Store&) = delete;
+
+private:
+  struct Impl;
+  explicit Store(std::unique_ptr<Impl> impl);
+  std::unique_ptr<Impl> impl_;
+};
+
+/// Applies migrations up to `target` on a database file (for tests of older schema versions).
+Result<void> create_schema_version_for_test(const std::filesystem::path& db_path, int target);
+
+} // namespace sortie::store
