@@ -24,6 +24,7 @@
 #include "common/hub_file.hpp"
 #include "common/log.hpp"
 #include "common/text.hpp"
+#include "protocol/auth.hpp"
 #include "protocol/handshake.hpp"
 #include "protocol/link.hpp"
 
@@ -61,6 +62,8 @@ struct Task {
   std::unique_ptr<asio::steady_timer> kill_timer;
   std::unique_ptr<asio::steady_timer> drain_timer;
   std::shared_ptr<asio::posix::stream_descriptor> pipes[2];
+  std::string tag; ///< SORTIE_JOB_TAG of its processes
+  JobProcesses procs() const { return JobProcesses{pid, tag}; }
 };
 
 using OutItem = std::variant<pb::JobEvent, pb::OutputChunk>;
@@ -73,6 +76,7 @@ public:
     for (char** e = environ; *e; ++e)
       base_env_.emplace_back(*e);
     hostname_ = host_name();
+    nonce_ = protocol::to_hex(protocol::random_bytes(8));
     if (options_.node_name.empty())
       options_.node_name = hostname_;
     cores_ = static_cast<std::uint32_t>(std::max(1L, ::sysconf(_SC_NPROCESSORS_ONLN)));
@@ -195,7 +199,7 @@ private:
               first ? "registered as" : "reconnected as", agent_id_, options_.node_name,
               options_.slots, link->peer());
     for (auto id : reg.kill_jobs())
-      kill_job(id, 0, "the hub does not know this job");
+      cancel_task(id, 0, "the hub does not know this job");
     // Output the hub may not have written: send it again (writes are idempotent by offset).
     if (!inflight_.empty()) {
       pb::Envelope env;
@@ -276,7 +280,7 @@ private:
       for (const auto& ref : k.jobs()) {
         auto it = tasks_.find(ref.job_id());
         if (it != tasks_.end() && it->second->attempt == ref.attempt())
-          kill_job(ref.job_id(), k.grace_ms(), k.reason());
+          cancel_task(ref.job_id(), k.grace_ms(), k.reason());
       }
       return;
     }
@@ -349,6 +353,7 @@ private:
     for (const auto& e : t.spec.env())
       set(e.name(), e.value());
     set("SORTIE_JOB_ID", std::to_string(t.job));
+    set("SORTIE_JOB_TAG", t.tag);
     set("SORTIE_ATTEMPT", std::to_string(t.attempt));
     set("SORTIE_NODE", options_.node_name);
     set("SORTIE_SLOTS", std::to_string(t.slots));
@@ -359,6 +364,7 @@ private:
   }
 
   void launch(Task& t) {
+    t.tag = fmt::format("{}.{}.{}", nonce_, t.job, t.attempt);
     int out[2], err[2];
     if (::pipe2(out, O_CLOEXEC) != 0) {
       emit_finished(t, fmt::format("cannot create a pipe: {}", errno_text(errno)));
@@ -389,7 +395,7 @@ private:
     t.started = true;
     used_slots_ += t.slots;
     by_pid_[t.pid] = t.job;
-    keeper_register(keeper_fd_, t.pid);
+    keeper_register(keeper_fd_, t.procs());
     pb::JobEvent ev;
     ev.set_job_id(t.job);
     ev.set_attempt(t.attempt);
@@ -495,12 +501,11 @@ private:
       used_slots_ -= std::min(used_slots_, t.slots);
       // The job is over when its leader exits: what it left behind in its process group goes
       // too (as Slurm does at the end of a step). Stragglers elsewhere are found below.
-      ::kill(-t.pid, SIGKILL);
       if (t.kill_requested)
-        kill_tree(t.pid);
+        kill_job(t.procs());
       else
-        kill_orphans_of(t.pid);
-      keeper_unregister(keeper_fd_, t.pid);
+        kill_leftovers(t.procs());
+      keeper_unregister(keeper_fd_, t.procs());
       if (t.kill_timer)
         t.kill_timer->cancel();
       if (t.streams_open > 0) {
@@ -512,7 +517,7 @@ private:
           if (e)
             return;
           if (auto i = tasks_.find(job); i != tasks_.end()) {
-            kill_tree(i->second->pid);
+            kill_job(i->second->procs());
             for (auto& p : i->second->pipes)
               if (p) {
                 error_code ignored;
@@ -524,18 +529,6 @@ private:
       maybe_finish(t);
     }
     try_launch();
-  }
-
-  /// Kills our children (orphans reparented to this subreaper) that belong to session `sid`.
-  void kill_orphans_of(pid_t sid) {
-    std::ifstream f(fmt::format("/proc/{}/task/{}/children", ::getpid(), ::getpid()));
-    pid_t child;
-    while (f >> child) {
-      if (by_pid_.contains(child))
-        continue;
-      if (::getsid(child) == sid)
-        kill_tree(sid);
-    }
   }
 
   void maybe_finish(Task& t) {
@@ -582,7 +575,7 @@ private:
   // ---------------------------------------------------------------------------------------
   // Killing
 
-  void kill_job(std::uint64_t job, std::int64_t grace_ms, const std::string& reason) {
+  void cancel_task(std::uint64_t job, std::int64_t grace_ms, const std::string& reason) {
     auto it = tasks_.find(job);
     if (it == tasks_.end())
       return;
@@ -599,17 +592,17 @@ private:
       return;
     log::info("killing job {} ({})", job, reason);
     if (grace_ms <= 0) {
-      kill_tree(t.pid);
+      kill_job(t.procs());
       return;
     }
-    signal_tree(t.pid, SIGTERM);
+    signal_job(t.procs(), SIGTERM);
     t.kill_timer = std::make_unique<asio::steady_timer>(io_);
     t.kill_timer->expires_after(std::chrono::milliseconds(grace_ms));
     t.kill_timer->async_wait([this, job](error_code ec) {
       if (ec)
         return;
       if (auto i = tasks_.find(job); i != tasks_.end() && !i->second->exited)
-        kill_tree(i->second->pid);
+        kill_job(i->second->procs());
     });
   }
 
@@ -622,7 +615,7 @@ private:
     for (const auto& [id, t] : tasks_)
       ids.push_back(id);
     for (auto id : ids)
-      kill_job(id, 2000, reason);
+      cancel_task(id, 2000, reason);
     if (tasks_.empty())
       finish_shutdown();
   }
@@ -657,7 +650,7 @@ private:
     stopping_ = true;
     for (auto& [id, t] : tasks_)
       if (t->started && !t->exited)
-        kill_tree(t->pid);
+        kill_job(t->procs());
     ::close(keeper_fd_);
     io_.stop();
   }
@@ -730,6 +723,7 @@ private:
   int keeper_fd_;
   std::vector<std::string> base_env_;
   std::string hostname_;
+  std::string nonce_; ///< makes job tags unique to this agent process
   std::uint32_t cores_ = 1;
 
   std::shared_ptr<net::Link> link_;

@@ -92,7 +92,7 @@ void write_all_nonblocking(int fd, const char* data, size_t n) {
   ::signal(SIGINT, SIG_IGN);
   ::signal(SIGHUP, SIG_IGN);
   ::prctl(PR_SET_NAME, "sortie-keeper");
-  std::unordered_set<pid_t> sessions;
+  std::unordered_map<pid_t, std::string> jobs; // sid -> tag
   char buf[4096];
   std::string pending;
   while (true) {
@@ -108,15 +108,18 @@ void write_all_nonblocking(int fd, const char* data, size_t n) {
       pending.erase(0, pos + 1);
       if (line.size() < 2)
         continue;
+      // "+SID TAG" or "-SID"
       pid_t sid = static_cast<pid_t>(std::atoi(line.c_str() + 1));
-      if (line[0] == '+')
-        sessions.insert(sid);
-      else
-        sessions.erase(sid);
+      if (line[0] == '+') {
+        auto space = line.find(' ');
+        jobs[sid] = space == std::string::npos ? std::string() : line.substr(space + 1);
+      } else {
+        jobs.erase(sid);
+      }
     }
   }
-  for (pid_t sid : sessions)
-    kill_tree(sid);
+  for (const auto& [sid, tag] : jobs)
+    kill_job(JobProcesses{sid, tag});
   ::_exit(0);
 }
 
@@ -141,6 +144,9 @@ Result<pid_t> spawn_process(const SpawnRequest& req) {
     posix_spawn_file_actions_adddup2(&fa, req.stderr_fd, 2);
   if (!req.cwd.empty())
     posix_spawn_file_actions_addchdir_np(&fa, req.cwd.c_str());
+  // Nothing of the agent's leaks into jobs (Asio's sockets are not close-on-exec): a job holding
+  // the hub link open would hide the agent's death from the hub.
+  posix_spawn_file_actions_addclosefrom_np(&fa, 3);
   posix_spawnattr_t attr;
   posix_spawnattr_init(&attr);
   sigset_t none;
@@ -169,23 +175,72 @@ Result<pid_t> spawn_process(const SpawnRequest& req) {
   return pid;
 }
 
-std::vector<pid_t> process_tree(pid_t sid) {
+std::string job_tag_entry(const std::string& tag) { return "SORTIE_JOB_TAG=" + tag; }
+
+namespace {
+
+/// True if /proc/PID/environ holds exactly `entry` (other users' processes are unreadable: no).
+bool environ_has(pid_t pid, const std::string& entry) {
+  char path[64];
+  std::snprintf(path, sizeof path, "/proc/%d/environ", pid);
+  int fd = ::open(path, O_RDONLY | O_CLOEXEC);
+  if (fd < 0)
+    return false;
+  std::string env;
+  char buf[16384];
+  ssize_t n;
+  while ((n = ::read(fd, buf, sizeof buf)) > 0 && env.size() < (1u << 20))
+    env.append(buf, static_cast<size_t>(n));
+  ::close(fd);
+  std::string needle = entry;
+  needle.push_back('\0');
+  if (env.compare(0, needle.size(), needle) == 0)
+    return true;
+  needle.insert(needle.begin(), '\0');
+  return env.find(needle) != std::string::npos;
+}
+
+/// Children of this process, from /proc/self/task/*/children.
+std::vector<pid_t> own_children() {
+  std::vector<pid_t> out;
+  DIR* d = ::opendir("/proc/self/task");
+  if (!d)
+    return out;
+  while (auto* e = ::readdir(d)) {
+    if (e->d_name[0] == '.')
+      continue;
+    std::ifstream f(std::string("/proc/self/task/") + e->d_name + "/children");
+    pid_t p;
+    while (f >> p)
+      out.push_back(p);
+  }
+  ::closedir(d);
+  return out;
+}
+
+} // namespace
+
+std::vector<pid_t> job_processes(const JobProcesses& job) {
   auto procs = all_processes();
+  std::string entry = job.tag.empty() ? std::string() : job_tag_entry(job.tag);
   std::unordered_map<pid_t, std::vector<pid_t>> children;
   std::vector<pid_t> roots;
+  pid_t self = ::getpid();
   for (const auto& p : procs) {
     children[p.ppid].push_back(p.pid);
-    if (p.sid == sid || p.pgid == sid || p.pid == sid)
+    if (p.pid == self)
+      continue;
+    if (p.sid == job.sid || p.pgid == job.sid || p.pid == job.sid ||
+        (!entry.empty() && environ_has(p.pid, entry)))
       roots.push_back(p.pid);
   }
   std::unordered_set<pid_t> seen;
   std::vector<pid_t> out;
   std::vector<pid_t> stack = roots;
-  pid_t self = ::getpid();
   while (!stack.empty()) {
     pid_t p = stack.back();
     stack.pop_back();
-    if (p == self || !seen.insert(p).second)
+    if (p == self || p <= 1 || !seen.insert(p).second)
       continue;
     out.push_back(p);
     if (auto it = children.find(p); it != children.end())
@@ -194,27 +249,42 @@ std::vector<pid_t> process_tree(pid_t sid) {
   return out;
 }
 
-int signal_tree(pid_t sid, int sig) {
-  ::kill(-sid, sig);
+int signal_job(const JobProcesses& job, int sig) {
+  if (job.sid > 1)
+    ::kill(-job.sid, sig);
   int n = 0;
-  for (pid_t p : process_tree(sid))
+  for (pid_t p : job_processes(job))
     if (::kill(p, sig) == 0)
       ++n;
   return n;
 }
 
-void kill_tree(pid_t sid) {
-  // Stop first so nothing forks between finding the tree and killing it, then kill.
+void kill_job(const JobProcesses& job) {
   for (int round = 0; round < 10; ++round) {
-    auto tree = process_tree(sid);
-    ::kill(-sid, SIGKILL);
-    if (tree.empty())
+    if (job.sid > 1)
+      ::kill(-job.sid, SIGKILL);
+    auto procs = job_processes(job);
+    if (procs.empty())
       return;
-    for (pid_t p : tree)
+    // Stop everything first so that nothing forks between the scan and the kill.
+    for (pid_t p : procs)
       ::kill(p, SIGSTOP);
-    for (pid_t p : process_tree(sid))
+    for (pid_t p : job_processes(job))
       ::kill(p, SIGKILL);
   }
+}
+
+void kill_leftovers(const JobProcesses& job) {
+  if (job.sid > 1)
+    ::kill(-job.sid, SIGKILL);
+  if (job.tag.empty())
+    return;
+  std::string entry = job_tag_entry(job.tag);
+  for (pid_t child : own_children())
+    if (environ_has(child, entry)) {
+      kill_job(job);
+      return;
+    }
 }
 
 void become_subreaper() { ::prctl(PR_SET_CHILD_SUBREAPER, 1); }
@@ -238,13 +308,13 @@ Result<int> start_keeper() {
   return fds[1];
 }
 
-void keeper_register(int fd, pid_t sid) {
-  auto s = fmt::format("+{}\n", sid);
+void keeper_register(int fd, const JobProcesses& job) {
+  auto s = fmt::format("+{} {}\n", job.sid, job.tag);
   write_all_nonblocking(fd, s.data(), s.size());
 }
 
-void keeper_unregister(int fd, pid_t sid) {
-  auto s = fmt::format("-{}\n", sid);
+void keeper_unregister(int fd, const JobProcesses& job) {
+  auto s = fmt::format("-{}\n", job.sid);
   write_all_nonblocking(fd, s.data(), s.size());
 }
 

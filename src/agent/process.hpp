@@ -30,28 +30,43 @@ struct SpawnRequest {
 /// program, no permission) is returned as an error naming the program.
 Result<pid_t> spawn_process(const SpawnRequest& request);
 
-/// The pids in a job's tree: members of session `sid` and their descendants, plus `extra_roots`
-/// and their descendants. Reads /proc.
-std::vector<pid_t> process_tree(pid_t sid);
+/// What identifies a job's processes: its leader's session, and a tag in every process's
+/// environment (SORTIE_JOB_TAG, unique per agent, job and attempt), which survives setsid() and
+/// double forks that leave the session.
+struct JobProcesses {
+  pid_t sid = 0;
+  std::string tag;
+};
 
-/// Sends `sig` to the process group `sid` and to every process in the job's tree. Returns how
-/// many processes were signalled.
-int signal_tree(pid_t sid, int sig);
+/// The environment entry that carries a tag: "SORTIE_JOB_TAG=<tag>".
+std::string job_tag_entry(const std::string& tag);
 
-/// SIGKILLs the tree until nothing is left (new forks race with the kill, so it repeats a few
-/// times).
-void kill_tree(pid_t sid);
+/// Every live process of the job: members of its session, processes carrying its tag, and all
+/// their descendants. Scans /proc (costly; used on cancel, timeout and agent death).
+std::vector<pid_t> job_processes(const JobProcesses& job);
+
+/// Sends `sig` to the job's process group and every process of the job. Returns how many.
+int signal_job(const JobProcesses& job, int sig);
+
+/// SIGKILLs the job until nothing of it is left (stopping first, since new forks race with the
+/// kill; repeats a few rounds).
+void kill_job(const JobProcesses& job);
+
+/// After a leader exited normally: kills what it left behind, cheaply. Kills its process group,
+/// then looks only at this process's children (orphans are reparented to us, the subreaper) for
+/// ones carrying the tag, and kills their trees.
+void kill_leftovers(const JobProcesses& job);
 
 /// Makes this process the subreaper of its descendants (PR_SET_CHILD_SUBREAPER).
 void become_subreaper();
 
 /// The keeper: a small process forked at agent start (before any thread exists). The agent tells
-/// it each job's session as the job starts and ends; when the agent dies the keeper's pipe reaches
-/// end-of-file and it kills every registered job's tree, then exits. Returns the pipe's write end.
+/// it each job as the job starts and ends; when the agent dies the keeper's pipe reaches
+/// end-of-file and it kills every registered job, then exits. Returns the pipe's write end.
 Result<int> start_keeper();
 /// Keeper messages; non-blocking, best effort.
-void keeper_register(int fd, pid_t sid);
-void keeper_unregister(int fd, pid_t sid);
+void keeper_register(int fd, const JobProcesses& job);
+void keeper_unregister(int fd, const JobProcesses& job);
 
 /// Reads MemTotal from /proc/meminfo (bytes; 0 if unknown).
 std::uint64_t total_memory_bytes();

@@ -65,6 +65,9 @@ Result<Allocation> LocalLauncher::submit(const PilotRequest& request) {
     posix_spawn_file_actions_addopen(&fa, 1, log_path.c_str(), O_WRONLY | O_CREAT | O_APPEND,
                                      0600);
     posix_spawn_file_actions_adddup2(&fa, 1, 2);
+    // The hub's sockets are not close-on-exec; an agent holding the listening socket would keep
+    // it accepting after the hub died.
+    posix_spawn_file_actions_addclosefrom_np(&fa, 3);
     posix_spawnattr_t attr;
     posix_spawnattr_init(&attr);
     sigset_t none;
