@@ -157,6 +157,8 @@ public:
 
   /// For tests: the job with this id, or null.
   const Job* job_for_test(std::uint64_t id) const { return find_job(id); }
+  /// For tests: one round of the periodic work.
+  void tick_for_test() { tick(); }
 
 private:
   // Client requests.

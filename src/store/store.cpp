@@ -452,6 +452,7 @@ Store::~Store() { stop(); }
 Result<std::unique_ptr<Store>> Store::open(const Options& options) {
   auto impl = std::make_unique<Impl>();
   impl->options = options;
+  SORTIE_TRY(make_dirs(options.output_dir, 0700));
   SORTIE_ASSIGN_OR_RETURN(db, open_db(options.db_path));
   impl->db = db;
   sqlite3_busy_timeout(db, 5000);

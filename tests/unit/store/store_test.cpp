@@ -1,0 +1,249 @@
+// SPDX-License-Identifier: Apache-2.0
+// The store: group commit with completions after durability, reload, migrations, rollback and
+// output files.
+#include <gtest/gtest.h>
+#include <sqlite3.h>
+
+#include <fstream>
+
+#include "common/files.hpp"
+#include "fakes/completions.hpp"
+#include "fakes/temp_dir.hpp"
+#include "store/schema.hpp"
+#include "store/store.hpp"
+
+namespace sortie::store {
+namespace {
+
+using testing::Completions;
+using testing::TempDir;
+
+class StoreTest : public ::testing::Test {
+protected:
+  Options options() const { return {dir_.path() / "store.db", dir_.path() / "output", true}; }
+
+  std::unique_ptr<Store> open() {
+    auto s = Store::open(options());
+    EXPECT_TRUE(s.ok()) << s.error().to_string();
+    return std::move(*s);
+  }
+
+  /// Submits a batch and waits for its completion.
+  Result<void> commit(Store& store, WriteBatch b) {
+    bool done = false;
+    Result<void> result;
+    b.on_commit.push_back([&](const Result<void>& r) {
+      result = r;
+      done = true;
+    });
+    store.submit(std::move(b));
+    EXPECT_TRUE(completions_.run_until([&] { return done; }));
+    return result;
+  }
+
+  WriteBatch submission(std::uint64_t first, std::uint64_t count) {
+    WriteBatch b;
+    b.specs.push_back({first, "spec-bytes"});
+    b.groups.push_back({first, "g", 1000, first, count});
+    JobRun run;
+    run.first_id = first;
+    run.count = count;
+    run.spec_id = first;
+    run.group_id = first;
+    run.is_array = true;
+    run.first_index = 1;
+    run.step = 2;
+    run.submit_ms = 1000;
+    b.job_runs.push_back(run);
+    return b;
+  }
+
+  TempDir dir_;
+  Completions completions_;
+};
+
+TEST_F(StoreTest, CommitThenReload) {
+  {
+    auto store = open();
+    store->start(completions_.poster());
+    ASSERT_TRUE(commit(*store, submission(1, 1000)).ok());
+    WriteBatch update;
+    JobRow row;
+    row.id = 7;
+    row.spec_id = 1;
+    row.group_id = 1;
+    row.array_index = 13;
+    row.state = JobState::Failed;
+    row.attempt = 2;
+    row.agent_id = 3;
+    row.exit_code = 4;
+    row.submit_ms = 1000;
+    row.start_ms = 1100;
+    row.end_ms = 1200;
+    row.history = {{JobState::Assigned, 1050}, {JobState::Running, 1100}, {JobState::Failed, 1200}};
+    row.usage = {10, 20, 30};
+    row.reason = "exit code 4";
+    update.job_updates.push_back(row);
+    update.agents.push_back({3, 1, "n1", "host", 99, 4, "cpu", true, 900});
+    update.pilots.push_back({1, "pilot-spec", "running", 800, 0, ""});
+    ASSERT_TRUE(commit(*store, std::move(update)).ok());
+    store->stop();
+  }
+  auto store = open();
+  auto state = store->load();
+  ASSERT_TRUE(state.ok()) << state.error().to_string();
+  ASSERT_EQ(state->jobs.size(), 1000u);
+  EXPECT_EQ(state->jobs[0].array_index, 1);
+  EXPECT_EQ(state->jobs[1].array_index, 3); // step 2
+  EXPECT_EQ(state->jobs[0].state, JobState::Queued);
+  const auto& j = state->jobs[6];
+  EXPECT_EQ(j.id, 7u);
+  EXPECT_EQ(j.state, JobState::Failed);
+  EXPECT_EQ(j.attempt, 2u);
+  EXPECT_EQ(j.exit_code, 4);
+  EXPECT_FALSE(j.signal.has_value());
+  ASSERT_EQ(j.history.size(), 3u);
+  EXPECT_EQ(j.history[1].state, JobState::Running);
+  EXPECT_EQ(j.history[1].time_ms, 1100);
+  EXPECT_EQ(j.usage.max_rss_kib, 30);
+  EXPECT_EQ(j.reason, "exit code 4");
+  ASSERT_EQ(state->specs.size(), 1u);
+  EXPECT_EQ(state->specs[0].body, "spec-bytes");
+  ASSERT_EQ(state->agents.size(), 1u);
+  EXPECT_EQ(state->agents[0].node, "n1");
+  EXPECT_TRUE(state->agents[0].connected);
+  ASSERT_EQ(state->pilots.size(), 1u);
+  EXPECT_EQ(state->pilots[0].state, "running");
+}
+
+TEST_F(StoreTest, GroupCommitRunsEveryCompletionInOrder) {
+  auto store = open();
+  std::vector<int> order;
+  for (int i = 0; i < 50; ++i) {
+    WriteBatch b = submission(static_cast<std::uint64_t>(i) * 10 + 1, 10);
+    b.on_commit.push_back([&order, i](const Result<void>& r) {
+      ASSERT_TRUE(r.ok());
+      order.push_back(i);
+    });
+    store->submit(std::move(b)); // queued before the thread starts: one transaction
+  }
+  store->start(completions_.poster());
+  ASSERT_TRUE(completions_.run_until([&] { return order.size() == 50; }));
+  for (int i = 0; i < 50; ++i)
+    EXPECT_EQ(order[static_cast<std::size_t>(i)], i);
+  EXPECT_LE(store->commits(), 2u);
+}
+
+TEST_F(StoreTest, FailedTransactionRollsBackTheWholeGroup) {
+  auto store = open();
+  store->start(completions_.poster());
+  ASSERT_TRUE(commit(*store, submission(1, 5)).ok());
+  // Job 3 exists already: the insert fails and nothing of this batch may remain.
+  WriteBatch bad = submission(100, 1);
+  JobRun dup;
+  dup.first_id = 3;
+  dup.count = 1;
+  dup.spec_id = 100;
+  dup.group_id = 100;
+  bad.job_runs.push_back(dup);
+  auto r = commit(*store, std::move(bad));
+  ASSERT_FALSE(r.ok());
+  EXPECT_NE(r.error().message.find("job 3"), std::string::npos) << r.error().message;
+  store->stop();
+  auto state = open()->load();
+  ASSERT_TRUE(state.ok());
+  EXPECT_EQ(state->jobs.size(), 5u);
+  EXPECT_EQ(state->specs.size(), 1u);
+}
+
+TEST_F(StoreTest, OutputIsWrittenAtOffsetsAndReadBack) {
+  auto store = open();
+  store->start(completions_.poster());
+  WriteBatch b;
+  b.output.push_back({5, 1, 0, 6, "world\n"});
+  b.output.push_back({5, 1, 0, 0, "hello "});
+  b.output.push_back({5, 1, 0, 0, "hello "}); // a resend after a reconnect changes nothing
+  b.output.push_back({5, 1, 1, 0, "oops\n"});
+  ASSERT_TRUE(commit(*store, std::move(b)).ok());
+  Result<std::string> got = std::string();
+  bool done = false;
+  store->read_output(5, 1, 0, 0, 1024, [&](Result<std::string> r) {
+    got = std::move(r);
+    done = true;
+  });
+  ASSERT_TRUE(completions_.run_until([&] { return done; }));
+  ASSERT_TRUE(got.ok());
+  EXPECT_EQ(*got, "hello world\n");
+  auto err = read_file(output_path(dir_.path() / "output", 5, 1, 1));
+  ASSERT_TRUE(err.ok());
+  EXPECT_EQ(*err, "oops\n");
+  // No output yet: an empty read, not an error.
+  done = false;
+  store->read_output(6, 1, 0, 0, 1024, [&](Result<std::string> r) {
+    got = std::move(r);
+    done = true;
+  });
+  ASSERT_TRUE(completions_.run_until([&] { return done; }));
+  ASSERT_TRUE(got.ok());
+  EXPECT_TRUE(got->empty());
+}
+
+TEST_F(StoreTest, MigratesFromEveryEarlierVersion) {
+  for (int version = 0; version < kSchemaVersion; ++version) {
+    auto path = dir_.path() / ("v" + std::to_string(version) + ".db");
+    ASSERT_TRUE(create_schema_version_for_test(path, version).ok());
+    auto s = Store::open({path, dir_.path() / "output", true});
+    ASSERT_TRUE(s.ok()) << "from version " << version << ": " << s.error().to_string();
+    auto state = (*s)->load();
+    EXPECT_TRUE(state.ok());
+  }
+  // And the latest opens as is, keeping its data.
+  {
+    auto store = open();
+    store->start(completions_.poster());
+    ASSERT_TRUE(commit(*store, submission(1, 3)).ok());
+  }
+  auto state = open()->load();
+  ASSERT_TRUE(state.ok());
+  EXPECT_EQ(state->jobs.size(), 3u);
+}
+
+TEST_F(StoreTest, RefusesANewerSchema) {
+  {
+    auto store = open();
+  }
+  sqlite3* db = nullptr;
+  ASSERT_EQ(sqlite3_open(options().db_path.c_str(), &db), SQLITE_OK);
+  ASSERT_EQ(sqlite3_exec(db, "PRAGMA user_version = 99", nullptr, nullptr, nullptr), SQLITE_OK);
+  sqlite3_close(db);
+  auto s = Store::open(options());
+  ASSERT_FALSE(s.ok());
+  EXPECT_EQ(s.error().code, ErrorCode::FailedPrecondition);
+  EXPECT_NE(s.error().message.find("schema version 99"), std::string::npos) << s.error().message;
+}
+
+TEST_F(StoreTest, RefusesFilesThatAreNotStores) {
+  {
+    std::ofstream f(options().db_path);
+    f << "this is not a database, just some text that is long enough to matter\n";
+  }
+  auto s = Store::open(options());
+  ASSERT_FALSE(s.ok());
+  EXPECT_NE(s.error().message.find("store.db"), std::string::npos) << s.error().message;
+
+  auto other = dir_.path() / "other.db";
+  sqlite3* db = nullptr;
+  ASSERT_EQ(sqlite3_open(other.c_str(), &db), SQLITE_OK);
+  ASSERT_EQ(sqlite3_exec(db, "CREATE TABLE t(x)", nullptr, nullptr, nullptr), SQLITE_OK);
+  sqlite3_close(db);
+  auto s2 = Store::open({other, dir_.path() / "output", true});
+  ASSERT_FALSE(s2.ok());
+  EXPECT_NE(s2.error().message.find("not a sortie store"), std::string::npos) << s2.error().message;
+}
+
+TEST(Schema, HasOneMigrationPerVersion) {
+  EXPECT_EQ(migrations().size(), static_cast<std::size_t>(kSchemaVersion));
+}
+
+} // namespace
+} // namespace sortie::store
