@@ -246,7 +246,7 @@ int hub_stop(const Globals& g) {
     return fail(profile.error());
   auto client = connect(g);
   if (!client.ok()) {
-    if (client.error().code == ErrorCode::Unavailable || client.error().code == ErrorCode::NotFound) {
+    if (client.error().code == ErrorCode::Unavailable) {
       std::printf("no hub is running for profile '%s'\n", profile->name.c_str());
       return kExitOk;
     }
@@ -273,14 +273,11 @@ int hub_stop(const Globals& g) {
 int hub_status(const Globals& g, bool as_json) {
   auto client = connect(g);
   if (!client.ok()) {
-    if (as_json && (client.error().code == ErrorCode::Unavailable ||
-                    client.error().code == ErrorCode::NotFound)) {
+    if (as_json && client.error().code == ErrorCode::Unavailable) {
       std::printf("{\"running\": false}\n");
       return kExitNoHub;
     }
-    return client.error().code == ErrorCode::NotFound ? fail(Error{ErrorCode::Unavailable,
-                                                                   client.error().message, {}})
-                                                      : fail(client.error());
+    return fail(client.error());
   }
   auto s = client->hub_status();
   if (!s.ok())

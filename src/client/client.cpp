@@ -156,7 +156,14 @@ Result<Client> Client::connect(const ConnectOptions& options) {
     hub_file = profile.hub_file();
     profile_name = profile.name;
   }
-  SORTIE_ASSIGN_OR_RETURN(hf, read_hub_file(hub_file));
+  auto hub = read_hub_file(hub_file);
+  if (!hub.ok()) {
+    // Never started is the same, for a caller, as not running now.
+    if (hub.error().code == ErrorCode::NotFound)
+      return Error{ErrorCode::Unavailable, hub.error().message, hub.error().context};
+    return hub.error();
+  }
+  const HubFile& hf = *hub;
   SORTIE_ASSIGN_OR_RETURN(key, token_key(hf));
   Result<net::BlockingLink> link = make_error(ErrorCode::Unavailable, "");
   if (!hf.socket.empty() && ::access(hf.socket.c_str(), F_OK) == 0)

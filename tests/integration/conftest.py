@@ -1,0 +1,173 @@
+# SPDX-License-Identifier: Apache-2.0
+"""Fixtures for integration tests: real hub and agent processes in a temporary profile.
+
+Every process a test starts carries SORTIE_HOME=<its temporary directory> in its environment
+(the hub, its agents and their jobs inherit it), so teardown finds and kills whatever is left,
+and fails the test if anything was.
+"""
+import json
+import os
+import shutil
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def sortie_binary():
+    path = os.environ.get("SORTIE_BIN") or str(ROOT / "build" / "dev" / "apps" / "sortie")
+    if not os.access(path, os.X_OK):
+        raise RuntimeError(f"no sortie binary at {path}: build first or set SORTIE_BIN")
+    return path
+
+
+def processes_with_env(entry: bytes):
+    """Pids of live processes whose environment holds `entry` (e.g. b'SORTIE_HOME=/tmp/x')."""
+    found = []
+    for d in os.listdir("/proc"):
+        if not d.isdigit() or int(d) == os.getpid():
+            continue
+        try:
+            with open(f"/proc/{d}/stat") as f:
+                stat = f.read()
+            if stat[stat.rfind(")") + 2] in "ZX":
+                continue
+            with open(f"/proc/{d}/environ", "rb") as f:
+                env = f.read().split(b"\0")
+        except OSError:
+            continue
+        if entry in env:
+            found.append(int(d))
+    return found
+
+
+def alive(pid):
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            stat = f.read()
+        return stat[stat.rfind(")") + 2] not in "ZX"
+    except OSError:
+        return False
+
+
+def wait_for(predicate, timeout=30.0, what="condition"):
+    """Polls `predicate` until it is true; fails the test after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            pytest.fail(f"timed out after {timeout}s waiting for {what}")
+        time.sleep(0.05)
+
+
+class Sortie:
+    """Runs `sortie` commands against one temporary profile."""
+
+    def __init__(self, home: Path):
+        self.home = home
+        self.profile = home / "default"
+        self.bin = sortie_binary()
+        self.env = dict(os.environ)
+        self.env["SORTIE_HOME"] = str(home)
+        self.env.pop("SORTIE_PROFILE", None)
+
+    def run(self, *args, check=True, timeout=120, profile=None):
+        cmd = [self.bin] + (["--profile", profile] if profile else []) + [str(a) for a in args]
+        p = subprocess.run(cmd, env=self.env, capture_output=True, text=True, timeout=timeout,
+                           cwd=str(self.home))
+        if check and p.returncode != 0:
+            raise AssertionError(f"{' '.join(cmd)} exited {p.returncode}\nstdout: {p.stdout}\n"
+                                 f"stderr: {p.stderr}")
+        return p
+
+    def json(self, *args, **kw):
+        return json.loads(self.run(*args, "--json", **kw).stdout)
+
+    def configure(self, **hub):
+        self.profile.mkdir(parents=True, exist_ok=True)
+        lines = ["[hub]"] + [f'{k} = {json.dumps(v)}' for k, v in hub.items()]
+        (self.profile / "config.toml").write_text("\n".join(lines) + "\n")
+
+    def start(self):
+        return self.run("hub", "start")
+
+    def hub_file(self):
+        return json.loads((self.profile / "hub.json").read_text())
+
+    def hub_pid(self):
+        return self.hub_file()["pid"]
+
+    def submit(self, *cmd, opts=()):
+        out = self.run("submit", *opts, "--", *cmd).stdout.strip()
+        first, _, last = out.partition("-")
+        return int(first) if not last else (int(first), int(last))
+
+    def jobs(self, *args):
+        return self.json("job", "list", *args)
+
+    def job(self, job_id):
+        return self.json("job", "show", job_id)
+
+    def wait_state(self, job_id, states, timeout=30):
+        states = {states} if isinstance(states, str) else set(states)
+        return wait_for(lambda: (j := self.job(job_id))["state"] in states and j,
+                        timeout, f"job {job_id} to be {states}")
+
+    def add_pilot(self, *args, wait=True):
+        pid = int(self.run("pilot", "add", *args).stdout.strip())
+        if wait:
+            wait_for(lambda: any(p["id"] == pid and p["state"] == "running" and
+                                 p["nodes_up"] == p["nodes"] for p in self.json("pilot", "list")),
+                     30, f"pilot {pid} to run")
+        return pid
+
+    def agent_pids(self):
+        return [p for p in processes_with_env(b"SORTIE_HOME=" + str(self.home).encode())
+                if b"\0agent\0" in Path(f"/proc/{p}/cmdline").read_bytes()]
+
+
+FAST = dict(heartbeat_interval="500ms", agent_reconnect_window="4s", kill_grace="1s")
+
+
+@pytest.fixture
+def sortie(tmp_path, request):
+    home = tmp_path / "home"
+    home.mkdir()
+    s = Sortie(home)
+    s.configure(**FAST)
+    yield s
+    entry = b"SORTIE_HOME=" + str(home).encode()
+    try:
+        subprocess.run([s.bin, "hub", "stop"], env=s.env, capture_output=True, timeout=60)
+    except subprocess.TimeoutExpired:
+        pass
+    # Whatever is still there after a clean stop was left behind by sortie.
+    try:
+        wait_for(lambda: not processes_with_env(entry), 15, "sortie's processes to exit")
+        leftover = []
+    except pytest.fail.Exception:
+        leftover = processes_with_env(entry)
+    for pid in leftover:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    failed = getattr(request.node, "rep_call", None) is not None and request.node.rep_call.failed
+    if failed or leftover:
+        for log in sorted(s.profile.glob("*.log")) + sorted((s.profile / "logs").glob("*.log")):
+            print(f"===== {log.name} =====\n{log.read_text(errors='replace')[-6000:]}")
+    shutil.rmtree(home, ignore_errors=True)
+    assert not leftover, f"processes left behind: {leftover}"
+
+
+@pytest.hookimpl(tryfirst=True, hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    outcome = yield
+    rep = outcome.get_result()
+    setattr(item, "rep_" + rep.when, rep)
