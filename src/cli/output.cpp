@@ -231,8 +231,8 @@ std::string progress_line(const WaitProgress& p, int width) {
   int filled = p.total ? static_cast<int>(static_cast<double>(bar) * static_cast<double>(p.finished) /
                                           static_cast<double>(p.total))
                        : bar;
-  return "[" + std::string(static_cast<std::size_t>(filled), '#') +
-         std::string(static_cast<std::size_t>(bar - filled), '.') + "]" + tail;
+  return fmt::format("[{}{}]{}", std::string(static_cast<std::size_t>(filled), '#'),
+                     std::string(static_cast<std::size_t>(bar - filled), '.'), tail);
 }
 
 } // namespace sortie::cli

@@ -60,7 +60,7 @@ Result<std::int64_t> parse_duration_ms(std::string_view text) {
 
 std::string format_duration_ms(std::int64_t ms) {
   if (ms < 0)
-    return "-" + format_duration_ms(-ms);
+    return fmt::format("-{}", format_duration_ms(-ms));
   if (ms < 1000)
     return fmt::format("{}ms", ms);
   std::int64_t s = ms / 1000;

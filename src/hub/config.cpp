@@ -124,11 +124,11 @@ Result<void> load_config_file(const std::filesystem::path& path, HubConfig& conf
                           fmt::format("{}: hub.output_credit must be a size of at least 64K", at));
       config.output_credit = *b;
     } else if (key == "store_sync") {
-      SORTIE_ASSIGN_OR_RETURN(s, want_string());
-      if (s != "full" && s != "normal")
+      auto s = node.value<std::string>();
+      if (!s || (*s != "full" && *s != "normal"))
         return make_error(ErrorCode::InvalidArgument,
                           fmt::format("{}: hub.store_sync must be \"full\" or \"normal\"", at));
-      config.store_sync_full = s == "full";
+      config.store_sync_full = *s == "full";
     } else {
       return make_error(ErrorCode::InvalidArgument,
                         fmt::format("{}: unknown key hub.{}: known keys are listen, "

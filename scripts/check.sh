@@ -1,0 +1,37 @@
+#!/usr/bin/env bash
+# SPDX-License-Identifier: Apache-2.0
+# Runs exactly what CI runs: installs what is missing, builds with warnings as errors, runs the
+# unit and integration tests, then builds and runs them again under AddressSanitizer and
+# UndefinedBehaviorSanitizer.
+#   scripts/check.sh            everything
+#   scripts/check.sh --fast     skip the sanitizer pass
+set -euo pipefail
+cd "$(dirname "$0")/.."
+fast=0
+[ "${1:-}" = "--fast" ] && fast=1
+jobs=$(nproc)
+PY=/usr/bin/python3 # Debian's: it has pytest (python3 first on PATH may not)
+
+step() { printf '\n=== %s (%s)\n' "$*" "$(date +%T)"; }
+
+step "dependencies"
+scripts/setup.sh --test
+
+run_suite() { # preset
+  local preset=$1 dir=build/$1
+  step "configure and build ($preset)"
+  cmake --preset "$preset" >/dev/null
+  cmake --build "$dir" -j "$jobs"
+  step "unit tests ($preset)"
+  ctest --test-dir "$dir" --output-on-failure -j "$jobs" --timeout 300
+  step "integration tests ($preset)"
+  SORTIE_BIN="$PWD/$dir/apps/sortie" timeout 1800 "$PY" -m pytest tests/integration \
+    -q -p no:cacheprovider --timeout 300 -n "$jobs"
+}
+
+run_suite ci
+if [ $fast = 0 ]; then
+  export ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1
+  run_suite sanitize
+fi
+step "all checks passed"
