@@ -160,12 +160,28 @@ def main():
     ap.add_argument("--bulk", type=int, default=100_000)
     ap.add_argument("--build", default=str(ROOT / "build" / "release"))
     ap.add_argument("--json", help="also write all samples to this file")
+    ap.add_argument("--only", default="abc", help="which benchmarks: any of a, b, c")
     args = ap.parse_args()
     bin_dir = Path(args.build)
 
     print(f"sortie core benchmarks: {args.runs} runs each, medians; {os.cpu_count()} cores; "
           f"{time.strftime('%Y-%m-%d %H:%M')}")
-    a, a_all = bench_short_jobs(bin_dir, args.runs, args.jobs)
+    a_all = b_all = c_all = None
+    if "a" in args.only:
+        a, a_all = bench_short_jobs(bin_dir, args.runs, args.jobs)
+        print_a(a, args)
+    if "b" in args.only:
+        b, b_all = bench_bulk(bin_dir, args.runs, args.bulk)
+        print_b(b, args)
+    if "c" in args.only:
+        c, c_all = bench_memory(bin_dir, max(1, args.runs // 2), args.bulk)
+        print_c(c, args)
+    if args.json:
+        Path(args.json).write_text(json.dumps({"a": a_all, "b": b_all, "c": c_all}, indent=2))
+    return 0
+
+
+def print_a(a, args):
     print(f"\n(a) {args.jobs} x /bin/true, 2 at a time (goal: sortie >= 0.9x the floor)")
     print(f"    {'runner':<26}{'seconds':>9}{'jobs/s':>9}{'vs floor':>10}{'sortie vs it':>14}")
     for name, label in [("floor", "posix_spawn floor"), ("sortie", "sortie (2-slot pilot)"),
@@ -174,21 +190,20 @@ def main():
         print(f"    {label:<26}{t:>9.3f}{args.jobs / t:>9.0f}{a['floor'] / t:>9.2f}x"
               f"{t / a['sortie']:>13.2f}x")
 
-    b, b_all = bench_bulk(bin_dir, args.runs, args.bulk)
+
+def print_b(b, args):
     print(f"\n(b) bulk submission of {args.bulk} jobs, acknowledged and durable "
           f"(goal: >= 100,000 jobs/s)")
     for name, label in [("array", "one array"), ("batch", "distinct jobs, one batch")]:
         print(f"    {label:<26}{b[name]:>12,.0f} jobs/s{b[name] / 100_000:>8.2f}x goal")
 
-    c, c_all = bench_memory(bin_dir, max(1, args.runs // 2), args.bulk)
+
+def print_c(c, args):
     print(f"\n(c) hub RSS per queued job, {args.bulk} queued (goal: <= 1 KiB)")
     for name, label in [("array", "array, after submit"), ("array_reloaded", "array, after restart"),
                         ("batch", "distinct, after submit"),
                         ("batch_reloaded", "distinct, after restart")]:
         print(f"    {label:<26}{c[name]:>9.0f} bytes{1024 / max(c[name], 1):>8.2f}x goal")
-    if args.json:
-        Path(args.json).write_text(json.dumps({"a": a_all, "b": b_all, "c": c_all}, indent=2))
-    return 0
 
 
 if __name__ == "__main__":

@@ -10,10 +10,15 @@
 #include <boost/asio/signal_set.hpp>
 
 #include <deque>
+#include <functional>
+#include <condition_variable>
+#include <mutex>
+#include <thread>
 #include <fstream>
 #include <memory>
 #include <optional>
 #include <unordered_map>
+#include <unordered_set>
 #include <variant>
 
 #include <fmt/format.h>
@@ -35,6 +40,7 @@ namespace {
 
 constexpr std::size_t kReadChunk = 64 * 1024;
 constexpr std::int64_t kDrainMs = 500; // after the leader exits, how long pipes may stay open
+constexpr auto kLazyFlush = std::chrono::milliseconds(5);
 
 std::int64_t wall_ms() { return wall_now_ms(); }
 
@@ -68,11 +74,77 @@ struct Task {
 
 using OutItem = std::variant<pb::JobEvent, pb::OutputChunk>;
 
+/// Reaps children on a thread blocked in wait4(), handing each exit to a callback (which posts it
+/// to the loop): one system call per exit, where a SIGCHLD handler costs a signal, a self-pipe
+/// read and a second wait4. It reaps every child (the keeper and adopted orphans too).
+class Reaper {
+public:
+  using OnExit = std::function<void(pid_t, int, rusage)>;
+  void start(OnExit on_exit) {
+    state_->on_exit = std::move(on_exit);
+    // The thread shares the state, so it may outlive this object (it can be blocked in wait4
+    // when the agent exits); after stop() it never calls back.
+    std::thread([state = state_] { run(*state); }).detach();
+  }
+  /// A child was started: wakes the thread if it had none to wait for.
+  void child_started() {
+    std::lock_guard l(state_->mu);
+    ++state_->generation;
+    state_->cv.notify_one();
+  }
+  /// No more callbacks after this returns.
+  void stop() {
+    std::lock_guard l(state_->mu);
+    state_->stop = true;
+    state_->cv.notify_one();
+  }
+  ~Reaper() { stop(); }
+
+private:
+  struct State {
+    OnExit on_exit;
+    std::mutex mu;
+    std::condition_variable cv;
+    std::uint64_t generation = 0;
+    bool stop = false;
+  };
+
+  static void run(State& st) {
+    while (true) {
+      std::uint64_t seen;
+      {
+        std::lock_guard l(st.mu);
+        if (st.stop)
+          return;
+        seen = st.generation;
+      }
+      int status = 0;
+      rusage ru{};
+      pid_t pid = ::wait4(-1, &status, 0, &ru);
+      if (pid > 0) {
+        std::lock_guard l(st.mu);
+        if (st.stop)
+          return;
+        st.on_exit(pid, status, ru);
+        continue;
+      }
+      if (errno == EINTR)
+        continue;
+      // No children at all: wait until one is started.
+      std::unique_lock l(st.mu);
+      st.cv.wait(l, [&] { return st.stop || st.generation != seen; });
+    }
+  }
+
+  std::shared_ptr<State> state_ = std::make_shared<State>();
+};
+
 class Agent {
 public:
   Agent(asio::io_context& io, AgentOptions options, int keeper_fd)
-      : io_(io), options_(std::move(options)), keeper_fd_(keeper_fd), credit_wakeup_(io),
-        signals_(io, SIGTERM, SIGINT), children_(io, SIGCHLD) {
+      : io_(io), options_(std::move(options)), keeper_fd_(keeper_fd), lazy_flush_(io),
+        credit_wakeup_(io),
+        signals_(io, SIGTERM, SIGINT) {
     for (char** e = environ; *e; ++e)
       base_env_.emplace_back(*e);
     hostname_ = host_name();
@@ -86,7 +158,10 @@ public:
 
   void start() {
     watch_signals();
-    watch_children();
+    reaper_.start([this](pid_t pid, int status, rusage ru) {
+      asio::post(io_, [this, pid, status, ru] { on_child_exit(pid, status, ru); });
+    });
+    asio::co_spawn(io_, sweep_loop(), asio::detached);
     asio::co_spawn(io_, connection_loop(), [this](std::exception_ptr e) {
       if (e) {
         try {
@@ -337,6 +412,34 @@ private:
       launch_queue_.pop_front();
       launch(t);
     }
+    flush_keeper();
+  }
+
+  void flush_keeper() {
+    if (!keeper_pending_.empty()) {
+      keeper_write(keeper_fd_, keeper_pending_);
+      keeper_pending_.clear();
+    }
+  }
+
+  /// Orphans of finished jobs (reparented to us, the subreaper) are killed here, once a second,
+  /// rather than by a /proc lookup after every job.
+  Awaitable<void> sweep_loop() {
+    asio::steady_timer timer(io_);
+    while (!stopping_) {
+      timer.expires_after(std::chrono::seconds(1));
+      co_await timer.async_wait(use_nothrow);
+      std::vector<pid_t> known;
+      for (const auto& [pid, job] : by_pid_)
+        known.push_back(pid);
+      std::unordered_set<std::string> live;
+      for (const auto& [id, t] : tasks_)
+        if (t->started && !t->exited)
+          live.insert(t->tag);
+      for (const auto& [pid, tag] : adopted_children(known))
+        if (!tag.empty() && !live.contains(tag) && tag.rfind(nonce_ + ".", 0) == 0)
+          kill_job(JobProcesses{pid, tag});
+    }
   }
 
   std::vector<std::string> job_env(const Task& t) {
@@ -393,16 +496,17 @@ private:
     }
     t.pid = *pid;
     t.started = true;
+    reaper_.child_started();
     used_slots_ += t.slots;
     by_pid_[t.pid] = t.job;
-    keeper_register(keeper_fd_, t.procs());
+    keeper_pending_ += keeper_add(t.procs());
     pb::JobEvent ev;
     ev.set_job_id(t.job);
     ev.set_attempt(t.attempt);
     ev.set_kind(pb::JobEvent::STARTED);
     ev.set_time_ms(wall_ms());
     ev.set_pid(t.pid);
-    push(std::move(ev));
+    push(std::move(ev), /*urgent=*/false);
     t.streams_open = 2;
     for (int s = 0; s < 2; ++s) {
       int fd = s == 0 ? out[0] : err[0];
@@ -423,12 +527,23 @@ private:
       std::size_t want = stopping_ ? kReadChunk
                                    : std::min<std::size_t>(kReadChunk, static_cast<std::size_t>(budget_));
       buf.resize(want);
-      auto [ec, n] = co_await pipe->async_read_some(asio::buffer(buf), use_nothrow);
+      // Wait for readiness, then read: a fresh pipe is empty, so reading first (what
+      // async_read_some does) would only cost a failed system call per stream.
+      auto [ec] = co_await pipe->async_wait(asio::posix::descriptor_base::wait_read, use_nothrow);
       auto it = tasks_.find(job);
       if (it == tasks_.end())
         co_return;
       Task& t = *it->second;
-      if (ec || n == 0) {
+      ssize_t got = 0;
+      if (!ec) {
+        do
+          got = ::read(pipe->native_handle(), buf.data(), want);
+        while (got < 0 && errno == EINTR);
+        if (got < 0 && errno == EAGAIN)
+          continue;
+      }
+      auto n = static_cast<std::size_t>(std::max<ssize_t>(got, 0));
+      if (ec || got <= 0) {
         error_code ignored;
         pipe->close(ignored);
         --t.streams_open;
@@ -472,28 +587,17 @@ private:
   // ---------------------------------------------------------------------------------------
   // Process exits
 
-  void watch_children() {
-    children_.async_wait([this](error_code ec, int) {
-      if (ec)
-        return;
-      reap();
-      watch_children();
-    });
-  }
-
-  void reap() {
-    int status = 0;
-    rusage ru{};
-    pid_t pid;
-    while ((pid = ::wait4(-1, &status, WNOHANG, &ru)) > 0) {
+  /// A child exited (from the reaper thread, posted to the loop).
+  void on_child_exit(pid_t pid, int status, const rusage& ru) {
+    {
       auto it = by_pid_.find(pid);
       if (it == by_pid_.end())
-        continue; // an orphan of some job, reparented to us (subreaper)
+        return; // an orphan of some job, reparented to us (subreaper), or the keeper
       std::uint64_t job = it->second;
       by_pid_.erase(it);
       auto t_it = tasks_.find(job);
       if (t_it == tasks_.end())
-        continue;
+        return;
       Task& t = *t_it->second;
       t.exited = true;
       t.status = status;
@@ -501,11 +605,12 @@ private:
       used_slots_ -= std::min(used_slots_, t.slots);
       // The job is over when its leader exits: what it left behind in its process group goes
       // too (as Slurm does at the end of a step). Stragglers elsewhere are found below.
+      // What the job left running outside its group is found by the periodic sweep.
       if (t.kill_requested)
         kill_job(t.procs());
       else
-        kill_leftovers(t.procs());
-      keeper_unregister(keeper_fd_, t.procs());
+        ::kill(-t.pid, SIGKILL);
+      keeper_pending_ += keeper_remove(t.procs());
       if (t.kill_timer)
         t.kill_timer->cancel();
       if (t.streams_open > 0) {
@@ -642,7 +747,7 @@ private:
     }
     ::close(keeper_fd_);
     signals_.cancel();
-    children_.cancel();
+    reaper_.stop();
     io_.stop();
   }
 
@@ -652,6 +757,7 @@ private:
       if (t->started && !t->exited)
         kill_job(t->procs());
     ::close(keeper_fd_);
+    reaper_.stop();
     io_.stop();
   }
 
@@ -668,9 +774,23 @@ private:
   // ---------------------------------------------------------------------------------------
   // Outbox: events and output in the order they happened, one frame per run per loop turn.
 
-  void push(OutItem item) {
+  /// Queues an event or output. An agent with work in its launch queue lets messages gather for
+  /// kLazyFlush (the hub has time to refill the queue), so a busy agent sends many events per
+  /// frame; one whose queue ran dry sends at once so the hub gives it work. A start alone never
+  /// hurries.
+  void push(OutItem item, bool urgent = true) {
     outbox_.push_back(std::move(item));
-    post_flush();
+    if (urgent && launch_queue_.empty()) {
+      post_flush();
+    } else if (!lazy_armed_) {
+      lazy_armed_ = true;
+      lazy_flush_.expires_after(kLazyFlush);
+      lazy_flush_.async_wait([this](error_code ec) {
+        lazy_armed_ = false;
+        if (!ec)
+          post_flush();
+      });
+    }
   }
 
   void post_flush() {
@@ -682,6 +802,7 @@ private:
 
   void flush() {
     flush_posted_ = false;
+    flush_keeper();
     if (!link_ || link_->closed() || agent_id_ == 0)
       return; // kept until the next registration
     while (!outbox_.empty()) {
@@ -738,6 +859,9 @@ private:
 
   std::deque<OutItem> outbox_;
   bool flush_posted_ = false;
+  asio::steady_timer lazy_flush_;
+  bool lazy_armed_ = false;
+  std::string keeper_pending_;
   std::uint64_t next_seq_ = 1;
   std::vector<std::pair<std::uint64_t, pb::JobEvent>> unacked_;
   std::deque<pb::OutputChunk> inflight_;
@@ -747,7 +871,7 @@ private:
   asio::steady_timer credit_wakeup_;
 
   asio::signal_set signals_;
-  asio::signal_set children_;
+  Reaper reaper_; // last: its thread must stop before anything it posts about goes away
   bool stopping_ = false;
   bool shut_down_ = false;
   int exit_code_ = 0;

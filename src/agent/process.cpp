@@ -9,6 +9,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <cstdio>
 #include <cstring>
@@ -274,17 +275,35 @@ void kill_job(const JobProcesses& job) {
   }
 }
 
-void kill_leftovers(const JobProcesses& job) {
-  if (job.sid > 1)
-    ::kill(-job.sid, SIGKILL);
-  if (job.tag.empty())
-    return;
-  std::string entry = job_tag_entry(job.tag);
-  for (pid_t child : own_children())
-    if (environ_has(child, entry)) {
-      kill_job(job);
-      return;
+std::vector<std::pair<pid_t, std::string>> adopted_children(const std::vector<pid_t>& known) {
+  std::vector<std::pair<pid_t, std::string>> out;
+  for (pid_t child : own_children()) {
+    if (std::find(known.begin(), known.end(), child) != known.end())
+      continue;
+    char path[64];
+    std::snprintf(path, sizeof path, "/proc/%d/environ", child);
+    std::string env;
+    int fd = ::open(path, O_RDONLY | O_CLOEXEC);
+    if (fd >= 0) {
+      char buf[16384];
+      ssize_t n;
+      while ((n = ::read(fd, buf, sizeof buf)) > 0 && env.size() < (1u << 20))
+        env.append(buf, static_cast<size_t>(n));
+      ::close(fd);
     }
+    std::string tag;
+    static const std::string key = "SORTIE_JOB_TAG=";
+    for (size_t at = 0; at < env.size();) {
+      size_t end = env.find('\0', at);
+      if (end == std::string::npos)
+        end = env.size();
+      if (env.compare(at, key.size(), key) == 0)
+        tag = env.substr(at + key.size(), end - at - key.size());
+      at = end + 1;
+    }
+    out.emplace_back(child, tag);
+  }
+  return out;
 }
 
 void become_subreaper() { ::prctl(PR_SET_CHILD_SUBREAPER, 1); }
@@ -308,14 +327,12 @@ Result<int> start_keeper() {
   return fds[1];
 }
 
-void keeper_register(int fd, const JobProcesses& job) {
-  auto s = fmt::format("+{} {}\n", job.sid, job.tag);
-  write_all_nonblocking(fd, s.data(), s.size());
-}
+std::string keeper_add(const JobProcesses& job) { return fmt::format("+{} {}\n", job.sid, job.tag); }
 
-void keeper_unregister(int fd, const JobProcesses& job) {
-  auto s = fmt::format("-{}\n", job.sid);
-  write_all_nonblocking(fd, s.data(), s.size());
+std::string keeper_remove(const JobProcesses& job) { return fmt::format("-{}\n", job.sid); }
+
+void keeper_write(int fd, const std::string& messages) {
+  write_all_nonblocking(fd, messages.data(), messages.size());
 }
 
 std::uint64_t total_memory_bytes() {

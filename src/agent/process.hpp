@@ -52,10 +52,11 @@ int signal_job(const JobProcesses& job, int sig);
 /// kill; repeats a few rounds).
 void kill_job(const JobProcesses& job);
 
-/// After a leader exited normally: kills what it left behind, cheaply. Kills its process group,
-/// then looks only at this process's children (orphans are reparented to us, the subreaper) for
-/// ones carrying the tag, and kills their trees.
-void kill_leftovers(const JobProcesses& job);
+/// Children of this process that are not in `known`, with the job tag in their environment
+/// (empty when they carry none). Orphans of jobs are reparented to the agent (the subreaper), so
+/// this finds what a finished job left running outside its process group. Cheap: reads only
+/// this process's children list and their environments.
+std::vector<std::pair<pid_t, std::string>> adopted_children(const std::vector<pid_t>& known);
 
 /// Makes this process the subreaper of its descendants (PR_SET_CHILD_SUBREAPER).
 void become_subreaper();
@@ -64,9 +65,11 @@ void become_subreaper();
 /// it each job as the job starts and ends; when the agent dies the keeper's pipe reaches
 /// end-of-file and it kills every registered job, then exits. Returns the pipe's write end.
 Result<int> start_keeper();
-/// Keeper messages; non-blocking, best effort.
-void keeper_register(int fd, const JobProcesses& job);
-void keeper_unregister(int fd, const JobProcesses& job);
+/// Keeper messages, to be written with keeper_write (several at once).
+std::string keeper_add(const JobProcesses& job);
+std::string keeper_remove(const JobProcesses& job);
+/// Writes messages to the keeper; non-blocking, best effort.
+void keeper_write(int fd, const std::string& messages);
 
 /// Reads MemTotal from /proc/meminfo (bytes; 0 if unknown).
 std::uint64_t total_memory_bytes();

@@ -111,8 +111,17 @@ Result<void> load_config_file(const std::filesystem::path& path, HubConfig& conf
     } else if (key == "kill_grace") {
       SORTIE_TRY(want_duration(config.kill_grace_ms));
     } else if (key == "launch_queue") {
-      SORTIE_ASSIGN_OR_RETURN(v, want_int(0, 64));
-      config.launch_queue = static_cast<std::uint32_t>(v);
+      if (auto text = node.value<std::string>(); text && *text == "auto") {
+        config.launch_queue = 0;
+      } else {
+        auto v = node.value<std::int64_t>();
+        if (!v || *v < 1 || *v > 64)
+          return make_error(ErrorCode::InvalidArgument,
+                            fmt::format("{}: hub.launch_queue must be \"auto\" or a whole number "
+                                        "of rounds in 1..64",
+                                        at));
+        config.launch_queue = static_cast<std::uint32_t>(*v);
+      }
     } else if (key == "lost_retries") {
       SORTIE_ASSIGN_OR_RETURN(v, want_int(0, 1000));
       config.lost_retries = static_cast<std::uint32_t>(v);

@@ -21,7 +21,9 @@ struct HubConfig {
   /// long (plus a margin) before it declares a silent agent's jobs lost.
   std::int64_t agent_reconnect_window_ms = 60'000;
   std::int64_t kill_grace_ms = 3'000;   ///< SIGTERM to SIGKILL on cancel
-  std::uint32_t launch_queue = 1;       ///< launch-queue depth per agent, in multiples of its slots
+  /// Launch-queue depth per agent, in rounds of its slots; 0 (auto): enough rounds for about
+  /// kLaunchBufferMs of work at the jobs' recent run time, between 1 and 16.
+  std::uint32_t launch_queue = 0;
   std::uint64_t output_credit = 8u << 20; ///< output bytes an agent may have in flight
   bool store_sync_full = true;
   std::uint32_t lost_retries = 3;       ///< times a job is requeued after its agent was lost

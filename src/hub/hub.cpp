@@ -5,6 +5,7 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <cmath>
 #include <cstring>
 
 #include <fmt/format.h>
@@ -24,6 +25,11 @@ constexpr std::size_t kLogsChunk = 1u << 20;    // bytes per output read
 constexpr std::size_t kSlowPeerBytes = 64u << 20; // a follower this far behind is dropped
 constexpr std::uint64_t kMaxJobsPerSubmit = 10'000'000;
 constexpr std::int64_t kReconnectMarginMs = 5'000;
+// With launch_queue = auto, an agent holds about this much queued work per slot: enough to
+// cover the hub's round trip (agent batching, group commit, network) for very short jobs, and
+// one job at most for long ones, so queued work rarely waits on a busy node.
+constexpr double kLaunchBufferMs = 50;
+constexpr std::uint32_t kMaxLaunchRounds = 16;
 
 bool is_final(JobState s) { return is_terminal(s); }
 
@@ -1398,7 +1404,7 @@ void Hub::on_agent_register(const std::shared_ptr<Peer>& peer, const pb::AgentRe
         kill.push_back(aj.job_id());
       }
     }
-    scheduler_.add_node(a.id, {a.label, a.slots, a.slots * config_.launch_queue});
+    schedule_on(a);
     // Results that finished while the hub could not hear them.
     for (const auto& ev : reg.unacked().events()) {
       if (ev.kind() == pb::JobEvent::FINISHED) {
@@ -1497,14 +1503,32 @@ void Hub::on_agent_register(const std::shared_ptr<Peer>& peer, const pb::AgentRe
     auto it = agents_.find(id);
     if (it == agents_.end() || it->second.peer != peer)
       return;
-    scheduler_.add_node(id, {it->second.label, it->second.slots,
-                             it->second.slots * config_.launch_queue});
+    schedule_on(it->second);
     finish_registration(peer, id, kill);
     if (auto p = pilots_.find(it->second.pilot); p != pilots_.end()) {
       p->second.agents.insert(id);
       update_pilot_state(p->second);
     }
   });
+}
+
+void Hub::schedule_on(const Agent& a) {
+  std::uint32_t rounds = config_.launch_queue ? config_.launch_queue : a.queue_rounds;
+  scheduler_.add_node(a.id, {a.label, a.slots, a.slots * rounds});
+}
+
+void Hub::learn_runtime(Agent& a, std::int64_t runtime_ms) {
+  if (config_.launch_queue != 0 || runtime_ms < 0)
+    return;
+  double r = static_cast<double>(runtime_ms);
+  a.runtime_ms = a.runtime_ms < 0 ? r : 0.8 * a.runtime_ms + 0.2 * r;
+  auto rounds = static_cast<std::uint32_t>(
+      std::clamp(std::ceil(kLaunchBufferMs / std::max(a.runtime_ms, 1.0)), 1.0,
+                 static_cast<double>(kMaxLaunchRounds)));
+  if (rounds != a.queue_rounds) {
+    a.queue_rounds = rounds;
+    scheduler_.set_queue_slots(a.id, a.slots * rounds);
+  }
 }
 
 void Hub::finish_registration(const std::shared_ptr<Peer>& peer,
@@ -1592,6 +1616,8 @@ void Hub::apply_finished(Agent& agent, const pb::JobEvent& ev) {
   detach_from_agent(*job);
   request_schedule();
   std::int64_t now = ev.time_ms() ? ev.time_ms() : clock_.now_ms();
+  if (job->start_ms > 0 && !ev.killed())
+    learn_runtime(agent, now - job->start_ms);
   job->end_ms = now;
   job->usage = {ev.usage().user_cpu_us(), ev.usage().system_cpu_us(), ev.usage().max_rss_kib()};
   job->has_exit_code = ev.has_exit_code();

@@ -93,6 +93,8 @@ struct Agent {
   std::uint64_t credit_owed = 0;  ///< output bytes written but not yet credited back
   std::int64_t reconnect_deadline = 0; ///< monotonic ms; while disconnected
   bool local = false; ///< started by this hub's local launcher on this machine
+  double runtime_ms = -1; ///< moving average of its jobs' run times (-1: none yet)
+  std::uint32_t queue_rounds = 1; ///< current launch-queue depth, in rounds of its slots
 };
 
 struct Pilot {
@@ -180,6 +182,10 @@ private:
   void apply_finished(Agent& agent, const pb::JobEvent& ev);
   void finish_registration(const std::shared_ptr<Peer>& peer, AgentId id, std::vector<std::uint64_t> kill);
   void agent_gone(AgentId id, const std::string& why);
+  /// Adds the agent to the scheduler with its current launch-queue depth.
+  void schedule_on(const Agent& agent);
+  /// Updates an agent's launch-queue depth from a finished job's run time (auto mode).
+  void learn_runtime(Agent& agent, std::int64_t runtime_ms);
 
   // Job state.
   Job* find_job(std::uint64_t id);

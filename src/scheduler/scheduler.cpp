@@ -27,6 +27,14 @@ void Scheduler::add_node(AgentId id, const NodeInfo& info) {
 
 void Scheduler::remove_node(AgentId id) { nodes_.erase(id); }
 
+void Scheduler::set_queue_slots(AgentId id, std::uint32_t queue_slots) {
+  auto it = nodes_.find(id);
+  if (it == nodes_.end())
+    return;
+  it->second.info.queue_slots = queue_slots;
+  list_if_free(id, it->second);
+}
+
 void Scheduler::set_accepting(AgentId id, bool accepting) {
   auto it = nodes_.find(id);
   if (it == nodes_.end())

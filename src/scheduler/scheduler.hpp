@@ -50,6 +50,8 @@ public:
   void add_node(AgentId node, const NodeInfo& info);
   /// Removes a node. Jobs still assigned to it stay assigned until released.
   void remove_node(AgentId node);
+  /// Changes the depth of a node's launch queue (in slots).
+  void set_queue_slots(AgentId node, std::uint32_t queue_slots);
   /// Stops or resumes giving a node new jobs (pilot draining, agent disconnected).
   void set_accepting(AgentId node, bool accepting);
 

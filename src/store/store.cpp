@@ -7,6 +7,7 @@
 #include <unistd.h>
 
 #include <atomic>
+#include <chrono>
 #include <condition_variable>
 #include <cstring>
 #include <deque>
@@ -188,6 +189,8 @@ struct ReadRequest {
   std::function<void(Result<std::string>)> done;
 };
 using WorkItem = std::variant<WriteBatch, ReadRequest>;
+
+constexpr auto kCommitSpacing = std::chrono::microseconds(5000);
 
 } // namespace
 
@@ -416,6 +419,7 @@ struct Store::Impl {
   void run() {
     thread_id = std::this_thread::get_id();
     std::vector<WriteBatch> group;
+    auto last_commit = std::chrono::steady_clock::now() - kCommitSpacing;
     while (true) {
       std::deque<WorkItem> work;
       {
@@ -423,8 +427,14 @@ struct Store::Impl {
         cv.wait(lock, [&] { return stopping || !queue.empty(); });
         if (queue.empty() && stopping)
           return;
+        // Group commit under load: at most one transaction per kCommitSpacing, so a busy hub
+        // commits many changes per fsync; after a quiet spell the first commit is immediate.
+        auto next = last_commit + kCommitSpacing;
+        if (!stopping && std::chrono::steady_clock::now() < next)
+          cv.wait_until(lock, next, [&] { return stopping; });
         work.swap(queue);
       }
+      last_commit = std::chrono::steady_clock::now();
       // Consecutive writes form one transaction; a read ends the group so that it sees them.
       for (auto& item : work) {
         if (auto* b = std::get_if<WriteBatch>(&item)) {
@@ -466,6 +476,9 @@ Result<std::unique_ptr<Store>> Store::open(const Options& options) {
                                   options.db_path.string(), wal.error().message));
   SORTIE_TRY(exec(db, options.synchronous_full ? "PRAGMA synchronous=FULL"
                                                : "PRAGMA synchronous=NORMAL"));
+  // The hub is the only process that opens its store (it holds the profile lock), so SQLite may
+  // keep its locks for the whole session instead of taking them with fcntl() per transaction.
+  SORTIE_TRY(exec(db, "PRAGMA locking_mode=EXCLUSIVE"));
   SORTIE_TRY(exec(db, "PRAGMA temp_store=MEMORY"));
   SORTIE_TRY(exec(db, "PRAGMA cache_size=-65536"));
   SORTIE_TRY(migrate(db, options.db_path, kSchemaVersion));

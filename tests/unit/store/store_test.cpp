@@ -149,7 +149,7 @@ TEST_F(StoreTest, FailedTransactionRollsBackTheWholeGroup) {
   auto r = commit(*store, std::move(bad));
   ASSERT_FALSE(r.ok());
   EXPECT_NE(r.error().message.find("job 3"), std::string::npos) << r.error().message;
-  store->stop();
+  store.reset(); // the hub holds its store exclusively: close it before reopening
   auto state = open()->load();
   ASSERT_TRUE(state.ok());
   EXPECT_EQ(state->jobs.size(), 5u);
