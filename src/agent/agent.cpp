@@ -40,7 +40,7 @@ namespace {
 
 constexpr std::size_t kReadChunk = 64 * 1024;
 constexpr std::int64_t kDrainMs = 500; // after the leader exits, how long pipes may stay open
-constexpr auto kLazyFlush = std::chrono::milliseconds(5);
+constexpr auto kLazyFlush = std::chrono::milliseconds(10);
 
 std::int64_t wall_ms() { return wall_now_ms(); }
 

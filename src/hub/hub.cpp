@@ -1,6 +1,7 @@
 // SPDX-License-Identifier: Apache-2.0
 #include "hub/hub.hpp"
 
+#include <malloc.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -590,7 +591,7 @@ void Hub::on_client_frame(const std::shared_ptr<Peer>& peer, pb::Envelope& env) 
   std::uint64_t rid = env.request_id();
   switch (env.body_case()) {
   case pb::Envelope::kSubmit:
-    return handle_submit(peer, rid, env.submit());
+    return handle_submit(peer, rid, *env.mutable_submit());
   case pb::Envelope::kListJobs:
     return handle_list(peer, rid, env.list_jobs());
   case pb::Envelope::kGetJob:
@@ -642,13 +643,12 @@ void Hub::on_client_closed(const std::shared_ptr<Peer>& peer) {
 
 void Hub::handle_submit(const std::shared_ptr<Peer>& peer,
                         std::uint64_t rid,
-                        const pb::SubmitRequest& req_in) {
+                        pb::SubmitRequest& req) {
   if (stopping_)
     return reply_error(peer, rid, make_error(ErrorCode::Unavailable, "the hub is stopping"));
-  if (req_in.items_size() == 0)
+  if (req.items_size() == 0)
     return reply_error(peer, rid,
                        make_error(ErrorCode::InvalidArgument, "a submission needs at least one job"));
-  pb::SubmitRequest req = req_in;
   std::uint64_t total = 0;
   for (int i = 0; i < req.items_size(); ++i) {
     auto* item = req.mutable_items(i);
@@ -687,30 +687,29 @@ void Hub::handle_submit(const std::shared_ptr<Peer>& peer,
 
   store::WriteBatch& b = batch();
   b.groups.push_back({group, req.group_name(), now, first, total});
-  // Identical specs in one submission (an array, or a map over files that share nothing but the
-  // command) are stored once.
-  std::unordered_map<std::string, std::uint64_t> seen;
-  std::vector<store::SpecRow> new_specs;
-  std::vector<std::pair<std::uint64_t, scheduler::Requirements>> reqs;
-  std::vector<std::string> names;
+  // A spec is stored once for a run of identical items (an array is one item); the store gets one
+  // copy of each spec's bytes, the hub's spec table the other.
+  struct NewSpec {
+    std::uint64_t id;
+    Spec spec;
+  };
+  std::vector<NewSpec> new_specs;
   std::vector<store::JobRun> runs;
+  runs.reserve(static_cast<std::size_t>(req.items_size()));
   std::uint64_t id = first;
+  std::string bytes;
   for (const auto& item : req.items()) {
-    std::string bytes;
+    bytes.clear();
     item.spec().SerializeToString(&bytes);
-    std::uint64_t spec_id;
-    if (auto it = seen.find(bytes); it != seen.end()) {
-      spec_id = it->second;
-    } else {
-      spec_id = next_spec_id_++;
-      seen.emplace(bytes, spec_id);
-      reqs.push_back({spec_id, {item.spec().label(), item.spec().slots()}});
-      names.push_back(item.spec().name());
-      new_specs.push_back({spec_id, bytes});
+    if (new_specs.empty() || new_specs.back().spec.bytes != bytes) {
+      std::uint64_t spec_id = next_spec_id_++;
+      b.specs.push_back({spec_id, bytes});
+      new_specs.push_back({spec_id,
+                           Spec{bytes, {item.spec().label(), item.spec().slots()}, item.spec().name()}});
     }
     store::JobRun run;
     run.first_id = id;
-    run.spec_id = spec_id;
+    run.spec_id = new_specs.back().id;
     run.group_id = group;
     run.submit_ms = now;
     if (item.has_array()) {
@@ -725,12 +724,10 @@ void Hub::handle_submit(const std::shared_ptr<Peer>& peer,
     id += run.count;
     runs.push_back(run);
   }
-  b.specs.insert(b.specs.end(), new_specs.begin(), new_specs.end());
   b.job_runs.insert(b.job_runs.end(), runs.begin(), runs.end());
   b.on_commit.push_back([this, alive = alive_, peer, rid, group, first, total, now,
                          name = req.group_name(), new_specs = std::move(new_specs),
-                         reqs = std::move(reqs), names = std::move(names),
-                         runs = std::move(runs)](const Result<void>& r) {
+                         runs = std::move(runs)](const Result<void>& r) mutable {
     if (!*alive)
       return;
     if (!r.ok()) {
@@ -742,12 +739,12 @@ void Hub::handle_submit(const std::shared_ptr<Peer>& peer,
       return;
     }
     // Durable: make the jobs live.
-    for (std::size_t i = 0; i < new_specs.size(); ++i) {
-      auto sid = new_specs[i].id;
-      if (specs_.size() < sid)
-        specs_.resize(sid);
-      specs_[sid - 1] = Spec{new_specs[i].body, reqs[i].second, names[i]};
+    for (auto& ns : new_specs) {
+      if (specs_.size() < ns.id)
+        specs_.resize(ns.id);
+      specs_[ns.id - 1] = std::move(ns.spec);
     }
+    new_specs = {};
     if (groups_.size() < group)
       groups_.resize(group);
     groups_[group - 1] = Group{group, name, now, first, total};
@@ -767,6 +764,11 @@ void Hub::handle_submit(const std::shared_ptr<Peer>& peer,
       }
     }
     state_counts_[JobState::Queued] += total;
+    runs = {};
+    // A big submission leaves megabytes of freed request buffers; give them back to the OS
+    // instead of keeping them for the hub's lifetime.
+    if (total >= 10'000)
+      ::malloc_trim(0);
     pb::Envelope env;
     auto* reply = env.mutable_submit_reply();
     reply->set_first_job_id(first);

@@ -164,7 +164,7 @@ public:
 
 private:
   // Client requests.
-  void handle_submit(const std::shared_ptr<Peer>& peer, std::uint64_t rid, const pb::SubmitRequest& req);
+  void handle_submit(const std::shared_ptr<Peer>& peer, std::uint64_t rid, pb::SubmitRequest& req);
   void handle_list(const std::shared_ptr<Peer>& peer, std::uint64_t rid, const pb::ListJobsRequest& req);
   void handle_get(const std::shared_ptr<Peer>& peer, std::uint64_t rid, const pb::GetJobRequest& req);
   void handle_wait(const std::shared_ptr<Peer>& peer, std::uint64_t rid, const pb::WaitRequest& req);

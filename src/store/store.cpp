@@ -190,7 +190,7 @@ struct ReadRequest {
 };
 using WorkItem = std::variant<WriteBatch, ReadRequest>;
 
-constexpr auto kCommitSpacing = std::chrono::microseconds(5000);
+constexpr auto kCommitSpacing = std::chrono::microseconds(10000);
 
 } // namespace
 

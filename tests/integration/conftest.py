@@ -127,9 +127,19 @@ class Sortie:
                      30, f"pilot {pid} to run")
         return pid
 
-    def agent_pids(self):
-        return [p for p in processes_with_env(b"SORTIE_HOME=" + str(self.home).encode())
-                if b"\0agent\0" in Path(f"/proc/{p}/cmdline").read_bytes()]
+    def agent_pids(self, node=None):
+        """Agent processes (not their keepers, which share the command line)."""
+        found = []
+        for p in processes_with_env(b"SORTIE_HOME=" + str(self.home).encode()):
+            try:
+                cmd = Path(f"/proc/{p}/cmdline").read_bytes().split(b"\0")
+                comm = Path(f"/proc/{p}/comm").read_text().strip()
+            except OSError:
+                continue
+            if b"agent" in cmd and comm != "sortie-keeper" and \
+                    (node is None or node.encode() in cmd):
+                found.append(p)
+        return found
 
 
 FAST = dict(heartbeat_interval="500ms", agent_reconnect_window="4s", kill_grace="1s")
