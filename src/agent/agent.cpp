@@ -2,6 +2,7 @@
 #include "agent/agent.hpp"
 
 #include <fcntl.h>
+#include <poll.h>
 #include <sys/resource.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -41,6 +42,7 @@ namespace {
 constexpr std::size_t kReadChunk = 64 * 1024;
 constexpr std::int64_t kDrainMs = 500; // after the leader exits, how long pipes may stay open
 constexpr auto kLazyFlush = std::chrono::milliseconds(10);
+constexpr std::int64_t kWatchAfterMs = 10; // a job's pipes join the event loop after this long
 
 std::int64_t wall_ms() { return wall_now_ms(); }
 
@@ -67,7 +69,10 @@ struct Task {
   int kill_signal = 0;
   std::unique_ptr<asio::steady_timer> kill_timer;
   std::unique_ptr<asio::steady_timer> drain_timer;
-  std::shared_ptr<asio::posix::stream_descriptor> pipes[2];
+  std::shared_ptr<asio::posix::stream_descriptor> pipes[2]; ///< once watched by the loop
+  int fds[2] = {-1, -1};  ///< read ends not yet handed to the loop
+  bool watched = false;
+  std::int64_t spawned_mono = 0;
   std::string tag; ///< SORTIE_JOB_TAG of its processes
   JobProcesses procs() const { return JobProcesses{pid, tag}; }
 };
@@ -143,7 +148,7 @@ class Agent {
 public:
   Agent(asio::io_context& io, AgentOptions options, int keeper_fd)
       : io_(io), options_(std::move(options)), keeper_fd_(keeper_fd), lazy_flush_(io),
-        credit_wakeup_(io),
+        watch_timer_(io), credit_wakeup_(io),
         signals_(io, SIGTERM, SIGINT) {
     for (char** e = environ; *e; ++e)
       base_env_.emplace_back(*e);
@@ -508,11 +513,103 @@ private:
     ev.set_pid(t.pid);
     push(std::move(ev), /*urgent=*/false);
     t.streams_open = 2;
-    for (int s = 0; s < 2; ++s) {
-      int fd = s == 0 ? out[0] : err[0];
-      t.pipes[s] = std::make_shared<asio::posix::stream_descriptor>(io_, fd);
-      asio::co_spawn(io_, read_stream(t.job, s, t.pipes[s]), asio::detached);
+    t.fds[0] = out[0];
+    t.fds[1] = err[0];
+    t.spawned_mono = net::steady_ms();
+    // Most short jobs end before they are worth watching: their pipes are read once, at exit.
+    unwatched_.push_back(t.job);
+    arm_watch_timer();
+  }
+
+  void arm_watch_timer() {
+    if (watch_armed_ || unwatched_.empty())
+      return;
+    watch_armed_ = true;
+    watch_timer_.expires_after(std::chrono::milliseconds(kWatchAfterMs));
+    watch_timer_.async_wait([this](error_code ec) {
+      watch_armed_ = false;
+      if (ec)
+        return;
+      auto now = net::steady_ms();
+      while (!unwatched_.empty()) {
+        auto it = tasks_.find(unwatched_.front());
+        if (it != tasks_.end() && !it->second->watched && !it->second->exited) {
+          if (now - it->second->spawned_mono < kWatchAfterMs)
+            break; // the rest started later still
+          watch(*it->second);
+        }
+        unwatched_.pop_front();
+      }
+      arm_watch_timer();
+    });
+  }
+
+  /// Hands the job's pipes to the event loop: its output now streams as it is written.
+  void watch(Task& t) {
+    if (t.watched)
+      return;
+    t.watched = true;
+    for (int s = 0; s < 2; ++s)
+      if (t.fds[s] >= 0) {
+        t.pipes[s] = std::make_shared<asio::posix::stream_descriptor>(io_, t.fds[s]);
+        t.fds[s] = -1;
+        asio::co_spawn(io_, read_stream(t.job, s, t.pipes[s]), asio::detached);
+      }
+  }
+
+  /// After the leader exited: reads what its unwatched pipes hold, one poll() for both. Falls
+  /// back to watching when a pipe is still open elsewhere or output credit is short.
+  void drain_unwatched(Task& t) {
+    while (!t.watched && (t.fds[0] >= 0 || t.fds[1] >= 0)) {
+      pollfd p[2];
+      int n = 0, which[2];
+      for (int s = 0; s < 2; ++s)
+        if (t.fds[s] >= 0) {
+          p[n] = {t.fds[s], POLLIN, 0};
+          which[n++] = s;
+        }
+      if (::poll(p, static_cast<nfds_t>(n), 0) <= 0) {
+        watch(t); // empty but still open: someone else holds it
+        return;
+      }
+      for (int i = 0; i < n; ++i) {
+        if (!(p[i].revents & (POLLIN | POLLHUP | POLLERR)))
+          continue;
+        int s = which[i];
+        if (budget_ < static_cast<std::int64_t>(kReadChunk)) {
+          watch(t); // the loop's readers wait for credit
+          return;
+        }
+        // Readable or hung up: this read does not block.
+        std::string buf(kReadChunk, '\0');
+        ssize_t got;
+        do
+          got = ::read(t.fds[s], buf.data(), buf.size());
+        while (got < 0 && errno == EINTR);
+        if (got <= 0) {
+          ::close(t.fds[s]);
+          t.fds[s] = -1;
+          --t.streams_open;
+          continue;
+        }
+        buf.resize(static_cast<std::size_t>(got));
+        emit_output(t, s, std::move(buf));
+      }
     }
+  }
+
+  void emit_output(Task& t, int stream, std::string data) {
+    pb::OutputChunk c;
+    c.set_job_id(t.job);
+    c.set_attempt(t.attempt);
+    c.set_stream(stream == 0 ? pb::STREAM_STDOUT : pb::STREAM_STDERR);
+    c.set_offset(t.offsets[stream]);
+    auto n = static_cast<std::int64_t>(data.size());
+    c.set_data(std::move(data));
+    t.offsets[stream] += n;
+    budget_ -= n;
+    outbox_bytes_ += n;
+    push(std::move(c));
   }
 
   Awaitable<void> read_stream(std::uint64_t job,
@@ -550,16 +647,7 @@ private:
         maybe_finish(t);
         co_return;
       }
-      pb::OutputChunk c;
-      c.set_job_id(job);
-      c.set_attempt(t.attempt);
-      c.set_stream(stream == 0 ? pb::STREAM_STDOUT : pb::STREAM_STDERR);
-      c.set_offset(t.offsets[stream]);
-      c.set_data(buf.data(), n);
-      t.offsets[stream] += static_cast<std::int64_t>(n);
-      budget_ -= static_cast<std::int64_t>(n);
-      outbox_bytes_ += static_cast<std::int64_t>(n);
-      push(std::move(c));
+      emit_output(t, stream, std::string(buf.data(), n));
     }
   }
 
@@ -613,6 +701,7 @@ private:
       keeper_pending_ += keeper_remove(t.procs());
       if (t.kill_timer)
         t.kill_timer->cancel();
+      drain_unwatched(t);
       if (t.streams_open > 0) {
         // Something outside the group still holds the pipes: give it a moment, then kill the
         // whole tree so the pipes close.
@@ -672,6 +761,12 @@ private:
   }
 
   void erase_task(std::uint64_t job) {
+    if (auto it = tasks_.find(job); it != tasks_.end())
+      for (int& fd : it->second->fds)
+        if (fd >= 0) {
+          ::close(fd);
+          fd = -1;
+        }
     tasks_.erase(job);
     if (stopping_ && tasks_.empty())
       finish_shutdown();
@@ -861,6 +956,9 @@ private:
   bool flush_posted_ = false;
   asio::steady_timer lazy_flush_;
   bool lazy_armed_ = false;
+  asio::steady_timer watch_timer_;
+  bool watch_armed_ = false;
+  std::deque<std::uint64_t> unwatched_; ///< started jobs whose pipes the loop does not watch yet
   std::string keeper_pending_;
   std::uint64_t next_seq_ = 1;
   std::vector<std::pair<std::uint64_t, pb::JobEvent>> unacked_;

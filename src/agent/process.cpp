@@ -180,19 +180,26 @@ std::string job_tag_entry(const std::string& tag) { return "SORTIE_JOB_TAG=" + t
 
 namespace {
 
-/// True if /proc/PID/environ holds exactly `entry` (other users' processes are unreadable: no).
-bool environ_has(pid_t pid, const std::string& entry) {
+/// /proc/PID/environ: NUL-separated NAME=VALUE entries (empty if unreadable, e.g. another
+/// user's process; at most 1 MiB).
+std::string read_environ(pid_t pid) {
   char path[64];
   std::snprintf(path, sizeof path, "/proc/%d/environ", pid);
+  std::string env;
   int fd = ::open(path, O_RDONLY | O_CLOEXEC);
   if (fd < 0)
-    return false;
-  std::string env;
+    return env;
   char buf[16384];
   ssize_t n;
   while ((n = ::read(fd, buf, sizeof buf)) > 0 && env.size() < (1u << 20))
     env.append(buf, static_cast<size_t>(n));
   ::close(fd);
+  return env;
+}
+
+/// True if the process's environment holds exactly `entry`.
+bool environ_has(pid_t pid, const std::string& entry) {
+  std::string env = read_environ(pid);
   std::string needle = entry;
   needle.push_back('\0');
   if (env.compare(0, needle.size(), needle) == 0)
@@ -280,17 +287,7 @@ std::vector<std::pair<pid_t, std::string>> adopted_children(const std::vector<pi
   for (pid_t child : own_children()) {
     if (std::find(known.begin(), known.end(), child) != known.end())
       continue;
-    char path[64];
-    std::snprintf(path, sizeof path, "/proc/%d/environ", child);
-    std::string env;
-    int fd = ::open(path, O_RDONLY | O_CLOEXEC);
-    if (fd >= 0) {
-      char buf[16384];
-      ssize_t n;
-      while ((n = ::read(fd, buf, sizeof buf)) > 0 && env.size() < (1u << 20))
-        env.append(buf, static_cast<size_t>(n));
-      ::close(fd);
-    }
+    std::string env = read_environ(child);
     std::string tag;
     static const std::string key = "SORTIE_JOB_TAG=";
     for (size_t at = 0; at < env.size();) {

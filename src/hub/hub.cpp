@@ -866,10 +866,14 @@ void Hub::handle_wait(const std::shared_ptr<Peer>& peer, std::uint64_t rid, cons
     if (r.first() == 0 || last < r.first())
       return reply_error(peer, rid, make_error(ErrorCode::InvalidArgument,
                                                fmt::format("invalid job range {}-{}", r.first(), last)));
-    for (std::uint64_t id = r.first(); id <= last; ++id)
+    // Bounded by the jobs that exist, so a huge range costs nothing before it is refused.
+    std::uint64_t id = r.first();
+    for (; id <= last && id <= jobs_.size(); ++id)
       if (!find_job(id))
-        return reply_error(peer, rid,
-                           make_error(ErrorCode::NotFound, fmt::format("job {} does not exist", id)));
+        break;
+    if (id <= last)
+      return reply_error(peer, rid,
+                         make_error(ErrorCode::NotFound, fmt::format("job {} does not exist", id)));
   }
   for (auto g : sel.groups())
     if (g == 0 || g > groups_.size() || groups_[g - 1].id == 0)
@@ -921,15 +925,22 @@ void Hub::handle_cancel(const std::shared_ptr<Peer>& peer,
     }
   };
   if (!sel.all() && sel.groups_size() == 0) {
-    for (const auto& r : sel.ids())
-      for (std::uint64_t id = r.first(); id <= (r.last() ? r.last() : r.first()); ++id) {
+    for (const auto& r : sel.ids()) {
+      std::uint64_t last = r.last() ? r.last() : r.first();
+      if (r.first() == 0 || last < r.first())
+        return reply_error(peer, rid,
+                           make_error(ErrorCode::InvalidArgument,
+                                      fmt::format("invalid job range {}-{}", r.first(), last)));
+      std::uint64_t existing_last = std::min<std::uint64_t>(last, jobs_.size());
+      for (std::uint64_t id = r.first(); id <= existing_last; ++id) {
         if (Job* j = find_job(id))
           one(*j);
         else
           ++missing;
-        if (id == UINT64_MAX)
-          break;
       }
+      if (last > existing_last)
+        missing += last - std::max(existing_last, r.first() - 1);
+    }
   } else {
     for (std::size_t i = 0; i < jobs_.size(); ++i)
       if (jobs_[i].id && selected(sel, jobs_[i]))

@@ -335,3 +335,23 @@ def test_wait_times_out_with_exit_4(sortie):
     p = sortie.run("job", "wait", job, "--timeout", "500ms", check=False)
     assert p.returncode == 4
     assert "did not finish within" in p.stderr
+
+
+def test_follow_streams_output_while_the_job_runs(sortie, tmp_path):
+    sortie.start()
+    sortie.add_pilot("--slots", "1")
+    gate = tmp_path / "gate"
+    job = sortie.submit("sh", "-c", 'echo first; while [ ! -e "$0" ]; do sleep 0.05; done; '
+                        'echo second >&2; echo third', str(gate))
+    follow = subprocess.Popen([sortie.bin, "job", "logs", "-f", str(job)], env=sortie.env,
+                              stdout=subprocess.PIPE, text=True)
+    try:
+        assert follow.stdout.readline() == "first\n"  # while the job still waits for the gate
+        assert sortie.job(job)["state"] == "running"
+        gate.touch()
+        rest, _ = follow.communicate(timeout=60)
+    finally:
+        follow.kill()
+    assert rest == "third\n"
+    assert follow.returncode == 0
+    assert sortie.run("job", "logs", "--stderr", job).stdout == "second\n"

@@ -474,3 +474,32 @@ TEST_F(HubTest, OutputIsCreditedAfterItIsWritten) {
 
 } // namespace
 } // namespace sortie::hub
+
+namespace sortie::hub {
+namespace {
+
+TEST_F(HubTest, HugeRangesAreRefusedWithoutWalkingThem) {
+  auto first = submit(2);
+  pb::Envelope wait;
+  auto* r = wait.mutable_wait()->mutable_selector()->add_ids();
+  r->set_first(first);
+  r->set_last(99'999'999'999ull);
+  client_send(wait); // returns at once: the hub never walks ids that cannot exist
+  auto errors = client_->take(Body::kError);
+  ASSERT_EQ(errors.size(), 1u);
+  EXPECT_EQ(errors[0].error().message(), "job 3 does not exist");
+
+  pb::Envelope cancel;
+  auto* c = cancel.mutable_cancel()->mutable_selector()->add_ids();
+  c->set_first(first);
+  c->set_last(1'000'000'000'000ull);
+  client_send(cancel);
+  settle();
+  auto replies = client_->take(Body::kCancelReply);
+  ASSERT_EQ(replies.size(), 1u);
+  EXPECT_EQ(replies[0].cancel_reply().cancelled(), 2u);
+  EXPECT_EQ(replies[0].cancel_reply().not_found(), 1'000'000'000'000ull - 2);
+}
+
+} // namespace
+} // namespace sortie::hub
