@@ -40,13 +40,15 @@ struct JobSelector {
   std::vector<std::pair<JobId, JobId>> ranges; ///< inclusive
   std::vector<GroupId> groups;
   bool all = false;
+  std::vector<std::string> group_names; ///< every group submitted with one of these names
 
-  static JobSelector one(JobId id) { return JobSelector{{{id, id}}, {}, false}; }
+  static JobSelector one(JobId id) { return JobSelector{{{id, id}}, {}, false, {}}; }
   static JobSelector range(JobId first, std::uint64_t count = 1) {
-    return JobSelector{{{first, JobId(first.value + count - 1)}}, {}, false};
+    return JobSelector{{{first, JobId(first.value + count - 1)}}, {}, false, {}};
   }
-  static JobSelector group(GroupId g) { return JobSelector{{}, {g}, false}; }
-  static JobSelector every() { return JobSelector{{}, {}, true}; }
+  static JobSelector group(GroupId g) { return JobSelector{{}, {g}, false, {}}; }
+  static JobSelector named(std::string name) { return JobSelector{{}, {}, false, {std::move(name)}}; }
+  static JobSelector every() { return JobSelector{{}, {}, true, {}}; }
 };
 
 struct WaitProgress {
@@ -86,6 +88,9 @@ struct PilotSpec {
   std::uint32_t slots_per_node = 0; ///< 0: the number of cores
   std::string label;
   std::vector<std::string> node_names; ///< one per node; empty: generated
+  std::uint32_t gpus_per_node = 0;  ///< declared GPUs; 0: detected
+  std::uint64_t memory_per_node = 0; ///< bytes jobs may reserve per node; 0: the node's memory
+  std::int64_t walltime_ms = 0;      ///< the pilot ends this long after it starts; 0: never
 };
 
 struct PilotInfo {
@@ -98,6 +103,7 @@ struct PilotInfo {
   std::int64_t created_ms = 0;
   std::string reason;
   std::vector<std::string> nodes;
+  std::int64_t end_ms = 0; ///< when its walltime ends; 0: never
 };
 
 enum class OutputStream { Stdout, Stderr };
@@ -111,10 +117,13 @@ public:
   Client& operator=(Client&&) noexcept;
   ~Client();
 
-  /// Submits one job. On success it is durable in the hub's store.
-  Result<Submitted> submit(const JobSpec& spec);
+  /// Submits one job. On success it is durable in the hub's store. A `group_name` joins other
+  /// submissions of that name (selections by name, max_per_node).
+  Result<Submitted> submit(const JobSpec& spec, const std::string& group_name = {});
   /// Submits one job per index of `range`; each sees SORTIE_ARRAY_INDEX.
-  Result<Submitted> submit_array(const JobSpec& spec, const ArrayRange& range);
+  Result<Submitted> submit_array(const JobSpec& spec,
+                                 const ArrayRange& range,
+                                 const std::string& group_name = {});
   /// Submits many jobs at once, as one group, in one transaction.
   Result<Submitted> submit_batch(const std::vector<JobSpec>& specs,
                                  const std::string& group_name = {});

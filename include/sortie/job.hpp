@@ -42,6 +42,18 @@ struct JobSpec {
   std::uint32_t slots = 1;                              ///< threads; sets OMP_NUM_THREADS
   std::string label;                                    ///< empty: any pilot
   std::string name;                                     ///< free text shown in listings
+  std::uint64_t memory_bytes = 0; ///< reserved on the node and enforced; 0: neither
+  std::uint32_t gpus = 0;         ///< GPUs; the job sees them in CUDA_VISIBLE_DEVICES
+  std::vector<std::string> hosts;        ///< run only on one of these nodes
+  std::vector<std::string> prefer_hosts; ///< run there if they can take it, else anywhere
+  std::uint32_t max_per_node = 0; ///< at most this many of its group on one node (0: no limit)
+  std::int32_t priority = 0;      ///< higher first; FIFO within a priority
+  std::int64_t queue_timeout_ms = 0; ///< timed_out if not started this long after submission
+  std::int64_t run_timeout_ms = 0;   ///< killed and timed_out after running this long
+  std::int64_t time_request_ms = 0;  ///< start only on a pilot with this much walltime left
+  std::optional<std::uint32_t> retries; ///< runs again when lost (default: the hub's setting)
+  bool retry_on_failure = false;        ///< retries also cover non-zero exits and signals
+  std::vector<JobId> after;             ///< start only after these succeeded
 };
 
 /// first..last inclusive, every step-th value: `--array 1-1000:2`.
@@ -87,6 +99,9 @@ struct JobInfo {
   std::int64_t start_ms = 0;
   std::int64_t end_ms = 0;
   std::string reason; ///< why it failed, was cancelled or lost, when known
+  std::string limits; ///< how its memory was enforced ("cgroup v1", "rlimit", ...)
+  std::vector<std::uint32_t> gpus; ///< GPUs of the current or last attempt
+  std::string group_name;
   // Filled by Client::job() only:
   std::optional<JobSpec> spec;
   std::vector<StateChange> history;

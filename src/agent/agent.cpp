@@ -11,6 +11,7 @@
 #include <boost/asio/signal_set.hpp>
 
 #include <deque>
+#include <filesystem>
 #include <functional>
 #include <condition_variable>
 #include <mutex>
@@ -24,6 +25,7 @@
 
 #include <fmt/format.h>
 
+#include "agent/limits.hpp"
 #include "agent/process.hpp"
 #include "common/clock.hpp"
 #include "common/files.hpp"
@@ -66,7 +68,10 @@ struct Task {
   int streams_open = 0;
   std::int64_t offsets[2] = {0, 0};
   bool kill_requested = false;
-  int kill_signal = 0;
+  enum class Why { None, Cancel, Timeout } why = Why::None; ///< why it is being killed
+  std::vector<std::uint32_t> gpus;
+  std::string cgroup; ///< its memory cgroup, removed after it ended
+  std::unique_ptr<asio::steady_timer> run_timer;
   std::unique_ptr<asio::steady_timer> kill_timer;
   std::unique_ptr<asio::steady_timer> drain_timer;
   std::shared_ptr<asio::posix::stream_descriptor> pipes[2]; ///< once watched by the loop
@@ -146,8 +151,9 @@ private:
 
 class Agent {
 public:
-  Agent(asio::io_context& io, AgentOptions options, int keeper_fd)
-      : io_(io), options_(std::move(options)), keeper_fd_(keeper_fd), lazy_flush_(io),
+  Agent(asio::io_context& io, AgentOptions options, int keeper_fd, MemoryLimits limits)
+      : io_(io), options_(std::move(options)), keeper_fd_(keeper_fd), limits_(std::move(limits)),
+        lazy_flush_(io),
         watch_timer_(io), credit_wakeup_(io),
         signals_(io, SIGTERM, SIGINT) {
     for (char** e = environ; *e; ++e)
@@ -159,6 +165,14 @@ public:
     cores_ = static_cast<std::uint32_t>(std::max(1L, ::sysconf(_SC_NPROCESSORS_ONLN)));
     if (options_.slots == 0)
       options_.slots = cores_;
+    if (!options_.gpus_declared)
+      options_.gpus = detect_gpus();
+    if (options_.memory == 0)
+      options_.memory = total_memory_bytes();
+    log::info("node {}: {} slots, {} cores, {} of memory, {} GPUs; memory limits by {}",
+              options_.node_name, options_.slots, cores_, format_size_bytes(options_.memory),
+              options_.gpus.size(),
+              limits_.mode() == LimitMode::None ? "nothing" : limit_mode_name(limits_.mode()));
   }
 
   void start() {
@@ -273,6 +287,8 @@ private:
     bool first = agent_id_ == 0;
     agent_id_ = reg.agent_id();
     reconnect_window_ms_ = reg.reconnect_window_ms() > 0 ? reg.reconnect_window_ms() : 60'000;
+    if (reg.kill_grace_ms() > 0)
+      kill_grace_ms_ = reg.kill_grace_ms();
     budget_ = static_cast<std::int64_t>(reg.output_credit()) - inflight_bytes_ - outbox_bytes_;
     link_ = link;
     log::info("{} agent {} (node {}, {} slots) with the hub at {}",
@@ -329,7 +345,11 @@ private:
     r->set_node_name(options_.node_name);
     r->set_hostname(hostname_);
     r->set_cores(cores_);
-    r->set_memory_bytes(total_memory_bytes());
+    r->set_memory_bytes(options_.memory);
+    for (auto g : options_.gpus)
+      r->add_gpus(g);
+    r->set_walltime_end_ms(options_.walltime_end_ms);
+    r->set_limits(limit_mode_name(limits_.mode()));
     r->set_slots(options_.slots);
     r->set_label(options_.label);
     r->set_pid(::getpid());
@@ -399,6 +419,7 @@ private:
     }
     if (a.has_array_index())
       t->array_index = a.array_index();
+    t->gpus.assign(a.gpus().begin(), a.gpus().end());
     t->slots = std::max<std::uint32_t>(1, t->spec.slots());
     launch_queue_.push_back(t->job);
     tasks_.emplace(t->job, std::move(t));
@@ -444,6 +465,7 @@ private:
       for (const auto& [pid, tag] : adopted_children(known))
         if (!tag.empty() && !live.contains(tag) && tag.rfind(nonce_ + ".", 0) == 0)
           kill_job(JobProcesses{pid, tag});
+      std::erase_if(pending_cgroups_, [this](const std::string& dir) { return limits_.release(dir); });
     }
   }
 
@@ -468,6 +490,13 @@ private:
     set("OMP_NUM_THREADS", std::to_string(t.slots));
     if (t.array_index)
       set("SORTIE_ARRAY_INDEX", std::to_string(*t.array_index));
+    // The GPUs it was given, and no others on a node that has some.
+    if (!t.gpus.empty() || !options_.gpus.empty()) {
+      std::string list;
+      for (auto g : t.gpus)
+        list += (list.empty() ? "" : ",") + std::to_string(g);
+      set("CUDA_VISIBLE_DEVICES", list);
+    }
     return env;
   }
 
@@ -502,6 +531,30 @@ private:
     t.pid = *pid;
     t.started = true;
     reaper_.child_started();
+    std::string limited_by;
+    if (t.spec.memory_bytes() > 0 && limits_.mode() != LimitMode::None) {
+      auto handle = limits_.apply(t.pid, fmt::format("job-{}-{}", t.job, t.attempt),
+                                  t.spec.memory_bytes());
+      if (handle.ok()) {
+        t.cgroup = *handle;
+        limited_by = limit_mode_name(limits_.mode());
+      } else {
+        log::warn("job {}: {}", t.job, handle.error().to_string());
+      }
+    }
+    if (t.spec.run_timeout_ms() > 0) {
+      t.run_timer = std::make_unique<asio::steady_timer>(io_);
+      t.run_timer->expires_after(std::chrono::milliseconds(t.spec.run_timeout_ms()));
+      t.run_timer->async_wait([this, job = t.job](error_code ec) {
+        if (ec)
+          return;
+        auto it = tasks_.find(job);
+        if (it == tasks_.end() || it->second->exited)
+          return;
+        it->second->why = Task::Why::Timeout;
+        cancel_task(job, kill_grace_ms_, "run timeout");
+      });
+    }
     used_slots_ += t.slots;
     by_pid_[t.pid] = t.job;
     keeper_pending_ += keeper_add(t.procs());
@@ -511,6 +564,7 @@ private:
     ev.set_kind(pb::JobEvent::STARTED);
     ev.set_time_ms(wall_ms());
     ev.set_pid(t.pid);
+    ev.set_limits(limited_by);
     push(std::move(ev), /*urgent=*/false);
     t.streams_open = 2;
     t.fds[0] = out[0];
@@ -701,6 +755,8 @@ private:
       keeper_pending_ += keeper_remove(t.procs());
       if (t.kill_timer)
         t.kill_timer->cancel();
+      if (t.run_timer)
+        t.run_timer->cancel();
       drain_unwatched(t);
       if (t.streams_open > 0) {
         // Something outside the group still holds the pipes: give it a moment, then kill the
@@ -738,7 +794,11 @@ private:
       ev.set_exit_code(WEXITSTATUS(t.status));
     else if (WIFSIGNALED(t.status))
       ev.set_signal(WTERMSIG(t.status));
-    ev.set_killed(t.kill_requested);
+    ev.set_killed(t.kill_requested && t.why != Task::Why::Timeout);
+    ev.set_timed_out(t.why == Task::Why::Timeout);
+    ev.set_memory_exceeded(!t.cgroup.empty() && limits_.oom_killed(t.cgroup));
+    if (!t.cgroup.empty() && !limits_.release(t.cgroup))
+      pending_cgroups_.push_back(t.cgroup); // stragglers still inside: the sweep retries
     auto* u = ev.mutable_usage();
     u->set_user_cpu_us(t.usage.ru_utime.tv_sec * 1'000'000 + t.usage.ru_utime.tv_usec);
     u->set_system_cpu_us(t.usage.ru_stime.tv_sec * 1'000'000 + t.usage.ru_stime.tv_usec);
@@ -783,6 +843,8 @@ private:
     if (t.kill_requested && grace_ms > 0)
       return;
     t.kill_requested = true;
+    if (t.why == Task::Why::None)
+      t.why = Task::Why::Cancel;
     if (!t.started) {
       std::erase(launch_queue_, job);
       emit_finished(t, reason);
@@ -815,7 +877,7 @@ private:
     for (const auto& [id, t] : tasks_)
       ids.push_back(id);
     for (auto id : ids)
-      cancel_task(id, 2000, reason);
+      cancel_task(id, kill_grace_ms_, reason);
     if (tasks_.empty())
       finish_shutdown();
   }
@@ -937,6 +999,9 @@ private:
   asio::io_context& io_;
   AgentOptions options_;
   int keeper_fd_;
+  MemoryLimits limits_;
+  std::vector<std::string> pending_cgroups_; ///< job cgroups to remove once empty
+  std::int64_t kill_grace_ms_ = 3000;
   std::vector<std::string> base_env_;
   std::string hostname_;
   std::string nonce_; ///< makes job tags unique to this agent process
@@ -977,9 +1042,21 @@ private:
 
 } // namespace
 
+std::vector<std::uint32_t> detect_gpus() {
+  std::vector<std::uint32_t> out;
+  std::error_code ec;
+  std::filesystem::directory_iterator it("/proc/driver/nvidia/gpus", ec);
+  std::uint32_t n = 0;
+  for (; !ec && it != std::filesystem::directory_iterator(); it.increment(ec))
+    out.push_back(n++);
+  return out;
+}
+
 int run_agent(const AgentOptions& options) {
+  const char* forced = std::getenv("SORTIE_AGENT_MEMORY_LIMITS");
+  auto limits = MemoryLimits::detect(forced && *forced ? forced : options.memory_limits);
   // The keeper is forked before anything else exists (no threads, no event loop).
-  auto keeper = start_keeper();
+  auto keeper = start_keeper(limits.agent_dir());
   if (!keeper.ok()) {
     log::error("cannot start the keeper process: {}", keeper.error().to_string());
     return 1;
@@ -987,7 +1064,7 @@ int run_agent(const AgentOptions& options) {
   become_subreaper();
   ::signal(SIGPIPE, SIG_IGN);
   asio::io_context io(1);
-  Agent agent(io, options, *keeper);
+  Agent agent(io, options, *keeper, std::move(limits));
   agent.start();
   io.run();
   return agent.exit_code();

@@ -16,6 +16,7 @@
 #include <cstdint>
 #include <filesystem>
 #include <string>
+#include <vector>
 
 namespace sortie::agent {
 
@@ -26,7 +27,16 @@ struct AgentOptions {
   std::uint32_t slots = 0; ///< 0: the number of cores
   std::string label;
   std::int64_t connect_window_ms = 60'000; ///< how long to try the first connection
+  std::vector<std::uint32_t> gpus; ///< declared GPU devices; empty: detected
+  bool gpus_declared = false;
+  std::uint64_t memory = 0;        ///< bytes jobs may reserve; 0: the node's memory
+  std::int64_t walltime_end_ms = 0;
+  /// auto (cgroups if writable, else rlimit), cgroup, rlimit or none; SORTIE_AGENT_MEMORY_LIMITS.
+  std::string memory_limits = "auto";
 };
+
+/// NVIDIA GPUs of this node (/proc/driver/nvidia/gpus), as device ids 0..N-1.
+std::vector<std::uint32_t> detect_gpus();
 
 /// Runs the agent until the hub shuts it down (exit code 0) or it gives up (non-zero).
 int run_agent(const AgentOptions& options);

@@ -19,6 +19,7 @@
 
 #include <fmt/format.h>
 
+#include "agent/limits.hpp"
 #include "common/files.hpp"
 
 namespace sortie::agent {
@@ -87,7 +88,7 @@ void write_all_nonblocking(int fd, const char* data, size_t n) {
   }
 }
 
-[[noreturn]] void keeper_main(int read_fd) {
+[[noreturn]] void keeper_main(int read_fd, const std::string& cgroup_dir) {
   // Survive the signals aimed at the agent: the keeper's whole job starts when the agent is gone.
   ::signal(SIGTERM, SIG_IGN);
   ::signal(SIGINT, SIG_IGN);
@@ -121,6 +122,8 @@ void write_all_nonblocking(int fd, const char* data, size_t n) {
   }
   for (const auto& [sid, tag] : jobs)
     kill_job(JobProcesses{sid, tag});
+  if (!cgroup_dir.empty())
+    remove_cgroup_tree(cgroup_dir);
   ::_exit(0);
 }
 
@@ -305,7 +308,7 @@ std::vector<std::pair<pid_t, std::string>> adopted_children(const std::vector<pi
 
 void become_subreaper() { ::prctl(PR_SET_CHILD_SUBREAPER, 1); }
 
-Result<int> start_keeper() {
+Result<int> start_keeper(const std::string& cgroup_dir) {
   int fds[2];
   if (::pipe2(fds, O_CLOEXEC) != 0)
     return make_error(ErrorCode::Io, fmt::format("pipe: {}", errno_text(errno)));
@@ -317,7 +320,7 @@ Result<int> start_keeper() {
     for (int fd = 3; fd < 1024; ++fd)
       if (fd != fds[0])
         ::close(fd);
-    keeper_main(fds[0]);
+    keeper_main(fds[0], cgroup_dir);
   }
   ::close(fds[0]);
   ::fcntl(fds[1], F_SETFL, ::fcntl(fds[1], F_GETFL) | O_NONBLOCK);

@@ -64,7 +64,8 @@ void become_subreaper();
 /// The keeper: a small process forked at agent start (before any thread exists). The agent tells
 /// it each job as the job starts and ends; when the agent dies the keeper's pipe reaches
 /// end-of-file and it kills every registered job, then exits. Returns the pipe's write end.
-Result<int> start_keeper();
+/// `cgroup_dir` (may be empty) is removed after the jobs are killed.
+Result<int> start_keeper(const std::string& cgroup_dir);
 /// Keeper messages, to be written with keeper_write (several at once).
 std::string keeper_add(const JobProcesses& job);
 std::string keeper_remove(const JobProcesses& job);

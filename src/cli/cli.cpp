@@ -21,7 +21,9 @@
 #include <fmt/format.h>
 
 #include "agent/agent.hpp"
+#include "cli/jobfile.hpp"
 #include "cli/output.hpp"
+#include "common/mapfile.hpp"
 #include "common/files.hpp"
 #include "common/hub_file.hpp"
 #include "common/log.hpp"
@@ -90,39 +92,6 @@ Result<JobSelector> parse_ids(const std::vector<std::string>& args) {
                               JobId(static_cast<std::uint64_t>(b)));
     }
   return sel;
-}
-
-Result<ArrayRange> parse_array(const std::string& text) {
-  auto bad = [&] {
-    return make_error(ErrorCode::InvalidArgument,
-                      fmt::format("--array '{}' is not a range: use FIRST-LAST or FIRST-LAST:STEP, "
-                                  "e.g. 1-1000 or 0-99:2",
-                                  text));
-  };
-  ArrayRange r;
-  std::string body = text;
-  if (auto colon = text.find(':'); colon != std::string::npos) {
-    auto step = parse_int(text.substr(colon + 1), 1, INT64_MAX);
-    if (!step.ok())
-      return bad();
-    r.step = *step;
-    body = text.substr(0, colon);
-  }
-  auto dash = body.find('-', 1);
-  if (dash == std::string::npos) {
-    auto one = parse_int(body, INT64_MIN, INT64_MAX);
-    if (!one.ok())
-      return bad();
-    r.first = r.last = *one;
-    return r;
-  }
-  auto a = parse_int(body.substr(0, dash), INT64_MIN, INT64_MAX);
-  auto b = parse_int(body.substr(dash + 1), INT64_MIN, INT64_MAX);
-  if (!a.ok() || !b.ok() || *b < *a)
-    return bad();
-  r.first = *a;
-  r.last = *b;
-  return r;
 }
 
 struct Globals {
@@ -295,6 +264,9 @@ struct PilotAddArgs {
   std::uint32_t nodes = 0;
   std::string label;
   std::string node_names;
+  std::uint32_t gpus_per_node = 0;
+  std::string memory_per_node;
+  std::string time;
   bool json = false;
 };
 
@@ -306,6 +278,19 @@ int pilot_add(const Globals& g, const PilotAddArgs& a) {
   if (!a.node_names.empty())
     spec.node_names = split(a.node_names, ',');
   spec.nodes = a.nodes ? a.nodes : static_cast<std::uint32_t>(std::max<std::size_t>(1, spec.node_names.size()));
+  spec.gpus_per_node = a.gpus_per_node;
+  if (!a.memory_per_node.empty()) {
+    auto b = parse_size_bytes(a.memory_per_node);
+    if (!b.ok())
+      return fail(make_error(ErrorCode::InvalidArgument, "--memory-per-node: " + b.error().message));
+    spec.memory_per_node = *b;
+  }
+  if (!a.time.empty()) {
+    auto t = parse_duration_ms(a.time);
+    if (!t.ok())
+      return fail(make_error(ErrorCode::InvalidArgument, "--time: " + t.error().message));
+    spec.walltime_ms = *t;
+  }
   auto client = connect(g);
   if (!client.ok())
     return fail(client.error());
@@ -343,72 +328,332 @@ int pilot_cancel(const Globals& g, std::uint64_t id) {
 // ---------------------------------------------------------------------------------------------
 // jobs
 
-struct SubmitArgs {
+/// The options of a job, shared by `submit` and `map`. Each is applied only when given, so that
+/// they override a job file's values (as sbatch's flags override #SBATCH lines).
+struct JobOptions {
   std::string label;
   std::uint32_t slots = 1;
   std::vector<std::string> env;
   std::string cwd;
   std::string name;
-  std::string array;
+  std::string memory;
+  std::uint32_t gpus = 0;
+  std::string hosts;
+  std::string prefer_hosts;
+  std::uint32_t max_per_node = 0;
+  std::string group;
+  std::int32_t priority = 0;
+  std::string queue_timeout;
+  std::string run_timeout;
+  std::string time_request;
+  std::uint32_t retries = 0;
+  bool retry_on_failure = false;
+  std::string after;
   bool json = false;
+  std::vector<CLI::Option*> given; ///< filled by add_job_options
+
+  /// True if the option (e.g. "--label") was given on the command line.
+  bool has(std::string_view flag) const {
+    std::string long_name(flag.substr(flag.find_first_not_of('-')));
+    for (auto* o : given)
+      if (o->check_lname(long_name) && o->count() > 0)
+        return true;
+    return false;
+  }
 };
 
-int submit(const Globals& g, const SubmitArgs& a, std::vector<std::string> command) {
-  if (command.empty())
-    return fail(make_error(ErrorCode::InvalidArgument,
-                           "no command given: sortie submit [options] -- PROGRAM [ARGS...]"));
-  JobSpec spec;
-  spec.argv = std::move(command);
-  spec.slots = a.slots;
-  spec.label = a.label;
-  spec.name = a.name;
-  for (const auto& kv : a.env) {
+void add_job_options(CLI::App* cmd, JobOptions& o) {
+  auto add = [&](CLI::Option* opt) { o.given.push_back(opt); };
+  add(cmd->add_option("--label", o.label, "run only on pilots with this label"));
+  add(cmd->add_option("--slots", o.slots, "slots (threads) it needs; sets OMP_NUM_THREADS")
+          ->check(CLI::Range(1, 4096)));
+  add(cmd->add_option("--memory", o.memory, "memory it may use, e.g. 4G: reserved and enforced"));
+  add(cmd->add_option("--gpus", o.gpus, "GPUs it needs; it sees them in CUDA_VISIBLE_DEVICES")
+          ->check(CLI::Range(0, 64)));
+  add(cmd->add_option("--env", o.env, "NAME=VALUE added to its environment (repeatable)"));
+  add(cmd->add_option("--cwd", o.cwd, "working directory (default: the current one)"));
+  add(cmd->add_option("--name", o.name, "a name shown in listings"));
+  add(cmd->add_option("--host", o.hosts, "run only on one of these nodes: H[,H2...]"));
+  add(cmd->add_option("--prefer-host", o.prefer_hosts,
+                      "run on these nodes when they can take it, else anywhere: H[,H2...]"));
+  add(cmd->add_option("--max-per-node", o.max_per_node,
+                      "at most K jobs of this submission's group on one node at once"));
+  add(cmd->add_option("--group", o.group,
+                      "name the submission's group; named groups join for --max-per-node"));
+  add(cmd->add_option("--priority", o.priority, "higher runs first (default 0)"));
+  add(cmd->add_option("--queue-timeout", o.queue_timeout,
+                      "timed_out if not started within this long, e.g. 15m"));
+  add(cmd->add_option("--run-timeout", o.run_timeout,
+                      "killed (with its children) and timed_out after running this long"));
+  add(cmd->add_option("--time-request", o.time_request,
+                      "start only on a pilot with at least this much walltime left"));
+  add(cmd->add_option("--retries", o.retries, "run again up to N times if its node is lost"));
+  add(cmd->add_flag("--retry-on-failure", o.retry_on_failure,
+                    "retries also cover a non-zero exit or a signal"));
+  add(cmd->add_option("--after", o.after, "start only after these jobs succeeded: ID[,ID...]"));
+  cmd->add_flag("--json", o.json, "print JSON");
+}
+
+/// Applies the given options to `spec`; `cwd_default` when neither the option nor the spec has one.
+Result<void> apply_job_options(const JobOptions& o, JobSpec& spec, bool set_default_cwd) {
+  auto list = [](const std::string& text) {
+    std::vector<std::string> out;
+    for (auto& part : split(text, ','))
+      if (!trim(part).empty())
+        out.emplace_back(trim(part));
+    return out;
+  };
+  auto duration = [](const char* flag, const std::string& text) -> Result<std::int64_t> {
+    auto d = parse_duration_ms(text);
+    if (!d.ok())
+      return make_error(ErrorCode::InvalidArgument, fmt::format("{}: {}", flag, d.error().message));
+    return *d;
+  };
+  if (o.has("--label"))
+    spec.label = o.label;
+  if (o.has("--slots"))
+    spec.slots = o.slots;
+  if (o.has("--name"))
+    spec.name = o.name;
+  if (o.has("--gpus"))
+    spec.gpus = o.gpus;
+  if (o.has("--memory")) {
+    auto b = parse_size_bytes(o.memory);
+    if (!b.ok())
+      return make_error(ErrorCode::InvalidArgument, "--memory: " + b.error().message);
+    spec.memory_bytes = *b;
+  }
+  for (const auto& kv : o.env) {
     auto eq = kv.find('=');
     if (eq == std::string::npos || eq == 0)
-      return fail(make_error(ErrorCode::InvalidArgument,
-                             fmt::format("--env '{}' is not NAME=VALUE", kv)));
+      return make_error(ErrorCode::InvalidArgument, fmt::format("--env '{}' is not NAME=VALUE", kv));
     spec.env.emplace_back(kv.substr(0, eq), kv.substr(eq + 1));
+  }
+  if (o.has("--host"))
+    spec.hosts = list(o.hosts);
+  if (o.has("--prefer-host"))
+    spec.prefer_hosts = list(o.prefer_hosts);
+  if (o.has("--max-per-node"))
+    spec.max_per_node = o.max_per_node;
+  if (o.has("--priority"))
+    spec.priority = o.priority;
+  if (o.has("--queue-timeout")) {
+    SORTIE_ASSIGN_OR_RETURN(d, duration("--queue-timeout", o.queue_timeout));
+    spec.queue_timeout_ms = d;
+  }
+  if (o.has("--run-timeout")) {
+    SORTIE_ASSIGN_OR_RETURN(d, duration("--run-timeout", o.run_timeout));
+    spec.run_timeout_ms = d;
+  }
+  if (o.has("--time-request")) {
+    SORTIE_ASSIGN_OR_RETURN(d, duration("--time-request", o.time_request));
+    spec.time_request_ms = d;
+  }
+  if (o.has("--retries"))
+    spec.retries = o.retries;
+  if (o.has("--retry-on-failure"))
+    spec.retry_on_failure = o.retry_on_failure;
+  if (o.has("--after")) {
+    spec.after.clear();
+    for (const auto& part : list(o.after)) {
+      auto id = parse_int(part, 1, INT64_MAX);
+      if (!id.ok())
+        return make_error(ErrorCode::InvalidArgument,
+                          fmt::format("--after: '{}' is not a job id", part));
+      spec.after.push_back(JobId(static_cast<std::uint64_t>(*id)));
+    }
   }
   // Like sbatch, jobs run where they were submitted unless told otherwise.
   std::error_code ec;
-  spec.cwd = a.cwd.empty() ? std::filesystem::current_path(ec).string()
-                           : std::filesystem::absolute(a.cwd, ec).lexically_normal().string();
+  if (o.has("--cwd"))
+    spec.cwd = std::filesystem::absolute(o.cwd, ec).lexically_normal().string();
+  else if (set_default_cwd && spec.cwd.empty())
+    spec.cwd = std::filesystem::current_path(ec).string();
+  return ok_result();
+}
+
+void print_submitted(const Submitted& s, bool json) {
+  if (json)
+    std::fputs(submitted_json(s).c_str(), stdout);
+  else if (s.count == 1)
+    std::printf("%llu\n", static_cast<unsigned long long>(s.first_id.value));
+  else
+    std::printf("%llu-%llu\n", static_cast<unsigned long long>(s.first_id.value),
+                static_cast<unsigned long long>(s.first_id.value + s.count - 1));
+}
+
+int submit(const Globals& g,
+           const JobOptions& o,
+           const std::string& array,
+           const std::string& file,
+           std::vector<std::string> command) {
+  std::vector<JobSpec> specs;
+  std::optional<ArrayRange> range;
+  std::string group = o.group;
+  if (!file.empty()) {
+    if (!command.empty())
+      return fail(make_error(ErrorCode::InvalidArgument,
+                             "give the command in the job file or on the command line, not both"));
+    auto jf = read_job_file(file);
+    if (!jf.ok())
+      return fail(jf.error());
+    if (group.empty())
+      group = jf->group;
+    bool arrays = false;
+    for (auto& e : jf->jobs) {
+      arrays = arrays || e.array;
+      specs.push_back(e.spec);
+    }
+    if (arrays) {
+      if (jf->jobs.size() != 1)
+        return fail(make_error(ErrorCode::InvalidArgument,
+                               fmt::format("{}: an array job must be the only job of its file", file)));
+      range = jf->jobs[0].array;
+    }
+  } else {
+    if (command.empty())
+      return fail(make_error(ErrorCode::InvalidArgument,
+                             "no command given: sortie submit [options] -- PROGRAM [ARGS...], or "
+                             "--file job.toml"));
+    JobSpec spec;
+    spec.argv = std::move(command);
+    specs.push_back(std::move(spec));
+  }
+  for (auto& spec : specs)
+    if (auto r = apply_job_options(o, spec, true); !r.ok())
+      return fail(r.error());
+  if (!array.empty()) {
+    if (specs.size() != 1)
+      return fail(make_error(ErrorCode::InvalidArgument, "--array needs exactly one job"));
+    auto r = parse_array_range(array);
+    if (!r.ok())
+      return fail(make_error(ErrorCode::InvalidArgument, "--array: " + r.error().message));
+    range = *r;
+  }
   auto client = connect(g);
   if (!client.ok())
     return fail(client.error());
-  Result<Submitted> s = make_error(ErrorCode::Internal, "");
-  if (!a.array.empty()) {
-    auto range = parse_array(a.array);
-    if (!range.ok())
-      return fail(range.error());
-    s = client->submit_array(spec, *range);
-  } else {
-    s = client->submit(spec);
-  }
+  auto s = range ? client->submit_array(specs[0], *range, group) : client->submit_batch(specs, group);
   if (!s.ok())
     return fail(s.error());
-  if (a.json)
+  print_submitted(*s, o.json);
+  return kExitOk;
+}
+
+/// Replaces every "{}" in the command with `item`; appends it when there is none.
+std::vector<std::string> substitute(const std::vector<std::string>& command, const std::string& item) {
+  std::vector<std::string> out;
+  bool used = false;
+  for (const auto& arg : command) {
+    std::string a;
+    for (std::size_t i = 0; i < arg.size();) {
+      if (arg.compare(i, 2, "{}") == 0) {
+        a += item;
+        i += 2;
+        used = true;
+      } else {
+        a += arg[i++];
+      }
+    }
+    out.push_back(std::move(a));
+  }
+  if (!used)
+    out.push_back(item);
+  return out;
+}
+
+int map_jobs(const Globals& g,
+             const JobOptions& o,
+             const std::string& mapfile,
+             const std::string& each_line,
+             const std::string& array,
+             const std::vector<std::string>& command) {
+  int sources = !mapfile.empty() + !each_line.empty() + !array.empty();
+  if (sources != 1)
+    return fail(make_error(ErrorCode::InvalidArgument,
+                           "give exactly one of --mapfile FILE, --each-line FILE or --array A-B"));
+  if (command.empty())
+    return fail(make_error(ErrorCode::InvalidArgument,
+                           "no command given: sortie map ... -- PROGRAM [ARGS...] {}"));
+  JobSpec base;
+  base.argv = command;
+  if (auto r = apply_job_options(o, base, true); !r.ok())
+    return fail(r.error());
+  std::vector<JobSpec> specs;
+  auto add = [&](const std::string& item, const std::string& host) {
+    JobSpec s = base;
+    s.argv = substitute(command, item);
+    if (!host.empty())
+      s.hosts = {host};
+    specs.push_back(std::move(s));
+  };
+  if (!mapfile.empty()) {
+    auto text = read_file(mapfile);
+    if (!text.ok())
+      return fail(text.error());
+    auto entries = parse_mapfile(*text, mapfile);
+    if (!entries.ok())
+      return fail(entries.error());
+    for (const auto& e : *entries)
+      add(e.file, e.host);
+  } else if (!each_line.empty()) {
+    auto text = read_file(each_line);
+    if (!text.ok())
+      return fail(text.error());
+    for (auto line : split(*text, '\n')) {
+      if (!line.empty() && line.back() == '\r')
+        line.pop_back();
+      if (!line.empty())
+        add(line, "");
+    }
+  } else {
+    auto r = parse_array_range(array);
+    if (!r.ok())
+      return fail(make_error(ErrorCode::InvalidArgument, "--array: " + r.error().message));
+    if (r->count() > 1'000'000)
+      return fail(make_error(ErrorCode::InvalidArgument, "--array: at most 1,000,000 jobs"));
+    for (std::int64_t i = r->first; i <= r->last; i += r->step)
+      add(std::to_string(i), "");
+  }
+  if (specs.empty())
+    return fail(make_error(ErrorCode::InvalidArgument, "nothing to run: the list is empty"));
+  auto client = connect(g);
+  if (!client.ok())
+    return fail(client.error());
+  auto s = client->submit_batch(specs, o.group);
+  if (!s.ok())
+    return fail(s.error());
+  if (o.json) {
     std::fputs(submitted_json(*s).c_str(), stdout);
-  else if (s->count == 1)
-    std::printf("%llu\n", static_cast<unsigned long long>(s->first_id.value));
-  else
-    std::printf("%llu-%llu\n", static_cast<unsigned long long>(s->first_id.value),
-                static_cast<unsigned long long>(s->first_id.value + s->count - 1));
+  } else {
+    // The group is what one waits for: `sortie job wait --group G`.
+    std::printf("%llu\n", static_cast<unsigned long long>(s->group.value));
+    std::fprintf(stderr, "group %llu: %llu jobs (%llu-%llu)\n",
+                 static_cast<unsigned long long>(s->group.value),
+                 static_cast<unsigned long long>(s->count),
+                 static_cast<unsigned long long>(s->first_id.value),
+                 static_cast<unsigned long long>(s->first_id.value + s->count - 1));
+  }
   return kExitOk;
 }
 
 struct SelectArgs {
   std::vector<std::string> ids;
   bool all = false;
-  std::vector<std::uint64_t> groups;
+  std::vector<std::string> groups; ///< ids or names
 };
 
 Result<JobSelector> selector_from(const SelectArgs& a, bool default_all) {
   SORTIE_ASSIGN_OR_RETURN(sel, parse_ids(a.ids));
-  for (auto gid : a.groups)
-    sel.groups.push_back(GroupId(gid));
+  for (const auto& gtext : a.groups) {
+    auto gid = parse_int(gtext, 1, INT64_MAX);
+    if (gid.ok())
+      sel.groups.push_back(GroupId(static_cast<std::uint64_t>(*gid)));
+    else
+      sel.group_names.push_back(gtext);
+  }
   sel.all = a.all;
-  if (sel.ranges.empty() && sel.groups.empty() && !sel.all) {
+  if (sel.ranges.empty() && sel.groups.empty() && sel.group_names.empty() && !sel.all) {
     if (!default_all)
       return make_error(ErrorCode::InvalidArgument,
                         "name the jobs: ids (17, 17-20, 3,5), --group G, or --all");
@@ -549,6 +794,9 @@ struct AgentArgs {
   std::uint32_t slots = 0;
   std::string label;
   std::string connect_window = "60s";
+  std::string gpus;
+  std::uint64_t memory = 0;
+  std::int64_t walltime_end_ms = 0;
 };
 
 int agent_main(const Globals& g, const AgentArgs& a) {
@@ -572,6 +820,18 @@ int agent_main(const Globals& g, const AgentArgs& a) {
   if (!w.ok())
     return fail(w.error());
   o.connect_window_ms = *w;
+  if (!a.gpus.empty()) {
+    o.gpus_declared = true;
+    for (const auto& part : split(a.gpus, ',')) {
+      auto gpu = parse_int(part, 0, 63);
+      if (!gpu.ok())
+        return fail(make_error(ErrorCode::InvalidArgument,
+                               fmt::format("--gpus: '{}' is not a device number (0..63)", part)));
+      o.gpus.push_back(static_cast<std::uint32_t>(*gpu));
+    }
+  }
+  o.memory = a.memory;
+  o.walltime_end_ms = a.walltime_end_ms;
   return agent::run_agent(o);
 }
 
@@ -581,11 +841,14 @@ int agent_main(const Globals& g, const AgentArgs& a) {
 /// so `sortie submit --slots 2 python3 sim.py --seed 7` works as it does with sbatch and srun.
 std::pair<std::vector<std::string>, std::vector<std::string>> split_command(int argc, char** argv) {
   std::vector<std::string> args(argv + 1, argv + argc);
-  static const std::vector<std::string> with_value = {"--label", "--slots", "--env", "--cwd",
-                                                      "--name", "--array"};
+  static const std::vector<std::string> with_value = {
+      "--label", "--slots", "--env", "--cwd", "--name", "--array", "--memory", "--gpus", "--host",
+      "--prefer-host", "--max-per-node", "--group", "--priority", "--queue-timeout",
+      "--run-timeout", "--time-request", "--retries", "--after", "--file", "--mapfile",
+      "--each-line"};
   std::size_t i = 0;
   // Global options, then the subcommand.
-  while (i < args.size() && args[i] != "submit") {
+  while (i < args.size() && args[i] != "submit" && args[i] != "map") {
     if (args[i] == "--profile")
       ++i;
     else if (!args[i].starts_with("-"))
@@ -658,6 +921,11 @@ int run(int argc, char** argv) {
   pa->add_option("--nodes", padd.nodes, "number of agents (nodes) to start (default 1)");
   pa->add_option("--label", padd.label, "label; labelled jobs run only on pilots with that label");
   pa->add_option("--node-names", padd.node_names, "comma-separated names, one per node");
+  pa->add_option("--gpus-per-node", padd.gpus_per_node,
+                 "GPUs each node declares (devices 0..N-1) instead of detecting them");
+  pa->add_option("--memory-per-node", padd.memory_per_node,
+                 "memory jobs may reserve on each node (default: all of it), e.g. 8G");
+  pa->add_option("--time", padd.time, "walltime: the pilot ends after this long, e.g. 2h");
   pa->add_flag("--json", padd.json, "print JSON");
   pa->callback([&] { action = [&] { return pilot_add(g, padd); }; });
   bool plist_json = false;
@@ -669,19 +937,26 @@ int run(int argc, char** argv) {
   pc->add_option("id", pcancel_id, "pilot id")->required();
   pc->callback([&] { action = [&] { return pilot_cancel(g, pcancel_id); }; });
 
-  // --- submit
-  SubmitArgs sargs;
-  auto* sub = app.add_subcommand("submit", "submit a command job: sortie submit [options] -- CMD ARGS...");
-  sub->add_option("--label", sargs.label, "run only on pilots with this label");
-  sub->add_option("--slots", sargs.slots, "slots (threads) the job needs; sets OMP_NUM_THREADS")
-      ->check(CLI::Range(1, 4096));
-  sub->add_option("--env", sargs.env, "NAME=VALUE added to the job's environment (repeatable)");
-  sub->add_option("--cwd", sargs.cwd, "working directory (default: the current one)");
-  sub->add_option("--name", sargs.name, "a name shown in listings");
-  sub->add_option("--array", sargs.array,
-                  "FIRST-LAST[:STEP]: one job per index, in SORTIE_ARRAY_INDEX");
-  sub->add_flag("--json", sargs.json, "print JSON");
-  sub->callback([&] { action = [&] { return submit(g, sargs, command); }; });
+  // --- submit and map
+  JobOptions sopts;
+  std::string sarray, sfile;
+  auto* sub = app.add_subcommand("submit",
+                                 "submit a command job: sortie submit [options] [--] CMD ARGS...");
+  add_job_options(sub, sopts);
+  sub->add_option("--array", sarray, "FIRST-LAST[:STEP]: one job per index, in SORTIE_ARRAY_INDEX");
+  sub->add_option("--file", sfile, "a TOML job file (docs/jobs.md); options given here override it");
+  sub->callback([&] { action = [&] { return submit(g, sopts, sarray, sfile, command); }; });
+  JobOptions mopts;
+  std::string mapfile, each_line, marray;
+  auto* mp = app.add_subcommand(
+      "map", "one job per item: sortie map --mapfile F|--each-line F|--array A-B -- CMD ARGS {}");
+  add_job_options(mp, mopts);
+  mp->add_option("--mapfile", mapfile, "host=[file, ...] lines: one job per file, on its host");
+  mp->add_option("--each-line", each_line, "one job per line of this file");
+  mp->add_option("--array", marray, "FIRST-LAST[:STEP]: one job per index");
+  mp->callback([&] {
+    action = [&] { return map_jobs(g, mopts, mapfile, each_line, marray, command); };
+  });
 
   // --- job
   auto* job = app.add_subcommand("job", "list, inspect, wait for and cancel jobs");
@@ -691,7 +966,7 @@ int run(int argc, char** argv) {
   bool list_json = false;
   auto* jl = job->add_subcommand("list", "list jobs (all by default)");
   jl->add_option("ids", list_sel.ids, "job ids or ranges: 17 17-20 3,5");
-  jl->add_option("--group", list_sel.groups, "only jobs of this group");
+  jl->add_option("--group", list_sel.groups, "only jobs of this group (id or name)");
   jl->add_option("--state", list_states, "only jobs in these states (comma-separated)");
   jl->add_flag("--json", list_json, "print a JSON array");
   jl->callback([&] { action = [&] { return job_list(g, list_sel, list_states, list_json); }; });
@@ -707,7 +982,7 @@ int run(int argc, char** argv) {
   auto* jw = job->add_subcommand("wait", "wait for jobs; exit 0 only if every one succeeded");
   jw->add_option("ids", wait_sel.ids, "job ids or ranges");
   jw->add_flag("--all", wait_sel.all, "every job submitted so far");
-  jw->add_option("--group", wait_sel.groups, "the jobs of a group");
+  jw->add_option("--group", wait_sel.groups, "the jobs of a group (id or name)");
   jw->add_option("--timeout", wait_timeout, "give up after this long (e.g. 30s, 2h): exit 4");
   jw->add_flag("-q,--quiet", wait_quiet, "no progress bar or summary");
   jw->callback([&] { action = [&] { return job_wait(g, wait_sel, wait_timeout, wait_quiet); }; });
@@ -724,7 +999,7 @@ int run(int argc, char** argv) {
   auto* jc = job->add_subcommand("cancel", "cancel jobs (their whole process trees)");
   jc->add_option("ids", cancel_sel.ids, "job ids or ranges");
   jc->add_flag("--all", cancel_sel.all, "every unfinished job");
-  jc->add_option("--group", cancel_sel.groups, "the jobs of a group");
+  jc->add_option("--group", cancel_sel.groups, "the jobs of a group (id or name)");
   jc->callback([&] { action = [&] { return job_cancel(g, cancel_sel); }; });
 
   // --- agent (internal: started by pilots)
@@ -738,6 +1013,9 @@ int run(int argc, char** argv) {
   ag->add_option("--slots", aargs.slots);
   ag->add_option("--label", aargs.label);
   ag->add_option("--connect-window", aargs.connect_window);
+  ag->add_option("--gpus", aargs.gpus, "GPU devices, e.g. 0,1 (default: detected)");
+  ag->add_option("--memory", aargs.memory, "bytes jobs may reserve (default: the node's memory)");
+  ag->add_option("--walltime-end-ms", aargs.walltime_end_ms);
   ag->callback([&] { action = [&] { return agent_main(g, aargs); }; });
 
   try {

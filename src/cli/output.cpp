@@ -42,13 +42,35 @@ json job_to_json(const JobInfo& j) {
             {"submit_ms", j.submit_ms},
             {"start_ms", j.start_ms ? json(j.start_ms) : json(nullptr)},
             {"end_ms", j.end_ms ? json(j.end_ms) : json(nullptr)},
-            {"reason", j.reason}};
+            {"reason", j.reason},
+            {"limits", j.limits},
+            {"gpus", j.gpus},
+            {"group_name", j.group_name}};
   if (j.spec) {
     json env = json::object();
     for (const auto& [k, v] : j.spec->env)
       env[k] = v;
-    o["spec"] = {{"argv", j.spec->argv}, {"env", env},           {"cwd", j.spec->cwd},
-                 {"slots", j.spec->slots}, {"label", j.spec->label}, {"name", j.spec->name}};
+    json after = json::array();
+    for (auto id : j.spec->after)
+      after.push_back(id.value);
+    o["spec"] = {{"argv", j.spec->argv},
+                 {"env", env},
+                 {"cwd", j.spec->cwd},
+                 {"slots", j.spec->slots},
+                 {"label", j.spec->label},
+                 {"name", j.spec->name},
+                 {"memory_bytes", j.spec->memory_bytes},
+                 {"gpus", j.spec->gpus},
+                 {"hosts", j.spec->hosts},
+                 {"prefer_hosts", j.spec->prefer_hosts},
+                 {"max_per_node", j.spec->max_per_node},
+                 {"priority", j.spec->priority},
+                 {"queue_timeout_ms", j.spec->queue_timeout_ms},
+                 {"run_timeout_ms", j.spec->run_timeout_ms},
+                 {"time_request_ms", j.spec->time_request_ms},
+                 {"retries", j.spec->retries ? json(*j.spec->retries) : json(nullptr)},
+                 {"retry_on_failure", j.spec->retry_on_failure},
+                 {"after", after}};
     json hist = json::array();
     for (const auto& h : j.history)
       hist.push_back({{"state", job_state_name(h.state)}, {"time_ms", h.time_ms}});
@@ -123,7 +145,14 @@ std::string job_details(const JobInfo& j) {
   line("attempt:", std::to_string(j.attempt));
   if (j.array_index)
     line("array index:", std::to_string(*j.array_index));
-  line("group:", std::to_string(j.group.value));
+  line("group:", j.group_name.empty() ? std::to_string(j.group.value)
+                                       : fmt::format("{} ({})", j.group.value, j.group_name));
+  if (!j.gpus.empty()) {
+    std::string g;
+    for (auto d : j.gpus)
+      g += (g.empty() ? "" : ",") + std::to_string(d);
+    line("gpus:", g);
+  }
   if (j.spec) {
     std::string argv;
     for (const auto& a : j.spec->argv) {
@@ -135,6 +164,34 @@ std::string job_details(const JobInfo& j) {
     line("slots:", std::to_string(j.spec->slots));
     if (!j.spec->label.empty())
       line("label:", j.spec->label);
+    if (j.spec->memory_bytes)
+      line("memory:", fmt::format("{}{}", format_size_bytes(j.spec->memory_bytes),
+                                  j.limits.empty() ? "" : " (enforced by " + j.limits + ")"));
+    if (j.spec->gpus)
+      line("gpus asked:", std::to_string(j.spec->gpus));
+    if (!j.spec->hosts.empty())
+      line("hosts:", join(j.spec->hosts, ","));
+    if (!j.spec->prefer_hosts.empty())
+      line("prefers:", join(j.spec->prefer_hosts, ","));
+    if (j.spec->max_per_node)
+      line("per node:", fmt::format("at most {} of its group", j.spec->max_per_node));
+    if (j.spec->priority)
+      line("priority:", std::to_string(j.spec->priority));
+    if (j.spec->queue_timeout_ms)
+      line("queue tmo:", format_duration_ms(j.spec->queue_timeout_ms));
+    if (j.spec->run_timeout_ms)
+      line("run tmo:", format_duration_ms(j.spec->run_timeout_ms));
+    if (j.spec->time_request_ms)
+      line("time req:", format_duration_ms(j.spec->time_request_ms));
+    if (j.spec->retries)
+      line("retries:", fmt::format("{}{}", *j.spec->retries,
+                                   j.spec->retry_on_failure ? " (also on failure)" : ""));
+    if (!j.spec->after.empty()) {
+      std::vector<std::string> ids;
+      for (auto id : j.spec->after)
+        ids.push_back(std::to_string(id.value));
+      line("after:", join(ids, ","));
+    }
     for (const auto& [k, v] : j.spec->env)
       line("env:", k + "=" + v);
   }
@@ -186,12 +243,15 @@ std::string status_json(const HubStatus& s) {
 
 std::string pilots_table(const std::vector<PilotInfo>& pilots) {
   std::vector<std::vector<std::string>> rows = {
-      {"ID", "RESOURCE", "STATE", "NODES", "SLOTS", "LABEL", "REASON"}};
+      {"ID", "RESOURCE", "STATE", "NODES", "SLOTS", "LABEL", "TIME LEFT", "REASON"}};
+  auto now = wall_now_ms();
   for (const auto& p : pilots)
     rows.push_back({std::to_string(p.id.value), p.spec.resource, p.state,
                     fmt::format("{}/{}", p.nodes_up, p.spec.nodes),
                     fmt::format("{}/{}", p.slots_used, p.slots_total),
-                    p.spec.label.empty() ? "-" : p.spec.label, p.reason});
+                    p.spec.label.empty() ? "-" : p.spec.label,
+                    p.end_ms == 0 ? "-" : format_duration_ms(std::max<std::int64_t>(0, p.end_ms - now)),
+                    p.reason});
   return table(rows);
 }
 
@@ -209,6 +269,10 @@ std::string pilots_json(const std::vector<PilotInfo>& pilots) {
                  {"slots_total", p.slots_total},
                  {"label", p.spec.label},
                  {"created_ms", p.created_ms},
+                 {"end_ms", p.end_ms ? json(p.end_ms) : json(nullptr)},
+                 {"gpus_per_node", p.spec.gpus_per_node},
+                 {"memory_per_node", p.spec.memory_per_node},
+                 {"walltime_ms", p.spec.walltime_ms},
                  {"reason", p.reason}});
   return a.dump(2) + "\n";
 }

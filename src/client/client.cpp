@@ -27,6 +27,22 @@ pb::JobSpec to_pb(const JobSpec& s) {
   out.set_slots(s.slots);
   out.set_label(s.label);
   out.set_name(s.name);
+  out.set_memory_bytes(s.memory_bytes);
+  out.set_gpus(s.gpus);
+  for (const auto& h : s.hosts)
+    out.add_hosts(h);
+  for (const auto& h : s.prefer_hosts)
+    out.add_prefer_hosts(h);
+  out.set_max_per_node(s.max_per_node);
+  out.set_priority(s.priority);
+  out.set_queue_timeout_ms(s.queue_timeout_ms);
+  out.set_run_timeout_ms(s.run_timeout_ms);
+  out.set_time_request_ms(s.time_request_ms);
+  if (s.retries)
+    out.set_retries(*s.retries);
+  out.set_retry_on_failure(s.retry_on_failure);
+  for (auto id : s.after)
+    out.add_after(id.value);
   return out;
 }
 
@@ -39,6 +55,20 @@ JobSpec from_pb(const pb::JobSpec& s) {
   out.slots = s.slots();
   out.label = s.label();
   out.name = s.name();
+  out.memory_bytes = s.memory_bytes();
+  out.gpus = s.gpus();
+  out.hosts.assign(s.hosts().begin(), s.hosts().end());
+  out.prefer_hosts.assign(s.prefer_hosts().begin(), s.prefer_hosts().end());
+  out.max_per_node = s.max_per_node();
+  out.priority = s.priority();
+  out.queue_timeout_ms = s.queue_timeout_ms();
+  out.run_timeout_ms = s.run_timeout_ms();
+  out.time_request_ms = s.time_request_ms();
+  if (s.has_retries())
+    out.retries = s.retries();
+  out.retry_on_failure = s.retry_on_failure();
+  for (auto id : s.after())
+    out.after.push_back(JobId(id));
   return out;
 }
 
@@ -50,6 +80,8 @@ void to_pb(const JobSelector& sel, pb::JobSelector& out) {
   }
   for (auto g : sel.groups)
     out.add_groups(g.value);
+  for (const auto& n : sel.group_names)
+    out.add_group_names(n);
   out.set_all(sel.all);
 }
 
@@ -71,6 +103,9 @@ JobInfo from_pb(const pb::JobInfo& j) {
   out.start_ms = j.start_ms();
   out.end_ms = j.end_ms();
   out.reason = j.reason();
+  out.limits = j.limits();
+  out.gpus.assign(j.gpus().begin(), j.gpus().end());
+  out.group_name = j.group_name();
   if (j.has_spec())
     out.spec = from_pb(j.spec());
   for (const auto& h : j.history())
@@ -99,6 +134,9 @@ PilotSpec from_pb(const pb::PilotSpec& s) {
   out.slots_per_node = s.slots_per_node();
   out.label = s.label();
   out.node_names.assign(s.node_names().begin(), s.node_names().end());
+  out.gpus_per_node = s.gpus_per_node();
+  out.memory_per_node = s.memory_per_node();
+  out.walltime_ms = s.walltime_ms();
   return out;
 }
 
@@ -186,10 +224,15 @@ Result<Client> Client::connect(const ConnectOptions& options) {
   return Client(std::move(impl));
 }
 
-Result<Submitted> Client::submit(const JobSpec& spec) { return submit_batch({spec}); }
+Result<Submitted> Client::submit(const JobSpec& spec, const std::string& group_name) {
+  return submit_batch({spec}, group_name);
+}
 
-Result<Submitted> Client::submit_array(const JobSpec& spec, const ArrayRange& range) {
+Result<Submitted> Client::submit_array(const JobSpec& spec,
+                                       const ArrayRange& range,
+                                       const std::string& group_name) {
   pb::Envelope env;
+  env.mutable_submit()->set_group_name(group_name);
   auto* item = env.mutable_submit()->add_items();
   *item->mutable_spec() = to_pb(spec);
   auto* a = item->mutable_array();
@@ -366,6 +409,9 @@ Result<PilotId> Client::add_pilot(const PilotSpec& spec) {
   s->set_label(spec.label);
   for (const auto& n : spec.node_names)
     s->add_node_names(n);
+  s->set_gpus_per_node(spec.gpus_per_node);
+  s->set_memory_per_node(spec.memory_per_node);
+  s->set_walltime_ms(spec.walltime_ms);
   SORTIE_ASSIGN_OR_RETURN(reply, impl_->call(env));
   if (!reply.has_pilot_add_reply())
     return make_error(ErrorCode::Internal, "unexpected reply to pilot add");
@@ -390,6 +436,7 @@ Result<std::vector<PilotInfo>> Client::pilots() {
     i.created_ms = p.created_ms();
     i.reason = p.reason();
     i.nodes.assign(p.nodes().begin(), p.nodes().end());
+    i.end_ms = p.end_ms();
     out.push_back(std::move(i));
   }
   return out;

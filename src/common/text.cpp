@@ -160,6 +160,39 @@ std::string join(const std::vector<std::string>& parts, std::string_view sep) {
   return out;
 }
 
+Result<ArrayRange> parse_array_range(std::string_view text) {
+  auto bad = [&] {
+    return make_error(ErrorCode::InvalidArgument,
+                      fmt::format("'{}' is not an array range: use FIRST-LAST or FIRST-LAST:STEP, "
+                                  "e.g. 1-1000 or 0-99:2",
+                                  text));
+  };
+  ArrayRange r;
+  std::string_view body = trim(text);
+  if (auto colon = body.find(':'); colon != std::string_view::npos) {
+    auto step = parse_int(body.substr(colon + 1), 1, INT64_MAX);
+    if (!step.ok())
+      return bad();
+    r.step = *step;
+    body = body.substr(0, colon);
+  }
+  auto dash = body.find('-', 1);
+  if (dash == std::string_view::npos) {
+    auto one = parse_int(body, INT64_MIN, INT64_MAX);
+    if (!one.ok())
+      return bad();
+    r.first = r.last = *one;
+    return r;
+  }
+  auto a = parse_int(body.substr(0, dash), INT64_MIN, INT64_MAX);
+  auto b = parse_int(body.substr(dash + 1), INT64_MIN, INT64_MAX);
+  if (!a.ok() || !b.ok() || *b < *a)
+    return bad();
+  r.first = *a;
+  r.last = *b;
+  return r;
+}
+
 std::string format_time_ms(std::int64_t ms) {
   if (ms <= 0)
     return "-";

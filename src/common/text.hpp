@@ -8,6 +8,7 @@
 #include <string_view>
 #include <vector>
 
+#include "sortie/job.hpp"
 #include "sortie/result.hpp"
 
 namespace sortie {
@@ -26,6 +27,9 @@ Result<std::int64_t> parse_int(std::string_view text, std::int64_t min, std::int
 std::vector<std::string> split(std::string_view text, char sep);
 std::string_view trim(std::string_view text);
 std::string join(const std::vector<std::string>& parts, std::string_view sep);
+
+/// Parses "FIRST-LAST", "FIRST-LAST:STEP" or a single index, e.g. "1-1000", "0-99:2".
+Result<ArrayRange> parse_array_range(std::string_view text);
 
 /// Formats Unix milliseconds as local "2026-11-23 14:05:07".
 std::string format_time_ms(std::int64_t ms);

@@ -52,6 +52,32 @@ std::string signal_name(int sig) {
 
 pb::JobState to_pb(JobState s) { return static_cast<pb::JobState>(s); }
 
+// How an agent enforced a job's memory; stored as text, kept as a code per job.
+constexpr const char* kLimitNames[] = {"", "cgroup v2", "cgroup v1", "rlimit"};
+
+std::uint8_t limits_code(const std::string& name) {
+  for (std::uint8_t i = 1; i < 4; ++i)
+    if (name == kLimitNames[i])
+      return i;
+  return 0;
+}
+
+std::uint64_t gpu_mask_of(const std::vector<std::uint32_t>& gpus) {
+  std::uint64_t m = 0;
+  for (auto g : gpus)
+    if (g < 64)
+      m |= 1ULL << g;
+  return m;
+}
+
+std::vector<std::uint32_t> gpus_of(std::uint64_t mask) {
+  std::vector<std::uint32_t> out;
+  for (std::uint32_t g = 0; g < 64; ++g)
+    if (mask & (1ULL << g))
+      out.push_back(g);
+  return out;
+}
+
 /// Validates a spec from a client and fills in defaults; errors say which job and what to do.
 Result<void> check_spec(pb::JobSpec& spec, std::size_t item) {
   auto ctx = fmt::format("job {} of the submission", item + 1);
@@ -87,6 +113,31 @@ Result<void> check_spec(pb::JobSpec& spec, std::size_t item) {
                       ctx);
   if (spec.name().size() > 256)
     return make_error(ErrorCode::InvalidArgument, "the job name is longer than 256 bytes", ctx);
+  if (spec.gpus() > 64)
+    return make_error(ErrorCode::InvalidArgument,
+                      fmt::format("{} GPUs is more than a node can have (at most 64)", spec.gpus()),
+                      ctx);
+  for (const auto* list : {&spec.hosts(), &spec.prefer_hosts()})
+    for (const auto& h : *list)
+      if (!valid_node_name(h))
+        return make_error(ErrorCode::InvalidArgument,
+                          fmt::format("host '{}' is not a valid node name: use letters, digits, "
+                                      "'-', '_' and '.'",
+                                      h),
+                          ctx);
+  if (spec.queue_timeout_ms() < 0 || spec.run_timeout_ms() < 0 || spec.time_request_ms() < 0)
+    return make_error(ErrorCode::InvalidArgument, "timeouts and time requests cannot be negative",
+                      ctx);
+  if (spec.has_retries() && spec.retries() > 1000)
+    return make_error(ErrorCode::InvalidArgument, "at most 1000 retries", ctx);
+  if (spec.retry_on_failure() && !spec.has_retries())
+    return make_error(ErrorCode::InvalidArgument,
+                      "retrying on failure needs a number of retries: add --retries N", ctx);
+  // Sorted and unique, so that equal requirements compare equal.
+  for (auto* list : {spec.mutable_hosts(), spec.mutable_prefer_hosts()}) {
+    std::sort(list->begin(), list->end());
+    list->erase(std::unique(list->begin(), list->end()), list->end());
+  }
   return ok_result();
 }
 
@@ -102,6 +153,126 @@ Hub::Hub(asio::any_io_executor executor,
 
 Hub::~Hub() { *alive_ = false; }
 
+Spec Hub::make_spec(std::string bytes, const pb::JobSpec& p) {
+  Spec s;
+  s.bytes = std::move(bytes);
+  s.name = p.name();
+  auto& r = s.req;
+  r.label = scheduler_.intern(p.label());
+  r.slots = std::max<std::uint32_t>(1, p.slots());
+  r.memory = p.memory_bytes();
+  r.gpus = p.gpus();
+  for (const auto& h : p.hosts())
+    r.hosts.push_back(scheduler_.intern(h));
+  for (const auto& h : p.prefer_hosts())
+    r.prefer.push_back(scheduler_.intern(h));
+  std::sort(r.hosts.begin(), r.hosts.end());
+  std::sort(r.prefer.begin(), r.prefer.end());
+  r.max_per_node = p.max_per_node();
+  r.priority = p.priority();
+  r.time_request_ms = p.time_request_ms();
+  s.queue_timeout_ms = p.queue_timeout_ms();
+  s.retries = p.has_retries() ? static_cast<std::int32_t>(p.retries()) : -1;
+  s.retry_on_failure = p.retry_on_failure();
+  s.after.assign(p.after().begin(), p.after().end());
+  return s;
+}
+
+void Hub::unqueue(Job& job) {
+  if (job.deps_pending == 0)
+    scheduler_.remove_queued(JobId(job.id));
+}
+
+std::int64_t Hub::run_timeout_of(const Spec& spec) {
+  pb::JobSpec p;
+  p.ParseFromString(spec.bytes);
+  return p.run_timeout_ms();
+}
+
+bool Hub::may_retry(const Job& job, bool failure) const {
+  const Spec& spec = specs_[job.spec - 1];
+  std::uint32_t used = job.lost_count + job.fail_count;
+  if (failure)
+    return spec.retry_on_failure && spec.retries > 0 && used < static_cast<std::uint32_t>(spec.retries);
+  std::uint32_t budget = spec.retries >= 0 ? static_cast<std::uint32_t>(spec.retries) : config_.lost_retries;
+  return used < budget;
+}
+
+void Hub::make_ready(Job& job) {
+  const Spec& spec = specs_[job.spec - 1];
+  job.deps_pending = 0;
+  for (auto dep : spec.after) {
+    const Job* d = find_job(dep);
+    if (d && d->state == JobState::Succeeded)
+      continue;
+    if (!d || is_final(d->state)) {
+      std::int64_t now = clock_.now_ms();
+      job.reason = d ? fmt::format("dependency {} {}", dep, job_state_name(d->state))
+                     : fmt::format("dependency {} does not exist", dep);
+      job.end_ms = now;
+      transition(job, JobState::Cancelled, now);
+      job_final(job);
+      return;
+    }
+    dependents_[dep].push_back(job.id);
+    ++job.deps_pending;
+  }
+  if (job.deps_pending == 0)
+    scheduler_.enqueue(JobId(job.id), spec.req);
+  else
+    job.reason = fmt::format("waiting for {}", [&] {
+      std::string ids;
+      for (auto dep : spec.after)
+        ids += (ids.empty() ? "" : ",") + std::to_string(dep);
+      return ids;
+    }());
+}
+
+void Hub::settle_dependents(const Job& done) {
+  auto it = dependents_.find(done.id);
+  if (it == dependents_.end())
+    return;
+  auto waiting = std::move(it->second);
+  dependents_.erase(it);
+  for (auto id : waiting) {
+    Job* j = find_job(id);
+    if (!j || j->state != JobState::Queued || j->deps_pending == 0)
+      continue;
+    if (done.state == JobState::Succeeded) {
+      if (--j->deps_pending == 0) {
+        j->reason.clear();
+        scheduler_.enqueue(JobId(j->id), specs_[j->spec - 1].req);
+        request_schedule();
+      }
+      continue;
+    }
+    // A dependency that will not succeed: the dependent never runs.
+    j->deps_pending = 0;
+    std::int64_t now = clock_.now_ms();
+    j->reason = fmt::format("dependency {} {}", done.id, job_state_name(done.state));
+    j->end_ms = now;
+    transition(*j, JobState::Cancelled, now);
+    job_final(*j);
+  }
+}
+
+Result<void> Hub::check_after(const pb::JobSpec& spec, std::size_t item) const {
+  for (auto dep : spec.after())
+    if (!find_job(dep))
+      return make_error(ErrorCode::NotFound,
+                        fmt::format("--after {}: there is no job {}", dep, dep),
+                        fmt::format("job {} of the submission", item + 1));
+  return ok_result();
+}
+
+std::vector<std::uint64_t> Hub::groups_named(const pb::JobSelector& sel) const {
+  std::vector<std::uint64_t> out;
+  for (const auto& name : sel.group_names())
+    if (auto it = groups_by_name_.find(name); it != groups_by_name_.end())
+      out.insert(out.end(), it->second.begin(), it->second.end());
+  return out;
+}
+
 // -------------------------------------------------------------------------------------------
 // Loading
 
@@ -112,14 +283,16 @@ Result<void> Hub::load(store::LoadedState state) {
       return make_error(ErrorCode::Internal, fmt::format("spec {} in the store is corrupt", s.id));
     if (specs_.size() < s.id)
       specs_.resize(s.id);
-    specs_[s.id - 1] =
-        Spec{std::move(s.body), {spec.label(), std::max<std::uint32_t>(1, spec.slots())}, spec.name()};
+    specs_[s.id - 1] = make_spec(std::move(s.body), spec);
     next_spec_id_ = std::max(next_spec_id_, s.id + 1);
   }
   for (auto& g : state.groups) {
     if (groups_.size() < g.id)
       groups_.resize(g.id);
-    groups_[g.id - 1] = Group{g.id, g.name, g.created_ms, g.first_job, g.count};
+    auto key = scheduler_.intern(g.name.empty() ? fmt::format("#{}", g.id) : g.name);
+    groups_[g.id - 1] = Group{g.id, key, g.name, g.created_ms, g.first_job, g.count};
+    if (!g.name.empty())
+      groups_by_name_[g.name].push_back(g.id);
     next_group_id_ = std::max(next_group_id_, g.id + 1);
   }
   std::int64_t now_mono = clock_.monotonic_ms();
@@ -147,6 +320,7 @@ Result<void> Hub::load(store::LoadedState state) {
     pilot.created_ms = p.created_ms;
     pilot.ended_ms = p.ended_ms;
     pilot.reason = p.reason;
+    pilot.end_ms = pilot.spec.walltime_ms() ? p.created_ms + pilot.spec.walltime_ms() : 0;
     pilots_.emplace(pilot.id, std::move(pilot));
   }
   for (auto& a : agents_)
@@ -155,6 +329,7 @@ Result<void> Hub::load(store::LoadedState state) {
         p->second.agents.insert(a.first);
 
   std::size_t waiting = 0;
+  std::vector<std::uint64_t> queued_later;
   for (auto& r : state.jobs) {
     jobs_.grow_to(r.id);
     Job& j = jobs_[r.id - 1];
@@ -176,17 +351,29 @@ Result<void> Hub::load(store::LoadedState state) {
     j.history = std::move(r.history);
     j.usage = r.usage;
     j.reason = std::move(r.reason);
-    for (const auto& h : j.history)
-      if (h.state == JobState::Lost)
-        ++j.lost_count;
+    j.limits = limits_code(r.limits);
+    j.gpu_mask = gpu_mask_of(r.gpus);
+    // Retries used so far, from the history (the current state does not count as one).
+    for (const auto& h : j.history) {
+      j.lost_count += h.state == JobState::Lost;
+      j.fail_count += h.state == JobState::Failed;
+    }
+    j.lost_count -= j.state == JobState::Lost && j.lost_count;
+    j.fail_count -= j.state == JobState::Failed && j.fail_count;
     j.started = j.state == JobState::Running;
     ++state_counts_[j.state];
     next_job_id_ = std::max(next_job_id_, r.id + 1);
     if (j.spec == 0 || j.spec > specs_.size())
       return make_error(ErrorCode::Internal,
                         fmt::format("job {} refers to spec {} which is not in the store", j.id, j.spec));
+    // A spec belongs to one submission, hence to one group: bind it for max_per_node.
+    Spec& spec = specs_[j.spec - 1];
+    if (spec.req.max_per_node && j.group && j.group <= groups_.size())
+      spec.req.group = groups_[j.group - 1].key;
     if (j.state == JobState::Queued) {
-      scheduler_.enqueue(JobId(j.id), specs_[j.spec - 1].req);
+      queued_later.push_back(j.id); // after every job is loaded: dependencies may come later
+      if (spec.queue_timeout_ms > 0 && j.start_ms == 0)
+        queue_deadlines_.emplace(j.submit_ms + spec.queue_timeout_ms, j.id);
     } else if (j.state == JobState::Assigned || j.state == JobState::Running) {
       auto it = agents_.find(AgentId(j.agent));
       if (it == agents_.end()) {
@@ -199,6 +386,8 @@ Result<void> Hub::load(store::LoadedState state) {
       ++waiting;
     }
   }
+  for (auto id : queued_later)
+    make_ready(jobs_[id - 1]);
   recovery_deadline_ = deadline;
   std::size_t agents_waiting = 0;
   for (const auto& [id, a] : agents_)
@@ -275,6 +464,8 @@ void Hub::flush() {
       r.history = j.history;
       r.usage = j.usage;
       r.reason = j.reason;
+      r.limits = kLimitNames[j.limits];
+      r.gpus = gpus_of(j.gpu_mask);
       batch_.job_updates.push_back(std::move(r));
     }
     // If the transaction fails (disk full), the rows are written again later.
@@ -306,10 +497,10 @@ void Hub::schedule() {
   schedule_posted_ = false;
   if (stopping_)
     return;
-  auto assignments = scheduler_.schedule(kScheduleStep);
+  std::int64_t now = clock_.now_ms();
+  auto assignments = scheduler_.schedule(kScheduleStep, now);
   if (assignments.empty())
     return;
-  std::int64_t now = clock_.now_ms();
   std::unordered_map<AgentId, std::vector<std::pair<std::uint64_t, std::uint32_t>>> per_agent;
   for (const auto& a : assignments) {
     Job* job = find_job(a.job.value);
@@ -321,6 +512,8 @@ void Hub::schedule() {
     job->started = false;
     job->out_bytes[0] = job->out_bytes[1] = 0;
     job->has_exit_code = job->has_signal = false;
+    job->gpu_mask = gpu_mask_of(a.gpus);
+    job->limits = 0;
     transition(*job, JobState::Assigned, now);
     agent_it->second.jobs.insert(a.job);
     per_agent[a.node].emplace_back(job->id, job->attempt);
@@ -358,6 +551,8 @@ void Hub::schedule() {
         a->set_spec(specs_[job->spec - 1].bytes);
         if (job->is_array)
           a->set_array_index(job->array_index);
+        for (auto g : gpus_of(job->gpu_mask))
+          a->add_gpus(g);
       }
       if (assign->jobs_size() > 0 && it != agents_.end() && it->second.peer)
         it->second.peer->send(env);
@@ -398,6 +593,28 @@ void Hub::tick() {
     agent_gone(id, fmt::format("it did not reconnect within {}",
                                format_duration_ms(config_.agent_reconnect_window_ms +
                                                   kReconnectMarginMs)));
+  // Queue timeouts.
+  std::int64_t wall = clock_.now_ms();
+  while (!queue_deadlines_.empty() && queue_deadlines_.top().first <= wall) {
+    auto [deadline, id] = queue_deadlines_.top();
+    queue_deadlines_.pop();
+    Job* j = find_job(id);
+    if (!j || j->state != JobState::Queued || j->start_ms != 0)
+      continue; // started (or finished) in time
+    unqueue(*j);
+    j->deps_pending = 0;
+    j->reason = fmt::format("not started within its queue timeout of {}",
+                            format_duration_ms(specs_[j->spec - 1].queue_timeout_ms));
+    j->end_ms = wall;
+    transition(*j, JobState::TimedOut, wall);
+    job_final(*j);
+  }
+  // Pilots whose walltime is over.
+  for (auto& [id, p] : pilots_)
+    if (p.end_ms && wall >= p.end_ms && !p.cancel_requested &&
+        (p.state == "running" || p.state == "pending"))
+      stop_pilot(p, fmt::format("its walltime of {} ended",
+                                format_duration_ms(p.spec.walltime_ms())));
 }
 
 // -------------------------------------------------------------------------------------------
@@ -453,13 +670,13 @@ void Hub::job_lost(Job& job, const std::string& why) {
   job.reason = why;
   transition(job, JobState::Lost, now);
   followers_attempt_ended(job);
+  bool retry = may_retry(job, false);
   ++job.lost_count;
   if (job.cancel_requested) {
     transition(job, JobState::Cancelled, now);
     job_final(job);
-  } else if (job.lost_count <= config_.lost_retries) {
-    log::warn("job {} lost ({}); requeued (retry {} of {})", job.id, why, job.lost_count,
-              config_.lost_retries);
+  } else if (retry) {
+    log::warn("job {} lost ({}); requeued (retry {})", job.id, why, job.lost_count + job.fail_count);
     requeue(job, true);
   } else {
     log::warn("job {} lost ({}); no retries left", job.id, why);
@@ -470,7 +687,7 @@ void Hub::job_lost(Job& job, const std::string& why) {
 void Hub::job_final(Job& job) {
   for (auto it = waiters_.begin(); it != waiters_.end();) {
     Waiter& w = **it;
-    if (job.id <= w.max_id && selected(w.selector, job)) {
+    if (job.id <= w.max_id && selected(w.selector, w.named, job)) {
       waiter_count(w, job);
       if (w.succeeded + w.failed + w.cancelled >= w.total) {
         waiter_send(w, true);
@@ -481,13 +698,14 @@ void Hub::job_final(Job& job) {
     ++it;
   }
   followers_attempt_ended(job);
+  settle_dependents(job);
 }
 
 void Hub::cancel_job(Job& job, const std::string& reason) {
   std::int64_t now = clock_.now_ms();
   switch (job.state) {
   case JobState::Queued:
-    scheduler_.remove_queued(JobId(job.id));
+    unqueue(job);
     job.reason = reason;
     job.end_ms = now;
     transition(job, JobState::Cancelled, now);
@@ -540,6 +758,11 @@ void Hub::fill_info(const Job& job, pb::JobInfo& info, bool detail) const {
   info.set_start_ms(job.start_ms);
   info.set_end_ms(job.end_ms);
   info.set_reason(job.reason);
+  info.set_limits(kLimitNames[job.limits]);
+  for (auto g : gpus_of(job.gpu_mask))
+    info.add_gpus(g);
+  if (job.group && job.group <= groups_.size())
+    info.set_group_name(groups_[job.group - 1].name);
   const Spec& spec = specs_[job.spec - 1];
   if (detail) {
     info.mutable_spec()->ParseFromString(spec.bytes);
@@ -560,8 +783,17 @@ void Hub::fill_info(const Job& job, pb::JobInfo& info, bool detail) const {
 }
 
 bool Hub::selected(const pb::JobSelector& sel, const Job& job) const {
-  if (sel.all() || (sel.ids_size() == 0 && sel.groups_size() == 0))
+  return selected(sel, groups_named(sel), job);
+}
+
+bool Hub::selected(const pb::JobSelector& sel,
+                   const std::vector<std::uint64_t>& named,
+                   const Job& job) const {
+  if (sel.all() || (sel.ids_size() == 0 && sel.groups_size() == 0 && sel.group_names_size() == 0))
     return true;
+  for (auto g : named)
+    if (g == job.group)
+      return true;
   for (const auto& r : sel.ids()) {
     std::uint64_t last = r.last() ? r.last() : r.first();
     if (job.id >= r.first() && job.id <= last)
@@ -653,6 +885,8 @@ void Hub::handle_submit(const std::shared_ptr<Peer>& peer,
   for (int i = 0; i < req.items_size(); ++i) {
     auto* item = req.mutable_items(i);
     auto r = check_spec(*item->mutable_spec(), static_cast<std::size_t>(i));
+    if (r.ok())
+      r = check_after(item->spec(), static_cast<std::size_t>(i));
     if (!r.ok())
       return reply_error(peer, rid, r.error());
     if (item->has_array()) {
@@ -684,6 +918,9 @@ void Hub::handle_submit(const std::shared_ptr<Peer>& peer,
   std::uint64_t first = next_job_id_;
   next_job_id_ += total;
   std::int64_t now = clock_.now_ms();
+  // max_per_node counts per group: a named group spans every submission with that name.
+  auto group_key = scheduler_.intern(req.group_name().empty() ? fmt::format("#{}", group)
+                                                               : req.group_name());
 
   store::WriteBatch& b = batch();
   b.groups.push_back({group, req.group_name(), now, first, total});
@@ -704,8 +941,9 @@ void Hub::handle_submit(const std::shared_ptr<Peer>& peer,
     if (new_specs.empty() || new_specs.back().spec.bytes != bytes) {
       std::uint64_t spec_id = next_spec_id_++;
       b.specs.push_back({spec_id, bytes});
-      new_specs.push_back({spec_id,
-                           Spec{bytes, {item.spec().label(), item.spec().slots()}, item.spec().name()}});
+      new_specs.push_back({spec_id, make_spec(bytes, item.spec())});
+      if (new_specs.back().spec.req.max_per_node)
+        new_specs.back().spec.req.group = group_key;
     }
     store::JobRun run;
     run.first_id = id;
@@ -725,7 +963,7 @@ void Hub::handle_submit(const std::shared_ptr<Peer>& peer,
     runs.push_back(run);
   }
   b.job_runs.insert(b.job_runs.end(), runs.begin(), runs.end());
-  b.on_commit.push_back([this, alive = alive_, peer, rid, group, first, total, now,
+  b.on_commit.push_back([this, alive = alive_, peer, rid, group, group_key, first, total, now,
                          name = req.group_name(), new_specs = std::move(new_specs),
                          runs = std::move(runs)](const Result<void>& r) mutable {
     if (!*alive)
@@ -747,10 +985,14 @@ void Hub::handle_submit(const std::shared_ptr<Peer>& peer,
     new_specs = {};
     if (groups_.size() < group)
       groups_.resize(group);
-    groups_[group - 1] = Group{group, name, now, first, total};
+    groups_[group - 1] = Group{group, group_key, name, now, first, total};
+    if (!name.empty())
+      groups_by_name_[name].push_back(group);
     jobs_.grow_to(first + total - 1);
+    state_counts_[JobState::Queued] += total;
     for (const auto& run : runs) {
-      const auto& sreq = specs_[run.spec_id - 1].req;
+      const Spec& spec = specs_[run.spec_id - 1];
+      bool simple = spec.after.empty();
       for (std::uint64_t k = 0; k < run.count; ++k) {
         Job& j = jobs_[run.first_id + k - 1];
         j.id = run.first_id + k;
@@ -760,10 +1002,14 @@ void Hub::handle_submit(const std::shared_ptr<Peer>& peer,
         j.array_index = run.first_index + static_cast<std::int64_t>(k) * run.step;
         j.submit_ms = now;
         j.state = JobState::Queued;
-        scheduler_.enqueue(JobId(j.id), sreq);
+        if (spec.queue_timeout_ms > 0)
+          queue_deadlines_.emplace(now + spec.queue_timeout_ms, j.id);
+        if (simple)
+          scheduler_.enqueue(JobId(j.id), spec.req);
+        else
+          make_ready(j);
       }
     }
-    state_counts_[JobState::Queued] += total;
     runs = {};
     // A big submission leaves megabytes of freed request buffers; give them back to the OS
     // instead of keeping them for the hub's lifetime.
@@ -795,7 +1041,8 @@ void Hub::handle_list(const std::shared_ptr<Peer>& peer,
     }
   };
   const auto& sel = req.selector();
-  if (!sel.all() && sel.groups_size() == 0 && sel.ids_size() > 0) {
+  auto named = groups_named(sel);
+  if (!sel.all() && sel.groups_size() == 0 && sel.group_names_size() == 0 && sel.ids_size() > 0) {
     for (const auto& r : sel.ids()) {
       std::uint64_t last = std::min<std::uint64_t>(r.last() ? r.last() : r.first(), jobs_.size());
       for (std::uint64_t id = r.first(); id <= last; ++id)
@@ -804,7 +1051,7 @@ void Hub::handle_list(const std::shared_ptr<Peer>& peer,
     }
   } else {
     for (std::size_t i = 0; i < jobs_.size(); ++i)
-      if (jobs_[i].id && selected(sel, jobs_[i]))
+      if (jobs_[i].id && selected(sel, named, jobs_[i]))
         emit(jobs_[i]);
   }
   list->set_last(true);
@@ -879,12 +1126,19 @@ void Hub::handle_wait(const std::shared_ptr<Peer>& peer, std::uint64_t rid, cons
     if (g == 0 || g > groups_.size() || groups_[g - 1].id == 0)
       return reply_error(peer, rid,
                          make_error(ErrorCode::NotFound, fmt::format("group {} does not exist", g)));
+  for (const auto& name : sel.group_names())
+    if (!groups_by_name_.contains(name))
+      return reply_error(peer, rid,
+                         make_error(ErrorCode::NotFound,
+                                    fmt::format("no group is named '{}'", name)));
+  w->named = groups_named(sel);
   auto count = [&](const Job& j) {
     ++w->total;
     if (is_final(j.state))
       waiter_count(*w, j);
   };
-  if (!sel.all() && sel.groups_size() == 0 && sel.ids_size() > 0) {
+  const auto& named = w->named;
+  if (!sel.all() && sel.groups_size() == 0 && sel.group_names_size() == 0 && sel.ids_size() > 0) {
     std::unordered_set<std::uint64_t> seen;
     for (const auto& r : sel.ids())
       for (std::uint64_t id = r.first(); id <= (r.last() ? r.last() : r.first()); ++id)
@@ -892,7 +1146,7 @@ void Hub::handle_wait(const std::shared_ptr<Peer>& peer, std::uint64_t rid, cons
           count(*find_job(id));
   } else {
     for (std::size_t i = 0; i < jobs_.size(); ++i)
-      if (jobs_[i].id && selected(sel, jobs_[i]))
+      if (jobs_[i].id && selected(sel, named, jobs_[i]))
         count(jobs_[i]);
   }
   if (w->succeeded + w->failed + w->cancelled >= w->total) {
@@ -909,7 +1163,7 @@ void Hub::handle_cancel(const std::shared_ptr<Peer>& peer,
                         std::uint64_t rid,
                         const pb::CancelRequest& req) {
   const auto& sel = req.selector();
-  if (!sel.all() && sel.ids_size() == 0 && sel.groups_size() == 0)
+  if (!sel.all() && sel.ids_size() == 0 && sel.groups_size() == 0 && sel.group_names_size() == 0)
     return reply_error(peer, rid,
                        make_error(ErrorCode::InvalidArgument,
                                   "name the jobs to cancel (ids, a group, or all)"));
@@ -924,7 +1178,8 @@ void Hub::handle_cancel(const std::shared_ptr<Peer>& peer,
       ++cancelled;
     }
   };
-  if (!sel.all() && sel.groups_size() == 0) {
+  auto named = groups_named(sel);
+  if (!sel.all() && sel.groups_size() == 0 && sel.group_names_size() == 0) {
     for (const auto& r : sel.ids()) {
       std::uint64_t last = r.last() ? r.last() : r.first();
       if (r.first() == 0 || last < r.first())
@@ -943,7 +1198,7 @@ void Hub::handle_cancel(const std::shared_ptr<Peer>& peer,
     }
   } else {
     for (std::size_t i = 0; i < jobs_.size(); ++i)
-      if (jobs_[i].id && selected(sel, jobs_[i]))
+      if (jobs_[i].id && selected(sel, named, jobs_[i]))
         one(jobs_[i]);
   }
   pb::Envelope env;
@@ -1151,7 +1406,7 @@ void Hub::update_pilot_state(Pilot& p) {
     if (p.state == "submitting")
       next = "pending";
   } else if (p.cancel_requested || stopping_) {
-    next = "cancelled";
+    next = p.cancelled_by_user || stopping_ ? "cancelled" : "ended";
   } else if (p.state == "running") {
     next = "ended";
     if (p.reason.empty())
@@ -1233,11 +1488,17 @@ void Hub::handle_pilot_add(const std::shared_ptr<Peer>& peer,
                                                   "{}); choose other names",
                                                   n, a.pilot.value)));
   }
+  if (spec.walltime_ms() < 0)
+    return reply_error(peer, rid, make_error(ErrorCode::InvalidArgument, "walltime cannot be negative"));
+  if (spec.gpus_per_node() > 64)
+    return reply_error(peer, rid,
+                       make_error(ErrorCode::InvalidArgument, "at most 64 GPUs per node"));
   Pilot p;
   p.id = id;
   p.spec = spec;
   p.state = "submitting";
   p.created_ms = clock_.now_ms();
+  p.end_ms = spec.walltime_ms() ? p.created_ms + spec.walltime_ms() : 0;
   pilots_.emplace(id, p);
   batch().pilots.push_back(pilot_row(p));
   batch().on_commit.push_back([this, alive = alive_, peer, rid, id](const Result<void>& r) {
@@ -1253,8 +1514,14 @@ void Hub::handle_pilot_add(const std::shared_ptr<Peer>& peer,
     }
     launch::PilotRequest lr;
     lr.pilot = id;
-    for (const auto& n : pilot.spec.node_names())
-      lr.agents.push_back({n, pilot.spec.slots_per_node(), pilot.spec.label()});
+    for (const auto& n : pilot.spec.node_names()) {
+      launch::AgentRequest ar{n, pilot.spec.slots_per_node(), pilot.spec.label()};
+      for (std::uint32_t g = 0; g < pilot.spec.gpus_per_node(); ++g)
+        ar.gpus.push_back(g);
+      ar.memory = pilot.spec.memory_per_node();
+      ar.walltime_end_ms = pilot.end_ms;
+      lr.agents.push_back(std::move(ar));
+    }
     auto alloc = launcher_.submit(lr);
     if (!alloc.ok()) {
       pilot.reason = alloc.error().to_string();
@@ -1289,6 +1556,7 @@ void Hub::handle_pilot_list(const std::shared_ptr<Peer>& peer, std::uint64_t rid
     info->set_state(p->state);
     info->set_created_ms(p->created_ms);
     info->set_reason(p->reason);
+    info->set_end_ms(p->end_ms);
     std::uint64_t total = 0, used = 0;
     std::uint32_t up = 0;
     for (auto aid : p->agents) {
@@ -1322,8 +1590,16 @@ void Hub::handle_pilot_cancel(const std::shared_ptr<Peer>& peer,
     return reply_error(peer, rid,
                        make_error(ErrorCode::FailedPrecondition,
                                   fmt::format("pilot {} is already {}", p.id.value, p.state)));
+  p.cancelled_by_user = true;
+  stop_pilot(p, fmt::format("cancelled by {}", peer->describe()));
+  pb::Envelope env;
+  env.mutable_ok();
+  send_to(peer, env, rid);
+}
+
+void Hub::stop_pilot(Pilot& p, const std::string& reason) {
   p.cancel_requested = true;
-  p.reason = fmt::format("cancelled by {}", peer->describe());
+  p.reason = reason;
   for (auto aid : p.agents) {
     auto a = agents_.find(aid);
     if (a == agents_.end())
@@ -1331,16 +1607,13 @@ void Hub::handle_pilot_cancel(const std::shared_ptr<Peer>& peer,
     scheduler_.set_accepting(aid, false);
     if (a->second.peer) {
       pb::Envelope env;
-      env.mutable_shutdown()->set_reason(fmt::format("pilot {} cancelled", p.id.value));
+      env.mutable_shutdown()->set_reason(fmt::format("pilot {}: {}", p.id.value, reason));
       a->second.peer->send(env);
     }
   }
   // Agents that never registered (or hang) get SIGTERM from the launcher as well.
   launcher_.cancel(launch::Allocation{p.pids});
   update_pilot_state(p);
-  pb::Envelope env;
-  env.mutable_ok();
-  send_to(peer, env, rid);
 }
 
 void Hub::on_local_process_exit(int pid, int status) {
@@ -1402,6 +1675,11 @@ void Hub::on_agent_register(const std::shared_ptr<Peer>& peer, const pb::AgentRe
     a.reconnect_deadline = 0;
     a.hostname = reg.hostname();
     a.pid = reg.pid();
+    a.slots = reg.slots();
+    a.memory = reg.memory_bytes();
+    a.gpus.assign(reg.gpus().begin(), reg.gpus().end());
+    a.walltime_end_ms = reg.walltime_end_ms();
+    a.limits = reg.limits();
     agent_by_peer_[peer.get()] = a.id;
     std::unordered_set<JobId> reported;
     for (const auto& aj : reg.jobs()) {
@@ -1438,7 +1716,7 @@ void Hub::on_agent_register(const std::shared_ptr<Peer>& peer, const pb::AgentRe
     }
     for (auto jid : a.jobs)
       if (const Job* j = find_job(jid.value))
-        scheduler_.adopt(jid, a.id, specs_[j->spec - 1].req.slots);
+        scheduler_.adopt(jid, a.id, specs_[j->spec - 1].req, gpus_of(j->gpu_mask));
     log::info("agent {} ({}) reconnected with {} jobs from {}", a.id.value, a.node, a.jobs.size(),
               peer->describe());
     std::uint64_t seq = reg.unacked().seq();
@@ -1491,6 +1769,9 @@ void Hub::on_agent_register(const std::shared_ptr<Peer>& peer, const pb::AgentRe
   a.cores = reg.cores();
   a.memory = reg.memory_bytes();
   a.label = reg.label();
+  a.gpus.assign(reg.gpus().begin(), reg.gpus().end());
+  a.walltime_end_ms = reg.walltime_end_ms();
+  a.limits = reg.limits();
   a.registered_ms = clock_.now_ms();
   a.peer = peer;
   char host[256] = {};
@@ -1525,9 +1806,22 @@ void Hub::on_agent_register(const std::shared_ptr<Peer>& peer, const pb::AgentRe
   });
 }
 
-void Hub::schedule_on(const Agent& a) {
+scheduler::NodeInfo Hub::node_info(const Agent& a) const {
   std::uint32_t rounds = config_.launch_queue ? config_.launch_queue : a.queue_rounds;
-  scheduler_.add_node(a.id, {a.label, a.slots, a.slots * rounds});
+  scheduler::NodeInfo n;
+  n.slots = a.slots;
+  n.queue_slots = a.slots * rounds;
+  n.memory = a.memory;
+  n.gpus = a.gpus;
+  n.walltime_end_ms = a.walltime_end_ms;
+  return n;
+}
+
+void Hub::schedule_on(const Agent& a) {
+  auto info = node_info(a);
+  info.name = scheduler_.intern(a.node);
+  info.label = scheduler_.intern(a.label);
+  scheduler_.add_node(a.id, info);
 }
 
 void Hub::learn_runtime(Agent& a, std::int64_t runtime_ms) {
@@ -1552,6 +1846,7 @@ void Hub::finish_registration(const std::shared_ptr<Peer>& peer,
   r->set_agent_id(id.value);
   r->set_output_credit(config_.output_credit);
   r->set_reconnect_window_ms(config_.agent_reconnect_window_ms);
+  r->set_kill_grace_ms(config_.kill_grace_ms);
   for (auto k : kill)
     r->add_kill_jobs(k);
   peer->send(env);
@@ -1611,6 +1906,7 @@ void Hub::apply_started(Agent& agent, const pb::JobEvent& ev) {
   }
   job->started = true;
   job->start_ms = ev.time_ms();
+  job->limits = limits_code(ev.limits());
   transition(*job, JobState::Running, ev.time_ms());
   // Followers waiting for the first start follow this attempt from its beginning.
   if (auto it = followers_.find(job->id); it != followers_.end())
@@ -1645,9 +1941,18 @@ void Hub::apply_finished(Agent& agent, const pb::JobEvent& ev) {
     followers_attempt_ended(*job);
     return;
   }
+  const Spec& spec = specs_[job->spec - 1];
   JobState to;
   if (ev.killed()) {
     to = JobState::Cancelled;
+  } else if (ev.timed_out()) {
+    to = JobState::TimedOut;
+    job->reason = fmt::format("ran longer than its run timeout of {}",
+                              format_duration_ms(run_timeout_of(spec)));
+  } else if (ev.memory_exceeded()) {
+    to = JobState::Failed;
+    job->reason = fmt::format("killed for using more than its {} of memory (enforced by {})",
+                              format_size_bytes(spec.req.memory), kLimitNames[job->limits]);
   } else if (!ev.error().empty()) {
     to = JobState::Failed;
     job->reason = ev.error();
@@ -1657,8 +1962,20 @@ void Hub::apply_finished(Agent& agent, const pb::JobEvent& ev) {
     to = JobState::Failed;
     job->reason = ev.has_signal() ? fmt::format("killed by {}", signal_name(ev.signal()))
                                   : fmt::format("exit code {}", ev.exit_code());
+    if (spec.req.memory && job->limits == limits_code("rlimit"))
+      job->reason += fmt::format(" (its address space was limited to {} with RLIMIT_AS: it may "
+                                 "have run out of memory)",
+                                 format_size_bytes(spec.req.memory));
   }
   transition(*job, to, now);
+  if (to == JobState::Failed && !job->cancel_requested && may_retry(*job, true)) {
+    ++job->fail_count;
+    log::info("job {} failed ({}); retry {} of {}", job->id, job->reason,
+              job->lost_count + job->fail_count, spec.retries);
+    requeue(*job, true);
+    followers_attempt_ended(*job);
+    return;
+  }
   job_final(*job);
 }
 

@@ -17,6 +17,7 @@
 
 #include <cstdint>
 #include <functional>
+#include <queue>
 #include <memory>
 #include <optional>
 #include <string>
@@ -52,8 +53,12 @@ struct Job {
   ResourceUsage usage;
   std::int32_t exit_code = 0;
   std::int16_t signal = 0;
+  std::uint64_t gpu_mask = 0; ///< GPU device ids of the current or last attempt, as bits
   std::uint16_t attempt = 0;
   std::uint16_t lost_count = 0;
+  std::uint16_t fail_count = 0;   ///< failures retried (retry_on_failure)
+  std::uint16_t deps_pending = 0; ///< --after jobs not yet succeeded
+  std::uint8_t limits = 0;        ///< how memory was enforced (limits_name)
   JobState state = JobState::Queued;
   bool is_array = false;
   bool has_exit_code = false;
@@ -63,14 +68,20 @@ struct Job {
   bool started = false; ///< the current attempt's process started
 };
 
+/// What the hub needs of a spec besides its bytes (decoded once, shared by its jobs).
 struct Spec {
   std::string bytes; ///< serialized pb::JobSpec, sent to agents as is
   scheduler::Requirements req;
   std::string name;
+  std::int64_t queue_timeout_ms = 0;
+  std::int32_t retries = -1; ///< -1: the hub's lost_retries, no retry on failure
+  bool retry_on_failure = false;
+  std::vector<std::uint64_t> after;
 };
 
 struct Group {
   std::uint64_t id = 0;
+  scheduler::Symbol key = 0; ///< max_per_node group: the name, or "#id" for unnamed groups
   std::string name;
   std::int64_t created_ms = 0;
   std::uint64_t first_job = 0;
@@ -87,6 +98,9 @@ struct Agent {
   std::uint32_t cores = 0;
   std::uint64_t memory = 0;
   std::string label;
+  std::vector<std::uint32_t> gpus;
+  std::int64_t walltime_end_ms = 0;
+  std::string limits;
   std::int64_t registered_ms = 0;
   std::shared_ptr<Peer> peer; ///< null while disconnected
   std::unordered_set<JobId> jobs; ///< assigned or running here
@@ -106,7 +120,9 @@ struct Pilot {
   std::string reason;
   std::vector<int> pids; ///< local agent processes started for it
   std::unordered_set<AgentId> agents;
-  bool cancel_requested = false;
+  bool cancel_requested = false;   ///< stopping: cancelled, walltime over, hub stopping
+  bool cancelled_by_user = false;
+  std::int64_t end_ms = 0; ///< walltime end (0: none)
 };
 
 struct HubStats {
@@ -182,6 +198,7 @@ private:
   void apply_finished(Agent& agent, const pb::JobEvent& ev);
   void finish_registration(const std::shared_ptr<Peer>& peer, AgentId id, std::vector<std::uint64_t> kill);
   void agent_gone(AgentId id, const std::string& why);
+  scheduler::NodeInfo node_info(const Agent& agent) const;
   /// Adds the agent to the scheduler with its current launch-queue depth.
   void schedule_on(const Agent& agent);
   /// Updates an agent's launch-queue depth from a finished job's run time (auto mode).
@@ -198,9 +215,24 @@ private:
   /// The job reached a final state: tell waiters and followers.
   void job_final(Job& job);
   void cancel_job(Job& job, const std::string& reason);
+  /// A queued job becomes schedulable (no dependencies left) or waits for them.
+  void make_ready(Job& job);
+  /// Decodes what the hub needs of a spec; the group (for max_per_node) is bound by the caller.
+  Spec make_spec(std::string bytes, const pb::JobSpec& spec);
+  /// Takes a queued job out of the scheduler (it is there unless it waits for dependencies).
+  void unqueue(Job& job);
+  /// Dependents of a job that reached a final state: released, or cancelled if it failed.
+  void settle_dependents(const Job& job);
+  /// Retries left for a job (lost or, with retry_on_failure, failed).
+  bool may_retry(const Job& job, bool failure) const;
+  Result<void> check_after(const pb::JobSpec& spec, std::size_t item) const;
+  /// The run timeout of a spec (kept in its bytes only: the agent enforces it).
+  static std::int64_t run_timeout_of(const Spec& spec);
+  std::vector<std::uint64_t> groups_named(const pb::JobSelector& sel) const;
   void detach_from_agent(Job& job);
   void fill_info(const Job& job, pb::JobInfo& info, bool detail) const;
   bool selected(const pb::JobSelector& sel, const Job& job) const;
+  bool selected(const pb::JobSelector& sel, const std::vector<std::uint64_t>& named, const Job& job) const;
   std::string node_of(const Job& job) const;
 
   // Batching and scheduling.
@@ -222,6 +254,8 @@ private:
 
   // Pilots.
   void pilot_changed(Pilot& pilot);
+  /// Shuts a pilot's agents down (their running jobs are requeued).
+  void stop_pilot(Pilot& pilot, const std::string& reason);
   void update_pilot_state(Pilot& pilot);
   store::PilotRow pilot_row(const Pilot& pilot) const;
 
@@ -250,6 +284,13 @@ private:
   std::unordered_set<int> dead_pids_; ///< local agent processes seen exiting
   scheduler::Scheduler scheduler_;
   std::unordered_map<JobState, std::uint64_t> state_counts_;
+  /// Queue timeouts, earliest first: (deadline in Unix ms, job).
+  std::priority_queue<std::pair<std::int64_t, std::uint64_t>,
+                      std::vector<std::pair<std::int64_t, std::uint64_t>>, std::greater<>>
+      queue_deadlines_;
+  /// Jobs waiting for a job (--after), by the job they wait for.
+  std::unordered_map<std::uint64_t, std::vector<std::uint64_t>> dependents_;
+  std::unordered_map<std::string, std::vector<std::uint64_t>> groups_by_name_;
 
   store::WriteBatch batch_;
   std::vector<std::uint64_t> dirty_;
@@ -267,6 +308,7 @@ private:
     bool progress = false;
     bool dirty = false;
     std::uint64_t max_id = 0; ///< jobs above this id were submitted later and do not count
+    std::vector<std::uint64_t> named; ///< ids of the groups named in the selector
   };
   std::vector<std::shared_ptr<Waiter>> waiters_;
   void waiter_count(Waiter& w, const Job& job);

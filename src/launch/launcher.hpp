@@ -17,6 +17,9 @@ struct AgentRequest {
   std::string node_name;
   std::uint32_t slots = 1;
   std::string label;
+  std::vector<std::uint32_t> gpus; ///< declared GPU devices; empty: the agent detects them
+  std::uint64_t memory = 0;        ///< bytes jobs may reserve; 0: the node's memory
+  std::int64_t walltime_end_ms = 0;
 };
 
 struct PilotRequest {

@@ -52,6 +52,21 @@ Result<Allocation> LocalLauncher::submit(const PilotRequest& request) {
       args.push_back("--label");
       args.push_back(a.label);
     }
+    if (!a.gpus.empty()) {
+      std::string list;
+      for (auto g : a.gpus)
+        list += (list.empty() ? "" : ",") + std::to_string(g);
+      args.push_back("--gpus");
+      args.push_back(list);
+    }
+    if (a.memory) {
+      args.push_back("--memory");
+      args.push_back(std::to_string(a.memory));
+    }
+    if (a.walltime_end_ms) {
+      args.push_back("--walltime-end-ms");
+      args.push_back(std::to_string(a.walltime_end_ms));
+    }
     std::vector<char*> argv;
     for (auto& s : args)
       argv.push_back(s.data());

@@ -167,8 +167,12 @@ Result<pb::Envelope> BlockingLink::receive(std::int64_t timeout_ms) {
     Error error;
     switch (decoder_.next(env, error)) {
     case protocol::FrameDecoder::Status::Frame:
-      if (env.has_heartbeat())
+      if (env.has_heartbeat()) {
+        // The timeout bounds silence: a heartbeat shows the hub is alive.
+        if (timeout_ms >= 0)
+          deadline = now_ms() + timeout_ms;
         continue;
+      }
       return env;
     case protocol::FrameDecoder::Status::Error:
       close();

@@ -30,8 +30,9 @@ public:
                                 std::int64_t timeout_ms);
 
   Result<void> send(const pb::Envelope& env);
-  /// The next frame that is not a heartbeat. timeout_ms < 0 waits forever. An ErrorReply is
-  /// returned as a frame; the caller decides whether it ends the request.
+  /// The next frame that is not a heartbeat. Fails with Timeout after `timeout_ms` without any
+  /// frame (heartbeats included); < 0 waits forever. An ErrorReply is returned as a frame; the
+  /// caller decides whether it ends the request.
   Result<pb::Envelope> receive(std::int64_t timeout_ms);
 
   void close();

@@ -57,6 +57,11 @@ CREATE TABLE pilots (
   reason TEXT NOT NULL DEFAULT ''
 );
 )sql",
+      // 1 -> 2: how each job's memory was enforced, and the GPUs it was given.
+      R"sql(
+ALTER TABLE jobs ADD COLUMN limits TEXT NOT NULL DEFAULT '';
+ALTER TABLE jobs ADD COLUMN gpus TEXT NOT NULL DEFAULT '';
+)sql",
   };
   return steps;
 }

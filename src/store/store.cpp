@@ -109,6 +109,32 @@ std::vector<StateChange> decode_history(const std::string& s) {
   return out;
 }
 
+std::string encode_gpus(const std::vector<std::uint32_t>& gpus) {
+  std::string out;
+  for (auto g : gpus)
+    out += (out.empty() ? "" : ",") + std::to_string(g);
+  return out;
+}
+
+std::vector<std::uint32_t> decode_gpus(const std::string& text) {
+  std::vector<std::uint32_t> out;
+  std::uint32_t v = 0;
+  bool any = false;
+  for (char c : text) {
+    if (c >= '0' && c <= '9') {
+      v = v * 10 + static_cast<std::uint32_t>(c - '0');
+      any = true;
+    } else if (any) {
+      out.push_back(v);
+      v = 0;
+      any = false;
+    }
+  }
+  if (any)
+    out.push_back(v);
+  return out;
+}
+
 Error sqlite_error(sqlite3* db, const std::string& what) {
   int code = sqlite3_errcode(db);
   ErrorCode ec = (code == SQLITE_FULL || code == SQLITE_IOERR) ? ErrorCode::Io : ErrorCode::Internal;
@@ -238,7 +264,8 @@ struct Store::Impl {
                                "submit_ms) VALUES(?1, ?2, ?3, ?4, 1, ?5)");
     update_job = Statement(db, "UPDATE jobs SET state=?2, attempt=?3, agent_id=?4, exit_code=?5, "
                                "signal=?6, start_ms=?7, end_ms=?8, history=?9, user_cpu_us=?10, "
-                               "system_cpu_us=?11, max_rss_kib=?12, reason=?13 WHERE id=?1");
+                               "system_cpu_us=?11, max_rss_kib=?12, reason=?13, limits=?14, "
+                               "gpus=?15 WHERE id=?1");
     upsert_agent = Statement(db, "INSERT OR REPLACE INTO agents(id, pilot_id, node, hostname, pid, "
                                  "slots, label, connected, registered_ms) "
                                  "VALUES(?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)");
@@ -318,6 +345,7 @@ struct Store::Impl {
     }
     for (const auto& j : b.job_updates) {
       std::string history = encode_history(j.history);
+      std::string gpus = encode_gpus(j.gpus);
       if (update_job.bind(1, j.id)
               .bind(2, static_cast<int>(j.state))
               .bind(3, j.attempt)
@@ -331,6 +359,8 @@ struct Store::Impl {
               .bind(11, j.usage.system_cpu_us)
               .bind(12, j.usage.max_rss_kib)
               .bind_text(13, j.reason)
+              .bind_text(14, j.limits)
+              .bind_text(15, gpus)
               .run() != SQLITE_OK)
         return sqlite_error(db, fmt::format("updating job {}", j.id));
     }
@@ -504,7 +534,7 @@ Result<LoadedState> Store::load() {
   {
     Statement q(db, "SELECT id, spec_id, group_id, array_index, state, attempt, agent_id, "
                     "exit_code, signal, submit_ms, start_ms, end_ms, history, user_cpu_us, "
-                    "system_cpu_us, max_rss_kib, reason FROM jobs ORDER BY id");
+                    "system_cpu_us, max_rss_kib, reason, limits, gpus FROM jobs ORDER BY id");
     while (q.step()) {
       JobRow j;
       j.id = static_cast<std::uint64_t>(q.i64(0));
@@ -529,6 +559,8 @@ Result<LoadedState> Store::load() {
       j.history = decode_history(q.text(12));
       j.usage = {q.i64(13), q.i64(14), q.i64(15)};
       j.reason = q.text(16);
+      j.limits = q.text(17);
+      j.gpus = decode_gpus(q.text(18));
       s.jobs.push_back(std::move(j));
     }
   }

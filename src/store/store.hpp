@@ -29,7 +29,7 @@
 namespace sortie::store {
 
 /// The newest schema this build writes (PRAGMA user_version).
-inline constexpr int kSchemaVersion = 1;
+inline constexpr int kSchemaVersion = 2;
 
 struct SpecRow {
   std::uint64_t id = 0;
@@ -74,6 +74,8 @@ struct JobRow {
   std::vector<StateChange> history; ///< transitions after the initial "queued"
   ResourceUsage usage;
   std::string reason;
+  std::string limits; ///< how memory was enforced ("cgroup v1", ...), empty if not limited
+  std::vector<std::uint32_t> gpus;
 };
 
 struct AgentRow {

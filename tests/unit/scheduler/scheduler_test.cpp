@@ -1,16 +1,66 @@
 // SPDX-License-Identifier: Apache-2.0
-// Scheduler rules, called directly: no sockets, no clock.
+// Scheduler rules, called directly with builders: no sockets, no clock (times are passed in).
 #include <gtest/gtest.h>
 
 #include <map>
+#include <set>
 
 #include "scheduler/scheduler.hpp"
 
 namespace sortie::scheduler {
 namespace {
 
+constexpr std::int64_t kNow = 1'000'000;
+constexpr std::uint64_t GiB = 1ull << 30;
+
 JobId J(std::uint64_t v) { return JobId(v); }
 AgentId N(std::uint64_t v) { return AgentId(v); }
+
+/// Builds Requirements against a scheduler's symbols.
+class Req {
+public:
+  explicit Req(Scheduler& s) : s_(s) {}
+  Req& label(const char* l) { r_.label = s_.intern(l); return *this; }
+  Req& slots(std::uint32_t n) { r_.slots = n; return *this; }
+  Req& memory(std::uint64_t b) { r_.memory = b; return *this; }
+  Req& gpus(std::uint32_t n) { r_.gpus = n; return *this; }
+  Req& hosts(std::initializer_list<const char*> hs) { return set(r_.hosts, hs); }
+  Req& prefer(std::initializer_list<const char*> hs) { return set(r_.prefer, hs); }
+  Req& group(const char* g, std::uint32_t k) { r_.group = s_.intern(g); r_.max_per_node = k; return *this; }
+  Req& priority(std::int32_t p) { r_.priority = p; return *this; }
+  Req& time(std::int64_t ms) { r_.time_request_ms = ms; return *this; }
+  operator const Requirements&() const { return r_; }
+
+private:
+  Req& set(std::vector<Symbol>& v, std::initializer_list<const char*> hs) {
+    for (auto h : hs)
+      v.push_back(s_.intern(h));
+    std::sort(v.begin(), v.end());
+    return *this;
+  }
+  Scheduler& s_;
+  Requirements r_;
+};
+
+/// Builds a node.
+class Node {
+public:
+  Node(Scheduler& s, const char* name, std::uint32_t slots) : s_(s) {
+    n_.name = s.intern(name);
+    n_.slots = slots;
+    n_.memory = 64 * GiB;
+  }
+  Node& label(const char* l) { n_.label = s_.intern(l); return *this; }
+  Node& queue(std::uint32_t q) { n_.queue_slots = q; return *this; }
+  Node& memory(std::uint64_t b) { n_.memory = b; return *this; }
+  Node& gpus(std::vector<std::uint32_t> g) { n_.gpus = std::move(g); return *this; }
+  Node& walltime_end(std::int64_t t) { n_.walltime_end_ms = t; return *this; }
+  operator const NodeInfo&() const { return n_; }
+
+private:
+  Scheduler& s_;
+  NodeInfo n_;
+};
 
 std::map<std::uint64_t, std::uint64_t> by_job(const std::vector<Assignment>& as) {
   std::map<std::uint64_t, std::uint64_t> m;
@@ -19,42 +69,42 @@ std::map<std::uint64_t, std::uint64_t> by_job(const std::vector<Assignment>& as)
   return m;
 }
 
+std::vector<std::uint64_t> jobs_of(const std::vector<Assignment>& as) {
+  std::vector<std::uint64_t> v;
+  for (const auto& a : as)
+    v.push_back(a.job.value);
+  return v;
+}
+
 TEST(Scheduler, FifoWithinOneNode) {
   Scheduler s;
-  s.add_node(N(1), {"", 2, 0});
+  s.add_node(N(1), Node(s, "a", 2));
   for (int i = 1; i <= 5; ++i)
-    s.enqueue(J(i), {"", 1});
-  auto as = s.schedule(100);
-  ASSERT_EQ(as.size(), 2u);
-  EXPECT_EQ(as[0].job, J(1));
-  EXPECT_EQ(as[1].job, J(2));
+    s.enqueue(J(i), Req(s));
+  EXPECT_EQ(jobs_of(s.schedule(100, kNow)), (std::vector<std::uint64_t>{1, 2}));
   EXPECT_EQ(s.queued(), 3u);
   s.release(J(1));
-  as = s.schedule(100);
-  ASSERT_EQ(as.size(), 1u);
-  EXPECT_EQ(as[0].job, J(3));
+  EXPECT_EQ(jobs_of(s.schedule(100, kNow)), (std::vector<std::uint64_t>{3}));
 }
 
 TEST(Scheduler, FifoAcrossClasses) {
   Scheduler s;
-  s.enqueue(J(1), {"", 2});
-  s.enqueue(J(2), {"", 1});
-  s.enqueue(J(3), {"", 2});
-  s.add_node(N(1), {"", 2, 0});
-  auto as = s.schedule(100);
-  ASSERT_EQ(as.size(), 1u);
-  EXPECT_EQ(as[0].job, J(1)); // the oldest, though it is the bigger one
+  s.enqueue(J(1), Req(s).slots(2));
+  s.enqueue(J(2), Req(s).slots(1));
+  s.enqueue(J(3), Req(s).slots(2));
+  s.add_node(N(1), Node(s, "a", 2));
+  EXPECT_EQ(jobs_of(s.schedule(100, kNow)), (std::vector<std::uint64_t>{1})); // oldest first
 }
 
 TEST(Scheduler, LabelsMatchExactly) {
   Scheduler s;
-  s.add_node(N(1), {"cpu", 4, 0});
-  s.add_node(N(2), {"gpu", 4, 0});
-  s.enqueue(J(1), {"gpu", 1});
-  s.enqueue(J(2), {"cpu", 1});
-  s.enqueue(J(3), {"fpga", 1});
-  s.enqueue(J(4), {"", 1}); // no label: anywhere
-  auto m = by_job(s.schedule(100));
+  s.add_node(N(1), Node(s, "c1", 4).label("cpu"));
+  s.add_node(N(2), Node(s, "g1", 4).label("gpu"));
+  s.enqueue(J(1), Req(s).label("gpu"));
+  s.enqueue(J(2), Req(s).label("cpu"));
+  s.enqueue(J(3), Req(s).label("fpga"));
+  s.enqueue(J(4), Req(s)); // no label: anywhere
+  auto m = by_job(s.schedule(100, kNow));
   EXPECT_EQ(m.at(1), 2u);
   EXPECT_EQ(m.at(2), 1u);
   EXPECT_FALSE(m.contains(3)); // no such pilot: stays queued
@@ -64,99 +114,277 @@ TEST(Scheduler, LabelsMatchExactly) {
 
 TEST(Scheduler, JobBiggerThanEveryNodeWaits) {
   Scheduler s;
-  s.add_node(N(1), {"", 4, 4}); // launch queue space must not make a 6-slot job fit
-  s.enqueue(J(1), {"", 6});
-  s.enqueue(J(2), {"", 1});
-  auto m = by_job(s.schedule(100));
+  s.add_node(N(1), Node(s, "a", 4).queue(4)); // launch-queue room must not make 6 slots fit
+  s.enqueue(J(1), Req(s).slots(6));
+  s.enqueue(J(2), Req(s));
+  auto m = by_job(s.schedule(100, kNow));
   EXPECT_FALSE(m.contains(1));
   EXPECT_TRUE(m.contains(2));
 }
 
 TEST(Scheduler, SlotsAreAccounted) {
   Scheduler s;
-  s.add_node(N(1), {"", 4, 0});
-  s.enqueue(J(1), {"", 3});
-  s.enqueue(J(2), {"", 2});
-  s.enqueue(J(3), {"", 1});
-  auto m = by_job(s.schedule(100));
+  s.add_node(N(1), Node(s, "a", 4));
+  s.enqueue(J(1), Req(s).slots(3));
+  s.enqueue(J(2), Req(s).slots(2));
+  s.enqueue(J(3), Req(s).slots(1));
+  auto m = by_job(s.schedule(100, kNow));
   EXPECT_TRUE(m.contains(1));
   EXPECT_FALSE(m.contains(2)); // 3 + 2 > 4
   EXPECT_TRUE(m.contains(3));  // the 1-slot job behind it fits
   EXPECT_EQ(s.slots_used(), 4u);
   s.release(J(1));
-  m = by_job(s.schedule(100));
-  EXPECT_TRUE(m.contains(2));
+  EXPECT_TRUE(by_job(s.schedule(100, kNow)).contains(2));
 }
 
 TEST(Scheduler, IdleSlotsAreFilledBeforeLaunchQueues) {
   Scheduler s;
-  s.add_node(N(1), {"", 1, 1});
-  s.add_node(N(2), {"", 1, 1});
+  s.add_node(N(1), Node(s, "a", 1).queue(1));
+  s.add_node(N(2), Node(s, "b", 1).queue(1));
   for (int i = 1; i <= 4; ++i)
-    s.enqueue(J(i), {"", 1});
-  auto as = s.schedule(100);
+    s.enqueue(J(i), Req(s));
+  auto as = s.schedule(100, kNow);
   ASSERT_EQ(as.size(), 4u);
-  // The first two go one per node; only then each node gets one queued job.
-  EXPECT_NE(as[0].node, as[1].node);
-  EXPECT_NE(as[2].node, as[3].node);
-  s.enqueue(J(5), {"", 1});
-  EXPECT_TRUE(s.schedule(100).empty()); // both launch queues are full
+  EXPECT_NE(as[0].node, as[1].node); // one per node first ...
+  EXPECT_NE(as[2].node, as[3].node); // ... then one queued on each
+  s.enqueue(J(5), Req(s));
+  EXPECT_TRUE(s.schedule(100, kNow).empty());
 }
 
 TEST(Scheduler, CancelledJobsAreSkipped) {
   Scheduler s;
-  s.enqueue(J(1), {"", 1});
-  s.enqueue(J(2), {"", 1});
+  s.enqueue(J(1), Req(s));
+  s.enqueue(J(2), Req(s));
   s.remove_queued(J(1));
   EXPECT_EQ(s.queued(), 1u);
-  s.add_node(N(1), {"", 1, 0});
-  auto as = s.schedule(100);
-  ASSERT_EQ(as.size(), 1u);
-  EXPECT_EQ(as[0].job, J(2));
+  s.add_node(N(1), Node(s, "a", 1));
+  EXPECT_EQ(jobs_of(s.schedule(100, kNow)), (std::vector<std::uint64_t>{2}));
   EXPECT_EQ(s.queued(), 0u);
 }
 
 TEST(Scheduler, RequeuedJobGoesFirst) {
   Scheduler s;
-  s.enqueue(J(5), {"", 1});
-  s.requeue_front(J(2), {"", 1});
-  s.add_node(N(1), {"", 1, 0});
-  auto as = s.schedule(100);
-  ASSERT_EQ(as.size(), 1u);
-  EXPECT_EQ(as[0].job, J(2));
-}
-
-TEST(Scheduler, AdoptedJobsUseSlots) {
-  Scheduler s;
-  s.add_node(N(1), {"", 2, 0});
-  s.adopt(J(9), N(1), 2);
-  s.enqueue(J(10), {"", 1});
-  EXPECT_TRUE(s.schedule(100).empty());
-  s.release(J(9));
-  EXPECT_EQ(s.schedule(100).size(), 1u);
+  s.enqueue(J(5), Req(s));
+  s.requeue_front(J(2), Req(s));
+  s.add_node(N(1), Node(s, "a", 1));
+  EXPECT_EQ(jobs_of(s.schedule(100, kNow)), (std::vector<std::uint64_t>{2}));
 }
 
 TEST(Scheduler, PausedAndRemovedNodesGetNothing) {
   Scheduler s;
-  s.add_node(N(1), {"", 2, 0});
-  s.add_node(N(2), {"", 2, 0});
+  s.add_node(N(1), Node(s, "a", 2));
+  s.add_node(N(2), Node(s, "b", 2));
   s.set_accepting(N(1), false);
   s.remove_node(N(2));
-  s.enqueue(J(1), {"", 1});
-  EXPECT_TRUE(s.schedule(100).empty());
+  s.enqueue(J(1), Req(s));
+  EXPECT_TRUE(s.schedule(100, kNow).empty());
   s.set_accepting(N(1), true);
-  auto as = s.schedule(100);
+  auto as = s.schedule(100, kNow);
   ASSERT_EQ(as.size(), 1u);
   EXPECT_EQ(as[0].node, N(1));
 }
 
 TEST(Scheduler, BoundsDecisionsPerCall) {
   Scheduler s;
-  s.add_node(N(1), {"", 100, 0});
+  s.add_node(N(1), Node(s, "a", 100));
   for (int i = 1; i <= 50; ++i)
-    s.enqueue(J(i), {"", 1});
-  EXPECT_EQ(s.schedule(10).size(), 10u);
-  EXPECT_EQ(s.schedule(100).size(), 40u);
+    s.enqueue(J(i), Req(s));
+  EXPECT_EQ(s.schedule(10, kNow).size(), 10u);
+  EXPECT_EQ(s.schedule(100, kNow).size(), 40u);
+}
+
+TEST(Scheduler, MemoryIsReservedPerNode) {
+  Scheduler s;
+  s.add_node(N(1), Node(s, "a", 8).memory(8 * GiB));
+  for (int i = 1; i <= 3; ++i)
+    s.enqueue(J(i), Req(s).memory(3 * GiB));
+  EXPECT_EQ(jobs_of(s.schedule(100, kNow)), (std::vector<std::uint64_t>{1, 2})); // 9G > 8G
+  s.release(J(1));
+  EXPECT_EQ(jobs_of(s.schedule(100, kNow)), (std::vector<std::uint64_t>{3}));
+}
+
+TEST(Scheduler, MemoryIsReservedForTheLaunchQueueToo) {
+  Scheduler s;
+  s.add_node(N(1), Node(s, "a", 1).queue(4).memory(4 * GiB));
+  for (int i = 1; i <= 3; ++i)
+    s.enqueue(J(i), Req(s).memory(2 * GiB));
+  EXPECT_EQ(s.schedule(100, kNow).size(), 2u); // the agent never starts what does not fit
+}
+
+TEST(Scheduler, GpusGetDistinctDevices) {
+  Scheduler s;
+  s.add_node(N(1), Node(s, "g", 8).gpus({0, 1, 2}));
+  s.enqueue(J(1), Req(s).gpus(2));
+  s.enqueue(J(2), Req(s).gpus(1));
+  s.enqueue(J(3), Req(s).gpus(2));
+  auto as = s.schedule(100, kNow);
+  ASSERT_EQ(as.size(), 2u);
+  std::set<std::uint32_t> used;
+  for (const auto& a : as)
+    for (auto g : a.gpus)
+      EXPECT_TRUE(used.insert(g).second) << "device " << g << " given twice";
+  EXPECT_EQ(used.size(), 3u);
+  EXPECT_EQ(as[0].gpus.size(), 2u);
+  s.release(J(1));
+  auto again = s.schedule(100, kNow);
+  ASSERT_EQ(again.size(), 1u);
+  EXPECT_EQ(again[0].job, J(3));
+  EXPECT_EQ(again[0].gpus, as[0].gpus); // the devices job 1 gave back
+}
+
+TEST(Scheduler, GpuJobsNeedGpuNodes) {
+  Scheduler s;
+  s.add_node(N(1), Node(s, "a", 8));
+  s.enqueue(J(1), Req(s).gpus(1));
+  EXPECT_TRUE(s.schedule(100, kNow).empty());
+  EXPECT_EQ(s.queued(), 1u);
+}
+
+TEST(Scheduler, HostsPinJobs) {
+  Scheduler s;
+  s.add_node(N(1), Node(s, "a", 4));
+  s.add_node(N(2), Node(s, "b", 4));
+  s.enqueue(J(1), Req(s).hosts({"b"}));
+  s.enqueue(J(2), Req(s).hosts({"c"})); // no such node yet
+  s.enqueue(J(3), Req(s).hosts({"a", "c"}));
+  auto m = by_job(s.schedule(100, kNow));
+  EXPECT_EQ(m.at(1), 2u);
+  EXPECT_FALSE(m.contains(2));
+  EXPECT_EQ(m.at(3), 1u);
+  s.add_node(N(3), Node(s, "c", 1));
+  EXPECT_EQ(by_job(s.schedule(100, kNow)).at(2), 3u);
+}
+
+TEST(Scheduler, PreferredHostTakesItsJobsFirst) {
+  Scheduler s;
+  s.enqueue(J(1), Req(s));                 // older, no preference
+  s.enqueue(J(2), Req(s).prefer({"b"}));
+  s.add_node(N(1), Node(s, "a", 1));
+  s.add_node(N(2), Node(s, "b", 1));
+  auto m = by_job(s.schedule(100, kNow));
+  EXPECT_EQ(m.at(2), 2u); // b takes the job that prefers it ...
+  EXPECT_EQ(m.at(1), 1u); // ... and a the other
+}
+
+TEST(Scheduler, PreferenceFallsBackElsewhere) {
+  Scheduler s;
+  s.add_node(N(1), Node(s, "a", 2));
+  s.add_node(N(2), Node(s, "b", 1));
+  s.enqueue(J(1), Req(s).prefer({"b"}));
+  s.enqueue(J(2), Req(s).prefer({"b"}));
+  auto m = by_job(s.schedule(100, kNow));
+  EXPECT_EQ(m.at(1), 2u);
+  EXPECT_EQ(m.at(2), 1u); // b is full: a runs it
+}
+
+TEST(Scheduler, MaxPerNodeLimitsAGroupOnEachNode) {
+  Scheduler s;
+  for (int n = 1; n <= 3; ++n)
+    s.add_node(N(n), Node(s, ("n" + std::to_string(n)).c_str(), 4).queue(4));
+  for (int i = 1; i <= 9; ++i)
+    s.enqueue(J(i), Req(s).group("map7", 2));
+  s.enqueue(J(10), Req(s)); // not in the group: unaffected
+  auto as = s.schedule(100, kNow);
+  std::map<std::uint64_t, int> per_node;
+  for (const auto& a : as)
+    if (a.job != J(10))
+      ++per_node[a.node.value];
+  for (const auto& [node, count] : per_node)
+    EXPECT_LE(count, 2) << "node " << node;
+  EXPECT_EQ(as.size(), 7u); // 2 per node, plus job 10
+  EXPECT_EQ(s.queued(), 3u);
+  s.release(as[0].job);
+  auto more = s.schedule(100, kNow);
+  ASSERT_EQ(more.size(), 1u);
+  EXPECT_EQ(more[0].node, as[0].node);
+}
+
+TEST(Scheduler, MaxPerNodeCountsTheGroupAcrossItsClasses) {
+  Scheduler s;
+  s.add_node(N(1), Node(s, "a", 8));
+  s.enqueue(J(1), Req(s).group("g", 2).slots(1));
+  s.enqueue(J(2), Req(s).group("g", 2).slots(2));
+  s.enqueue(J(3), Req(s).group("g", 2).slots(1));
+  EXPECT_EQ(s.schedule(100, kNow).size(), 2u);
+}
+
+TEST(Scheduler, PriorityThenFifo) {
+  Scheduler s;
+  s.enqueue(J(1), Req(s));
+  s.enqueue(J(2), Req(s));
+  s.enqueue(J(3), Req(s).priority(5));
+  s.enqueue(J(4), Req(s).priority(5).slots(1).label(""));
+  s.enqueue(J(5), Req(s).priority(-1));
+  s.add_node(N(1), Node(s, "a", 1).queue(4));
+  EXPECT_EQ(jobs_of(s.schedule(100, kNow)), (std::vector<std::uint64_t>{3, 4, 1, 2, 5}));
+}
+
+TEST(Scheduler, TimeRequestsNeedWalltimeLeft) {
+  Scheduler s;
+  constexpr std::int64_t hour = 3'600'000;
+  s.add_node(N(1), Node(s, "short", 4).walltime_end(kNow + hour));
+  s.enqueue(J(1), Req(s).time(2 * hour));
+  s.enqueue(J(2), Req(s).time(hour / 2));
+  auto m = by_job(s.schedule(100, kNow));
+  EXPECT_FALSE(m.contains(1));
+  EXPECT_TRUE(m.contains(2));
+  s.add_node(N(2), Node(s, "forever", 4)); // no walltime: any request fits
+  EXPECT_EQ(by_job(s.schedule(100, kNow)).at(1), 2u);
+}
+
+TEST(Scheduler, TimeRequestsRunOutAsTheClockMoves) {
+  Scheduler s;
+  s.add_node(N(1), Node(s, "a", 4).walltime_end(kNow + 60'000));
+  s.enqueue(J(1), Req(s).time(30'000));
+  EXPECT_TRUE(s.schedule(100, kNow + 40'000).empty()); // only 20 s left by then
+}
+
+TEST(Scheduler, CombinedRules) {
+  // label + host + memory + max-per-node at once.
+  Scheduler s;
+  s.add_node(N(1), Node(s, "a", 8).label("cpu").memory(16 * GiB));
+  s.add_node(N(2), Node(s, "b", 8).label("cpu").memory(16 * GiB));
+  s.add_node(N(3), Node(s, "c", 8).label("gpu").memory(16 * GiB));
+  for (int i = 1; i <= 6; ++i)
+    s.enqueue(J(i), Req(s).label("cpu").hosts({"b", "c"}).memory(4 * GiB).group("g", 3));
+  auto as = s.schedule(100, kNow);
+  for (const auto& a : as)
+    EXPECT_EQ(a.node, N(2)); // a is not among the hosts, c has the wrong label
+  EXPECT_EQ(as.size(), 3u);    // max_per_node 3 (memory would allow 4)
+  EXPECT_EQ(s.queued(), 3u);
+}
+
+TEST(Scheduler, JobThatFitsNowhereStaysQueued) {
+  Scheduler s;
+  s.add_node(N(1), Node(s, "a", 4).memory(2 * GiB));
+  s.enqueue(J(1), Req(s).memory(4 * GiB));
+  for (int round = 0; round < 3; ++round)
+    EXPECT_TRUE(s.schedule(100, kNow).empty());
+  EXPECT_EQ(s.queued(), 1u);
+}
+
+TEST(Scheduler, EmptyClassesAreDropped) {
+  Scheduler s;
+  s.add_node(N(1), Node(s, "a", 100));
+  for (int i = 1; i <= 20; ++i)
+    s.enqueue(J(i), Req(s).hosts({"a"}).group(("g" + std::to_string(i)).c_str(), 1));
+  EXPECT_EQ(s.classes(), 20u);
+  EXPECT_EQ(s.schedule(100, kNow).size(), 20u);
+  EXPECT_EQ(s.classes(), 0u); // a long-lived hub does not keep classes of finished maps
+}
+
+TEST(Scheduler, AdoptedJobsUseTheirResources) {
+  Scheduler s;
+  s.add_node(N(1), Node(s, "a", 4).memory(8 * GiB).gpus({0, 1}));
+  s.adopt(J(9), N(1), Req(s).slots(2).memory(6 * GiB).gpus(1), {1});
+  s.enqueue(J(10), Req(s).memory(4 * GiB));
+  s.enqueue(J(11), Req(s).gpus(1));
+  auto as = s.schedule(100, kNow);
+  ASSERT_EQ(as.size(), 1u); // memory is taken; one GPU is left
+  EXPECT_EQ(as[0].job, J(11));
+  EXPECT_EQ(as[0].gpus, (std::vector<std::uint32_t>{0}));
+  s.release(J(9));
+  EXPECT_EQ(jobs_of(s.schedule(100, kNow)), (std::vector<std::uint64_t>{10}));
 }
 
 } // namespace
