@@ -5,6 +5,8 @@
 
 #include <boost/asio/executor_work_guard.hpp>
 
+#include <fmt/format.h>
+
 #include "common/clock.hpp"
 #include "fakes/fake_launcher.hpp"
 #include "fakes/recording_peer.hpp"
@@ -499,6 +501,130 @@ TEST_F(HubTest, HugeRangesAreRefusedWithoutWalkingThem) {
   ASSERT_EQ(replies.size(), 1u);
   EXPECT_EQ(replies[0].cancel_reply().cancelled(), 2u);
   EXPECT_EQ(replies[0].cancel_reply().not_found(), 1'000'000'000'000ull - 2);
+}
+
+} // namespace
+} // namespace sortie::hub
+
+namespace sortie::hub {
+namespace {
+
+class HubRulesTest : public HubTest {
+protected:
+  std::uint64_t submit_with(const std::function<void(pb::JobSpec&)>& make, const std::string& group = "") {
+    pb::Envelope env;
+    env.mutable_submit()->set_group_name(group);
+    auto* spec = env.mutable_submit()->add_items()->mutable_spec();
+    spec->add_argv("/bin/true");
+    make(*spec);
+    client_send(env);
+    settle();
+    auto replies = client_->take(Body::kSubmitReply);
+    EXPECT_EQ(replies.size(), 1u) << (client_->sent.empty() ? "" : client_->sent[0].DebugString());
+    return replies.empty() ? 0 : replies[0].submit_reply().first_job_id();
+  }
+};
+
+TEST_F(HubRulesTest, DependentsStartOnlyAfterTheirDependenciesSucceed) {
+  auto a = submit(1);
+  auto b = submit_with([&](pb::JobSpec& s) { s.add_after(a); });
+  auto c = submit_with([&](pb::JobSpec& s) { s.add_after(b); });
+  auto agent = register_agent("n1", 4);
+  EXPECT_EQ(assigned(*agent), (std::vector<std::uint64_t>{a}));
+  run_to_end(agent, a, 0, 1);
+  EXPECT_EQ(assigned(*agent), (std::vector<std::uint64_t>{b}));
+  EXPECT_EQ(state(c), JobState::Queued);
+  run_to_end(agent, b, 0, 2);
+  EXPECT_EQ(assigned(*agent), (std::vector<std::uint64_t>{c}));
+}
+
+TEST_F(HubRulesTest, AFailedDependencyCancelsItsDependentsTransitively) {
+  auto a = submit(1);
+  auto b = submit_with([&](pb::JobSpec& s) { s.add_after(a); });
+  auto c = submit_with([&](pb::JobSpec& s) { s.add_after(b); });
+  auto agent = register_agent("n1", 4);
+  ASSERT_EQ(assigned(*agent).size(), 1u);
+  run_to_end(agent, a, 7, 1);
+  EXPECT_EQ(state(b), JobState::Cancelled);
+  EXPECT_EQ(hub_->job_for_test(b)->reason, fmt::format("dependency {} failed", a));
+  EXPECT_EQ(state(c), JobState::Cancelled);
+  EXPECT_EQ(hub_->job_for_test(c)->reason, fmt::format("dependency {} cancelled", b));
+  EXPECT_TRUE(assigned(*agent).empty());
+}
+
+TEST_F(HubRulesTest, DependenciesSurviveARestart) {
+  auto a = submit(1);
+  auto b = submit_with([&](pb::JobSpec& s) { s.add_after(a); });
+  restart_hub();
+  auto agent = register_agent("n1", 4);
+  EXPECT_EQ(assigned(*agent), (std::vector<std::uint64_t>{a}));
+  run_to_end(agent, a, 0, 1);
+  EXPECT_EQ(assigned(*agent), (std::vector<std::uint64_t>{b}));
+}
+
+TEST_F(HubRulesTest, QueueTimeoutEndsAJobThatNeverStarted) {
+  auto job = submit_with([](pb::JobSpec& s) { s.set_queue_timeout_ms(60'000); });
+  auto other = submit(1);
+  clock_.advance(59'000);
+  hub_->tick_for_test();
+  EXPECT_EQ(state(job), JobState::Queued);
+  clock_.advance(2'000);
+  hub_->tick_for_test();
+  settle();
+  EXPECT_EQ(state(job), JobState::TimedOut);
+  EXPECT_EQ(hub_->job_for_test(job)->reason, "not started within its queue timeout of 1m");
+  auto agent = register_agent("n1", 4);
+  EXPECT_EQ(assigned(*agent), (std::vector<std::uint64_t>{other})); // it left the queue
+}
+
+TEST_F(HubRulesTest, RetryOnFailureRunsAgainUntilTheRetriesAreUsed) {
+  auto job = submit_with([](pb::JobSpec& s) {
+    s.set_retries(1);
+    s.set_retry_on_failure(true);
+  });
+  auto agent = register_agent("n1", 1);
+  ASSERT_EQ(assigned(*agent).size(), 1u);
+  run_to_end(agent, job, 1, 1);
+  // Requeued at once and handed out again as attempt 2.
+  EXPECT_EQ(state(job), JobState::Assigned);
+  EXPECT_EQ(hub_->job_for_test(job)->fail_count, 1);
+  EXPECT_EQ(assigned(*agent), (std::vector<std::uint64_t>{job}));
+  agent_event(*agent, agent, job, pb::JobEvent::STARTED, 0, 0, 2);
+  agent_event(*agent, agent, job, pb::JobEvent::FINISHED, 1, 2, 2);
+  EXPECT_EQ(state(job), JobState::Failed); // one retry only
+  EXPECT_EQ(hub_->job_for_test(job)->attempt, 2);
+}
+
+TEST_F(HubRulesTest, MaxPerNodeCountsANamedGroupAcrossSubmissions) {
+  for (int i = 0; i < 2; ++i)
+    submit_with([](pb::JobSpec& s) { s.set_max_per_node(1); }, "shared");
+  auto agent = register_agent("n1", 4);
+  EXPECT_EQ(assigned(*agent).size(), 1u); // the second submission shares the group
+}
+
+TEST_F(HubRulesTest, WaitingForAGroupByName) {
+  submit_with([](pb::JobSpec&) {}, "step1");
+  pb::Envelope wait;
+  wait.mutable_wait()->mutable_selector()->add_group_names("step1");
+  client_send(wait);
+  EXPECT_TRUE(client_->take(Body::kError).empty());
+  pb::Envelope bad;
+  bad.mutable_wait()->mutable_selector()->add_group_names("nope");
+  client_send(bad);
+  auto errors = client_->take(Body::kError);
+  ASSERT_EQ(errors.size(), 1u);
+  EXPECT_EQ(errors[0].error().message(), "no group is named 'nope'");
+}
+
+TEST_F(HubRulesTest, AfterMustNameExistingJobs) {
+  pb::Envelope env;
+  auto* spec = env.mutable_submit()->add_items()->mutable_spec();
+  spec->add_argv("x");
+  spec->add_after(77);
+  client_send(env);
+  auto errors = client_->take(Body::kError);
+  ASSERT_EQ(errors.size(), 1u);
+  EXPECT_EQ(errors[0].error().message(), "--after 77: there is no job 77");
 }
 
 } // namespace

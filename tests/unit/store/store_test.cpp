@@ -208,6 +208,42 @@ TEST_F(StoreTest, MigratesFromEveryEarlierVersion) {
   EXPECT_EQ(state->jobs.size(), 3u);
 }
 
+TEST_F(StoreTest, MigratesAVersion1StoreKeepingItsJobs) {
+  ASSERT_TRUE(create_schema_version_for_test(options().db_path, 1).ok());
+  sqlite3* db = nullptr;
+  ASSERT_EQ(sqlite3_open(options().db_path.c_str(), &db), SQLITE_OK);
+  // What sortie 0.1 (schema 1) wrote: a spec, a group and a finished job.
+  ASSERT_EQ(sqlite3_exec(db,
+                         "INSERT INTO specs VALUES (1, x'0a0474727565');"
+                         "INSERT INTO groups VALUES (1, '', 5, 1, 1);"
+                         "INSERT INTO jobs (id, spec_id, group_id, state, attempt, exit_code, "
+                         "submit_ms, start_ms, end_ms) VALUES (1, 1, 1, 4, 1, 0, 5, 6, 7);",
+                         nullptr, nullptr, nullptr),
+            SQLITE_OK);
+  sqlite3_close(db);
+  auto store = open();
+  auto state = store->load();
+  ASSERT_TRUE(state.ok()) << state.error().to_string();
+  ASSERT_EQ(state->jobs.size(), 1u);
+  EXPECT_EQ(state->jobs[0].state, JobState::Succeeded);
+  EXPECT_EQ(state->jobs[0].end_ms, 7);
+  EXPECT_EQ(state->jobs[0].limits, "");
+  EXPECT_TRUE(state->jobs[0].gpus.empty());
+  // And the new columns are written and read back.
+  store->start(completions_.poster());
+  WriteBatch b;
+  JobRow row = state->jobs[0];
+  row.limits = "cgroup v1";
+  row.gpus = {1, 3};
+  b.job_updates.push_back(row);
+  ASSERT_TRUE(commit(*store, std::move(b)).ok());
+  store.reset();
+  auto again = open()->load();
+  ASSERT_TRUE(again.ok());
+  EXPECT_EQ(again->jobs[0].limits, "cgroup v1");
+  EXPECT_EQ(again->jobs[0].gpus, (std::vector<std::uint32_t>{1, 3}));
+}
+
 TEST_F(StoreTest, RefusesANewerSchema) {
   {
     auto store = open();
