@@ -9,6 +9,8 @@
     and a restart after each run.
 (c) Hub memory per queued job: RSS growth of a fresh hub for 100,000 queued jobs, after the
     submission and after a restart that loads them from the store.
+(d) Scheduler decisions (bench_scheduler): 1,000 nodes with mixed labels, hosts and slots, with
+    1,000 and with 1,000,000 queued jobs; decisions/s and the cost ratio between the two.
 
 Medians over --runs runs. Usage: bench/run.py [--runs 5] [--jobs 2000] [--bulk 100000]
 """
@@ -158,6 +160,20 @@ def bench_memory(bin_dir, runs, n):
     return {k: statistics.median(v) for k, v in result.items()}, result
 
 
+def bench_scheduler(bin_dir, runs):
+    import re
+    result = {"small": [], "large": [], "ratio": []}
+    for run in range(runs):
+        out = subprocess.run([str(bin_dir / "bench" / "bench_scheduler"), "1000000", str(run + 1)],
+                             check=True, capture_output=True, text=True).stdout
+        rates = re.findall(r"queued:\s+([0-9.]+) decisions/s", out)
+        ratio = re.search(r"queued: ([0-9.]+)x", out)
+        result["small"].append(float(rates[0]))
+        result["large"].append(float(rates[1]))
+        result["ratio"].append(float(ratio.group(1)))
+    return {k: statistics.median(v) for k, v in result.items()}, result
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("--runs", type=int, default=5)
@@ -165,13 +181,13 @@ def main():
     ap.add_argument("--bulk", type=int, default=100_000)
     ap.add_argument("--build", default=str(ROOT / "build" / "release"))
     ap.add_argument("--json", help="also write all samples to this file")
-    ap.add_argument("--only", default="abc", help="which benchmarks: any of a, b, c")
+    ap.add_argument("--only", default="abcd", help="which benchmarks: any of a, b, c, d")
     args = ap.parse_args()
     bin_dir = Path(args.build)
 
     print(f"sortie core benchmarks: {args.runs} runs each, medians; {os.cpu_count()} cores; "
           f"{time.strftime('%Y-%m-%d %H:%M')}")
-    a_all = b_all = c_all = None
+    a_all = b_all = c_all = d_all = None
     if "a" in args.only:
         a, a_all = bench_short_jobs(bin_dir, args.runs, args.jobs)
         print_a(a, args)
@@ -181,8 +197,12 @@ def main():
     if "c" in args.only:
         c, c_all = bench_memory(bin_dir, max(1, args.runs // 2), args.bulk)
         print_c(c, args)
+    if "d" in args.only:
+        d, d_all = bench_scheduler(bin_dir, args.runs)
+        print_d(d, args)
     if args.json:
-        Path(args.json).write_text(json.dumps({"a": a_all, "b": b_all, "c": c_all}, indent=2))
+        Path(args.json).write_text(json.dumps({"a": a_all, "b": b_all, "c": c_all, "d": d_all},
+                                              indent=2))
     return 0
 
 
@@ -211,6 +231,14 @@ def print_c(c, args):
                         ("batch", "distinct, after submit"),
                         ("batch_reloaded", "distinct, after restart")]:
         print(f"    {label:<26}{c[name]:>9.0f} bytes{1024 / max(c[name], 1):>8.2f}x goal")
+
+
+def print_d(d, args):
+    print("\n(d) scheduler, 1,000 nodes, steady state of release + enqueue + decision "
+          "(goals: >= 1,000,000 decisions/s, cost ratio <= 1.5x)")
+    for name, label in [("small", "1,000 queued"), ("large", "1,000,000 queued")]:
+        print(f"    {label:<26}{d[name]:>12,.0f} decisions/s{d[name] / 1e6:>8.2f}x goal")
+    print(f"    {'cost ratio 1,000,000 / 1,000':<26}{d['ratio']:>12.2f}x")
 
 
 if __name__ == "__main__":

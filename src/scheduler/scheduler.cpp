@@ -11,14 +11,6 @@ namespace {
 
 void hash_mix(std::size_t& h, std::size_t v) { h ^= v + 0x9e3779b97f4a7c15ULL + (h << 6) + (h >> 2); }
 
-void erase_value(std::vector<std::uint32_t>& list, std::uint32_t value) {
-  auto it = std::find(list.begin(), list.end(), value);
-  if (it != list.end()) {
-    *it = list.back();
-    list.pop_back();
-  }
-}
-
 } // namespace
 
 std::size_t Scheduler::ReqHash::operator()(const Requirements& r) const {
@@ -55,7 +47,41 @@ Symbol Scheduler::intern(std::string_view text) {
 // ---------------------------------------------------------------------------------------------
 // Classes
 
-std::uint32_t Scheduler::class_for(const Requirements& req) {
+namespace {
+
+constexpr std::uint32_t kFreeBuckets = 64; // parked nodes with more free slots share the last
+
+template <typename Set, typename Key>
+void bucket_insert(std::vector<std::pair<std::uint32_t, Set>>& by_slots, std::uint32_t slots, const Key& key) {
+  auto it = std::lower_bound(by_slots.begin(), by_slots.end(), slots,
+                             [](const auto& entry, std::uint32_t s) { return entry.first < s; });
+  if (it == by_slots.end() || it->first != slots)
+    it = by_slots.insert(it, {slots, Set()});
+  it->second.insert(key);
+}
+
+template <typename Set, typename Key>
+void bucket_erase(std::vector<std::pair<std::uint32_t, Set>>& by_slots, std::uint32_t slots, const Key& key) {
+  for (auto it = by_slots.begin(); it != by_slots.end(); ++it) {
+    if (it->first != slots)
+      continue;
+    it->second.erase(key);
+    if (it->second.empty())
+      by_slots.erase(it);
+    return;
+  }
+}
+
+void swap_remove(std::vector<AgentId>& list, std::uint32_t pos, AgentId& moved) {
+  list[pos] = list.back();
+  moved = list[pos];
+  list.pop_back();
+}
+
+} // namespace
+
+std::uint32_t Scheduler::class_for(const Requirements& req, bool& created) {
+  created = false;
   if (auto it = class_index_.find(req); it != class_index_.end())
     return it->second;
   std::uint32_t idx;
@@ -72,42 +98,59 @@ std::uint32_t Scheduler::class_for(const Requirements& req) {
   c.live = true;
   class_index_.emplace(req, idx);
   ++live_classes_;
-  index_class(idx);
+  created = true;
   return idx;
 }
 
-void Scheduler::index_class(std::uint32_t idx) {
-  const Requirements& r = classes_[idx].req;
+Scheduler::Key Scheduler::key_of(std::uint32_t idx) const {
+  const JobClass& c = classes_[idx];
+  return Key{-static_cast<std::int64_t>(c.req.priority), c.fifo.front().value, idx};
+}
+
+template <typename F>
+void Scheduler::for_each_bucket(const Requirements& r, F&& fn) {
   if (r.hosts.empty()) {
-    by_label_[r.label].push_back(idx);
+    fn(by_label_[r.label]);
     for (auto h : r.prefer)
-      preferred_[h].push_back(idx);
+      fn(preferred_[h]);
   } else {
     for (auto h : r.hosts)
-      pinned_[h].push_back(idx);
+      fn(pinned_[h]);
   }
+}
+
+void Scheduler::index_class(std::uint32_t idx) {
+  JobClass& c = classes_[idx];
+  c.key = key_of(idx);
+  for_each_bucket(c.req, [&](Bucket& b) { bucket_insert(b.by_slots, c.req.slots, c.key); });
+}
+
+void Scheduler::unindex_class(std::uint32_t idx) {
+  JobClass& c = classes_[idx];
+  for_each_bucket(c.req, [&](Bucket& b) { bucket_erase(b.by_slots, c.req.slots, c.key); });
+}
+
+void Scheduler::rekey(std::uint32_t idx) {
+  if (classes_[idx].key == key_of(idx))
+    return;
+  unindex_class(idx);
+  index_class(idx);
 }
 
 void Scheduler::drop_class(std::uint32_t idx) {
   JobClass& c = classes_[idx];
   SORTIE_ASSERT(c.live && c.fifo.empty(), "only empty live classes are dropped");
-  const Requirements& r = c.req;
-  if (r.hosts.empty()) {
-    erase_value(by_label_[r.label], idx);
-    for (auto h : r.prefer)
-      erase_value(preferred_[h], idx);
-  } else {
-    for (auto h : r.hosts)
-      erase_value(pinned_[h], idx);
-  }
-  class_index_.erase(r);
+  unindex_class(idx);
+  class_index_.erase(c.req);
   c.live = false;
+  c.fresh = false;
   c.req = Requirements();
   --live_classes_;
   free_classes_.push_back(idx);
 }
 
-void Scheduler::skip_removed(JobClass& c) {
+bool Scheduler::head_changed(std::uint32_t idx) {
+  JobClass& c = classes_[idx];
   while (!c.fifo.empty() && !removed_.empty()) {
     auto it = removed_.find(c.fifo.front());
     if (it == removed_.end())
@@ -115,16 +158,45 @@ void Scheduler::skip_removed(JobClass& c) {
     removed_.erase(it);
     c.fifo.pop_front();
   }
+  if (c.fifo.empty()) {
+    drop_class(idx);
+    return false;
+  }
+  rekey(idx);
+  return true;
+}
+
+bool Scheduler::skip_removed(std::uint32_t idx) {
+  JobClass& c = classes_[idx];
+  if (removed_.empty() || !removed_.contains(c.fifo.front()))
+    return true;
+  return head_changed(idx);
 }
 
 void Scheduler::enqueue(JobId job, const Requirements& req) {
-  classes_[class_for(req)].fifo.push_back(job);
+  bool created;
+  std::uint32_t idx = class_for(req, created);
+  classes_[idx].fifo.push_back(job);
   ++queued_;
+  if (created) {
+    index_class(idx);
+    classes_[idx].fresh = true;
+    fresh_.push_back(idx);
+  }
 }
 
 void Scheduler::requeue_front(JobId job, const Requirements& req) {
-  classes_[class_for(req)].fifo.push_front(job);
+  bool created;
+  std::uint32_t idx = class_for(req, created);
+  classes_[idx].fifo.push_front(job);
   ++queued_;
+  if (created) {
+    index_class(idx);
+    classes_[idx].fresh = true;
+    fresh_.push_back(idx);
+  } else {
+    rekey(idx);
+  }
 }
 
 void Scheduler::remove_queued(JobId job) {
@@ -146,42 +218,92 @@ std::uint32_t& Scheduler::group_count(Node& node, Symbol group) {
   return node.groups.back().second;
 }
 
+void Scheduler::mark_dirty(AgentId id, Node& node) {
+  if (node.state == NodeState::Parked)
+    unpark(id, node);
+  if (node.state != NodeState::Dirty) {
+    node.state = NodeState::Dirty;
+    dirty_.push_back(id);
+  }
+}
+
+void Scheduler::park(AgentId id, Node& node) {
+  std::uint32_t f = std::min(free_slots(node), kFreeBuckets - 1);
+  node.parked_free = f;
+  parked_all_.by_free.resize(kFreeBuckets);
+  node.pos_all = static_cast<std::uint32_t>(parked_all_.by_free[f].size());
+  parked_all_.by_free[f].push_back(id);
+  if (node.info.label != 0) {
+    auto& ix = parked_by_label_[node.info.label];
+    ix.by_free.resize(kFreeBuckets);
+    node.pos_label = static_cast<std::uint32_t>(ix.by_free[f].size());
+    ix.by_free[f].push_back(id);
+  }
+  node.state = NodeState::Parked;
+}
+
+void Scheduler::unpark(AgentId id, Node& node) {
+  SORTIE_ASSERT(node.state == NodeState::Parked, "only parked nodes are unparked");
+  (void)id;
+  AgentId moved;
+  auto& all = parked_all_.by_free[node.parked_free];
+  swap_remove(all, node.pos_all, moved);
+  if (moved != id)
+    nodes_.find(moved)->second.pos_all = node.pos_all;
+  if (node.info.label != 0) {
+    auto& list = parked_by_label_[node.info.label].by_free[node.parked_free];
+    swap_remove(list, node.pos_label, moved);
+    if (moved != id)
+      nodes_.find(moved)->second.pos_label = node.pos_label;
+  }
+  node.state = NodeState::Idle;
+}
+
 void Scheduler::add_node(AgentId id, const NodeInfo& info) {
   auto [it, fresh] = nodes_.try_emplace(id);
   Node& node = it->second;
+  if (node.state == NodeState::Parked)
+    unpark(id, node); // the index it is in depends on the info
+  if (!fresh && node.info.name != 0)
+    std::erase(node_by_name_[node.info.name], id);
   node.info = info;
   if (node.info.gpus.size() > 64)
     node.info.gpus.resize(64);
   if (fresh)
     node.gpu_free = node.info.gpus.size() == 64 ? ~0ULL : (1ULL << node.info.gpus.size()) - 1;
+  if (node.info.name != 0)
+    node_by_name_[node.info.name].push_back(id);
   node.accepting = true;
-  list_if_free(id, node);
+  mark_dirty(id, node);
 }
 
-void Scheduler::remove_node(AgentId id) { nodes_.erase(id); }
-
-void Scheduler::set_queue_slots(AgentId id, std::uint32_t queue_slots) {
+void Scheduler::remove_node(AgentId id) {
   auto it = nodes_.find(id);
   if (it == nodes_.end())
     return;
+  if (it->second.state == NodeState::Parked)
+    unpark(id, it->second);
+  if (it->second.info.name != 0)
+    std::erase(node_by_name_[it->second.info.name], id);
+  nodes_.erase(it); // a stale entry in dirty_ is skipped
+}
+
+void Scheduler::set_queue_slots(AgentId id, std::uint32_t queue_slots) {
+  auto it = nodes_.find(id);
+  if (it == nodes_.end() || it->second.info.queue_slots == queue_slots)
+    return;
+  if (it->second.state == NodeState::Parked)
+    unpark(id, it->second);
   it->second.info.queue_slots = queue_slots;
-  list_if_free(id, it->second);
+  mark_dirty(id, it->second);
 }
 
 void Scheduler::set_accepting(AgentId id, bool accepting) {
   auto it = nodes_.find(id);
-  if (it == nodes_.end())
+  if (it == nodes_.end() || it->second.accepting == accepting)
     return;
   it->second.accepting = accepting;
-  list_if_free(id, it->second);
-}
-
-void Scheduler::list_if_free(AgentId id, Node& node) {
-  if (!node.listed && node.accepting &&
-      node.used_slots < node.info.slots + node.info.queue_slots) {
-    node.listed = true;
-    free_list_.push_back(id);
-  }
+  mark_dirty(id, it->second);
 }
 
 void Scheduler::adopt(JobId job,
@@ -191,6 +313,8 @@ void Scheduler::adopt(JobId job,
   Placement p{node_id, req.slots, req.memory, 0, req.max_per_node ? req.group : 0};
   if (auto it = nodes_.find(node_id); it != nodes_.end()) {
     Node& node = it->second;
+    if (node.state == NodeState::Parked)
+      unpark(node_id, node);
     for (auto g : gpus)
       for (std::size_t i = 0; i < node.info.gpus.size(); ++i)
         if (node.info.gpus[i] == g)
@@ -200,6 +324,7 @@ void Scheduler::adopt(JobId job,
     node.gpu_free &= ~p.gpu_mask;
     if (p.group)
       ++group_count(node, p.group);
+    mark_dirty(node_id, node);
   }
   placements_[job] = p;
 }
@@ -211,6 +336,8 @@ void Scheduler::release(JobId job) {
   const Placement& p = it->second;
   if (auto n = nodes_.find(p.node); n != nodes_.end()) {
     Node& node = n->second;
+    if (node.state == NodeState::Parked)
+      unpark(n->first, node);
     node.used_slots -= std::min(node.used_slots, p.slots);
     node.used_memory -= std::min(node.used_memory, p.memory);
     node.gpu_free |= p.gpu_mask;
@@ -218,7 +345,7 @@ void Scheduler::release(JobId job) {
       auto& count = group_count(node, p.group);
       count -= std::min<std::uint32_t>(count, 1);
     }
-    list_if_free(n->first, node);
+    mark_dirty(n->first, node);
   }
   placements_.erase(it);
 }
@@ -226,11 +353,10 @@ void Scheduler::release(JobId job) {
 // ---------------------------------------------------------------------------------------------
 // Decisions
 
-bool Scheduler::fits(const JobClass& c,
+bool Scheduler::fits(const Requirements& r,
                      const Node& node,
                      std::uint32_t slot_limit,
                      std::int64_t now) const {
-  const Requirements& r = c.req;
   if (r.slots > node.info.slots || node.used_slots + r.slots > slot_limit)
     return false;
   if (r.label != 0 && r.label != node.info.label)
@@ -250,30 +376,28 @@ bool Scheduler::fits(const JobClass& c,
   return true;
 }
 
-void Scheduler::consider(ClassList& list,
+void Scheduler::consider(Bucket& bucket,
                          const Node& node,
                          std::uint32_t slot_limit,
                          std::int64_t now,
                          std::int64_t& best) {
-  for (std::size_t i = 0; i < list.size();) {
-    std::uint32_t idx = list[i];
-    JobClass& c = classes_[idx];
-    skip_removed(c);
-    if (c.fifo.empty()) {
-      drop_class(idx); // removes it from `list` too: look at position i again
-      continue;
+  std::uint32_t cap = std::min(slot_limit - node.used_slots, node.info.slots);
+restart:
+  for (auto& [slots, ordered] : bucket.by_slots) {
+    if (slots > cap)
+      break;
+    // The first class that fits is the best of this set; one that cannot beat `best` ends it.
+    for (auto it = ordered.begin(); it != ordered.end(); ++it) {
+      Key key = *it; // skip_removed may erase it
+      if (best >= 0 && !(key < classes_[static_cast<std::size_t>(best)].key))
+        break;
+      if (!skip_removed(key.idx) || classes_[key.idx].key != key)
+        goto restart; // the sets changed under the loop
+      if (fits(classes_[key.idx].req, node, slot_limit, now)) {
+        best = key.idx;
+        break;
+      }
     }
-    ++i;
-    if (!fits(c, node, slot_limit, now))
-      continue;
-    if (best < 0) {
-      best = idx;
-      continue;
-    }
-    const JobClass& b = classes_[static_cast<std::size_t>(best)];
-    if (c.req.priority > b.req.priority ||
-        (c.req.priority == b.req.priority && c.fifo.front() < b.fifo.front()))
-      best = idx;
   }
 }
 
@@ -315,46 +439,131 @@ void Scheduler::place(AgentId id, Node& node, std::uint32_t idx, std::vector<Ass
     ++group_count(node, p.group);
   placements_[job] = p;
   out.push_back(std::move(a));
-  skip_removed(c);
-  if (c.fifo.empty())
-    drop_class(idx);
+  head_changed(idx);
+}
+
+Scheduler::Node* Scheduler::find_parked(const Requirements& r, std::int64_t now, AgentId& id) {
+  auto try_node = [&](AgentId nid, bool idle) -> Node* {
+    auto it = nodes_.find(nid);
+    if (it == nodes_.end() || it->second.state != NodeState::Parked)
+      return nullptr;
+    Node& n = it->second;
+    std::uint32_t limit = n.info.slots + (idle ? 0 : n.info.queue_slots);
+    if (!fits(r, n, limit, now))
+      return nullptr;
+    id = nid;
+    return &n;
+  };
+  auto try_hosts = [&](const std::vector<Symbol>& hosts, bool idle) -> Node* {
+    for (auto h : hosts)
+      if (auto it = node_by_name_.find(h); it != node_by_name_.end())
+        for (auto nid : it->second)
+          if (Node* n = try_node(nid, idle))
+            return n;
+    return nullptr;
+  };
+  const ParkedIndex* ix = &parked_all_;
+  if (r.label != 0) {
+    auto it = parked_by_label_.find(r.label);
+    ix = it == parked_by_label_.end() ? nullptr : &it->second;
+  }
+  // Idle slots before launch queues; pinned and preferred hosts before others.
+  for (bool idle : {true, false}) {
+    if (!r.hosts.empty()) {
+      if (Node* n = try_hosts(r.hosts, idle))
+        return n;
+      continue;
+    }
+    if (Node* n = try_hosts(r.prefer, idle))
+      return n;
+    if (ix == nullptr || ix->by_free.empty())
+      continue;
+    for (std::uint32_t f = std::min(r.slots, kFreeBuckets - 1); f < kFreeBuckets; ++f)
+      for (auto nid : ix->by_free[f])
+        if (Node* n = try_node(nid, idle))
+          return n;
+  }
+  return nullptr;
+}
+
+void Scheduler::place_fresh(std::size_t max, std::int64_t now, std::vector<Assignment>& out) {
+  std::vector<std::uint32_t> list;
+  list.swap(fresh_);
+  std::erase_if(list, [&](std::uint32_t idx) {
+    return !classes_[idx].live || !classes_[idx].fresh || !skip_removed(idx);
+  });
+  std::sort(list.begin(), list.end(),
+            [&](std::uint32_t a, std::uint32_t b) { return classes_[a].key < classes_[b].key; });
+  list.erase(std::unique(list.begin(), list.end()), list.end());
+  for (std::uint32_t idx : list) {
+    JobClass& c = classes_[idx];
+    while (c.live && c.fresh && out.size() < max) {
+      AgentId nid;
+      Node* node = find_parked(c.req, now, nid);
+      if (node == nullptr) {
+        c.fresh = false; // fits no parked node
+        break;
+      }
+      unpark(nid, *node);
+      place(nid, *node, idx, out);
+      if (free_slots(*node) > 0)
+        park(nid, *node);
+    }
+    if (c.live && c.fresh)
+      fresh_.push_back(idx); // `max` reached: next call
+  }
 }
 
 std::vector<Assignment> Scheduler::schedule(std::size_t max, std::int64_t now) {
   std::vector<Assignment> out;
-  if (queued_ == 0 || free_list_.empty())
+  if (queued_ == 0 || (dirty_.empty() && fresh_.empty()))
     return out;
-  // Pass 0 fills idle slots, first with each node's pinned and preferred jobs, then with
-  // anything; pass 1 fills launch queues.
-  for (int step = 0; step < 3 && out.size() < max && queued_ > 0; ++step) {
-    bool queue = step == 2;
-    bool local_only = step == 0;
-    for (std::size_t i = 0; i < free_list_.size() && out.size() < max && queued_ > 0; ++i) {
-      AgentId id = free_list_[i];
-      auto it = nodes_.find(id);
-      if (it == nodes_.end() || !it->second.accepting)
-        continue;
-      Node& node = it->second;
-      std::uint32_t limit = node.info.slots + (queue ? node.info.queue_slots : 0);
-      while (node.used_slots < limit && out.size() < max) {
-        std::int64_t idx = pick(node, limit, now, local_only);
-        if (idx < 0)
-          break;
-        place(id, node, static_cast<std::uint32_t>(idx), out);
+  if (!dirty_.empty()) {
+    // Nodes whose capacity changed look at the classes that can run on them. Pass 0 fills idle
+    // slots with each node's pinned and preferred jobs, pass 1 with anything, pass 2 fills
+    // launch queues.
+    for (int step = 0; step < 3 && out.size() < max && queued_ > 0; ++step) {
+      bool queue = step == 2;
+      bool local_only = step == 0;
+      for (std::size_t i = 0; i < dirty_.size() && out.size() < max && queued_ > 0; ++i) {
+        AgentId id = dirty_[i];
+        auto it = nodes_.find(id);
+        if (it == nodes_.end() || !it->second.accepting || it->second.state != NodeState::Dirty)
+          continue;
+        it->second.examined = false;
+        Node& node = it->second;
+        std::uint32_t limit = node.info.slots + (queue ? node.info.queue_slots : 0);
+        bool done = false;
+        while (node.used_slots < limit && out.size() < max) {
+          std::int64_t idx = pick(node, limit, now, local_only);
+          if (idx < 0) {
+            done = true;
+            break;
+          }
+          place(id, node, static_cast<std::uint32_t>(idx), out);
+        }
+        node.examined = queue && (done || node.used_slots >= limit);
       }
     }
-  }
-  // Drop nodes that are full, gone or paused from the free list.
-  std::erase_if(free_list_, [&](AgentId id) {
-    auto it = nodes_.find(id);
-    if (it == nodes_.end())
+    // Park the nodes that found nothing more that fits; keep those not looked at to the end.
+    std::erase_if(dirty_, [&](AgentId id) {
+      auto it = nodes_.find(id);
+      if (it == nodes_.end() || it->second.state != NodeState::Dirty)
+        return true;
+      Node& node = it->second;
+      if (node.accepting && free_slots(node) > 0 && !node.examined)
+        return false;
+      node.state = NodeState::Idle;
+      if (node.accepting && free_slots(node) > 0)
+        park(id, node);
       return true;
-    Node& n = it->second;
-    bool keep = n.accepting && n.used_slots < n.info.slots + n.info.queue_slots;
-    if (!keep)
-      n.listed = false;
-    return !keep;
-  });
+    });
+    if (out.size() >= max)
+      return out;
+  }
+  // Classes that appeared since: the parked nodes they fit, if any.
+  if (out.size() < max && queued_ > 0)
+    place_fresh(max, now, out);
   return out;
 }
 

@@ -6,10 +6,16 @@
 // Design. A job's needs are data (Requirements); jobs with equal Requirements form a class with
 // its own FIFO. A class exists only while it holds queued jobs, and is listed in an index by what
 // can run it: its label (any node with that label, or any node at all), the hosts it is pinned
-// to, the hosts it prefers. A decision for a node looks only at the heads of the classes listed
-// for it, never along a queue: its cost does not grow with the number of queued jobs. Among the
-// classes whose head fits, the highest priority wins, then the oldest job (smallest id): the queue
-// is FIFO within a priority.
+// to, the hosts it prefers. Each index keeps its classes ordered by (priority, head job id) and
+// split by the slots they need, so the first class that fits is the best one: a decision never
+// walks a queue and rarely more than a few classes, and its cost does not grow with the number
+// of queued jobs. The queue is FIFO within a priority.
+//
+// Nodes are looked at only when something changed for them. A node whose capacity changed (a job
+// left, it joined, it resumed) is dirty and looks at the classes that can run on it; one that
+// still has room after that is parked. A class that appears later (or comes back) looks for a
+// parked node that fits it, by free slots. Nothing else can make a parked node fit a job, so
+// nodes that can run nothing cost nothing per call.
 //
 // Each node has `slots` to run jobs in and `queue_slots` more for its launch queue (work handed
 // out ahead so the agent starts the next job without a round trip). Every call fills idle slots
@@ -26,6 +32,7 @@
 
 #include <cstdint>
 #include <deque>
+#include <set>
 #include <string>
 #include <string_view>
 #include <unordered_map>
@@ -113,11 +120,30 @@ private:
   struct ReqHash {
     std::size_t operator()(const Requirements& r) const;
   };
+  /// A class's place in the order of decisions: higher priority first, then the older head.
+  struct Key {
+    std::int64_t neg_priority;
+    std::uint64_t head;
+    std::uint32_t idx;
+    auto operator<=>(const Key&) const = default;
+  };
+  using Ordered = std::set<Key>;
+  /// The classes one node looks at for one reason (its label, its host), split by the slots they
+  /// need so a node with F free slots looks only at classes needing at most F.
+  struct Bucket {
+    std::vector<std::pair<std::uint32_t, Ordered>> by_slots; ///< sorted by slots
+  };
   struct JobClass {
     Requirements req;
     std::deque<JobId> fifo;
+    Key key{};
     bool live = false;
+    /// Parked nodes have not been searched for it yet. A live class that is not fresh fits no
+    /// parked node, and cannot until it drains: a node is parked only after it found that no
+    /// live class fits it, and a parked node's capacity only shrinks.
+    bool fresh = false;
   };
+  enum class NodeState : std::uint8_t { Idle, Dirty, Parked };
   struct Node {
     NodeInfo info;
     std::uint32_t used_slots = 0;
@@ -125,7 +151,10 @@ private:
     std::uint64_t gpu_free = 0; ///< bit i: info.gpus[i] is free
     std::vector<std::pair<Symbol, std::uint32_t>> groups; ///< jobs per max_per_node group
     bool accepting = true;
-    bool listed = false;
+    NodeState state = NodeState::Idle; ///< Idle: full or paused
+    bool examined = false;             ///< in this call, looked at every class up to its queue
+    std::uint32_t parked_free = 0;     ///< the parked lists it is in
+    std::uint32_t pos_all = 0, pos_label = 0;
   };
   struct Placement {
     AgentId node;
@@ -134,21 +163,42 @@ private:
     std::uint64_t gpu_mask;
     Symbol group;
   };
-  using ClassList = std::vector<std::uint32_t>;
+  /// Parked nodes by free slots (capped), for placing a new class without visiting every node.
+  struct ParkedIndex {
+    std::vector<std::vector<AgentId>> by_free;
+  };
 
-  std::uint32_t class_for(const Requirements& req);
+  std::uint32_t class_for(const Requirements& req, bool& created);
+  Key key_of(std::uint32_t idx) const;
+  template <typename F>
+  void for_each_bucket(const Requirements& r, F&& fn);
   void index_class(std::uint32_t idx);
+  void unindex_class(std::uint32_t idx);
+  void rekey(std::uint32_t idx);
   void drop_class(std::uint32_t idx);
-  void skip_removed(JobClass& c);
-  bool fits(const JobClass& c, const Node& node, std::uint32_t slot_limit, std::int64_t now) const;
-  /// Considers the classes of `list` for `node`; keeps the best fitting one in `best`.
-  void consider(ClassList& list, const Node& node, std::uint32_t slot_limit, std::int64_t now,
+  /// Pops removed jobs off the head of a class. Returns false when that emptied (and dropped) it.
+  bool skip_removed(std::uint32_t idx);
+  /// The head of a class left: pops removed jobs, drops the class if empty, else re-sorts it.
+  bool head_changed(std::uint32_t idx);
+  bool fits(const Requirements& r, const Node& node, std::uint32_t slot_limit, std::int64_t now) const;
+  /// The best class of `bucket` that fits `node`, if it beats `best`.
+  void consider(Bucket& bucket, const Node& node, std::uint32_t slot_limit, std::int64_t now,
                 std::int64_t& best);
   /// Picks the next job for `node`, or returns -1. `local_only`: pinned and preferred classes.
   std::int64_t pick(Node& node, std::uint32_t slot_limit, std::int64_t now, bool local_only);
   void place(AgentId id, Node& node, std::uint32_t idx, std::vector<Assignment>& out);
-  void list_if_free(AgentId id, Node& node);
+  /// Something about the node changed: look at it in the next call.
+  void mark_dirty(AgentId id, Node& node);
+  void park(AgentId id, Node& node);
+  void unpark(AgentId id, Node& node);
+  /// A parked node that fits class `idx`, or none.
+  Node* find_parked(const Requirements& r, std::int64_t now, AgentId& id);
+  void place_fresh(std::size_t max, std::int64_t now, std::vector<Assignment>& out);
   static std::uint32_t& group_count(Node& node, Symbol group);
+  static std::uint32_t free_slots(const Node& node) {
+    std::uint32_t limit = node.info.slots + node.info.queue_slots;
+    return node.used_slots < limit ? limit - node.used_slots : 0;
+  }
 
   std::vector<std::string> names_;
   std::unordered_map<std::string, Symbol> symbols_;
@@ -157,12 +207,16 @@ private:
   std::vector<std::uint32_t> free_classes_;
   std::unordered_map<Requirements, std::uint32_t, ReqHash> class_index_;
   std::size_t live_classes_ = 0;
-  std::unordered_map<Symbol, ClassList> by_label_;  ///< unpinned classes per label (0: any)
-  std::unordered_map<Symbol, ClassList> pinned_;    ///< classes pinned to a host
-  std::unordered_map<Symbol, ClassList> preferred_; ///< unpinned classes preferring a host
+  std::unordered_map<Symbol, Bucket> by_label_;  ///< unpinned classes per label (0: any)
+  std::unordered_map<Symbol, Bucket> pinned_;    ///< classes pinned to a host
+  std::unordered_map<Symbol, Bucket> preferred_; ///< unpinned classes preferring a host
+  std::vector<std::uint32_t> fresh_;             ///< classes with fresh set
 
   std::unordered_map<AgentId, Node> nodes_;
-  std::vector<AgentId> free_list_;
+  std::unordered_map<Symbol, std::vector<AgentId>> node_by_name_;
+  std::vector<AgentId> dirty_;
+  ParkedIndex parked_all_;
+  std::unordered_map<Symbol, ParkedIndex> parked_by_label_;
   std::unordered_map<JobId, Placement> placements_;
   std::unordered_set<JobId> removed_;
   std::size_t queued_ = 0;

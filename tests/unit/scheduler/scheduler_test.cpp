@@ -3,6 +3,7 @@
 #include <gtest/gtest.h>
 
 #include <map>
+#include <random>
 #include <set>
 
 #include "scheduler/scheduler.hpp"
@@ -385,6 +386,152 @@ TEST(Scheduler, AdoptedJobsUseTheirResources) {
   EXPECT_EQ(as[0].gpus, (std::vector<std::uint32_t>{0}));
   s.release(J(9));
   EXPECT_EQ(jobs_of(s.schedule(100, kNow)), (std::vector<std::uint64_t>{10}));
+}
+
+// The scheduler skips nodes that found nothing to run until something changes for them (a job
+// left, a new kind of job arrived). This checks, against a plain model of every node, that after
+// each call no queued job fits any node, over random sequences of every operation.
+TEST(Scheduler, NoQueuedJobFitsAnywhereAfterACall) {
+  struct ModelNode {
+    NodeInfo info;
+    bool accepting = true;
+    std::uint32_t slots = 0;
+    std::uint64_t memory = 0;
+    std::uint32_t gpus = 0;
+    std::map<Symbol, std::uint32_t> groups;
+  };
+  struct Placed {
+    std::uint64_t node;
+    Requirements req;
+  };
+  for (std::uint64_t seed = 1; seed <= 40; ++seed) {
+    std::mt19937_64 rng(seed);
+    auto pick = [&](std::uint64_t n) { return rng() % n; };
+    Scheduler s;
+    const Symbol labels[] = {0, s.intern("a"), s.intern("b")};
+    const Symbol names[] = {s.intern("h1"), s.intern("h2"), s.intern("h3"), s.intern("h4")};
+    const Symbol group = s.intern("g");
+    std::map<std::uint64_t, ModelNode> nodes;
+    std::map<std::uint64_t, Requirements> queued;
+    std::map<std::uint64_t, Placed> placed;
+    std::uint64_t next_job = 1, next_node = 1;
+    auto add_node = [&] {
+      NodeInfo info;
+      info.name = names[pick(4)];
+      info.label = labels[pick(3)];
+      info.slots = 1 + static_cast<std::uint32_t>(pick(4));
+      info.queue_slots = static_cast<std::uint32_t>(pick(3));
+      info.memory = (4 + pick(8)) * GiB;
+      for (std::uint32_t g = 0, n = static_cast<std::uint32_t>(pick(3)); g < n; ++g)
+        info.gpus.push_back(g);
+      info.walltime_end_ms = pick(2) ? kNow + 60'000 : 0;
+      nodes[next_node].info = info;
+      s.add_node(N(next_node++), info);
+    };
+    auto fits = [&](const Requirements& r, const ModelNode& n) {
+      if (!n.accepting || r.slots > n.info.slots ||
+          n.slots + r.slots > n.info.slots + n.info.queue_slots)
+        return false;
+      if (r.label && r.label != n.info.label)
+        return false;
+      if (!r.hosts.empty() && !std::binary_search(r.hosts.begin(), r.hosts.end(), n.info.name))
+        return false;
+      if (r.memory && n.memory + r.memory > n.info.memory)
+        return false;
+      if (n.gpus + r.gpus > n.info.gpus.size())
+        return false;
+      if (r.time_request_ms && n.info.walltime_end_ms &&
+          n.info.walltime_end_ms - kNow < r.time_request_ms)
+        return false;
+      if (r.max_per_node && n.groups.contains(r.group) && n.groups.at(r.group) >= r.max_per_node)
+        return false;
+      return true;
+    };
+    auto free_job = [&](std::uint64_t job) {
+      Placed p = placed.at(job);
+      placed.erase(job);
+      if (auto it = nodes.find(p.node); it != nodes.end()) {
+        it->second.slots -= p.req.slots;
+        it->second.memory -= p.req.memory;
+        it->second.gpus -= p.req.gpus;
+        if (p.req.max_per_node)
+          --it->second.groups[p.req.group];
+      }
+      s.release(J(job));
+      return p.req;
+    };
+    for (int i = 0; i < 3; ++i)
+      add_node();
+    for (int step = 0; step < 400; ++step) {
+      std::uint64_t op = pick(100);
+      if (op < 45) {
+        Requirements r;
+        r.label = pick(4) == 0 ? labels[1 + pick(2)] : 0;
+        r.slots = 1 + static_cast<std::uint32_t>(pick(3));
+        r.memory = pick(3) == 0 ? 3 * GiB : 0;
+        r.gpus = pick(5) == 0 ? 1 : 0;
+        if (pick(6) == 0)
+          r.hosts = {names[pick(4)]};
+        else if (pick(6) == 0)
+          r.prefer = {names[pick(4)]};
+        if (pick(5) == 0) {
+          r.group = group;
+          r.max_per_node = 1 + static_cast<std::uint32_t>(pick(2));
+        }
+        r.priority = static_cast<std::int32_t>(pick(2));
+        r.time_request_ms = pick(8) == 0 ? 120'000 : 0;
+        queued[next_job] = r;
+        s.enqueue(J(next_job++), r);
+      } else if (op < 75 && !placed.empty()) {
+        auto it = std::next(placed.begin(), static_cast<long>(pick(placed.size())));
+        std::uint64_t job = it->first;
+        Requirements r = free_job(job);
+        if (pick(4) == 0) { // lost: back to the front of the line
+          queued[job] = r;
+          s.requeue_front(J(job), r);
+        }
+      } else if (op < 83 && !queued.empty()) {
+        auto it = std::next(queued.begin(), static_cast<long>(pick(queued.size())));
+        s.remove_queued(J(it->first));
+        queued.erase(it);
+      } else if (op < 89 && !nodes.empty()) {
+        auto it = std::next(nodes.begin(), static_cast<long>(pick(nodes.size())));
+        it->second.accepting = !it->second.accepting;
+        s.set_accepting(N(it->first), it->second.accepting);
+      } else if (op < 93 && !nodes.empty()) {
+        auto it = std::next(nodes.begin(), static_cast<long>(pick(nodes.size())));
+        it->second.info.queue_slots = static_cast<std::uint32_t>(pick(3));
+        s.set_queue_slots(N(it->first), it->second.info.queue_slots);
+      } else if (op < 96 && nodes.size() < 6) {
+        add_node();
+      } else if (op < 98 && nodes.size() > 1) {
+        auto it = std::next(nodes.begin(), static_cast<long>(pick(nodes.size())));
+        s.remove_node(N(it->first));
+        nodes.erase(it);
+      }
+      bool whole = pick(4) != 0;
+      for (const auto& a : s.schedule(whole ? SIZE_MAX : 1 + pick(3), kNow)) {
+        ASSERT_TRUE(queued.contains(a.job.value)) << "seed " << seed << " step " << step;
+        Requirements r = queued.at(a.job.value);
+        queued.erase(a.job.value);
+        ModelNode& n = nodes.at(a.node.value);
+        ASSERT_TRUE(fits(r, n)) << "job " << a.job.value << " over node " << a.node.value
+                                << "'s capacity, seed " << seed << " step " << step;
+        n.slots += r.slots;
+        n.memory += r.memory;
+        n.gpus += r.gpus;
+        if (r.max_per_node)
+          ++n.groups[r.group];
+        placed[a.job.value] = {a.node.value, r};
+      }
+      if (!whole)
+        continue;
+      for (const auto& [job, r] : queued)
+        for (const auto& [id, n] : nodes)
+          ASSERT_FALSE(fits(r, n)) << "job " << job << " fits node " << id
+                                   << " but stayed queued, seed " << seed << " step " << step;
+    }
+  }
 }
 
 } // namespace
