@@ -82,15 +82,30 @@ struct HubStatus {
   std::string store_path;
 };
 
+/// Where pilots run (docs/resources.md).
+struct ResourceSpec {
+  std::string name;
+  std::string type; ///< ssh, slurm, sge, local
+  std::string location; ///< ssh: [user@]host[:port][,...]; slurm/sge: login host ("": here)
+  std::string install_dir; ///< the sortie tree on that side; "": this sortie's own path
+  std::string tmp_dir;
+  std::string gateway; ///< an ssh resource to hop through
+  std::vector<std::string> ssh_options;
+  std::string machinefile; ///< ssh: host[:N] lines
+  bool from_config = false;
+};
+
 struct PilotSpec {
   std::string resource = "local";
-  std::uint32_t nodes = 1;
+  std::uint32_t nodes = 0; ///< 0: one (local, batch) or one per host (ssh)
   std::uint32_t slots_per_node = 0; ///< 0: the number of cores
   std::string label;
   std::vector<std::string> node_names; ///< one per node; empty: generated
   std::uint32_t gpus_per_node = 0;  ///< declared GPUs; 0: detected
   std::uint64_t memory_per_node = 0; ///< bytes jobs may reserve per node; 0: the node's memory
   std::int64_t walltime_ms = 0;      ///< the pilot ends this long after it starts; 0: never
+  std::string queue;                 ///< batch queue or partition
+  std::vector<std::string> batch_options; ///< raw sbatch/qsub flags, one element each
 };
 
 struct PilotInfo {
@@ -104,6 +119,7 @@ struct PilotInfo {
   std::string reason;
   std::vector<std::string> nodes;
   std::int64_t end_ms = 0; ///< when its walltime ends; 0: never
+  std::string batch_id;    ///< the batch system's job id
 };
 
 enum class OutputStream { Stdout, Stderr };
@@ -157,6 +173,11 @@ public:
   Result<PilotId> add_pilot(const PilotSpec& spec);
   Result<std::vector<PilotInfo>> pilots();
   Result<void> cancel_pilot(PilotId id);
+
+  /// Defines a resource (`replace`: overwrite one of the same name).
+  Result<void> add_resource(const ResourceSpec& spec, bool replace = false);
+  Result<std::vector<ResourceSpec>> resources();
+  Result<void> remove_resource(const std::string& name);
 
   /// The hub's heartbeat interval from the handshake.
   std::int64_t heartbeat_interval_ms() const;

@@ -201,6 +201,17 @@ private:
   // Connection
 
   Awaitable<void> connection_loop() {
+    if (options_.stdio_in >= 0) {
+      // One link, over ssh: when it ends, so does the agent (the hub cannot reach us again).
+      bool registered = co_await connect_once();
+      if (!stopping_) {
+        log::error("the link to the hub ended ({}); killing {} jobs and exiting",
+                   last_error_.to_string(), tasks_.size());
+        exit_code_ = registered ? 2 : 3;
+        kill_everything_and_stop();
+      }
+      co_return;
+    }
     std::int64_t give_up_at = net::steady_ms() + options_.connect_window_ms;
     std::int64_t backoff = 100;
     while (!stopping_) {
@@ -227,30 +238,44 @@ private:
     }
   }
 
-  /// One connection: connect, handshake, register, serve. True if it got registered.
-  Awaitable<bool> connect_once() {
+  /// The transport to the hub and the key that authenticates it: the ssh session we were
+  /// started on, or the hub's socket named in its hub.json.
+  Awaitable<Result<std::pair<std::unique_ptr<net::ByteStream>, std::string>>> open_transport() {
+    using Out = std::pair<std::unique_ptr<net::ByteStream>, std::string>;
+    if (options_.stdio_in >= 0) {
+      auto stream = net::make_pipe_stream(io_.get_executor(), options_.stdio_in, options_.stdio_out,
+                                          "stdio");
+      options_.stdio_in = options_.stdio_out = -1; // the stream owns them now
+      co_return Out{std::move(stream), options_.stdio_key};
+    }
     auto hf = read_hub_file(options_.hub_file);
-    if (!hf.ok()) {
-      last_error_ = hf.error();
-      co_return false;
-    }
+    if (!hf.ok())
+      co_return hf.error();
     auto key = token_key(*hf);
-    if (!key.ok()) {
-      last_error_ = key.error();
-      co_return false;
-    }
+    if (!key.ok())
+      co_return key.error();
     Result<std::unique_ptr<net::ByteStream>> stream = make_error(ErrorCode::Unavailable, "");
     if (!hf->socket.empty() && ::access(hf->socket.c_str(), F_OK) == 0)
       stream = co_await net::connect_unix(io_.get_executor(), hf->socket);
     if (!stream.ok())
       stream = co_await net::connect_tcp(io_.get_executor(), hf->host, hf->port);
-    if (!stream.ok()) {
-      last_error_ = stream.error();
+    if (!stream.ok())
+      co_return stream.error();
+    co_return Out{std::move(*stream), *key};
+  }
+
+  /// One connection: connect, handshake, register, serve. True if it got registered.
+  Awaitable<bool> connect_once() {
+    auto transport = co_await open_transport();
+    if (!transport.ok()) {
+      last_error_ = transport.error();
       co_return false;
     }
-    auto link = std::make_shared<net::Link>(io_.get_executor(), std::move(*stream));
+    auto stream = std::move(transport->first);
+    const std::string key = transport->second;
+    auto link = std::make_shared<net::Link>(io_.get_executor(), std::move(stream));
     link->start();
-    auto welcome = co_await net::connect_handshake(link, *key, pb::ROLE_AGENT,
+    auto welcome = co_await net::connect_handshake(link, key, pb::ROLE_AGENT,
                                                    "agent " + options_.node_name, 10'000);
     if (!welcome.ok()) {
       last_error_ = welcome.error();

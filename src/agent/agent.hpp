@@ -33,6 +33,11 @@ struct AgentOptions {
   std::int64_t walltime_end_ms = 0;
   /// auto (cgroups if writable, else rlimit), cgroup, rlimit or none; SORTIE_AGENT_MEMORY_LIMITS.
   std::string memory_limits = "auto";
+  /// --stdio: the link runs over these descriptors (an ssh session's), authenticated with
+  /// `stdio_key`; there is no reconnecting: when the link ends, the agent kills its jobs and exits.
+  int stdio_in = -1;
+  int stdio_out = -1;
+  std::string stdio_key;
 };
 
 /// NVIDIA GPUs of this node (/proc/driver/nvidia/gpus), as device ids 0..N-1.

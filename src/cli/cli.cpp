@@ -24,6 +24,7 @@
 #include "cli/jobfile.hpp"
 #include "cli/output.hpp"
 #include "common/mapfile.hpp"
+#include "common/clock.hpp"
 #include "common/files.hpp"
 #include "common/hub_file.hpp"
 #include "common/log.hpp"
@@ -267,6 +268,8 @@ struct PilotAddArgs {
   std::uint32_t gpus_per_node = 0;
   std::string memory_per_node;
   std::string time;
+  std::string queue;
+  std::vector<std::string> options;
   bool json = false;
 };
 
@@ -277,7 +280,9 @@ int pilot_add(const Globals& g, const PilotAddArgs& a) {
   spec.label = a.label;
   if (!a.node_names.empty())
     spec.node_names = split(a.node_names, ',');
-  spec.nodes = a.nodes ? a.nodes : static_cast<std::uint32_t>(std::max<std::size_t>(1, spec.node_names.size()));
+  spec.nodes = a.nodes ? a.nodes : static_cast<std::uint32_t>(spec.node_names.size());
+  spec.queue = a.queue;
+  spec.batch_options = a.options;
   spec.gpus_per_node = a.gpus_per_node;
   if (!a.memory_per_node.empty()) {
     auto b = parse_size_bytes(a.memory_per_node);
@@ -312,6 +317,126 @@ int pilot_list(const Globals& g, bool as_json) {
   if (!pilots.ok())
     return fail(pilots.error());
   std::fputs((as_json ? pilots_json(*pilots) : pilots_table(*pilots)).c_str(), stdout);
+  return kExitOk;
+}
+
+struct PilotWaitArgs {
+  std::vector<std::uint64_t> ids;
+  bool all = false;
+  std::string timeout;
+};
+
+/// Until the pilots run with all their nodes (or the first one fails), like dask's
+/// wait_for_workers and AMUSE's wait_for_pilots.
+int pilot_wait(const Globals& g, const PilotWaitArgs& a) {
+  std::int64_t timeout_ms = -1;
+  if (!a.timeout.empty()) {
+    auto t = parse_duration_ms(a.timeout);
+    if (!t.ok())
+      return fail(make_error(ErrorCode::InvalidArgument, "--timeout: " + t.error().message));
+    timeout_ms = *t;
+  }
+  if (a.ids.empty() && !a.all)
+    return fail(make_error(ErrorCode::InvalidArgument,
+                           "name the pilots to wait for (ids), or give --all"));
+  auto client = connect(g);
+  if (!client.ok())
+    return fail(client.error());
+  auto deadline = std::chrono::steady_clock::now() + std::chrono::milliseconds(timeout_ms);
+  while (true) {
+    auto pilots = client->pilots();
+    if (!pilots.ok())
+      return fail(pilots.error());
+    std::size_t ready = 0, wanted = 0;
+    std::string waiting;
+    for (auto id : a.ids)
+      if (std::none_of(pilots->begin(), pilots->end(),
+                       [&](const PilotInfo& p) { return p.id.value == id; }))
+        return fail(make_error(ErrorCode::NotFound, fmt::format("pilot {} does not exist", id)));
+    for (const auto& p : *pilots) {
+      bool chosen = a.all ? (p.state != "ended" && p.state != "cancelled" && p.state != "failed")
+                          : std::find(a.ids.begin(), a.ids.end(), p.id.value) != a.ids.end();
+      if (!chosen)
+        continue;
+      ++wanted;
+      if (p.state == "failed" || p.state == "cancelled" || p.state == "ended") {
+        std::fprintf(stderr, "sortie: pilot %llu is %s%s%s\n",
+                     static_cast<unsigned long long>(p.id.value), p.state.c_str(),
+                     p.reason.empty() ? "" : ": ", p.reason.c_str());
+        return kExitFailure;
+      }
+      bool all_up = p.nodes_up > 0 && p.nodes_up >= p.spec.nodes;
+      if ((p.state == "running" || p.state == "draining") && all_up)
+        ++ready;
+      else
+        waiting += fmt::format("{}pilot {} {} ({} of {} nodes up)", waiting.empty() ? "" : ", ",
+                               p.id.value, p.state, p.nodes_up,
+                               p.spec.nodes ? std::to_string(p.spec.nodes) : "its");
+    }
+    if (ready == wanted)
+      return kExitOk;
+    if (timeout_ms >= 0 && std::chrono::steady_clock::now() >= deadline) {
+      std::fprintf(stderr, "sortie: timed out waiting for %s\n", waiting.c_str());
+      return kExitTimeout;
+    }
+    std::this_thread::sleep_for(std::chrono::milliseconds(200));
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+// resources
+
+struct ResourceAddArgs {
+  std::string name;
+  std::string type;
+  std::string location;
+  std::string install_dir;
+  std::string tmp_dir;
+  std::string gateway;
+  std::vector<std::string> ssh_options;
+  std::string machinefile;
+  bool replace = false;
+};
+
+int resource_add(const Globals& g, const ResourceAddArgs& a) {
+  ResourceSpec spec;
+  spec.name = a.name;
+  spec.type = a.type;
+  spec.location = a.location;
+  spec.install_dir = a.install_dir;
+  spec.tmp_dir = a.tmp_dir;
+  spec.gateway = a.gateway;
+  spec.ssh_options = a.ssh_options;
+  if (!a.machinefile.empty()) {
+    std::error_code ec;
+    auto abs = std::filesystem::absolute(a.machinefile, ec);
+    spec.machinefile = ec ? a.machinefile : abs.string();
+  }
+  auto client = connect(g);
+  if (!client.ok())
+    return fail(client.error());
+  if (auto r = client->add_resource(spec, a.replace); !r.ok())
+    return fail(r.error());
+  return kExitOk;
+}
+
+int resource_list(const Globals& g, bool as_json) {
+  auto client = connect(g);
+  if (!client.ok())
+    return fail(client.error());
+  auto list = client->resources();
+  if (!list.ok())
+    return fail(list.error());
+  std::fputs((as_json ? resources_json(*list) : resources_table(*list)).c_str(), stdout);
+  return kExitOk;
+}
+
+int resource_rm(const Globals& g, const std::string& name) {
+  auto client = connect(g);
+  if (!client.ok())
+    return fail(client.error());
+  if (auto r = client->remove_resource(name); !r.ok())
+    return fail(r.error());
   return kExitOk;
 }
 
@@ -797,12 +922,51 @@ struct AgentArgs {
   std::string gpus;
   std::uint64_t memory = 0;
   std::int64_t walltime_end_ms = 0;
+  std::int64_t walltime_ms = 0;
+  bool stdio = false;
 };
+
+/// `agent --stdio`: the hub started us through ssh. The first line on standard input is the
+/// link's key (hex); the rest of standard input and standard output carry the protocol, so they
+/// move to descriptors no child inherits, and 0/1 become /dev/null and standard error (which ssh
+/// brings back to the hub's log of this agent).
+Result<void> take_stdio(agent::AgentOptions& o) {
+  std::string line;
+  char c;
+  while (line.size() < 256) {
+    ssize_t n = ::read(0, &c, 1);
+    if (n < 0 && errno == EINTR)
+      continue;
+    if (n <= 0 || c == '\n')
+      break;
+    line += c;
+  }
+  HubFile hf;
+  hf.token = line;
+  auto key = token_key(hf);
+  if (!key.ok() || key->size() != 32)
+    return make_error(ErrorCode::InvalidArgument,
+                      "--stdio: standard input must start with the link key the hub sends; "
+                      "`sortie agent --stdio` is started by the hub (ssh pilots), not by hand");
+  o.stdio_key = *key;
+  o.stdio_in = ::fcntl(0, F_DUPFD_CLOEXEC, 3);
+  o.stdio_out = ::fcntl(1, F_DUPFD_CLOEXEC, 3);
+  int devnull = ::open("/dev/null", O_RDONLY | O_CLOEXEC);
+  if (o.stdio_in < 0 || o.stdio_out < 0 || devnull < 0)
+    return make_error(ErrorCode::Io, fmt::format("--stdio: {}", errno_text(errno)));
+  ::dup2(devnull, 0);
+  ::close(devnull);
+  ::dup2(2, 1);
+  return ok_result();
+}
 
 int agent_main(const Globals& g, const AgentArgs& a) {
   log::init("agent", "-", g.verbose ? log::Level::Debug : log::Level::Info);
   agent::AgentOptions o;
-  if (!a.hub_file.empty())
+  if (a.stdio) {
+    if (auto r = take_stdio(o); !r.ok())
+      return fail(r.error());
+  } else if (!a.hub_file.empty())
     o.hub_file = a.hub_file;
   else if (!a.profile_dir.empty())
     o.hub_file = profile_at(a.profile_dir).hub_file();
@@ -832,6 +996,11 @@ int agent_main(const Globals& g, const AgentArgs& a) {
   }
   o.memory = a.memory;
   o.walltime_end_ms = a.walltime_end_ms;
+  if (a.walltime_ms > 0) // the batch job started us: its walltime runs from now
+    o.walltime_end_ms = wall_now_ms() + a.walltime_ms;
+  if (o.node_name.empty())
+    if (const char* n = std::getenv("SLURMD_NODENAME"); n && *n)
+      o.node_name = n;
   return agent::run_agent(o);
 }
 
@@ -916,9 +1085,10 @@ int run(int argc, char** argv) {
   pilot->require_subcommand(1);
   PilotAddArgs padd;
   auto* pa = pilot->add_subcommand("add", "start a pilot");
-  pa->add_option("--resource", padd.resource, "where: local (this machine)");
+  pa->add_option("--resource", padd.resource, "where: a resource's name (default: local)");
   pa->add_option("--slots,--slots-per-node", padd.slots, "slots per node (default: cores)");
-  pa->add_option("--nodes", padd.nodes, "number of agents (nodes) to start (default 1)");
+  pa->add_option("--nodes", padd.nodes,
+                 "number of nodes (agents) (default: 1; ssh: one per host of the resource)");
   pa->add_option("--label", padd.label, "label; labelled jobs run only on pilots with that label");
   pa->add_option("--node-names", padd.node_names, "comma-separated names, one per node");
   pa->add_option("--gpus-per-node", padd.gpus_per_node,
@@ -926,6 +1096,9 @@ int run(int argc, char** argv) {
   pa->add_option("--memory-per-node", padd.memory_per_node,
                  "memory jobs may reserve on each node (default: all of it), e.g. 8G");
   pa->add_option("--time", padd.time, "walltime: the pilot ends after this long, e.g. 2h");
+  pa->add_option("--queue", padd.queue, "batch queue or partition (slurm, sge)");
+  pa->add_option("--option", padd.options,
+                 "a raw sbatch/qsub flag, repeatable; write --option=--account=abc");
   pa->add_flag("--json", padd.json, "print JSON");
   pa->callback([&] { action = [&] { return pilot_add(g, padd); }; });
   bool plist_json = false;
@@ -936,6 +1109,39 @@ int run(int argc, char** argv) {
   auto* pc = pilot->add_subcommand("cancel", "stop a pilot; its running jobs are requeued");
   pc->add_option("id", pcancel_id, "pilot id")->required();
   pc->callback([&] { action = [&] { return pilot_cancel(g, pcancel_id); }; });
+  PilotWaitArgs pwait;
+  auto* pw = pilot->add_subcommand("wait", "wait until pilots run with all their nodes");
+  pw->add_option("ids", pwait.ids, "pilot ids");
+  pw->add_flag("--all", pwait.all, "every pilot that has not ended");
+  pw->add_option("--timeout", pwait.timeout, "give up after this long (exit 4), e.g. 5m");
+  pw->callback([&] { action = [&] { return pilot_wait(g, pwait); }; });
+
+  // --- resource
+  auto* resource = app.add_subcommand("resource", "define where pilots can run");
+  resource->require_subcommand(1);
+  ResourceAddArgs radd;
+  auto* ra = resource->add_subcommand("add", "define a resource (docs/resources.md)");
+  ra->add_option("name", radd.name, "its name")->required();
+  ra->add_option("--type", radd.type, "ssh, slurm or sge")->required();
+  ra->add_option("--location", radd.location,
+                 "ssh: [user@]host[:port][,host2...]; slurm/sge: the login host (default: here)");
+  ra->add_option("--install-dir", radd.install_dir,
+                 "the sortie tree there (DIR/bin/sortie; default: this sortie's path)");
+  ra->add_option("--tmp-dir", radd.tmp_dir, "where batch jobs write their output");
+  ra->add_option("--gateway", radd.gateway, "an ssh resource to hop through (ProxyJump)");
+  ra->add_option("--ssh-option", radd.ssh_options,
+                 "an extra ssh argument, repeatable; write --ssh-option=-oPort=2222");
+  ra->add_option("--machinefile", radd.machinefile, "ssh: a file of host[:N] lines");
+  ra->add_flag("--replace", radd.replace, "overwrite a resource of the same name");
+  ra->callback([&] { action = [&] { return resource_add(g, radd); }; });
+  bool rlist_json = false;
+  auto* rl = resource->add_subcommand("list", "list resources");
+  rl->add_flag("--json", rlist_json, "print JSON");
+  rl->callback([&] { action = [&] { return resource_list(g, rlist_json); }; });
+  std::string rrm_name;
+  auto* rr = resource->add_subcommand("rm", "remove a resource");
+  rr->add_option("name", rrm_name, "its name")->required();
+  rr->callback([&] { action = [&] { return resource_rm(g, rrm_name); }; });
 
   // --- submit and map
   JobOptions sopts;
@@ -1016,6 +1222,8 @@ int run(int argc, char** argv) {
   ag->add_option("--gpus", aargs.gpus, "GPU devices, e.g. 0,1 (default: detected)");
   ag->add_option("--memory", aargs.memory, "bytes jobs may reserve (default: the node's memory)");
   ag->add_option("--walltime-end-ms", aargs.walltime_end_ms);
+  ag->add_option("--walltime", aargs.walltime_ms, "milliseconds of walltime from now");
+  ag->add_flag("--stdio", aargs.stdio, "speak the protocol on stdin/stdout (ssh pilots)");
   ag->callback([&] { action = [&] { return agent_main(g, aargs); }; });
 
   try {

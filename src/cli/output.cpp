@@ -243,15 +243,16 @@ std::string status_json(const HubStatus& s) {
 
 std::string pilots_table(const std::vector<PilotInfo>& pilots) {
   std::vector<std::vector<std::string>> rows = {
-      {"ID", "RESOURCE", "STATE", "NODES", "SLOTS", "LABEL", "TIME LEFT", "REASON"}};
+      {"ID", "RESOURCE", "STATE", "NODES", "SLOTS", "LABEL", "TIME LEFT", "BATCH ID", "REASON"}};
   auto now = wall_now_ms();
   for (const auto& p : pilots)
     rows.push_back({std::to_string(p.id.value), p.spec.resource, p.state,
-                    fmt::format("{}/{}", p.nodes_up, p.spec.nodes),
+                    p.spec.nodes ? fmt::format("{}/{}", p.nodes_up, p.spec.nodes)
+                                 : fmt::format("{}", p.nodes_up),
                     fmt::format("{}/{}", p.slots_used, p.slots_total),
                     p.spec.label.empty() ? "-" : p.spec.label,
                     p.end_ms == 0 ? "-" : format_duration_ms(std::max<std::int64_t>(0, p.end_ms - now)),
-                    p.reason});
+                    p.batch_id.empty() ? "-" : p.batch_id, p.reason});
   return table(rows);
 }
 
@@ -273,7 +274,41 @@ std::string pilots_json(const std::vector<PilotInfo>& pilots) {
                  {"gpus_per_node", p.spec.gpus_per_node},
                  {"memory_per_node", p.spec.memory_per_node},
                  {"walltime_ms", p.spec.walltime_ms},
+                 {"queue", p.spec.queue},
+                 {"batch_options", p.spec.batch_options},
+                 {"batch_id", p.batch_id},
                  {"reason", p.reason}});
+  return a.dump(2) + "\n";
+}
+
+std::string resources_table(const std::vector<ResourceSpec>& resources) {
+  std::vector<std::vector<std::string>> rows = {
+      {"NAME", "TYPE", "LOCATION", "GATEWAY", "INSTALL DIR", "FROM"}};
+  for (const auto& r : resources)
+    rows.push_back({r.name, r.type,
+                    !r.machinefile.empty() ? "machinefile " + r.machinefile
+                    : r.location.empty()   ? "-"
+                                           : r.location,
+                    r.gateway.empty() ? "-" : r.gateway,
+                    r.install_dir.empty() ? "-" : r.install_dir,
+                    r.type == "local" && r.name == "local" ? "built in"
+                    : r.from_config                        ? "config.toml"
+                                                           : "resource add"});
+  return table(rows);
+}
+
+std::string resources_json(const std::vector<ResourceSpec>& resources) {
+  json a = json::array();
+  for (const auto& r : resources)
+    a.push_back({{"name", r.name},
+                 {"type", r.type},
+                 {"location", r.location},
+                 {"install_dir", r.install_dir},
+                 {"tmp_dir", r.tmp_dir},
+                 {"gateway", r.gateway},
+                 {"ssh_options", r.ssh_options},
+                 {"machinefile", r.machinefile},
+                 {"from_config", r.from_config}});
   return a.dump(2) + "\n";
 }
 

@@ -17,6 +17,8 @@ std::string status_text(const HubStatus& s);
 std::string status_json(const HubStatus& s);
 std::string pilots_table(const std::vector<PilotInfo>& pilots);
 std::string pilots_json(const std::vector<PilotInfo>& pilots);
+std::string resources_table(const std::vector<ResourceSpec>& resources);
+std::string resources_json(const std::vector<ResourceSpec>& resources);
 std::string submitted_json(const Submitted& s);
 /// "[#######.....]  512/1000  3 failed" for a terminal of `width` columns.
 std::string progress_line(const WaitProgress& p, int width);

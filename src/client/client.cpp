@@ -137,6 +137,22 @@ PilotSpec from_pb(const pb::PilotSpec& s) {
   out.gpus_per_node = s.gpus_per_node();
   out.memory_per_node = s.memory_per_node();
   out.walltime_ms = s.walltime_ms();
+  out.queue = s.queue();
+  out.batch_options.assign(s.batch_options().begin(), s.batch_options().end());
+  return out;
+}
+
+ResourceSpec from_pb(const pb::ResourceSpec& s) {
+  ResourceSpec out;
+  out.name = s.name();
+  out.type = s.type();
+  out.location = s.location();
+  out.install_dir = s.install_dir();
+  out.tmp_dir = s.tmp_dir();
+  out.gateway = s.gateway();
+  out.ssh_options.assign(s.ssh_options().begin(), s.ssh_options().end());
+  out.machinefile = s.machinefile();
+  out.from_config = s.from_config();
   return out;
 }
 
@@ -412,6 +428,9 @@ Result<PilotId> Client::add_pilot(const PilotSpec& spec) {
   s->set_gpus_per_node(spec.gpus_per_node);
   s->set_memory_per_node(spec.memory_per_node);
   s->set_walltime_ms(spec.walltime_ms);
+  s->set_queue(spec.queue);
+  for (const auto& o : spec.batch_options)
+    s->add_batch_options(o);
   SORTIE_ASSIGN_OR_RETURN(reply, impl_->call(env));
   if (!reply.has_pilot_add_reply())
     return make_error(ErrorCode::Internal, "unexpected reply to pilot add");
@@ -437,6 +456,7 @@ Result<std::vector<PilotInfo>> Client::pilots() {
     i.reason = p.reason();
     i.nodes.assign(p.nodes().begin(), p.nodes().end());
     i.end_ms = p.end_ms();
+    i.batch_id = p.batch_id();
     out.push_back(std::move(i));
   }
   return out;
@@ -445,6 +465,43 @@ Result<std::vector<PilotInfo>> Client::pilots() {
 Result<void> Client::cancel_pilot(PilotId id) {
   pb::Envelope env;
   env.mutable_pilot_cancel()->set_pilot_id(id.value);
+  SORTIE_ASSIGN_OR_RETURN(reply, impl_->call(env));
+  return ok_result();
+}
+
+Result<void> Client::add_resource(const ResourceSpec& spec, bool replace) {
+  pb::Envelope env;
+  auto* req = env.mutable_resource_add();
+  req->set_replace(replace);
+  auto* s = req->mutable_spec();
+  s->set_name(spec.name);
+  s->set_type(spec.type);
+  s->set_location(spec.location);
+  s->set_install_dir(spec.install_dir);
+  s->set_tmp_dir(spec.tmp_dir);
+  s->set_gateway(spec.gateway);
+  for (const auto& o : spec.ssh_options)
+    s->add_ssh_options(o);
+  s->set_machinefile(spec.machinefile);
+  SORTIE_ASSIGN_OR_RETURN(reply, impl_->call(env));
+  return ok_result();
+}
+
+Result<std::vector<ResourceSpec>> Client::resources() {
+  pb::Envelope env;
+  env.mutable_resource_list();
+  SORTIE_ASSIGN_OR_RETURN(reply, impl_->call(env));
+  if (!reply.has_resource_list_reply())
+    return make_error(ErrorCode::Internal, "unexpected reply to resource list");
+  std::vector<ResourceSpec> out;
+  for (const auto& r : reply.resource_list_reply().resources())
+    out.push_back(from_pb(r));
+  return out;
+}
+
+Result<void> Client::remove_resource(const std::string& name) {
+  pb::Envelope env;
+  env.mutable_resource_remove()->set_name(name);
   SORTIE_ASSIGN_OR_RETURN(reply, impl_->call(env));
   return ok_result();
 }

@@ -1,6 +1,8 @@
 // SPDX-License-Identifier: Apache-2.0
 #include "hub/config.hpp"
 
+#include <algorithm>
+
 #include <toml++/toml.h>
 
 #include <fmt/format.h>
@@ -14,7 +16,78 @@ std::string where(const std::filesystem::path& path, const toml::source_region& 
   return fmt::format("{}:{}:{}", path.string(), src.begin.line, src.begin.column);
 }
 
+/// [resources.NAME] tables: type, location, install_dir, tmp_dir, gateway, ssh_options,
+/// machinefile.
+Result<void> load_resources(const std::filesystem::path& path,
+                            const toml::table& resources,
+                            HubConfig& config) {
+  for (auto&& [name_node, node] : resources) {
+    std::string name(name_node.str());
+    auto* t = node.as_table();
+    if (!t)
+      return make_error(ErrorCode::InvalidArgument,
+                        fmt::format("{}: resources.{} must be a table ([resources.{}])",
+                                    where(path, node.source()), name, name));
+    pb::ResourceSpec r;
+    r.set_name(name);
+    r.set_from_config(true);
+    for (auto&& [key_node, value] : *t) {
+      std::string key(key_node.str());
+      std::string at = where(path, value.source());
+      if (key == "ssh_options") {
+        auto* arr = value.as_array();
+        if (!arr)
+          return make_error(ErrorCode::InvalidArgument,
+                            fmt::format("{}: resources.{}.ssh_options must be an array of strings",
+                                        at, name));
+        for (auto&& v : *arr) {
+          auto s = v.value<std::string>();
+          if (!s)
+            return make_error(ErrorCode::InvalidArgument,
+                              fmt::format("{}: resources.{}.ssh_options must be an array of "
+                                          "strings",
+                                          where(path, v.source()), name));
+          r.add_ssh_options(*s);
+        }
+        continue;
+      }
+      auto s = value.value<std::string>();
+      if (!s)
+        return make_error(ErrorCode::InvalidArgument,
+                          fmt::format("{}: resources.{}.{} must be a string", at, name, key));
+      if (key == "type")
+        r.set_type(*s);
+      else if (key == "location")
+        r.set_location(*s);
+      else if (key == "install_dir")
+        r.set_install_dir(*s);
+      else if (key == "tmp_dir")
+        r.set_tmp_dir(*s);
+      else if (key == "gateway")
+        r.set_gateway(*s);
+      else if (key == "machinefile")
+        r.set_machinefile(*s);
+      else
+        return make_error(ErrorCode::InvalidArgument,
+                          fmt::format("{}: unknown key resources.{}.{}: known keys are type, "
+                                      "location, install_dir, tmp_dir, gateway, ssh_options, "
+                                      "machinefile",
+                                      at, name, key));
+    }
+    if (r.type().empty())
+      return make_error(ErrorCode::InvalidArgument,
+                        fmt::format("{}: resources.{} needs a type (ssh, slurm, sge or local)",
+                                    where(path, node.source()), name));
+    config.resources.push_back(std::move(r));
+  }
+  return ok_result();
+}
+
 } // namespace
+
+std::int64_t drain_margin_ms(std::int64_t walltime_ms) {
+  return std::clamp<std::int64_t>(walltime_ms / 10, 5'000, 60'000);
+}
 
 Result<void> parse_listen(const std::string& text, HubConfig& config) {
   std::string host = text;
@@ -62,12 +135,15 @@ Result<void> load_config_file(const std::filesystem::path& path, HubConfig& conf
                       fmt::format("{}: {}", where(path, e.source()), e.description()));
   }
   for (auto&& [key, node] : doc) {
-    // Later sections (resources, pilots) are read by other parts; only [hub] is known here.
-    if (key.str() != "hub" && key.str() != "resources" && key.str() != "pilots")
+    // [hub] and [resources.NAME]; anything else is a mistake worth naming.
+    if (key.str() != "hub" && key.str() != "resources")
       return make_error(ErrorCode::InvalidArgument,
-                        fmt::format("{}: unknown table '{}': known tables are [hub]",
+                        fmt::format("{}: unknown table '{}': known tables are [hub] and "
+                                    "[resources.NAME]",
                                     where(path, node.source()), key.str()));
   }
+  if (auto* resources = doc["resources"].as_table())
+    SORTIE_TRY(load_resources(path, *resources, config));
   auto* hub = doc["hub"].as_table();
   if (!hub)
     return ok_result();
@@ -132,6 +208,11 @@ Result<void> load_config_file(const std::filesystem::path& path, HubConfig& conf
         return make_error(ErrorCode::InvalidArgument,
                           fmt::format("{}: hub.output_credit must be a size of at least 64K", at));
       config.output_credit = *b;
+    } else if (key == "batch_poll_interval") {
+      SORTIE_TRY(want_duration(config.batch_poll_interval_ms));
+      if (config.batch_poll_interval_ms < 100)
+        return make_error(ErrorCode::InvalidArgument,
+                          fmt::format("{}: hub.batch_poll_interval must be at least 100ms", at));
     } else if (key == "store_sync") {
       auto s = node.value<std::string>();
       if (!s || (*s != "full" && *s != "normal"))
@@ -142,7 +223,7 @@ Result<void> load_config_file(const std::filesystem::path& path, HubConfig& conf
       return make_error(ErrorCode::InvalidArgument,
                         fmt::format("{}: unknown key hub.{}: known keys are listen, "
                                     "heartbeat_interval, agent_reconnect_window, kill_grace, "
-                                    "launch_queue, lost_retries, output_credit, store_sync",
+                                    "launch_queue, lost_retries, output_credit, store_sync, batch_poll_interval",
                                     at, key));
     }
   }

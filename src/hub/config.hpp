@@ -6,7 +6,10 @@
 #include <filesystem>
 #include <string>
 
+#include <vector>
+
 #include "common/profile.hpp"
+#include "protocol/sortie.pb.h"
 #include "sortie/result.hpp"
 
 namespace sortie::hub {
@@ -29,7 +32,14 @@ struct HubConfig {
   std::uint32_t lost_retries = 3;       ///< times a job is requeued after its agent was lost
   std::int64_t handshake_timeout_ms = 10'000;
   std::filesystem::path self_exe;       ///< the sortie binary, to start local agents
+  std::int64_t batch_poll_interval_ms = 5'000; ///< how often squeue/qstat are asked
+  /// Pilots this close to their walltime's end drain: they take no new jobs (at least 5 s, at
+  /// most 1 min; a tenth of the walltime in between).
+  std::vector<pb::ResourceSpec> resources; ///< [resources.NAME] tables
 };
+
+/// How long before its walltime ends a pilot of that walltime drains.
+std::int64_t drain_margin_ms(std::int64_t walltime_ms);
 
 /// Reads `path` if it exists (a missing file means defaults) into `config`. Errors name the file,
 /// line and key, and say what is expected.

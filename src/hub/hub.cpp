@@ -320,9 +320,11 @@ Result<void> Hub::load(store::LoadedState state) {
     pilot.created_ms = p.created_ms;
     pilot.ended_ms = p.ended_ms;
     pilot.reason = p.reason;
+    pilot.batch_id = p.batch_id;
     pilot.end_ms = pilot.spec.walltime_ms() ? p.created_ms + pilot.spec.walltime_ms() : 0;
     pilots_.emplace(pilot.id, std::move(pilot));
   }
+  load_resources(state.resources);
   for (auto& a : agents_)
     if (a.second.reconnect_deadline > 0)
       if (auto p = pilots_.find(a.second.pilot); p != pilots_.end())
@@ -403,6 +405,7 @@ Result<void> Hub::load(store::LoadedState state) {
 }
 
 void Hub::start() {
+  resume_pilots();
   asio::co_spawn(executor_, [this] { return tick_loop(); },
                  [alive = alive_](std::exception_ptr e) {
                    if (e && *alive) {
@@ -609,12 +612,7 @@ void Hub::tick() {
     transition(*j, JobState::TimedOut, wall);
     job_final(*j);
   }
-  // Pilots whose walltime is over.
-  for (auto& [id, p] : pilots_)
-    if (p.end_ms && wall >= p.end_ms && !p.cancel_requested &&
-        (p.state == "running" || p.state == "pending"))
-      stop_pilot(p, fmt::format("its walltime of {} ended",
-                                format_duration_ms(p.spec.walltime_ms())));
+  pilot_walltimes(wall);
 }
 
 // -------------------------------------------------------------------------------------------
@@ -851,6 +849,12 @@ void Hub::on_client_frame(const std::shared_ptr<Peer>& peer, pb::Envelope& env) 
     return handle_pilot_list(peer, rid);
   case pb::Envelope::kPilotCancel:
     return handle_pilot_cancel(peer, rid, env.pilot_cancel());
+  case pb::Envelope::kResourceAdd:
+    return handle_resource_add(peer, rid, env.resource_add());
+  case pb::Envelope::kResourceList:
+    return handle_resource_list(peer, rid);
+  case pb::Envelope::kResourceRemove:
+    return handle_resource_remove(peer, rid, env.resource_remove());
   case pb::Envelope::kGoodbye:
     return;
   default:
@@ -1380,6 +1384,7 @@ store::PilotRow Hub::pilot_row(const Pilot& p) const {
   r.created_ms = p.created_ms;
   r.ended_ms = p.ended_ms;
   r.reason = p.reason;
+  r.batch_id = p.batch_id;
   return r;
 }
 
@@ -1396,18 +1401,19 @@ void Hub::update_pilot_state(Pilot& p) {
     up += it->second.peer != nullptr;
     waiting += it->second.peer == nullptr && it->second.reconnect_deadline > 0;
   }
-  std::size_t live_pids = 0;
+  std::size_t live_pids = p.batch_alive ? 1 : 0;
   for (int pid : p.pids)
     live_pids += !dead_pids_.contains(pid);
   std::string next = p.state;
   if (up > 0) {
-    next = "running";
+    if (p.state != "draining")
+      next = "running";
   } else if (waiting > 0 || live_pids > 0) {
     if (p.state == "submitting")
       next = "pending";
   } else if (p.cancel_requested || stopping_) {
     next = p.cancelled_by_user || stopping_ ? "cancelled" : "ended";
-  } else if (p.state == "running") {
+  } else if (p.state == "running" || p.state == "draining") {
     next = "ended";
     if (p.reason.empty())
       p.reason = "all its agents have exited";
@@ -1434,12 +1440,46 @@ void Hub::handle_pilot_add(const std::shared_ptr<Peer>& peer,
   pb::PilotSpec spec = req.spec();
   if (spec.resource().empty())
     spec.set_resource("local");
-  if (spec.resource() != "local")
+  const pb::ResourceSpec* resource = find_resource(spec.resource());
+  if (!resource) {
+    std::string known = "local";
+    for (const auto& [name, r] : resources_)
+      known += ", " + name;
     return reply_error(peer, rid,
-                       make_error(ErrorCode::InvalidArgument,
-                                  fmt::format("resource '{}' is not defined: this hub knows only "
-                                              "'local' (this machine)",
-                                              spec.resource())));
+                       make_error(ErrorCode::NotFound,
+                                  fmt::format("resource '{}' is not defined: add it with `sortie "
+                                              "resource add {} --type ...` (known: {})",
+                                              spec.resource(), spec.resource(), known)));
+  }
+  if (resource->type() != "local") {
+    if (auto r = check_remote_pilot(spec, *resource); !r.ok())
+      return reply_error(peer, rid, r.error());
+    Pilot p;
+    p.id = PilotId(next_pilot_id_++);
+    p.spec = spec;
+    p.state = "submitting";
+    p.remote = true;
+    p.created_ms = clock_.now_ms();
+    PilotId id = p.id;
+    pilots_.emplace(id, p);
+    batch().pilots.push_back(pilot_row(p));
+    batch().on_commit.push_back([this, alive = alive_, peer, rid, id](const Result<void>& r) {
+      if (!*alive)
+        return;
+      auto it = pilots_.find(id);
+      if (it == pilots_.end())
+        return;
+      if (!r.ok()) {
+        pilots_.erase(it);
+        return reply_error(peer, rid, r.error());
+      }
+      start_driver(it->second);
+      pb::Envelope env;
+      env.mutable_pilot_add_reply()->set_pilot_id(id.value);
+      send_to(peer, env, rid);
+    });
+    return;
+  }
   if (spec.nodes() == 0)
     spec.set_nodes(spec.node_names_size() > 0 ? static_cast<std::uint32_t>(spec.node_names_size()) : 1);
   if (spec.nodes() > 256)
@@ -1611,8 +1651,11 @@ void Hub::stop_pilot(Pilot& p, const std::string& reason) {
       a->second.peer->send(env);
     }
   }
-  // Agents that never registered (or hang) get SIGTERM from the launcher as well.
+  // Agents that never registered (or hang) get SIGTERM from the launcher as well; a remote
+  // pilot's batch job is cancelled.
   launcher_.cancel(launch::Allocation{p.pids});
+  if (auto d = drivers_.find(p.id); d != drivers_.end())
+    d->second->cancel();
   update_pilot_state(p);
 }
 
@@ -1647,7 +1690,9 @@ void Hub::on_local_process_exit(int pid, int status) {
 // -------------------------------------------------------------------------------------------
 // Agents
 
-void Hub::on_agent_register(const std::shared_ptr<Peer>& peer, const pb::AgentRegister& reg) {
+void Hub::on_agent_register(const std::shared_ptr<Peer>& peer,
+                             const pb::AgentRegister& reg,
+                             bool stdio) {
   if (stopping_) {
     peer->close_with_error(make_error(ErrorCode::Unavailable, "the hub is stopping"));
     return;
@@ -1776,7 +1821,8 @@ void Hub::on_agent_register(const std::shared_ptr<Peer>& peer, const pb::AgentRe
   a.peer = peer;
   char host[256] = {};
   ::gethostname(host, sizeof host - 1);
-  a.local = pilot_by_pid_.contains(a.pid) || (a.hostname == host && a.pid > 0);
+  a.local = !stdio && (pilot_by_pid_.contains(a.pid) || (a.hostname == host && a.pid > 0));
+  a.stdio = stdio;
   AgentId id = a.id;
   agent_by_peer_[peer.get()] = id;
   batch().agents.push_back({id.value, a.pilot.value, a.node, a.hostname, a.pid, a.slots, a.label,
@@ -1801,6 +1847,12 @@ void Hub::on_agent_register(const std::shared_ptr<Peer>& peer, const pb::AgentRe
     finish_registration(peer, id, kill);
     if (auto p = pilots_.find(it->second.pilot); p != pilots_.end()) {
       p->second.agents.insert(id);
+      // A batch pilot's walltime starts when its job does: its agents know when it ends.
+      std::int64_t end = it->second.walltime_end_ms;
+      if (p->second.remote && end > 0 && (p->second.end_ms == 0 || end < p->second.end_ms)) {
+        p->second.end_ms = end;
+        pilot_changed(p->second);
+      }
       update_pilot_state(p->second);
     }
   });
@@ -2024,8 +2076,11 @@ void Hub::on_agent_closed(const std::shared_ptr<Peer>& peer, const Error& reason
   a.peer.reset();
   scheduler_.remove_node(id);
   bool process_dead = a.local && (dead_pids_.contains(a.pid) || !launcher_.process_alive(a.pid));
-  if (goodbye || stopping_ || process_dead) {
-    agent_gone(id, goodbye ? "it shut down" : process_dead ? "its process died" : "the hub is stopping");
+  if (goodbye || stopping_ || process_dead || a.stdio) {
+    agent_gone(id, goodbye          ? "it shut down"
+                   : process_dead   ? "its process died"
+                   : a.stdio        ? fmt::format("its ssh link ended: {}", reason.message)
+                                    : "the hub is stopping");
     return;
   }
   a.reconnect_deadline = clock_.monotonic_ms() + config_.agent_reconnect_window_ms + kReconnectMarginMs;
@@ -2103,6 +2158,9 @@ void Hub::shutdown(std::function<void()> done) {
   }
   for (auto& [id, p] : pilots_) {
     launcher_.cancel(launch::Allocation{p.pids});
+    if (auto d = drivers_.find(id); d != drivers_.end())
+      d->second->cancel();
+    p.batch_alive = false;
     if (p.state != "ended" && p.state != "failed" && p.state != "cancelled") {
       p.reason = "the hub stopped";
       update_pilot_state(p);

@@ -18,6 +18,7 @@
 #include <cstdint>
 #include <functional>
 #include <queue>
+#include <map>
 #include <memory>
 #include <optional>
 #include <string>
@@ -32,6 +33,7 @@
 #include "launch/launcher.hpp"
 #include "protocol/asio.hpp"
 #include "protocol/sortie.pb.h"
+#include "launch/drivers.hpp"
 #include "scheduler/scheduler.hpp"
 #include "store/store.hpp"
 
@@ -107,6 +109,7 @@ struct Agent {
   std::uint64_t credit_owed = 0;  ///< output bytes written but not yet credited back
   std::int64_t reconnect_deadline = 0; ///< monotonic ms; while disconnected
   bool local = false; ///< started by this hub's local launcher on this machine
+  bool stdio = false; ///< its link is an ssh session the hub started: it cannot reconnect
   double runtime_ms = -1; ///< moving average of its jobs' run times (-1: none yet)
   std::uint32_t queue_rounds = 1; ///< current launch-queue depth, in rounds of its slots
 };
@@ -123,6 +126,9 @@ struct Pilot {
   bool cancel_requested = false;   ///< stopping: cancelled, walltime over, hub stopping
   bool cancelled_by_user = false;
   std::int64_t end_ms = 0; ///< walltime end (0: none)
+  bool remote = false;      ///< started by a driver (ssh, slurm, sge), not the local launcher
+  bool batch_alive = false; ///< its batch job or ssh processes exist, as far as the driver knows
+  std::string batch_id;     ///< the batch system's job id
 };
 
 struct HubStats {
@@ -154,7 +160,10 @@ public:
 
   // Agent connections ----------------------------------------------------------------------
   /// An agent's first frame after the handshake. Replies (after a commit) with AgentRegistered.
-  void on_agent_register(const std::shared_ptr<Peer>& peer, const pb::AgentRegister& reg);
+  /// `stdio`: the link is an ssh session of a remote pilot (it cannot reconnect).
+  void on_agent_register(const std::shared_ptr<Peer>& peer,
+                         const pb::AgentRegister& reg,
+                         bool stdio = false);
   void on_agent_frame(const std::shared_ptr<Peer>& peer, pb::Envelope& env);
   /// The agent's link ended: `goodbye` when the agent said it is leaving.
   void on_agent_closed(const std::shared_ptr<Peer>& peer, const Error& reason, bool goodbye);
@@ -165,6 +174,11 @@ public:
 
   /// Called when a client asked the hub to stop; the server then calls shutdown().
   std::function<void()> on_stop_requested;
+  /// Set by the server: runs an agent session over a remote pilot's ssh pipes, authenticated
+  /// with `key` instead of the profile's token.
+  std::function<void(std::unique_ptr<net::ByteStream>, std::string key)> on_agent_link;
+  /// Set by the server: where drivers wait for the commands they run.
+  launch::ChildWatch* child_watch = nullptr;
   /// Stops local agents, requeues what ran on them, flushes the store, then runs `done`.
   void shutdown(std::function<void()> done);
 
@@ -190,6 +204,9 @@ private:
   void handle_pilot_add(const std::shared_ptr<Peer>& peer, std::uint64_t rid, const pb::PilotAddRequest& req);
   void handle_pilot_list(const std::shared_ptr<Peer>& peer, std::uint64_t rid);
   void handle_pilot_cancel(const std::shared_ptr<Peer>& peer, std::uint64_t rid, const pb::PilotCancelRequest& req);
+  void handle_resource_add(const std::shared_ptr<Peer>& peer, std::uint64_t rid, const pb::ResourceAddRequest& req);
+  void handle_resource_list(const std::shared_ptr<Peer>& peer, std::uint64_t rid);
+  void handle_resource_remove(const std::shared_ptr<Peer>& peer, std::uint64_t rid, const pb::ResourceRemoveRequest& req);
 
   // Agent messages.
   void handle_job_events(Agent& agent, const pb::JobEvents& events);
@@ -258,6 +275,21 @@ private:
   void stop_pilot(Pilot& pilot, const std::string& reason);
   void update_pilot_state(Pilot& pilot);
   store::PilotRow pilot_row(const Pilot& pilot) const;
+  /// Validates a pilot request for a remote resource and fills defaults.
+  Result<void> check_remote_pilot(pb::PilotSpec& spec, const pb::ResourceSpec& resource) const;
+  /// Creates the pilot's driver and starts it (or, with a batch id, resumes following it).
+  void start_driver(Pilot& pilot);
+  void on_pilot_report(PilotId id, const launch::PilotReport& report);
+  /// Enters or leaves draining as the walltime nears; ends pilots whose walltime is over.
+  void pilot_walltimes(std::int64_t wall);
+  const pb::ResourceSpec* find_resource(const std::string& name) const;
+  /// The gateways to hop through to reach `resource`, outermost first.
+  Result<std::vector<pb::ResourceSpec>> gateway_chain(const pb::ResourceSpec& resource) const;
+  Result<void> check_resource(const pb::ResourceSpec& spec) const;
+  /// Resources from the store, then config.toml's (which win).
+  void load_resources(std::vector<store::ResourceRow>& rows);
+  /// After a restart: batch pilots are followed again; ssh pilots ended with the old hub.
+  void resume_pilots();
 
   void reply_error(const std::shared_ptr<Peer>& peer, std::uint64_t rid, const Error& error);
   void send_to(const std::shared_ptr<Peer>& peer, pb::Envelope& env, std::uint64_t rid);
@@ -280,6 +312,8 @@ private:
   std::unordered_map<AgentId, Agent> agents_;
   std::unordered_map<const Peer*, AgentId> agent_by_peer_;
   std::unordered_map<PilotId, Pilot> pilots_;
+  std::map<std::string, pb::ResourceSpec> resources_;
+  std::unordered_map<PilotId, std::unique_ptr<launch::Driver>> drivers_;
   std::unordered_map<int, PilotId> pilot_by_pid_;
   std::unordered_set<int> dead_pids_; ///< local agent processes seen exiting
   scheduler::Scheduler scheduler_;

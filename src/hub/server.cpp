@@ -109,9 +109,15 @@ public:
   std::uint16_t port() const { return port_; }
   const std::string& socket_path() const { return socket_path_; }
 
+  launch::ChildWatch& child_watch() { return child_watch_; }
+
   void run(Hub& hub) {
     hub_ = &hub;
     hub.on_stop_requested = [this] { stop(); };
+    hub.on_agent_link = [this](std::unique_ptr<net::ByteStream> stream, std::string key) {
+      if (!stopping_)
+        spawn_session(std::move(stream), std::move(key));
+    };
     asio::co_spawn(io_, accept_tcp(), asio::detached);
     asio::co_spawn(io_, accept_unix(), asio::detached);
     watch_signals();
@@ -170,7 +176,8 @@ private:
       int status = 0;
       pid_t pid;
       while ((pid = ::waitpid(-1, &status, WNOHANG)) > 0)
-        hub_->on_local_process_exit(pid, status);
+        if (!child_watch_.dispatch(pid, status))
+          hub_->on_local_process_exit(pid, status);
       watch_children();
     });
   }
@@ -206,12 +213,14 @@ private:
     }
   }
 
-  void spawn_session(std::unique_ptr<net::ByteStream> stream) {
+  /// One connection. `stdio_key`: a remote pilot's ssh session, which only its agent may use,
+  /// authenticated with the key the hub gave that agent.
+  void spawn_session(std::unique_ptr<net::ByteStream> stream, std::string stdio_key = {}) {
     auto link = std::make_shared<net::Link>(io_.get_executor(), std::move(stream));
     std::erase_if(links_, [](const std::weak_ptr<net::Link>& w) { return w.expired(); });
     links_.push_back(link);
     link->start();
-    asio::co_spawn(io_, session(link), [link](std::exception_ptr e) {
+    asio::co_spawn(io_, session(link, std::move(stdio_key)), [link](std::exception_ptr e) {
       if (!e)
         return;
       try {
@@ -223,13 +232,15 @@ private:
     });
   }
 
-  Awaitable<void> session(std::shared_ptr<net::Link> link) {
+  Awaitable<void> session(std::shared_ptr<net::Link> link, std::string stdio_key) {
+    bool stdio = !stdio_key.empty();
     pb::Welcome welcome;
     welcome.set_session_id(++next_session_);
     welcome.set_heartbeat_interval_ms(static_cast<std::uint32_t>(config_.heartbeat_interval_ms));
     welcome.set_hub_version(kSortieVersion);
     welcome.set_profile(config_.profile.name);
-    auto accepted = co_await net::accept_handshake(link, key_, welcome, config_.handshake_timeout_ms);
+    auto accepted = co_await net::accept_handshake(link, stdio ? stdio_key : key_, welcome,
+                                                   config_.handshake_timeout_ms);
     if (!accepted.ok()) {
       log::warn("connection {} rejected: {}", link->peer(), accepted.error().to_string());
       co_return;
@@ -240,7 +251,10 @@ private:
       peer->close_with_error(make_error(ErrorCode::Unavailable, "the hub is stopping"));
       co_return;
     }
-    if (hello.role() == pb::ROLE_CLIENT) {
+    if (stdio && hello.role() != pb::ROLE_AGENT) {
+      peer->close_with_error(make_error(ErrorCode::PermissionDenied,
+                                        "an ssh pilot's link is for its agent only"));
+    } else if (hello.role() == pb::ROLE_CLIENT) {
       link->start_heartbeat(config_.heartbeat_interval_ms, 0);
       log::debug("client {} connected", peer->describe());
       while (true) {
@@ -264,7 +278,7 @@ private:
                                                       protocol::body_name(*first))));
         co_return;
       }
-      hub_->on_agent_register(peer, first->agent_register());
+      hub_->on_agent_register(peer, first->agent_register(), stdio);
       bool goodbye = false;
       while (true) {
         auto frame = co_await link->receive();
@@ -294,6 +308,7 @@ private:
   std::uint16_t port_ = 0;
   Hub* hub_ = nullptr;
   std::vector<std::weak_ptr<net::Link>> links_;
+  launch::ChildWatch child_watch_;
   std::uint64_t next_session_ = 0;
   bool stopping_ = false;
 };
@@ -368,6 +383,7 @@ int run_hub(RunOptions options) {
   SystemClock clock;
   launch::LocalLauncher launcher(config.self_exe, config.profile);
   Hub hub(io.get_executor(), config, **store, launcher, clock);
+  hub.child_watch = &server.child_watch();
   hub.started_ms = clock.now_ms();
   hub.listen_address = fmt::format("{}:{}", config.listen_host, server.port());
   if (auto r = hub.load(std::move(*state)); !r.ok())

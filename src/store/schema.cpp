@@ -62,6 +62,14 @@ CREATE TABLE pilots (
 ALTER TABLE jobs ADD COLUMN limits TEXT NOT NULL DEFAULT '';
 ALTER TABLE jobs ADD COLUMN gpus TEXT NOT NULL DEFAULT '';
 )sql",
+      // 2 -> 3: resources (where pilots run), and each pilot's batch job id.
+      R"sql(
+CREATE TABLE resources (
+  name TEXT PRIMARY KEY,
+  spec BLOB NOT NULL                 -- serialized sortie.pb.ResourceSpec
+);
+ALTER TABLE pilots ADD COLUMN batch_id TEXT NOT NULL DEFAULT '';
+)sql",
   };
   return steps;
 }

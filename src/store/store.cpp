@@ -240,7 +240,8 @@ struct Store::Impl {
   std::atomic<std::uint64_t> commits{0};
 
   // Store-thread state: statements and open output files (a small LRU).
-  Statement insert_spec, insert_group, insert_job, update_job, upsert_agent, upsert_pilot;
+  Statement insert_spec, insert_group, insert_job, update_job, upsert_agent, upsert_pilot,
+      upsert_resource, delete_resource;
   std::list<std::pair<std::string, int>> open_files; // most recent first
   std::unordered_map<std::string, std::list<std::pair<std::string, int>>::iterator> file_index;
   std::thread::id thread_id;
@@ -250,7 +251,7 @@ struct Store::Impl {
       ::close(fd);
     // Statements must be finalized before the connection closes.
     for (auto* st : {&insert_spec, &insert_group, &insert_job, &update_job, &upsert_agent,
-                     &upsert_pilot})
+                     &upsert_pilot, &upsert_resource, &delete_resource})
       *st = Statement();
     if (db)
       sqlite3_close(db);
@@ -270,7 +271,9 @@ struct Store::Impl {
                                  "slots, label, connected, registered_ms) "
                                  "VALUES(?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)");
     upsert_pilot = Statement(db, "INSERT OR REPLACE INTO pilots(id, spec, state, created_ms, "
-                                 "ended_ms, reason) VALUES(?1, ?2, ?3, ?4, ?5, ?6)");
+                                 "ended_ms, reason, batch_id) VALUES(?1, ?2, ?3, ?4, ?5, ?6, ?7)");
+    upsert_resource = Statement(db, "INSERT OR REPLACE INTO resources(name, spec) VALUES(?1, ?2)");
+    delete_resource = Statement(db, "DELETE FROM resources WHERE name=?1");
   }
 
   int output_fd(std::uint64_t job, std::uint32_t attempt, int stream, bool create) {
@@ -383,8 +386,15 @@ struct Store::Impl {
               .bind(4, p.created_ms)
               .bind(5, p.ended_ms)
               .bind_text(6, p.reason)
+              .bind_text(7, p.batch_id)
               .run() != SQLITE_OK)
         return sqlite_error(db, fmt::format("writing pilot {}", p.id));
+    for (const auto& r : b.resources)
+      if (upsert_resource.bind_text(1, r.name).bind_blob(2, r.spec).run() != SQLITE_OK)
+        return sqlite_error(db, fmt::format("writing resource {}", r.name));
+    for (const auto& name : b.resources_removed)
+      if (delete_resource.bind_text(1, name).run() != SQLITE_OK)
+        return sqlite_error(db, fmt::format("removing resource {}", name));
     return ok_result();
   }
 
@@ -574,10 +584,16 @@ Result<LoadedState> Store::load() {
                           q.text(6), q.i64(7) != 0, q.i64(8)});
   }
   {
-    Statement q(db, "SELECT id, spec, state, created_ms, ended_ms, reason FROM pilots ORDER BY id");
+    Statement q(db, "SELECT id, spec, state, created_ms, ended_ms, reason, batch_id FROM pilots "
+                    "ORDER BY id");
     while (q.step())
-      s.pilots.push_back(
-          {static_cast<std::uint64_t>(q.i64(0)), q.text(1), q.text(2), q.i64(3), q.i64(4), q.text(5)});
+      s.pilots.push_back({static_cast<std::uint64_t>(q.i64(0)), q.text(1), q.text(2), q.i64(3),
+                          q.i64(4), q.text(5), q.text(6)});
+  }
+  {
+    Statement q(db, "SELECT name, spec FROM resources ORDER BY name");
+    while (q.step())
+      s.resources.push_back({q.text(0), q.text(1)});
   }
   return s;
 }

@@ -29,7 +29,7 @@
 namespace sortie::store {
 
 /// The newest schema this build writes (PRAGMA user_version).
-inline constexpr int kSchemaVersion = 2;
+inline constexpr int kSchemaVersion = 3;
 
 struct SpecRow {
   std::uint64_t id = 0;
@@ -97,6 +97,12 @@ struct PilotRow {
   std::int64_t created_ms = 0;
   std::int64_t ended_ms = 0;
   std::string reason;
+  std::string batch_id; ///< the batch system's job id (slurm, sge)
+};
+
+struct ResourceRow {
+  std::string name;
+  std::string spec; ///< a serialized pb::ResourceSpec
 };
 
 struct OutputWrite {
@@ -114,6 +120,8 @@ struct WriteBatch {
   std::vector<JobRow> job_updates;
   std::vector<AgentRow> agents;
   std::vector<PilotRow> pilots;
+  std::vector<ResourceRow> resources;
+  std::vector<std::string> resources_removed;
   std::vector<OutputWrite> output;
   /// Run on the loop after the commit (with its error if the transaction failed; the batch is
   /// then rolled back as a whole, output already written stays).
@@ -121,7 +129,8 @@ struct WriteBatch {
 
   bool empty() const {
     return specs.empty() && groups.empty() && job_runs.empty() && job_updates.empty() &&
-           agents.empty() && pilots.empty() && output.empty() && on_commit.empty();
+           agents.empty() && pilots.empty() && resources.empty() && resources_removed.empty() &&
+           output.empty() && on_commit.empty();
   }
 };
 
@@ -132,6 +141,7 @@ struct LoadedState {
   std::vector<JobRow> jobs; ///< ordered by id
   std::vector<AgentRow> agents;
   std::vector<PilotRow> pilots;
+  std::vector<ResourceRow> resources;
 };
 
 struct Options {

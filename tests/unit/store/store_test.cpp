@@ -281,5 +281,31 @@ TEST(Schema, HasOneMigrationPerVersion) {
   EXPECT_EQ(migrations().size(), static_cast<std::size_t>(kSchemaVersion));
 }
 
+
+TEST_F(StoreTest, ResourcesAndBatchIdsSurviveAReload) {
+  {
+    auto store = open();
+    store->start(completions_.poster());
+    WriteBatch b;
+    b.resources.push_back({"cluster", "spec-1"});
+    b.resources.push_back({"lab", "spec-2"});
+    b.pilots.push_back({4, "pilot-spec", "pending", 1000, 0, "", "12345"});
+    ASSERT_TRUE(commit(*store, std::move(b)).ok());
+    WriteBatch rm;
+    rm.resources_removed.push_back("lab");
+    rm.resources.push_back({"cluster", "spec-1b"});
+    ASSERT_TRUE(commit(*store, std::move(rm)).ok());
+    store->stop();
+  }
+  auto store = open();
+  auto state = store->load();
+  ASSERT_TRUE(state.ok());
+  ASSERT_EQ(state->resources.size(), 1u);
+  EXPECT_EQ(state->resources[0].name, "cluster");
+  EXPECT_EQ(state->resources[0].spec, "spec-1b");
+  ASSERT_EQ(state->pilots.size(), 1u);
+  EXPECT_EQ(state->pilots[0].batch_id, "12345");
+}
+
 } // namespace
 } // namespace sortie::store
