@@ -2,7 +2,7 @@
 # SPDX-License-Identifier: Apache-2.0
 # Runs exactly what CI runs: installs what is missing, builds with warnings as errors, runs the
 # unit and integration tests, then builds and runs them again under AddressSanitizer and
-# UndefinedBehaviorSanitizer.
+# UndefinedBehaviorSanitizer. The test beds (sshd, Slurm; scripts/testbeds/) run meanwhile.
 #   scripts/check.sh            everything
 #   scripts/check.sh --fast     skip the sanitizer pass
 set -euo pipefail
@@ -16,6 +16,13 @@ step() { printf '\n=== %s (%s)\n' "$*" "$(date +%T)"; }
 
 step "dependencies"
 scripts/setup.sh --test
+
+# Real sshd and Slurm for the remote pilot tests; stopped however this script ends.
+step "test beds"
+teardown() { scripts/testbeds/slurm.sh down || true; scripts/testbeds/sshd.sh down || true; }
+trap teardown EXIT
+scripts/testbeds/sshd.sh up
+scripts/testbeds/slurm.sh up
 
 run_suite() { # preset
   local preset=$1 dir=build/$1

@@ -251,7 +251,9 @@ std::string pilots_table(const std::vector<PilotInfo>& pilots) {
                                  : fmt::format("{}", p.nodes_up),
                     fmt::format("{}/{}", p.slots_used, p.slots_total),
                     p.spec.label.empty() ? "-" : p.spec.label,
-                    p.end_ms == 0 ? "-" : format_duration_ms(std::max<std::int64_t>(0, p.end_ms - now)),
+                    p.end_ms == 0 || p.state == "ended" || p.state == "failed" || p.state == "cancelled"
+                        ? "-"
+                        : format_duration_ms(std::max<std::int64_t>(0, p.end_ms - now)),
                     p.batch_id.empty() ? "-" : p.batch_id, p.reason});
   return table(rows);
 }

@@ -1597,6 +1597,7 @@ void Hub::handle_pilot_list(const std::shared_ptr<Peer>& peer, std::uint64_t rid
     info->set_created_ms(p->created_ms);
     info->set_reason(p->reason);
     info->set_end_ms(p->end_ms);
+    info->set_batch_id(p->batch_id);
     std::uint64_t total = 0, used = 0;
     std::uint32_t up = 0;
     for (auto aid : p->agents) {
@@ -2128,8 +2129,22 @@ void Hub::agent_gone(AgentId id, const std::string& why) {
   batch().agents.push_back({id.value, a.pilot.value, a.node, a.hostname, a.pid, a.slots, a.label,
                             false, a.registered_ms});
   if (auto p = pilots_.find(a.pilot); p != pilots_.end()) {
-    p->second.agents.erase(id);
-    update_pilot_state(p->second);
+    Pilot& pilot = p->second;
+    pilot.agents.erase(id);
+    // An ssh pilot whose last link is gone cannot get it back: end its ssh processes.
+    if (a.stdio && pilot.remote && !pilot.cancel_requested && !stopping_) {
+      bool any_up = false;
+      for (auto other : pilot.agents)
+        if (auto o = agents_.find(other); o != agents_.end() && o->second.peer)
+          any_up = true;
+      if (!any_up) {
+        if (pilot.reason.empty())
+          pilot.reason = fmt::format("agent {}: {}", a.node, why);
+        if (auto d = drivers_.find(pilot.id); d != drivers_.end())
+          d->second->cancel();
+      }
+    }
+    update_pilot_state(pilot);
   }
 }
 

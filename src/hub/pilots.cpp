@@ -4,6 +4,7 @@
 // agents do, and walltimes (draining, then the end). Local pilots are in hub.cpp.
 #include <fmt/format.h>
 
+#include "common/files.hpp"
 #include "common/log.hpp"
 #include "common/text.hpp"
 #include "hub/hub.hpp"
@@ -206,6 +207,23 @@ Result<void> Hub::check_remote_pilot(pb::PilotSpec& spec, const pb::ResourceSpec
                                     "and '.'",
                                     n));
   if (resource.type() == "ssh") {
+    if (spec.nodes() == 0) {
+      // One agent per host of the resource.
+      if (!resource.machinefile().empty()) {
+        auto text = read_file(resource.machinefile());
+        if (!text.ok())
+          return text.error().with_context(fmt::format("resource '{}'", resource.name()));
+        auto hosts = launch::parse_machinefile(*text, resource.machinefile());
+        if (!hosts.ok())
+          return hosts.error();
+        spec.set_nodes(static_cast<std::uint32_t>(hosts->size()));
+      } else {
+        auto hosts = launch::parse_ssh_targets(resource.location());
+        if (!hosts.ok())
+          return hosts.error();
+        spec.set_nodes(static_cast<std::uint32_t>(hosts->size()));
+      }
+    }
     if (!spec.batch_options().empty() || !spec.queue().empty())
       return make_error(ErrorCode::InvalidArgument,
                         "--queue and --option are for batch resources (slurm, sge), not ssh");

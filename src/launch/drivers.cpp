@@ -223,8 +223,10 @@ private:
 
   void cancel_now() {
     for (auto& n : nodes_)
-      if (n.running)
+      if (n.running) {
         ::kill(n.pid, SIGTERM);
+        ::kill(n.pid, SIGCONT); // a stopped ssh would not see the SIGTERM
+      }
   }
 
   void fail(const std::string& why) {

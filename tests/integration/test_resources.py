@@ -1,0 +1,264 @@
+# SPDX-License-Identifier: Apache-2.0
+"""Resources and remote pilots against the real things: OpenSSH servers on 127.0.0.1 and a
+single-node Slurm, both started by scripts/testbeds/ (scripts/check.sh brings them up first).
+"""
+import os
+import re
+import signal
+import subprocess
+import uuid
+from pathlib import Path
+
+import pytest
+
+from conftest import ROOT, alive, wait_for
+
+TESTBEDS = ROOT / "scripts" / "testbeds"
+
+
+def ssh_options():
+    return subprocess.run([str(TESTBEDS / "sshd.sh"), "env"], capture_output=True, text=True,
+                          check=True).stdout.split()
+
+
+@pytest.fixture(scope="session")
+def sshd():
+    opts = ssh_options()
+    p = subprocess.run(["ssh", *opts, "-oBatchMode=yes", "-p", "2222", "root@127.0.0.1", "true"],
+                       capture_output=True, text=True, timeout=30)
+    if p.returncode != 0:
+        pytest.fail(f"the test sshd is not running (scripts/testbeds/sshd.sh up): {p.stderr}")
+    return opts
+
+
+@pytest.fixture(scope="session")
+def slurm():
+    p = subprocess.run(["scontrol", "ping"], capture_output=True, text=True, timeout=30)
+    if p.returncode != 0 or "UP" not in p.stdout:
+        pytest.fail(f"Slurm is not running (scripts/testbeds/slurm.sh up): {p.stdout}{p.stderr}")
+
+
+def processes_with_arg(word):
+    """Live processes whose command line has `word` as one argument."""
+    found = []
+    for d in os.listdir("/proc"):
+        if not d.isdigit():
+            continue
+        try:
+            args = Path(f"/proc/{d}/cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if word.encode() in args and alive(int(d)):
+            found.append(int(d))
+    return found
+
+
+def ssh_clients(label):
+    """The hub's ssh processes for agents with this label (the remote command is one argument)."""
+    found = []
+    for d in os.listdir("/proc"):
+        if not d.isdigit():
+            continue
+        try:
+            args = Path(f"/proc/{d}/cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if args[0] == b"ssh" and label.encode() in args[-2] and alive(int(d)):
+            found.append(int(d))
+    return found
+
+
+def pilot(sortie, pid):
+    return next(p for p in sortie.json("pilot", "list") if p["id"] == pid)
+
+
+def add_ssh_resource(sortie, name, location, opts, *extra):
+    sortie.run("resource", "add", name, "--type", "ssh", "--location", location,
+               *[f"--ssh-option={o}" for o in opts], *extra)
+    # (-F FILE: the test beds' own keys and known hosts, also used for ProxyJump hops.)
+
+
+@pytest.fixture
+def label():
+    """A label unique to the test: it is on the command line of every agent the test starts,
+    so the test can tell that none is left."""
+    word = "t" + uuid.uuid4().hex[:10]
+    yield word
+    wait_for(lambda: not processes_with_arg(word), 30, f"agents labelled {word} to exit")
+
+
+def test_ssh_pilot_with_two_nodes_runs_200_jobs(sortie, sshd, label):
+    sortie.start()
+    add_ssh_resource(sortie, "lab", "root@127.0.0.1:2222,root@127.0.0.1:2223", sshd)
+    pid = int(sortie.run("pilot", "add", "--resource", "lab", "--slots", "2", "--label",
+                         label).stdout)
+    sortie.run("pilot", "wait", pid, "--timeout", "60s")
+    p = pilot(sortie, pid)
+    assert p["state"] == "running" and p["nodes_up"] == 2 == p["nodes"]
+    assert p["slots_total"] == 4
+    first, last = sortie.submit("sh", "-c", "echo $SORTIE_NODE", opts=["--array", "1-200"])
+    sortie.run("job", "wait", f"{first}-{last}", timeout=180)
+    jobs = sortie.jobs()
+    assert len(jobs) == 200 and all(j["state"] == "succeeded" for j in jobs)
+    nodes = {j["node"] for j in jobs}
+    assert nodes == {"127.0.0.1-1", "127.0.0.1-2"}
+    # Output came back through the ssh links.
+    assert sortie.run("job", "logs", first).stdout.strip() in nodes
+    sortie.run("pilot", "cancel", pid)
+    wait_for(lambda: pilot(sortie, pid)["state"] == "cancelled", 30, "the pilot to be cancelled")
+
+
+def test_a_silent_ssh_link_is_noticed_and_the_jobs_there_are_killed(sortie, sshd, label):
+    sortie.start()
+    add_ssh_resource(sortie, "lab", "root@127.0.0.1:2222", sshd)
+    pid = int(sortie.run("pilot", "add", "--resource", "lab", "--slots", "1", "--label",
+                         label).stdout)
+    sortie.run("pilot", "wait", pid, "--timeout", "60s")
+    marker = f"{uuid.uuid4().int % 1000 + 3000}.5"  # a unique `sleep` argument
+    job = sortie.submit("sleep", marker, opts=["--label", label])
+    sortie.wait_state(job, "running")
+    wait_for(lambda: processes_with_arg(marker), 10, "the job's process")
+    # Freeze the ssh client: the link goes silent in both directions, as when a network hangs.
+    ssh = ssh_clients(label)
+    assert len(ssh) == 1
+    os.kill(ssh[0], signal.SIGSTOP)
+    try:
+        # The hub's heartbeat deadline (2 s here) ends the link; the job is lost and requeued.
+        wait_for(lambda: sortie.job(job)["state"] == "queued", 30, "the job to be requeued")
+        # The agent's own deadline: it kills the job and exits.
+        wait_for(lambda: not processes_with_arg(marker), 30, "the job's process to be killed")
+        p = wait_for(lambda: (q := pilot(sortie, pid))["state"] == "ended" and q, 30,
+                     "the pilot to end")
+        assert "heartbeat deadline" in p["reason"] and "ssh link" in p["reason"], p["reason"]
+        shown = sortie.job(job)
+        assert any(h["state"] == "lost" for h in shown["history"]), shown["history"]
+    finally:
+        for s in ssh:
+            if alive(s):
+                os.kill(s, signal.SIGKILL)
+                os.kill(s, signal.SIGCONT)
+    sortie.run("job", "cancel", job)
+
+
+def test_ssh_errors_reach_the_pilot(sortie, sshd):
+    sortie.start()
+    # A port where nothing listens: ssh fails, and the pilot says how.
+    add_ssh_resource(sortie, "nowhere", "root@127.0.0.1:2299", sshd)
+    pid = int(sortie.run("pilot", "add", "--resource", "nowhere").stdout)
+    r = sortie.run("pilot", "wait", pid, "--timeout", "60s", check=False)
+    assert r.returncode == 1
+    p = pilot(sortie, pid)
+    assert p["state"] == "failed"
+    assert "ssh to root@127.0.0.1 ended (exit status 255)" in p["reason"], p["reason"]
+    assert "Connection refused" in p["reason"], p["reason"]
+
+
+def test_resource_definitions_are_checked(sortie, sshd):
+    sortie.start()
+    r = sortie.run("resource", "add", "x", "--type", "pbs", check=False)
+    assert r.returncode == 2 and "resource type 'pbs' is not known" in r.stderr
+    r = sortie.run("resource", "add", "x", "--type", "ssh", check=False)
+    assert r.returncode == 2 and "needs --location" in r.stderr
+    r = sortie.run("resource", "add", "x", "--type", "ssh", "--location", "-oProxyCommand=x",
+                   check=False)
+    assert r.returncode == 2 and "is not a host" in r.stderr
+    r = sortie.run("resource", "add", "x", "--type", "ssh", "--location", "h", "--gateway", "gw",
+                   check=False)
+    assert r.returncode != 0 and "gateway 'gw'" in r.stderr
+    add_ssh_resource(sortie, "gw", "root@127.0.0.1:2222", sshd)
+    add_ssh_resource(sortie, "inner", "root@127.0.0.1:2223", sshd, "--gateway", "gw")
+    r = sortie.run("resource", "rm", "gw", check=False)
+    assert r.returncode != 0 and "is the gateway of 'inner'" in r.stderr
+    r = sortie.run("pilot", "add", "--resource", "nope", check=False)
+    assert r.returncode != 0 and "resource 'nope' is not defined" in r.stderr
+    names = [x["name"] for x in sortie.json("resource", "list")]
+    assert names == ["local", "gw", "inner"]
+    # Resources are stored: they are there after a restart.
+    sortie.run("hub", "stop")
+    sortie.start()
+    assert [x["name"] for x in sortie.json("resource", "list")] == ["local", "gw", "inner"]
+
+
+def test_ssh_pilot_through_a_gateway(sortie, sshd, label):
+    """ProxyJump through another ssh resource (here both are the test sshds on loopback; the
+    network-namespace version with an unreachable compute host is in test_netns.py)."""
+    sortie.start()
+    add_ssh_resource(sortie, "login", "root@127.0.0.1:2222", sshd)
+    add_ssh_resource(sortie, "compute", "root@127.0.0.1:2223", sshd, "--gateway", "login")
+    pid = int(sortie.run("pilot", "add", "--resource", "compute", "--slots", "2", "--label",
+                         label).stdout)
+    sortie.run("pilot", "wait", pid, "--timeout", "60s")
+    job = sortie.submit("sh", "-c", "echo $SSH_CONNECTION", opts=["--label", label])
+    sortie.run("job", "wait", job)
+    # The agent's ssh session reached sshd :2223 from the jump host's side.
+    assert sortie.run("job", "logs", job).stdout.split()[-1] == "2223"
+    ssh = ssh_clients(label)
+    args = Path(f"/proc/{ssh[0]}/cmdline").read_bytes().split(b"\0")
+    assert b"-J" in args and b"root@127.0.0.1:2222" in args
+    sortie.run("pilot", "cancel", pid)
+
+
+# ---------------------------------------------------------------------------------------------
+# Slurm
+
+def squeue(batch_id):
+    return subprocess.run(["squeue", "-h", "-j", batch_id, "-o", "%T"], capture_output=True,
+                          text=True).stdout.strip()
+
+
+@pytest.fixture
+def slurm_sortie(sortie, slurm):
+    sortie.configure(heartbeat_interval="500ms", agent_reconnect_window="4s", kill_grace="1s",
+                     batch_poll_interval="500ms")
+    sortie.start()
+    sortie.run("resource", "add", "cluster", "--type", "slurm")
+    return sortie
+
+
+def test_slurm_pilot_runs_200_jobs_and_cancel_removes_its_batch_job(slurm_sortie):
+    s = slurm_sortie
+    pid = int(s.run("pilot", "add", "--resource", "cluster", "--slots", "2").stdout)
+    s.run("pilot", "wait", pid, "--timeout", "90s")
+    p = pilot(s, pid)
+    assert p["state"] == "running" and p["batch_id"], p
+    batch_id = p["batch_id"]
+    assert squeue(batch_id) == "RUNNING"
+    log = (s.profile / "hub.log").read_text()
+    assert f"pilot {pid}: submitting -> pending (batch job {batch_id})" in log
+    assert f"pilot {pid}: pending -> running" in log
+    first, last = s.submit("true", opts=["--array", "1-200"])
+    s.run("job", "wait", f"{first}-{last}", timeout=180)
+    assert all(j["state"] == "succeeded" for j in s.jobs())
+    s.run("pilot", "cancel", pid)
+    wait_for(lambda: squeue(batch_id) == "", 30, "squeue to show the pilot's job gone")
+    wait_for(lambda: pilot(s, pid)["state"] == "cancelled", 30, "the pilot to be cancelled")
+    wait_for(lambda: not s.agent_pids(), 30, "its agents to exit")
+
+
+def test_slurm_pilot_with_a_walltime_drains_then_ends(slurm_sortie):
+    s = slurm_sortie
+    pid = int(s.run("pilot", "add", "--resource", "cluster", "--slots", "1", "--time",
+                    "1m").stdout)
+    s.run("pilot", "wait", pid, "--timeout", "90s")
+    assert "#SBATCH --time=0:01:00" in (s.profile / "logs" / f"pilot-{pid}.slurm.sh").read_text()
+    # Shortly before the minute is over it takes no new jobs...
+    p = wait_for(lambda: (q := pilot(s, pid))["state"] == "draining" and q, 90,
+                 "the pilot to drain")
+    job = s.submit("true")
+    assert s.job(job)["state"] == "queued"
+    # ...then it ends on its own, and the job stays queued for another pilot.
+    p = wait_for(lambda: (q := pilot(s, pid))["state"] == "ended" and q, 90, "the pilot to end")
+    assert "walltime of 1m" in p["reason"], p["reason"]
+    wait_for(lambda: squeue(p["batch_id"]) == "", 30, "the batch job to end")
+    assert s.job(job)["state"] == "queued"
+    s.run("job", "cancel", job)
+
+
+def test_slurm_refusal_shows_slurms_message(slurm_sortie):
+    s = slurm_sortie
+    pid = int(s.run("pilot", "add", "--resource", "cluster", "--queue", "nope").stdout)
+    p = wait_for(lambda: (q := pilot(s, pid))["state"] == "failed" and q, 30, "the pilot to fail")
+    assert re.search(r"sbatch refused the pilot: exit status 1: sbatch: error: invalid partition "
+                     r"specified: nope", p["reason"]), p["reason"]
+    r = s.run("pilot", "wait", pid, "--timeout", "5s", check=False)
+    assert r.returncode == 1 and "invalid partition" in r.stderr
