@@ -17,11 +17,17 @@ step() { printf '\n=== %s (%s)\n' "$*" "$(date +%T)"; }
 step "dependencies"
 scripts/setup.sh --test
 
-# Real sshd and Slurm for the remote pilot tests; stopped however this script ends.
+# Real sshd, network-namespace hosts and Slurm for the remote pilot tests; stopped however this
+# script ends.
 step "test beds"
-teardown() { scripts/testbeds/slurm.sh down || true; scripts/testbeds/sshd.sh down || true; }
+teardown() {
+  scripts/testbeds/slurm.sh down || true
+  scripts/testbeds/netns.sh down || true
+  scripts/testbeds/sshd.sh down || true
+}
 trap teardown EXIT
 scripts/testbeds/sshd.sh up
+scripts/testbeds/netns.sh up
 scripts/testbeds/slurm.sh up
 
 run_suite() { # preset

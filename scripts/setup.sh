@@ -11,7 +11,7 @@ build_pkgs=(g++ cmake ninja-build pkgconf libboost1.81-dev libprotobuf-dev proto
   libsqlite3-dev libspdlog-dev libfmt-dev libcli11-dev libtomlplusplus-dev libssl-dev
   nlohmann-json3-dev)
 test_pkgs=(libgtest-dev libgmock-dev libbenchmark-dev python3-pytest python3-pytest-xdist
-  python3-pytest-timeout parallel procps openssh-server openssh-client munge slurm-wlm)
+  python3-pytest-timeout parallel procps openssh-server openssh-client munge slurm-wlm iproute2)
 
 want=("${build_pkgs[@]}")
 if [ "${1:-}" = "--test" ]; then want+=("${test_pkgs[@]}"); fi

@@ -22,11 +22,13 @@ up() {
   for p in "${PORTS[@]}"; do
     echo "[127.0.0.1]:$p $(cut -d' ' -f1,2 "$D/host_key.pub")" >>"$D/known_hosts.new"
   done
+  echo "10.201.0.11,10.201.0.130 $(cut -d' ' -f1,2 "$D/host_key.pub")" >>"$D/known_hosts.new"
   mv "$D/known_hosts.new" "$D/known_hosts"
   chmod 0644 "$D/known_hosts"
-  cat >"$D/sshd_config" <<CONF
+  # sshd_config.any listens everywhere (inside the network namespaces of netns.sh);
+  # sshd_config only on loopback.
+  cat >"$D/sshd_config.any" <<CONF
 # written by scripts/testbeds/sshd.sh
-ListenAddress 127.0.0.1
 HostKey $D/host_key
 AuthorizedKeysFile $D/authorized_keys
 PermitRootLogin prohibit-password
@@ -37,9 +39,10 @@ UseDNS no
 MaxStartups 200:30:400
 MaxSessions 200
 CONF
+  { echo "ListenAddress 127.0.0.1"; cat "$D/sshd_config.any"; } >"$D/sshd_config"
   cat >"$D/ssh_config" <<CONF
 # written by scripts/testbeds/sshd.sh: the test beds' hosts only
-Host 127.0.0.1 localhost 10.200.0.*
+Host 127.0.0.1 localhost 10.201.0.*
     User root
     IdentityFile $D/client_key
     IdentitiesOnly yes

@@ -262,3 +262,35 @@ def test_slurm_refusal_shows_slurms_message(slurm_sortie):
                      r"specified: nope", p["reason"]), p["reason"]
     r = s.run("pilot", "wait", pid, "--timeout", "5s", check=False)
     assert r.returncode == 1 and "invalid partition" in r.stderr
+
+
+# ---------------------------------------------------------------------------------------------
+# Network namespaces: a compute host reachable only through a login host
+
+@pytest.fixture(scope="session")
+def netns(sshd):
+    p = subprocess.run(["ip", "route", "show", "10.201.0.0/24"], capture_output=True, text=True)
+    if "unreachable" not in p.stdout:
+        pytest.fail("the network-namespace hosts are not up (scripts/testbeds/netns.sh up)")
+    return sshd
+
+
+def test_ssh_gateway_reaches_a_compute_host_behind_a_login_host(sortie, netns, label):
+    # From here the compute host cannot be reached at all...
+    direct = subprocess.run(["ssh", *netns, "-oBatchMode=yes", "root@10.201.0.130", "true"],
+                            capture_output=True, text=True, timeout=30)
+    assert direct.returncode == 255 and "No route to host" in direct.stderr
+    # ...but through the login host it can, and the pilot's agent runs there.
+    sortie.start()
+    add_ssh_resource(sortie, "login", "root@10.201.0.11", netns)
+    add_ssh_resource(sortie, "compute", "root@10.201.0.130", netns, "--gateway", "login")
+    pid = int(sortie.run("pilot", "add", "--resource", "compute", "--slots", "2", "--label",
+                         label).stdout)
+    sortie.run("pilot", "wait", pid, "--timeout", "60s")
+    first, last = sortie.submit("hostname", opts=["--array", "1-20", "--label", label])
+    sortie.run("job", "wait", f"{first}-{last}", timeout=120)
+    outputs = {sortie.run("job", "logs", j).stdout.strip() for j in range(first, last + 1)}
+    assert outputs == {"sx-compute"}
+    assert {j["node"] for j in sortie.jobs()} == {"10.201.0.130"}
+    sortie.run("pilot", "cancel", pid)
+    wait_for(lambda: pilot(sortie, pid)["state"] == "cancelled", 30, "the pilot to be cancelled")
