@@ -17,10 +17,11 @@ step() { printf '\n=== %s (%s)\n' "$*" "$(date +%T)"; }
 step "dependencies"
 scripts/setup.sh --test
 
-# Real sshd, network-namespace hosts and Slurm for the remote pilot tests; stopped however this
-# script ends.
+# Real sshd, network-namespace hosts, Slurm and Grid Engine for the remote pilot tests; stopped
+# however this script ends.
 step "test beds"
 teardown() {
+  scripts/testbeds/sge.sh down || true
   scripts/testbeds/slurm.sh down || true
   scripts/testbeds/netns.sh down || true
   scripts/testbeds/sshd.sh down || true
@@ -29,6 +30,7 @@ trap teardown EXIT
 scripts/testbeds/sshd.sh up
 scripts/testbeds/netns.sh up
 scripts/testbeds/slurm.sh up
+scripts/testbeds/sge.sh up >/dev/null
 
 run_suite() { # preset
   local preset=$1 dir=build/$1

@@ -11,7 +11,8 @@ build_pkgs=(g++ cmake ninja-build pkgconf libboost1.81-dev libprotobuf-dev proto
   libsqlite3-dev libspdlog-dev libfmt-dev libcli11-dev libtomlplusplus-dev libssl-dev
   nlohmann-json3-dev)
 test_pkgs=(libgtest-dev libgmock-dev libbenchmark-dev python3-pytest python3-pytest-xdist
-  python3-pytest-timeout parallel procps openssh-server openssh-client munge slurm-wlm iproute2)
+  python3-pytest-timeout parallel procps openssh-server openssh-client munge slurm-wlm iproute2
+  gridengine-master gridengine-exec gridengine-client)
 
 want=("${build_pkgs[@]}")
 if [ "${1:-}" = "--test" ]; then want+=("${test_pkgs[@]}"); fi
@@ -29,6 +30,14 @@ if [ "$(id -u)" -ne 0 ]; then
   exit 1
 fi
 apt_opts=(-o DPkg::Lock::Timeout=900 -q)
+# Grid Engine's packages initialise a cell for this host only when told to.
+if printf '%s\n' "${missing[@]}" | grep -q '^gridengine'; then
+  debconf-set-selections <<EOF
+gridengine-common shared/gridengineconfig boolean true
+gridengine-common shared/gridenginecell string default
+gridengine-common shared/gridenginemaster string $(hostname)
+EOF
+fi
 # An update only when the package lists are missing or older than a day.
 if [ -z "$(find /var/lib/apt/lists -maxdepth 1 -name '*Packages*' -mmin -1440 2>/dev/null | head -1)" ]; then
   apt-get "${apt_opts[@]}" update >/dev/null

@@ -1,6 +1,7 @@
 # SPDX-License-Identifier: Apache-2.0
-"""Resources and remote pilots against the real things: OpenSSH servers on 127.0.0.1 and a
-single-node Slurm, both started by scripts/testbeds/ (scripts/check.sh brings them up first).
+"""Resources and remote pilots against the real things: OpenSSH servers on 127.0.0.1 and in
+network namespaces, a single-node Slurm and a single-host Grid Engine, all started by
+scripts/testbeds/ (scripts/check.sh brings them up first and down after).
 """
 import os
 import re
@@ -199,30 +200,59 @@ def test_ssh_pilot_through_a_gateway(sortie, sshd, label):
 
 
 # ---------------------------------------------------------------------------------------------
-# Slurm
+# Batch systems: the same tests for Slurm and Grid Engine
 
-def squeue(batch_id):
-    return subprocess.run(["squeue", "-h", "-j", batch_id, "-o", "%T"], capture_output=True,
-                          text=True).stdout.strip()
+SGE_ENV = {"SGE_ROOT": "/var/lib/gridengine", "SGE_CELL": "default"}
 
 
-@pytest.fixture
-def slurm_sortie(sortie, slurm):
+def batch_job_state(system, batch_id):
+    """What the batch system says of the job: its state word, or "" once it is gone."""
+    if system == "slurm":
+        return subprocess.run(["squeue", "-h", "-j", batch_id, "-o", "%T"], capture_output=True,
+                              text=True).stdout.strip()
+    env = dict(os.environ, **SGE_ENV)
+    out = subprocess.run(["/usr/lib/gridengine/qstat"], capture_output=True, text=True,
+                         env=env).stdout
+    for line in out.splitlines():
+        cols = line.split()
+        if cols and cols[0] == batch_id:
+            return cols[4]
+    return ""
+
+
+@pytest.fixture(scope="session")
+def sge():
+    env = dict(os.environ, **SGE_ENV)
+    p = subprocess.run(["/usr/lib/gridengine/qconf", "-sql"], capture_output=True, text=True,
+                       env=env, timeout=30)
+    if p.returncode != 0 or "all.q" not in p.stdout:
+        pytest.fail(f"Grid Engine is not running (scripts/testbeds/sge.sh up): {p.stderr}")
+
+
+@pytest.fixture(params=["slurm", "sge"])
+def batch(request, sortie):
+    system = request.param
+    request.getfixturevalue(system)
+    if system == "sge":
+        # As on a cluster's login node: the Grid Engine environment is set up.
+        sortie.env.update(SGE_ENV)
+        sortie.env["PATH"] = "/usr/lib/gridengine:" + sortie.env["PATH"]
     sortie.configure(heartbeat_interval="500ms", agent_reconnect_window="4s", kill_grace="1s",
                      batch_poll_interval="500ms")
     sortie.start()
-    sortie.run("resource", "add", "cluster", "--type", "slurm")
+    sortie.run("resource", "add", "cluster", "--type", system)
+    sortie.system = system
     return sortie
 
 
-def test_slurm_pilot_runs_200_jobs_and_cancel_removes_its_batch_job(slurm_sortie):
-    s = slurm_sortie
+def test_batch_pilot_runs_200_jobs_and_cancel_removes_its_batch_job(batch):
+    s = batch
     pid = int(s.run("pilot", "add", "--resource", "cluster", "--slots", "2").stdout)
     s.run("pilot", "wait", pid, "--timeout", "90s")
     p = pilot(s, pid)
     assert p["state"] == "running" and p["batch_id"], p
     batch_id = p["batch_id"]
-    assert squeue(batch_id) == "RUNNING"
+    assert batch_job_state(s.system, batch_id) in ("RUNNING", "r", "t")
     log = (s.profile / "hub.log").read_text()
     assert f"pilot {pid}: submitting -> pending (batch job {batch_id})" in log
     assert f"pilot {pid}: pending -> running" in log
@@ -230,38 +260,41 @@ def test_slurm_pilot_runs_200_jobs_and_cancel_removes_its_batch_job(slurm_sortie
     s.run("job", "wait", f"{first}-{last}", timeout=180)
     assert all(j["state"] == "succeeded" for j in s.jobs())
     s.run("pilot", "cancel", pid)
-    wait_for(lambda: squeue(batch_id) == "", 30, "squeue to show the pilot's job gone")
+    wait_for(lambda: batch_job_state(s.system, batch_id) == "", 60,
+             "the batch system to show the pilot's job gone")
     wait_for(lambda: pilot(s, pid)["state"] == "cancelled", 30, "the pilot to be cancelled")
     wait_for(lambda: not s.agent_pids(), 30, "its agents to exit")
 
 
-def test_slurm_pilot_with_a_walltime_drains_then_ends(slurm_sortie):
-    s = slurm_sortie
+def test_batch_pilot_with_a_walltime_drains_then_ends(batch):
+    s = batch
     pid = int(s.run("pilot", "add", "--resource", "cluster", "--slots", "1", "--time",
                     "1m").stdout)
     s.run("pilot", "wait", pid, "--timeout", "90s")
-    assert "#SBATCH --time=0:01:00" in (s.profile / "logs" / f"pilot-{pid}.slurm.sh").read_text()
+    script = (s.profile / "logs" / f"pilot-{pid}.{s.system}.sh").read_text()
+    assert ("#SBATCH --time=0:01:00" if s.system == "slurm" else "#$ -l h_rt=0:01:00") in script
     # Shortly before the minute is over it takes no new jobs...
-    p = wait_for(lambda: (q := pilot(s, pid))["state"] == "draining" and q, 90,
-                 "the pilot to drain")
+    wait_for(lambda: pilot(s, pid)["state"] == "draining", 90, "the pilot to drain")
     job = s.submit("true")
     assert s.job(job)["state"] == "queued"
     # ...then it ends on its own, and the job stays queued for another pilot.
     p = wait_for(lambda: (q := pilot(s, pid))["state"] == "ended" and q, 90, "the pilot to end")
     assert "walltime of 1m" in p["reason"], p["reason"]
-    wait_for(lambda: squeue(p["batch_id"]) == "", 30, "the batch job to end")
+    wait_for(lambda: batch_job_state(s.system, p["batch_id"]) == "", 60, "the batch job to end")
     assert s.job(job)["state"] == "queued"
     s.run("job", "cancel", job)
 
 
-def test_slurm_refusal_shows_slurms_message(slurm_sortie):
-    s = slurm_sortie
+def test_batch_refusal_shows_the_batch_systems_message(batch):
+    s = batch
     pid = int(s.run("pilot", "add", "--resource", "cluster", "--queue", "nope").stdout)
     p = wait_for(lambda: (q := pilot(s, pid))["state"] == "failed" and q, 30, "the pilot to fail")
-    assert re.search(r"sbatch refused the pilot: exit status 1: sbatch: error: invalid partition "
-                     r"specified: nope", p["reason"]), p["reason"]
+    want = (r"sbatch refused the pilot: exit status 1: sbatch: error: invalid partition "
+            r"specified: nope") if s.system == "slurm" else \
+        r'qsub refused the pilot: exit status 1: Unable to run job: .*unknown queue "nope"'
+    assert re.search(want, p["reason"]), p["reason"]
     r = s.run("pilot", "wait", pid, "--timeout", "5s", check=False)
-    assert r.returncode == 1 and "invalid partition" in r.stderr
+    assert r.returncode == 1 and "refused the pilot" in r.stderr
 
 
 # ---------------------------------------------------------------------------------------------
