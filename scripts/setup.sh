@@ -12,7 +12,7 @@ build_pkgs=(g++ cmake ninja-build pkgconf libboost1.81-dev libprotobuf-dev proto
   nlohmann-json3-dev)
 test_pkgs=(libgtest-dev libgmock-dev libbenchmark-dev python3-pytest python3-pytest-xdist
   python3-pytest-timeout parallel procps openssh-server openssh-client munge slurm-wlm iproute2
-  gridengine-master gridengine-exec gridengine-client)
+  gridengine-master gridengine-exec gridengine-client openmpi-bin libopenmpi-dev)
 
 want=("${build_pkgs[@]}")
 if [ "${1:-}" = "--test" ]; then want+=("${test_pkgs[@]}"); fi

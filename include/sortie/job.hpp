@@ -54,6 +54,10 @@ struct JobSpec {
   std::optional<std::uint32_t> retries; ///< runs again when lost (default: the hub's setting)
   bool retry_on_failure = false;        ///< retries also cover non-zero exits and signals
   std::vector<JobId> after;             ///< start only after these succeeded
+  /// An MPI job: the agent starts `argv` with mpiexec as this many ranks, each with `slots`
+  /// slots, over a hostfile of the slots it was given. 0: not MPI.
+  std::uint32_t mpi_ranks = 0;
+  std::uint32_t ranks_per_node = 0; ///< 0: all ranks on one node
 };
 
 /// first..last inclusive, every step-th value: `--array 1-1000:2`.

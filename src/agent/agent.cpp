@@ -79,7 +79,12 @@ struct Task {
   bool watched = false;
   std::int64_t spawned_mono = 0;
   std::string tag; ///< SORTIE_JOB_TAG of its processes
+  std::string hostfile; ///< an MPI job's: removed when it ends
   JobProcesses procs() const { return JobProcesses{pid, tag}; }
+  ~Task() {
+    if (!hostfile.empty())
+      ::unlink(hostfile.c_str());
+  }
 };
 
 using OutItem = std::variant<pb::JobEvent, pb::OutputChunk>;
@@ -445,7 +450,8 @@ private:
     if (a.has_array_index())
       t->array_index = a.array_index();
     t->gpus.assign(a.gpus().begin(), a.gpus().end());
-    t->slots = std::max<std::uint32_t>(1, t->spec.slots());
+    t->slots = std::max<std::uint32_t>(1, t->spec.slots()) *
+               std::max<std::uint32_t>(1, t->spec.mpi_ranks());
     launch_queue_.push_back(t->job);
     tasks_.emplace(t->job, std::move(t));
   }
@@ -512,7 +518,17 @@ private:
     set("SORTIE_ATTEMPT", std::to_string(t.attempt));
     set("SORTIE_NODE", options_.node_name);
     set("SORTIE_SLOTS", std::to_string(t.slots));
-    set("OMP_NUM_THREADS", std::to_string(t.slots));
+    // Threads per process: an MPI rank gets its share.
+    set("OMP_NUM_THREADS", std::to_string(std::max<std::uint32_t>(1, t.spec.slots())));
+    if (t.spec.mpi_ranks() > 0) {
+      set("SORTIE_MPI_RANKS", std::to_string(t.spec.mpi_ranks()));
+      set("SORTIE_MPI_HOSTFILE", t.hostfile);
+      set("SORTIE_MPI_LAYOUT", fmt::format("{}:{}", hostname_, t.spec.mpi_ranks()));
+      if (::geteuid() == 0) { // OpenMPI refuses root unless told twice
+        set("OMPI_ALLOW_RUN_AS_ROOT", "1");
+        set("OMPI_ALLOW_RUN_AS_ROOT_CONFIRM", "1");
+      }
+    }
     if (t.array_index)
       set("SORTIE_ARRAY_INDEX", std::to_string(*t.array_index));
     // The GPUs it was given, and no others on a node that has some.
@@ -539,7 +555,23 @@ private:
       return erase_task(t.job);
     }
     SpawnRequest req;
-    req.argv.assign(t.spec.argv().begin(), t.spec.argv().end());
+    if (t.spec.mpi_ranks() > 0) {
+      // mpiexec over a hostfile of the slots this job holds (all on this node for now).
+      t.hostfile = (std::filesystem::temp_directory_path() /
+                    fmt::format("sortie-mpi-{}.hosts", t.tag))
+                       .string();
+      std::string hosts = fmt::format("{} slots={}\n", hostname_, t.spec.mpi_ranks());
+      if (auto w = write_file_atomic(t.hostfile, hosts, 0600); !w.ok()) {
+        ::close(out[0]);
+        ::close(out[1]);
+        ::close(err[0]);
+        ::close(err[1]);
+        emit_finished(t, w.error().message, 127);
+        return erase_task(t.job);
+      }
+      req.argv = {"mpiexec", "--hostfile", t.hostfile, "-np", std::to_string(t.spec.mpi_ranks())};
+    }
+    req.argv.insert(req.argv.end(), t.spec.argv().begin(), t.spec.argv().end());
     req.env = job_env(t);
     req.cwd = t.spec.cwd();
     req.stdout_fd = out[1];

@@ -473,6 +473,8 @@ struct JobOptions {
   std::string time_request;
   std::uint32_t retries = 0;
   bool retry_on_failure = false;
+  std::uint32_t mpi = 0;
+  std::uint32_t ranks_per_node = 0;
   std::string after;
   bool json = false;
   std::vector<CLI::Option*> given; ///< filled by add_job_options
@@ -516,6 +518,9 @@ void add_job_options(CLI::App* cmd, JobOptions& o) {
   add(cmd->add_flag("--retry-on-failure", o.retry_on_failure,
                     "retries also cover a non-zero exit or a signal"));
   add(cmd->add_option("--after", o.after, "start only after these jobs succeeded: ID[,ID...]"));
+  add(cmd->add_option("--mpi", o.mpi, "an MPI job of N ranks, started with mpiexec")
+          ->check(CLI::Range(1, 4096)));
+  add(cmd->add_option("--ranks-per-node", o.ranks_per_node, "at most K ranks on one node"));
   cmd->add_flag("--json", o.json, "print JSON");
 }
 
@@ -578,6 +583,10 @@ Result<void> apply_job_options(const JobOptions& o, JobSpec& spec, bool set_defa
     spec.retries = o.retries;
   if (o.has("--retry-on-failure"))
     spec.retry_on_failure = o.retry_on_failure;
+  if (o.has("--mpi"))
+    spec.mpi_ranks = o.mpi;
+  if (o.has("--ranks-per-node"))
+    spec.ranks_per_node = o.ranks_per_node;
   if (o.has("--after")) {
     spec.after.clear();
     for (const auto& part : list(o.after)) {
@@ -1013,7 +1022,8 @@ std::pair<std::vector<std::string>, std::vector<std::string>> split_command(int 
   static const std::vector<std::string> with_value = {
       "--label", "--slots", "--env", "--cwd", "--name", "--array", "--memory", "--gpus", "--host",
       "--prefer-host", "--max-per-node", "--group", "--priority", "--queue-timeout",
-      "--run-timeout", "--time-request", "--retries", "--after", "--file", "--mapfile",
+      "--run-timeout", "--time-request", "--retries", "--after", "--file", "--mapfile", "--mpi",
+      "--ranks-per-node",
       "--each-line"};
   std::size_t i = 0;
   // Global options, then the subcommand.

@@ -14,7 +14,7 @@ namespace {
 const char* const kJobKeys[] = {"command", "argv", "env", "cwd", "slots", "memory", "gpus", "label",
                                 "name", "hosts", "prefer_hosts", "max_per_node", "priority",
                                 "queue_timeout", "run_timeout", "time_request", "retries",
-                                "retry_on_failure", "after", "array"};
+                                "retry_on_failure", "after", "array", "mpi", "ranks_per_node"};
 
 class Reader {
 public:
@@ -81,7 +81,7 @@ public:
         return err(node, key,
                    "unknown key; job keys are command, env, cwd, slots, memory, gpus, label, name, "
                    "hosts, prefer_hosts, max_per_node, priority, queue_timeout, run_timeout, "
-                   "time_request, retries, retry_on_failure, after, array");
+                   "time_request, retries, retry_on_failure, after, array, mpi, ranks_per_node");
       if (key == "command" || key == "argv") {
         SORTIE_ASSIGN_OR_RETURN(v, strings(node, key, false));
         if (v.empty())
@@ -146,6 +146,12 @@ public:
       } else if (key == "retries") {
         SORTIE_ASSIGN_OR_RETURN(v, integer(node, key, 0, 1000));
         spec.retries = static_cast<std::uint32_t>(v);
+      } else if (key == "mpi") {
+        SORTIE_ASSIGN_OR_RETURN(v, integer(node, key, 1, 4096));
+        spec.mpi_ranks = static_cast<std::uint32_t>(v);
+      } else if (key == "ranks_per_node") {
+        SORTIE_ASSIGN_OR_RETURN(v, integer(node, key, 1, 4096));
+        spec.ranks_per_node = static_cast<std::uint32_t>(v);
       } else if (key == "retry_on_failure") {
         auto v = node.value<bool>();
         if (!v)

@@ -70,6 +70,8 @@ json job_to_json(const JobInfo& j) {
                  {"time_request_ms", j.spec->time_request_ms},
                  {"retries", j.spec->retries ? json(*j.spec->retries) : json(nullptr)},
                  {"retry_on_failure", j.spec->retry_on_failure},
+                 {"mpi_ranks", j.spec->mpi_ranks},
+                 {"ranks_per_node", j.spec->ranks_per_node},
                  {"after", after}};
     json hist = json::array();
     for (const auto& h : j.history)
@@ -183,6 +185,11 @@ std::string job_details(const JobInfo& j) {
       line("run tmo:", format_duration_ms(j.spec->run_timeout_ms));
     if (j.spec->time_request_ms)
       line("time req:", format_duration_ms(j.spec->time_request_ms));
+    if (j.spec->mpi_ranks)
+      line("mpi:", fmt::format("{} ranks{}", j.spec->mpi_ranks,
+                               j.spec->ranks_per_node
+                                   ? fmt::format(", at most {} per node", j.spec->ranks_per_node)
+                                   : ""));
     if (j.spec->retries)
       line("retries:", fmt::format("{}{}", *j.spec->retries,
                                    j.spec->retry_on_failure ? " (also on failure)" : ""));

@@ -43,6 +43,8 @@ pb::JobSpec to_pb(const JobSpec& s) {
   out.set_retry_on_failure(s.retry_on_failure);
   for (auto id : s.after)
     out.add_after(id.value);
+  out.set_mpi_ranks(s.mpi_ranks);
+  out.set_ranks_per_node(s.ranks_per_node);
   return out;
 }
 
@@ -69,6 +71,8 @@ JobSpec from_pb(const pb::JobSpec& s) {
   out.retry_on_failure = s.retry_on_failure();
   for (auto id : s.after())
     out.after.push_back(JobId(id));
+  out.mpi_ranks = s.mpi_ranks();
+  out.ranks_per_node = s.ranks_per_node();
   return out;
 }
 

@@ -89,7 +89,20 @@ Result<void> check_spec(pb::JobSpec& spec, std::size_t item) {
       return make_error(ErrorCode::InvalidArgument, "an argument contains a NUL byte", ctx);
   if (spec.slots() == 0)
     spec.set_slots(1);
-  if (spec.slots() > 4096)
+  if (spec.mpi_ranks() > 4096)
+    return make_error(ErrorCode::InvalidArgument, "at most 4096 MPI ranks", ctx);
+  if (spec.mpi_ranks() > 0 && spec.ranks_per_node() > 0 &&
+      spec.ranks_per_node() < spec.mpi_ranks())
+    return make_error(ErrorCode::InvalidArgument,
+                      fmt::format("{} ranks at {} per node would need {} nodes at once, and MPI "
+                                  "jobs across nodes are not supported yet: run them on one node "
+                                  "(leave out --ranks-per-node, or give at least {})",
+                                  spec.mpi_ranks(), spec.ranks_per_node(),
+                                  (spec.mpi_ranks() + spec.ranks_per_node() - 1) /
+                                      spec.ranks_per_node(),
+                                  spec.mpi_ranks()),
+                      ctx);
+  if (spec.slots() * std::max<std::uint32_t>(1, spec.mpi_ranks()) > 4096)
     return make_error(ErrorCode::InvalidArgument,
                       fmt::format("{} slots is more than any node has (at most 4096)", spec.slots()),
                       ctx);
@@ -159,7 +172,8 @@ Spec Hub::make_spec(std::string bytes, const pb::JobSpec& p) {
   s.name = p.name();
   auto& r = s.req;
   r.label = scheduler_.intern(p.label());
-  r.slots = std::max<std::uint32_t>(1, p.slots());
+  // An MPI job holds a slot (or --slots) for each of its ranks.
+  r.slots = std::max<std::uint32_t>(1, p.slots()) * std::max<std::uint32_t>(1, p.mpi_ranks());
   r.memory = p.memory_bytes();
   r.gpus = p.gpus();
   for (const auto& h : p.hosts())
