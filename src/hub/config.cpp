@@ -83,6 +83,98 @@ Result<void> load_resources(const std::filesystem::path& path,
   return ok_result();
 }
 
+/// [[pilots]] tables: name, resource, nodes, slots_per_node, label, time, queue, options,
+/// gpus_per_node, memory_per_node, node_names.
+Result<void> load_pilots(const std::filesystem::path& path,
+                         const toml::array& pilots,
+                         HubConfig& config) {
+  int index = 0;
+  for (auto&& node : pilots) {
+    ++index;
+    const auto& t = *node.as_table();
+    pb::PilotSpec p;
+    p.set_config_name(fmt::format("pilot-{}", index));
+    for (auto&& [key_node, value] : t) {
+      std::string key(key_node.str());
+      std::string at = where(path, value.source());
+      auto bad = [&](const char* what) {
+        return make_error(ErrorCode::InvalidArgument,
+                          fmt::format("{}: pilots.{} must be {}", at, key, what));
+      };
+      auto strings = [&](auto add) -> Result<void> {
+        auto* arr = value.as_array();
+        if (!arr)
+          return bad("an array of strings");
+        for (auto&& v : *arr) {
+          auto s = v.value<std::string>();
+          if (!s)
+            return bad("an array of strings");
+          add(*s);
+        }
+        return ok_result();
+      };
+      auto count = [&](std::int64_t max) -> Result<std::uint32_t> {
+        auto v = value.value<std::int64_t>();
+        if (!v || *v < 0 || *v > max)
+          return bad("a whole number");
+        return static_cast<std::uint32_t>(*v);
+      };
+      if (key == "name" || key == "resource" || key == "label" || key == "queue" ||
+          key == "time" || key == "memory_per_node") {
+        auto s = value.value<std::string>();
+        if (!s)
+          return bad("a string");
+        if (key == "name") {
+          p.set_config_name(*s);
+        } else if (key == "resource") {
+          p.set_resource(*s);
+        } else if (key == "label") {
+          p.set_label(*s);
+        } else if (key == "queue") {
+          p.set_queue(*s);
+        } else if (key == "time") {
+          auto d = parse_duration_ms(*s);
+          if (!d.ok())
+            return make_error(ErrorCode::InvalidArgument,
+                              fmt::format("{}: pilots.time: {}", at, d.error().message));
+          p.set_walltime_ms(*d);
+        } else {
+          auto b = parse_size_bytes(*s);
+          if (!b.ok())
+            return make_error(ErrorCode::InvalidArgument,
+                              fmt::format("{}: pilots.memory_per_node: {}", at, b.error().message));
+          p.set_memory_per_node(*b);
+        }
+      } else if (key == "nodes") {
+        SORTIE_ASSIGN_OR_RETURN(n, count(4096));
+        p.set_nodes(n);
+      } else if (key == "slots_per_node") {
+        SORTIE_ASSIGN_OR_RETURN(n, count(4096));
+        p.set_slots_per_node(n);
+      } else if (key == "gpus_per_node") {
+        SORTIE_ASSIGN_OR_RETURN(n, count(64));
+        p.set_gpus_per_node(n);
+      } else if (key == "options") {
+        SORTIE_TRY(strings([&](const std::string& s) { p.add_batch_options(s); }));
+      } else if (key == "node_names") {
+        SORTIE_TRY(strings([&](const std::string& s) { p.add_node_names(s); }));
+      } else {
+        return make_error(ErrorCode::InvalidArgument,
+                          fmt::format("{}: unknown key pilots.{}: known keys are name, resource, "
+                                      "nodes, slots_per_node, label, time, queue, options, "
+                                      "gpus_per_node, memory_per_node, node_names",
+                                      at, key));
+      }
+    }
+    if (p.resource().empty())
+      return make_error(ErrorCode::InvalidArgument,
+                        fmt::format("{}: a [[pilots]] table needs resource = \"NAME\"",
+                                    where(path, node.source())));
+    config.pilots.push_back(std::move(p));
+  }
+  return ok_result();
+}
+
 } // namespace
 
 std::int64_t drain_margin_ms(std::int64_t walltime_ms) {
@@ -136,14 +228,22 @@ Result<void> load_config_file(const std::filesystem::path& path, HubConfig& conf
   }
   for (auto&& [key, node] : doc) {
     // [hub] and [resources.NAME]; anything else is a mistake worth naming.
-    if (key.str() != "hub" && key.str() != "resources")
+    if (key.str() != "hub" && key.str() != "resources" && key.str() != "pilots")
       return make_error(ErrorCode::InvalidArgument,
                         fmt::format("{}: unknown table '{}': known tables are [hub] and "
-                                    "[resources.NAME]",
+                                    "[resources.NAME] and [[pilots]]",
                                     where(path, node.source()), key.str()));
   }
   if (auto* resources = doc["resources"].as_table())
     SORTIE_TRY(load_resources(path, *resources, config));
+  if (auto* pilots = doc["pilots"].node()) {
+    auto* arr = pilots->as_array();
+    if (!arr || !arr->is_array_of_tables())
+      return make_error(ErrorCode::InvalidArgument,
+                        fmt::format("{}: pilots must be [[pilots]] tables",
+                                    where(path, pilots->source())));
+    SORTIE_TRY(load_pilots(path, *arr, config));
+  }
   auto* hub = doc["hub"].as_table();
   if (!hub)
     return ok_result();

@@ -36,6 +36,7 @@ struct HubConfig {
   /// Pilots this close to their walltime's end drain: they take no new jobs (at least 5 s, at
   /// most 1 min; a tenth of the walltime in between).
   std::vector<pb::ResourceSpec> resources; ///< [resources.NAME] tables
+  std::vector<pb::PilotSpec> pilots;       ///< [[pilots]] tables, started at hub start
 };
 
 /// How long before its walltime ends a pilot of that walltime drains.

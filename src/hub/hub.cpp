@@ -420,6 +420,7 @@ Result<void> Hub::load(store::LoadedState state) {
 
 void Hub::start() {
   resume_pilots();
+  start_configured_pilots();
   asio::co_spawn(executor_, [this] { return tick_loop(); },
                  [alive = alive_](std::exception_ptr e) {
                    if (e && *alive) {

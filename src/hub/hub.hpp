@@ -290,6 +290,8 @@ private:
   void load_resources(std::vector<store::ResourceRow>& rows);
   /// After a restart: batch pilots are followed again; ssh pilots ended with the old hub.
   void resume_pilots();
+  /// config.toml's [[pilots]] that do not run yet.
+  void start_configured_pilots();
 
   void reply_error(const std::shared_ptr<Peer>& peer, std::uint64_t rid, const Error& error);
   void send_to(const std::shared_ptr<Peer>& peer, pb::Envelope& env, std::uint64_t rid);

@@ -24,7 +24,42 @@ const pb::ResourceSpec& local_resource() {
   return r;
 }
 
+/// The requester of config.toml's pilots: answers go to the log.
+class ConfigPeer final : public Peer {
+public:
+  explicit ConfigPeer(std::string name) : name_(std::move(name)) {}
+  void send(const pb::Envelope& env) override {
+    if (env.has_error())
+      log::error("config.toml: pilot '{}': {}", name_, env.error().message());
+    else if (env.has_pilot_add_reply())
+      log::info("config.toml: pilot '{}' is pilot {}", name_, env.pilot_add_reply().pilot_id());
+  }
+  void close_with_error(const Error& error) override {
+    log::error("config.toml: pilot '{}': {}", name_, error.to_string());
+  }
+  bool closed() const override { return false; }
+  std::size_t queued_bytes() const override { return 0; }
+  std::string describe() const override { return "config.toml"; }
+
+private:
+  std::string name_;
+};
+
 } // namespace
+
+void Hub::start_configured_pilots() {
+  for (const auto& spec : config_.pilots) {
+    bool running = false;
+    for (const auto& [id, p] : pilots_)
+      if (p.spec.config_name() == spec.config_name() && !final_state(p.state))
+        running = true;
+    if (running)
+      continue;
+    pb::PilotAddRequest req;
+    *req.mutable_spec() = spec;
+    handle_pilot_add(std::make_shared<ConfigPeer>(spec.config_name()), 0, req);
+  }
+}
 
 // -------------------------------------------------------------------------------------------
 // Resources
@@ -355,7 +390,9 @@ void Hub::pilot_walltimes(std::int64_t wall) {
     }
     if (!p.end_ms || p.cancel_requested)
       continue;
-    if (wall >= p.end_ms) {
+    // The hub ends the pilot a little before the batch system would kill it, so its agents can
+    // hand their jobs back in order (half the drain margin: 2.5 s to 30 s).
+    if (wall >= p.end_ms - drain_margin_ms(p.spec.walltime_ms()) / 2) {
       if (p.state == "running" || p.state == "pending" || p.state == "draining")
         stop_pilot(p, fmt::format("its walltime of {} ended",
                                   format_duration_ms(p.spec.walltime_ms())));

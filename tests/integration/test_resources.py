@@ -141,6 +141,44 @@ def test_a_silent_ssh_link_is_noticed_and_the_jobs_there_are_killed(sortie, sshd
     sortie.run("job", "cancel", job)
 
 
+def test_ssh_pilots_end_with_the_hub_that_started_them(sortie, sshd, label):
+    sortie.start()
+    add_ssh_resource(sortie, "lab", "root@127.0.0.1:2222", sshd)
+    pid = int(sortie.run("pilot", "add", "--resource", "lab", "--slots", "1", "--label",
+                         label).stdout)
+    sortie.run("pilot", "wait", pid, "--timeout", "60s")
+    marker = f"{uuid.uuid4().int % 1000 + 5000}.5"
+    job = sortie.submit("sleep", marker, opts=["--label", label])
+    sortie.wait_state(job, "running")
+    hub = sortie.hub_pid()
+    os.kill(hub, signal.SIGKILL)
+    wait_for(lambda: not alive(hub), 10, "the hub to die")
+    # The remote agent lost its link with the hub's pipes: it kills its job and exits.
+    wait_for(lambda: not processes_with_arg(marker), 30, "the job's process to be killed")
+    for ssh in ssh_clients(label):  # the dead hub's ssh processes end by themselves
+        wait_for(lambda: not alive(ssh), 30, "the old ssh process to end")
+    sortie.start()
+    p = pilot(sortie, pid)
+    assert p["state"] == "ended" and "the hub restarted" in p["reason"], p
+    # The job was lost with it, and waits for another pilot.
+    wait_for(lambda: sortie.job(job)["state"] == "queued", 30, "the job to be requeued")
+    sortie.run("job", "cancel", job)
+
+
+def test_a_machinefile_defines_the_nodes_and_their_slots(sortie, sshd, label, tmp_path):
+    sortie.start()
+    hosts = tmp_path / "hosts"
+    hosts.write_text("# two nodes on the test sshd\n127.0.0.1 slots=3\nroot@127.0.0.1:1\n")
+    sortie.run("resource", "add", "farm", "--type", "ssh", "--machinefile", hosts,
+               *[f"--ssh-option={o}" for o in sshd], "--ssh-option=-p", "--ssh-option=2222")
+    pid = int(sortie.run("pilot", "add", "--resource", "farm", "--label", label).stdout)
+    sortie.run("pilot", "wait", pid, "--timeout", "60s")
+    p = pilot(sortie, pid)
+    assert p["nodes"] == 2 and p["nodes_up"] == 2 and p["slots_total"] == 4, p
+    sortie.run("pilot", "cancel", pid)
+    wait_for(lambda: pilot(sortie, pid)["state"] == "cancelled", 30, "the pilot to be cancelled")
+
+
 def test_ssh_errors_reach_the_pilot(sortie, sshd):
     sortie.start()
     # A port where nothing listens: ssh fails, and the pilot says how.
@@ -178,6 +216,49 @@ def test_resource_definitions_are_checked(sortie, sshd):
     sortie.run("hub", "stop")
     sortie.start()
     assert [x["name"] for x in sortie.json("resource", "list")] == ["local", "gw", "inner"]
+
+
+def test_resources_and_pilots_declared_in_config_toml(sortie, sshd, label):
+    options = ", ".join(f'"{o}"' for o in sshd)
+    (sortie.profile / "config.toml").write_text(f"""
+[hub]
+heartbeat_interval = "500ms"
+kill_grace = "1s"
+
+[resources.lab]
+type = "ssh"
+location = "root@127.0.0.1:2222"
+ssh_options = [{options}]
+
+[[pilots]]
+name = "workstation"
+resource = "lab"
+slots_per_node = 2
+label = "{label}"
+""")
+    sortie.start()
+    sortie.run("pilot", "wait", "--all", "--timeout", "60s")
+    (p,) = sortie.json("pilot", "list")
+    assert p["resource"] == "lab" and p["state"] == "running" and p["slots_total"] == 2
+    lab = next(r for r in sortie.json("resource", "list") if r["name"] == "lab")
+    assert lab["from_config"] and lab["type"] == "ssh"
+    r = sortie.run("resource", "rm", "lab", check=False)
+    assert r.returncode != 0 and "defined in config.toml" in r.stderr
+    job = sortie.submit("true", opts=["--label", label])
+    sortie.run("job", "wait", job)
+    # Declared pilots start with every hub start (ssh pilots end with the hub).
+    sortie.run("hub", "stop")
+    sortie.start()
+    sortie.run("pilot", "wait", "--all", "--timeout", "60s")
+    pilots = sortie.json("pilot", "list")
+    assert [q["state"] for q in pilots] == ["cancelled", "running"], pilots
+    sortie.run("hub", "stop")
+    # A mistake in a [[pilots]] table names its place.
+    text = (sortie.profile / "config.toml").read_text().replace("slots_per_node", "slotz")
+    (sortie.profile / "config.toml").write_text(text)
+    r = sortie.run("hub", "start", check=False)
+    assert r.returncode != 0
+    assert re.search(r"config\.toml:\d+:\d+: unknown key pilots\.slotz", r.stderr), r.stderr
 
 
 def test_ssh_pilot_through_a_gateway(sortie, sshd, label):
@@ -283,6 +364,29 @@ def test_batch_pilot_with_a_walltime_drains_then_ends(batch):
     wait_for(lambda: batch_job_state(s.system, p["batch_id"]) == "", 60, "the batch job to end")
     assert s.job(job)["state"] == "queued"
     s.run("job", "cancel", job)
+
+
+def kill_hub_and_restart(sortie):
+    pid = sortie.hub_pid()
+    os.kill(pid, signal.SIGKILL)
+    wait_for(lambda: not alive(pid), 10, "the hub to die")
+    sortie.start()
+
+
+def test_batch_pilot_survives_a_hub_restart(batch):
+    s = batch
+    pid = int(s.run("pilot", "add", "--resource", "cluster", "--slots", "2").stdout)
+    s.run("pilot", "wait", pid, "--timeout", "90s")
+    batch_id = pilot(s, pid)["batch_id"]
+    kill_hub_and_restart(s)
+    # The new hub follows the batch job again, and the agents reconnect to it.
+    s.run("pilot", "wait", pid, "--timeout", "60s")
+    assert pilot(s, pid)["batch_id"] == batch_id
+    first, last = s.submit("true", opts=["--array", "1-10"])
+    s.run("job", "wait", f"{first}-{last}", timeout=60)
+    s.run("pilot", "cancel", pid)
+    wait_for(lambda: batch_job_state(s.system, batch_id) == "", 60, "the batch job to end")
+    wait_for(lambda: pilot(s, pid)["state"] == "cancelled", 30, "the pilot to be cancelled")
 
 
 def test_batch_refusal_shows_the_batch_systems_message(batch):
