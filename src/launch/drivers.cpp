@@ -318,7 +318,8 @@ private:
                 w.error().to_string());
     std::vector<std::string> raw(c_.spec.batch_options().begin(), c_.spec.batch_options().end());
     // The script goes on standard input: nothing to copy to a remote login node.
-    auto argv = system_ == System::Slurm ? sbatch_argv(raw, "") : qsub_argv(raw, "");
+    auto argv = system_ == System::Slurm ? sbatch_argv(raw, "", job.output)
+                                         : qsub_argv(raw, "", job.output);
     auto r = co_await exec(argv, script);
     if (!*alive)
       co_return false;

@@ -188,15 +188,17 @@ std::string slurm_script(const BatchJob& job) {
     s += fmt::format("#SBATCH --time={}\n", hms(job.walltime_ms));
   if (!job.queue.empty())
     s += fmt::format("#SBATCH --partition={}\n", job.queue);
-  if (!job.output.empty())
-    s += fmt::format("#SBATCH --output={}\n", job.output);
+  // Paths may hold any character: they go to sbatch as arguments (sbatch_argv), not here.
   s += "exec srun --ntasks-per-node=1 --kill-on-bad-exit=0 " + agent_command(job.agent_argv) + "\n";
   return s;
 }
 
 std::vector<std::string> sbatch_argv(const std::vector<std::string>& raw_options,
-                                     const std::string& script_path) {
+                                     const std::string& script_path,
+                                     const std::string& output) {
   std::vector<std::string> argv = {"sbatch", "--parsable"};
+  if (!output.empty())
+    argv.push_back("--output=" + output);
   argv.insert(argv.end(), raw_options.begin(), raw_options.end());
   if (!script_path.empty())
     argv.push_back(script_path);
@@ -219,8 +221,7 @@ std::string sge_script(const BatchJob& job, const std::string& pe) {
   s += "# A sortie pilot: one agent per host (docs/resources.md). Written by the hub.\n";
   s += fmt::format("#$ -N {}\n", job.name);
   s += "#$ -S /bin/sh\n#$ -V\n#$ -j y\n#$ -cwd\n";
-  if (!job.output.empty())
-    s += fmt::format("#$ -o {}\n", job.output);
+  // The output path goes to qsub as an argument (qsub_argv).
   if (job.walltime_ms > 0)
     s += fmt::format("#$ -l h_rt={}\n", hms(job.walltime_ms));
   if (!job.queue.empty())
@@ -242,8 +243,13 @@ std::string sge_script(const BatchJob& job, const std::string& pe) {
 }
 
 std::vector<std::string> qsub_argv(const std::vector<std::string>& raw_options,
-                                   const std::string& script_path) {
+                                   const std::string& script_path,
+                                   const std::string& output) {
   std::vector<std::string> argv = {"qsub", "-terse"};
+  if (!output.empty()) {
+    argv.push_back("-o");
+    argv.push_back(output);
+  }
   argv.insert(argv.end(), raw_options.begin(), raw_options.end());
   if (!script_path.empty())
     argv.push_back(script_path);

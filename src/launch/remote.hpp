@@ -53,24 +53,27 @@ struct BatchJob {
   std::uint32_t slots_per_node = 1;
   std::int64_t walltime_ms = 0; ///< 0: the queue's default
   std::string queue;           ///< partition (slurm) or queue (sge)
-  std::string output;          ///< file for the batch job's own output
+  std::string output;          ///< file for the batch job's own output (passed as an argument)
   std::vector<std::string> agent_argv; ///< the agent command, started once per node
 };
 
 /// Slurm: a POSIX sh script with #SBATCH lines and one `srun` of the agent per node.
 std::string slurm_script(const BatchJob& job);
-/// sbatch --parsable [raw options] [SCRIPT] (no script: sbatch reads it from stdin).
+/// sbatch --parsable [--output=FILE] [raw options] [SCRIPT] (no script: sbatch reads it from
+/// stdin). Raw options come after ours, so they win.
 std::vector<std::string> sbatch_argv(const std::vector<std::string>& raw_options,
-                                     const std::string& script_path);
+                                     const std::string& script_path,
+                                     const std::string& output = {});
 /// The job id in sbatch --parsable's output ("1234" or "1234;cluster").
 Result<std::string> parse_sbatch_id(std::string_view out);
 
 /// Grid Engine: a script with #$ lines; multi-node pilots use the parallel environment `pe`
 /// and start the other agents with `qrsh -inherit`.
 std::string sge_script(const BatchJob& job, const std::string& pe);
-/// qsub -terse [raw options] [SCRIPT] (no script: qsub reads it from stdin).
+/// qsub -terse [-o FILE] [raw options] [SCRIPT] (no script: qsub reads it from stdin).
 std::vector<std::string> qsub_argv(const std::vector<std::string>& raw_options,
-                                   const std::string& script_path);
+                                   const std::string& script_path,
+                                   const std::string& output = {});
 /// The job id in qsub -terse's output ("1234" or "1234.1-10:1").
 Result<std::string> parse_qsub_id(std::string_view out);
 

@@ -5,6 +5,7 @@ scripts/testbeds/ (scripts/check.sh brings them up first and down after).
 """
 import os
 import re
+import shutil
 import signal
 import subprocess
 import uuid
@@ -177,6 +178,29 @@ def test_a_machinefile_defines_the_nodes_and_their_slots(sortie, sshd, label, tm
     assert p["nodes"] == 2 and p["nodes_up"] == 2 and p["slots_total"] == 4, p
     sortie.run("pilot", "cancel", pid)
     wait_for(lambda: pilot(sortie, pid)["state"] == "cancelled", 30, "the pilot to be cancelled")
+
+
+def test_install_dir_names_the_remote_binary(sortie, sshd, label, tmp_path):
+    # An installed tree elsewhere (as `cmake --install --prefix DIR` makes it).
+    (tmp_path / "opt" / "bin").mkdir(parents=True)
+    shutil.copy(sortie.bin, tmp_path / "opt" / "bin" / "sortie")
+    sortie.start()
+    add_ssh_resource(sortie, "lab", "root@127.0.0.1:2222", sshd, "--install-dir",
+                     tmp_path / "opt")
+    pid = int(sortie.run("pilot", "add", "--resource", "lab", "--slots", "1", "--label",
+                         label).stdout)
+    sortie.run("pilot", "wait", pid, "--timeout", "60s")
+    (ssh,) = ssh_clients(label)
+    command = Path(f"/proc/{ssh}/cmdline").read_bytes().split(b"\0")[-2].decode()
+    assert command.startswith(f"{tmp_path}/opt/bin/sortie agent --stdio"), command
+    sortie.run("pilot", "cancel", pid)
+    wait_for(lambda: pilot(sortie, pid)["state"] == "cancelled", 30, "the pilot to be cancelled")
+    # A wrong one: the remote shell cannot find it, and the pilot says so.
+    add_ssh_resource(sortie, "broken", "root@127.0.0.1:2222", sshd, "--install-dir", "/nonexistent")
+    pid = int(sortie.run("pilot", "add", "--resource", "broken").stdout)
+    p = wait_for(lambda: (q := pilot(sortie, pid))["state"] == "failed" and q, 60,
+                 "the pilot to fail")
+    assert "/nonexistent/bin/sortie" in p["reason"] and "exit status 127" in p["reason"], p
 
 
 def test_ssh_errors_reach_the_pilot(sortie, sshd):

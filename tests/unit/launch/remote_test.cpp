@@ -82,8 +82,11 @@ TEST(Remote, SlurmScript) {
                    "--profile-dir '/home/a b/.sortie/default'\n"),
             std::string::npos)
       << s;
-  EXPECT_EQ(sbatch_argv({"--qos=high"}, ""),
-            (std::vector<std::string>{"sbatch", "--parsable", "--qos=high"}));
+  EXPECT_EQ(s.find("--output"), std::string::npos); // any path is safe as an argument
+  EXPECT_EQ(sbatch_argv({"--qos=high"}, "", "/tmp/a b/p-%j.out"),
+            (std::vector<std::string>{"sbatch", "--parsable", "--output=/tmp/a b/p-%j.out",
+                                      "--qos=high"}));
+  EXPECT_EQ(qsub_argv({}, "", "/tmp/o"), (std::vector<std::string>{"qsub", "-terse", "-o", "/tmp/o"}));
 }
 
 TEST(Remote, SgeScript) {
