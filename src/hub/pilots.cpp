@@ -435,6 +435,7 @@ void Hub::resume_pilots() {
       continue;
     }
     log::info("pilot {}: following batch job {} again", id.value, p.batch_id);
+    p.end_ms = 0; // its walltime runs from the batch job's start: its agents will say when
     start_driver(p);
   }
 }

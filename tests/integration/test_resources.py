@@ -302,6 +302,19 @@ def test_ssh_pilot_through_a_gateway(sortie, sshd, label):
     args = Path(f"/proc/{ssh[0]}/cmdline").read_bytes().split(b"\0")
     assert b"-J" in args and b"root@127.0.0.1:2222" in args
     sortie.run("pilot", "cancel", pid)
+    wait_for(lambda: pilot(sortie, pid)["state"] == "cancelled", 30, "the pilot to be cancelled")
+    # Chains: compute2 -> compute -> login becomes -J login,compute (outermost first).
+    add_ssh_resource(sortie, "compute2", "root@127.0.0.1:2222", sshd, "--gateway", "compute")
+    pid = int(sortie.run("pilot", "add", "--resource", "compute2", "--slots", "1", "--label",
+                         label).stdout)
+    sortie.run("pilot", "wait", pid, "--timeout", "60s")
+    args = Path(f"/proc/{ssh_clients(label)[0]}/cmdline").read_bytes().split(b"\0")
+    assert args[args.index(b"-J") + 1] == b"root@127.0.0.1:2222,root@127.0.0.1:2223"
+    sortie.run("pilot", "cancel", pid)
+    # A circle of gateways is refused.
+    r = sortie.run("resource", "add", "login", "--type", "ssh", "--location", "root@127.0.0.1",
+                   "--gateway", "compute2", "--replace", check=False)
+    assert r.returncode == 2 and "go round in a circle" in r.stderr, r.stderr
 
 
 # ---------------------------------------------------------------------------------------------
