@@ -18,6 +18,18 @@
 #include "protocol/link.hpp"
 
 namespace sortie::hub {
+
+bool valid_label(const std::string& s) {
+  if (s.size() > 64)
+    return false;
+  for (char c : s)
+    if (!std::isalnum(static_cast<unsigned char>(c)) && c != '-' && c != '_' && c != '.')
+      return false;
+  return true;
+}
+
+bool valid_node_name(const std::string& s) { return !s.empty() && valid_label(s); }
+
 namespace {
 
 constexpr std::size_t kScheduleStep = 4096;     // assignments per loop turn
@@ -33,17 +45,6 @@ constexpr double kLaunchBufferMs = 50;
 constexpr std::uint32_t kMaxLaunchRounds = 16;
 
 bool is_final(JobState s) { return is_terminal(s); }
-
-bool valid_label(const std::string& s) {
-  if (s.size() > 64)
-    return false;
-  for (char c : s)
-    if (!std::isalnum(static_cast<unsigned char>(c)) && c != '-' && c != '_' && c != '.')
-      return false;
-  return true;
-}
-
-bool valid_node_name(const std::string& s) { return !s.empty() && valid_label(s); }
 
 std::string signal_name(int sig) {
   const char* n = sigabbrev_np(sig);
@@ -1682,9 +1683,7 @@ void Hub::on_local_process_exit(int pid, int status) {
     return;
   PilotId pilot_id = pit->second;
   pilot_by_pid_.erase(pit);
-  std::string how = WIFEXITED(status)   ? fmt::format("exit status {}", WEXITSTATUS(status))
-                    : WIFSIGNALED(status) ? fmt::format("{}", signal_name(WTERMSIG(status)))
-                                          : "unknown status";
+  std::string how = launch::exit_text(status);
   // An agent process of ours is gone: if its link already closed, its jobs are lost now (no
   // point waiting for a reconnect that cannot come).
   for (auto& [id, a] : agents_)

@@ -131,6 +131,10 @@ struct Pilot {
   std::string batch_id;     ///< the batch system's job id
 };
 
+/// Letters, digits, '-', '_' and '.' (at most 64): labels, and node names (not empty).
+bool valid_label(const std::string& s);
+bool valid_node_name(const std::string& s);
+
 struct HubStats {
   std::unordered_map<std::string, std::uint64_t> jobs_by_state;
   std::uint32_t agents = 0;

@@ -228,7 +228,7 @@ Result<void> Hub::check_remote_pilot(pb::PilotSpec& spec, const pb::ResourceSpec
     return make_error(ErrorCode::InvalidArgument, "walltime cannot be negative");
   if (spec.gpus_per_node() > 64)
     return make_error(ErrorCode::InvalidArgument, "at most 64 GPUs per node");
-  if (!spec.label().empty() && !launch::safe_word(spec.label()))
+  if (!valid_label(spec.label()))
     return make_error(ErrorCode::InvalidArgument,
                       fmt::format("label '{}' is not valid: use letters, digits, '-', '_' and '.'",
                                   spec.label()));
@@ -236,7 +236,7 @@ Result<void> Hub::check_remote_pilot(pb::PilotSpec& spec, const pb::ResourceSpec
     return make_error(ErrorCode::InvalidArgument,
                       fmt::format("queue '{}' is not a queue or partition name", spec.queue()));
   for (const auto& n : spec.node_names())
-    if (!launch::safe_word(n))
+    if (!valid_node_name(n))
       return make_error(ErrorCode::InvalidArgument,
                         fmt::format("node name '{}' is not valid: use letters, digits, '-', '_' "
                                     "and '.'",
