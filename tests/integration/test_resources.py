@@ -40,8 +40,8 @@ def slurm():
         pytest.fail(f"Slurm is not running (scripts/testbeds/slurm.sh up): {p.stdout}{p.stderr}")
 
 
-def processes_with_arg(word):
-    """Live processes whose command line has `word` as one argument."""
+def processes_where(match):
+    """Live processes whose argument list (bytes) satisfies `match`."""
     found = []
     for d in os.listdir("/proc"):
         if not d.isdigit():
@@ -50,24 +50,20 @@ def processes_with_arg(word):
             args = Path(f"/proc/{d}/cmdline").read_bytes().split(b"\0")
         except OSError:
             continue
-        if word.encode() in args and alive(int(d)):
+        if match(args) and alive(int(d)):
             found.append(int(d))
     return found
+
+
+def processes_with_arg(word):
+    """Live processes whose command line has `word` as one argument."""
+    return processes_where(lambda args: word.encode() in args)
 
 
 def ssh_clients(label):
     """The hub's ssh processes for agents with this label (the remote command is one argument)."""
-    found = []
-    for d in os.listdir("/proc"):
-        if not d.isdigit():
-            continue
-        try:
-            args = Path(f"/proc/{d}/cmdline").read_bytes().split(b"\0")
-        except OSError:
-            continue
-        if args[0] == b"ssh" and label.encode() in args[-2] and alive(int(d)):
-            found.append(int(d))
-    return found
+    return processes_where(lambda args: args[0] == b"ssh" and len(args) > 2 and
+                           label.encode() in args[-2])
 
 
 def pilot(sortie, pid):
