@@ -21,6 +21,7 @@
 
 #include "agent/limits.hpp"
 #include "common/files.hpp"
+#include "common/spawn.hpp"
 
 namespace sortie::agent {
 namespace {
@@ -151,23 +152,11 @@ Result<pid_t> spawn_process(const SpawnRequest& req) {
   // Nothing of the agent's leaks into jobs (Asio's sockets are not close-on-exec): a job holding
   // the hub link open would hide the agent's death from the hub.
   posix_spawn_file_actions_addclosefrom_np(&fa, 3);
-  posix_spawnattr_t attr;
-  posix_spawnattr_init(&attr);
-  sigset_t none;
-  sigemptyset(&none);
-  posix_spawnattr_setsigmask(&attr, &none);
-  sigset_t defaults;
-  sigfillset(&defaults);
-  sigdelset(&defaults, SIGKILL);
-  sigdelset(&defaults, SIGSTOP);
-  posix_spawnattr_setsigdefault(&attr, &defaults);
-  posix_spawnattr_setflags(&attr,
-                           POSIX_SPAWN_SETSID | POSIX_SPAWN_SETSIGMASK | POSIX_SPAWN_SETSIGDEF);
+  SpawnAttr attr;
   pid_t pid = 0;
   // glibc's posix_spawn reports exec failures (missing program, bad cwd) as its return value.
-  int rc = ::posix_spawnp(&pid, argv[0], &fa, &attr, argv.data(), envp.data());
+  int rc = ::posix_spawnp(&pid, argv[0], &fa, attr.get(), argv.data(), envp.data());
   posix_spawn_file_actions_destroy(&fa);
-  posix_spawnattr_destroy(&attr);
   if (rc != 0) {
     if (rc == ENOENT && !req.cwd.empty() && ::access(req.cwd.c_str(), X_OK) != 0)
       return make_error(ErrorCode::NotFound,

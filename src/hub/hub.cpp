@@ -1473,28 +1473,11 @@ void Hub::handle_pilot_add(const std::shared_ptr<Peer>& peer,
     Pilot p;
     p.id = PilotId(next_pilot_id_++);
     p.spec = spec;
-    p.state = "submitting";
     p.remote = true;
-    p.created_ms = clock_.now_ms();
-    PilotId id = p.id;
-    pilots_.emplace(id, p);
-    batch().pilots.push_back(pilot_row(p));
-    batch().on_commit.push_back([this, alive = alive_, peer, rid, id](const Result<void>& r) {
-      if (!*alive)
-        return;
-      auto it = pilots_.find(id);
-      if (it == pilots_.end())
-        return;
-      if (!r.ok()) {
-        pilots_.erase(it);
-        return reply_error(peer, rid, r.error());
-      }
-      start_driver(it->second);
-      pb::Envelope env;
-      env.mutable_pilot_add_reply()->set_pilot_id(id.value);
-      send_to(peer, env, rid);
+    return store_pilot(std::move(p), peer, rid, [this](Pilot& pilot) -> Result<void> {
+      start_driver(pilot);
+      return ok_result();
     });
-    return;
   }
   if (spec.nodes() == 0)
     spec.set_nodes(spec.node_names_size() > 0 ? static_cast<std::uint32_t>(spec.node_names_size()) : 1);
@@ -1552,22 +1535,8 @@ void Hub::handle_pilot_add(const std::shared_ptr<Peer>& peer,
   Pilot p;
   p.id = id;
   p.spec = spec;
-  p.state = "submitting";
-  p.created_ms = clock_.now_ms();
-  p.end_ms = spec.walltime_ms() ? p.created_ms + spec.walltime_ms() : 0;
-  pilots_.emplace(id, p);
-  batch().pilots.push_back(pilot_row(p));
-  batch().on_commit.push_back([this, alive = alive_, peer, rid, id](const Result<void>& r) {
-    if (!*alive)
-      return;
-    auto it = pilots_.find(id);
-    if (it == pilots_.end())
-      return;
-    Pilot& pilot = it->second;
-    if (!r.ok()) {
-      pilots_.erase(it);
-      return reply_error(peer, rid, r.error());
-    }
+  p.end_ms = spec.walltime_ms() ? clock_.now_ms() + spec.walltime_ms() : 0;
+  store_pilot(std::move(p), peer, rid, [this, id](Pilot& pilot) -> Result<void> {
     launch::PilotRequest lr;
     lr.pilot = id;
     for (const auto& n : pilot.spec.node_names()) {
@@ -1584,13 +1553,39 @@ void Hub::handle_pilot_add(const std::shared_ptr<Peer>& peer,
       pilot.state = "failed";
       pilot.ended_ms = clock_.now_ms();
       pilot_changed(pilot);
-      return reply_error(peer, rid, alloc.error().with_context(fmt::format("pilot {}", id.value)));
+      return alloc.error().with_context(fmt::format("pilot {}", id.value));
     }
     pilot.pids = alloc->pids;
     for (int pid : pilot.pids)
       pilot_by_pid_[pid] = id;
     pilot.state = "pending";
     pilot_changed(pilot);
+    return ok_result();
+  });
+}
+
+void Hub::store_pilot(Pilot p,
+                      const std::shared_ptr<Peer>& peer,
+                      std::uint64_t rid,
+                      std::function<Result<void>(Pilot&)> start) {
+  p.state = "submitting";
+  p.created_ms = clock_.now_ms();
+  PilotId id = p.id;
+  batch().pilots.push_back(pilot_row(p));
+  pilots_.emplace(id, std::move(p));
+  batch().on_commit.push_back([this, alive = alive_, peer, rid, id,
+                               start = std::move(start)](const Result<void>& r) {
+    if (!*alive)
+      return;
+    auto it = pilots_.find(id);
+    if (it == pilots_.end())
+      return;
+    if (!r.ok()) {
+      pilots_.erase(it);
+      return reply_error(peer, rid, r.error());
+    }
+    if (auto started = start(it->second); !started.ok())
+      return reply_error(peer, rid, started.error());
     pb::Envelope env;
     env.mutable_pilot_add_reply()->set_pilot_id(id.value);
     send_to(peer, env, rid);

@@ -279,6 +279,12 @@ private:
   void stop_pilot(Pilot& pilot, const std::string& reason);
   void update_pilot_state(Pilot& pilot);
   store::PilotRow pilot_row(const Pilot& pilot) const;
+  /// Stores a new pilot (state submitting); once committed, runs `start` and answers the
+  /// requester with the pilot's id or `start`'s error.
+  void store_pilot(Pilot pilot,
+                   const std::shared_ptr<Peer>& peer,
+                   std::uint64_t rid,
+                   std::function<Result<void>(Pilot&)> start);
   /// Validates a pilot request for a remote resource and fills defaults.
   Result<void> check_remote_pilot(pb::PilotSpec& spec, const pb::ResourceSpec& resource) const;
   /// Creates the pilot's driver and starts it (or, with a batch id, resumes following it).

@@ -11,6 +11,7 @@
 #include <fmt/format.h>
 
 #include "common/files.hpp"
+#include "common/spawn.hpp"
 #include "common/log.hpp"
 
 extern char** environ;
@@ -83,25 +84,11 @@ Result<Allocation> LocalLauncher::submit(const PilotRequest& request) {
     // The hub's sockets are not close-on-exec; an agent holding the listening socket would keep
     // it accepting after the hub died.
     posix_spawn_file_actions_addclosefrom_np(&fa, 3);
-    posix_spawnattr_t attr;
-    posix_spawnattr_init(&attr);
-    sigset_t none;
-    sigemptyset(&none);
-    posix_spawnattr_setsigmask(&attr, &none);
-    sigset_t defaults;
-    sigemptyset(&defaults);
-    sigaddset(&defaults, SIGPIPE);
-    sigaddset(&defaults, SIGCHLD);
-    sigaddset(&defaults, SIGTERM);
-    sigaddset(&defaults, SIGINT);
-    posix_spawnattr_setsigdefault(&attr, &defaults);
-    posix_spawnattr_setflags(&attr, POSIX_SPAWN_SETSID | POSIX_SPAWN_SETSIGMASK |
-                                        POSIX_SPAWN_SETSIGDEF);
+    SpawnAttr attr;
     pid_t pid = 0;
-    int rc = posix_spawn(&pid, exe_.c_str(), &fa, &attr, argv.data(), environ);
+    int rc = posix_spawn(&pid, exe_.c_str(), &fa, attr.get(), argv.data(), environ);
     posix_spawn_file_actions_destroy(&fa);
-    posix_spawnattr_destroy(&attr);
-    if (rc != 0) {
+      if (rc != 0) {
       cancel(alloc);
       return make_error(ErrorCode::Io,
                         fmt::format("cannot start agent {}: {} ({})", a.node_name, errno_text(rc),

@@ -14,6 +14,7 @@
 #include <fmt/format.h>
 
 #include "common/files.hpp"
+#include "common/spawn.hpp"
 
 extern char** environ;
 
@@ -72,26 +73,14 @@ Result<Spawned> spawn_piped(const std::vector<std::string>& argv,
                                      0600);
   // The hub's sockets are not close-on-exec.
   posix_spawn_file_actions_addclosefrom_np(&fa, 3);
-  posix_spawnattr_t attr;
-  posix_spawnattr_init(&attr);
-  sigset_t none;
-  sigemptyset(&none);
-  posix_spawnattr_setsigmask(&attr, &none);
-  sigset_t defaults;
-  sigemptyset(&defaults);
-  for (int s : {SIGPIPE, SIGCHLD, SIGTERM, SIGINT, SIGHUP})
-    sigaddset(&defaults, s);
-  posix_spawnattr_setsigdefault(&attr, &defaults);
-  posix_spawnattr_setflags(&attr, POSIX_SPAWN_SETSID | POSIX_SPAWN_SETSIGMASK |
-                                      POSIX_SPAWN_SETSIGDEF);
+  SpawnAttr attr;
   std::vector<char*> av;
   for (const auto& a : argv)
     av.push_back(const_cast<char*>(a.c_str()));
   av.push_back(nullptr);
   pid_t pid = 0;
-  int rc = posix_spawnp(&pid, argv[0].c_str(), &fa, &attr, av.data(), environ);
+  int rc = posix_spawnp(&pid, argv[0].c_str(), &fa, attr.get(), av.data(), environ);
   posix_spawn_file_actions_destroy(&fa);
-  posix_spawnattr_destroy(&attr);
   if (rc != 0)
     return make_error(ErrorCode::Unavailable,
                       fmt::format("cannot run '{}': {}", argv[0], errno_text(rc)));
