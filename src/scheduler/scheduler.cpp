@@ -27,6 +27,7 @@ std::size_t Scheduler::ReqHash::operator()(const Requirements& r) const {
   hash_mix(h, r.max_per_node);
   hash_mix(h, static_cast<std::size_t>(r.priority));
   hash_mix(h, static_cast<std::size_t>(r.time_request_ms));
+  hash_mix(h, r.per_node);
   return h;
 }
 
@@ -174,6 +175,14 @@ bool Scheduler::skip_removed(std::uint32_t idx) {
 }
 
 void Scheduler::enqueue(JobId job, const Requirements& req) {
+  if (req.spans_nodes()) {
+    auto [it, added] = gangs_.try_emplace(GangKey{-static_cast<std::int64_t>(req.priority), job.value}, req);
+    if (!added) // removed, then queued again before the removal was applied
+      removed_.erase(job);
+    ++queued_;
+    gangs_dirty_ = true;
+    return;
+  }
   bool created;
   std::uint32_t idx = class_for(req, created);
   classes_[idx].fifo.push_back(job);
@@ -186,6 +195,8 @@ void Scheduler::enqueue(JobId job, const Requirements& req) {
 }
 
 void Scheduler::requeue_front(JobId job, const Requirements& req) {
+  if (req.spans_nodes())
+    return enqueue(job, req); // gang jobs go by id: a retried one is ahead of newer ones
   bool created;
   std::uint32_t idx = class_for(req, created);
   classes_[idx].fifo.push_front(job);
@@ -204,6 +215,8 @@ void Scheduler::remove_queued(JobId job) {
   if (removed_.insert(job).second) {
     SORTIE_ASSERT(queued_ > 0, "remove_queued is only called for queued jobs");
     --queued_;
+    if (!gangs_.empty())
+      gangs_dirty_ = true; // it may hold a reservation
   }
 }
 
@@ -228,6 +241,8 @@ void Scheduler::mark_dirty(AgentId id, Node& node) {
 }
 
 void Scheduler::park(AgentId id, Node& node) {
+  if (node.reserved)
+    return;
   std::uint32_t f = std::min(free_slots(node), kFreeBuckets - 1);
   node.parked_free = f;
   parked_all_.by_free.resize(kFreeBuckets);
@@ -274,6 +289,7 @@ void Scheduler::add_node(AgentId id, const NodeInfo& info) {
   if (node.info.name != 0)
     node_by_name_[node.info.name].push_back(id);
   node.accepting = true;
+  gangs_dirty_ = true;
   mark_dirty(id, node);
 }
 
@@ -285,6 +301,10 @@ void Scheduler::remove_node(AgentId id) {
     unpark(id, it->second);
   if (it->second.info.name != 0)
     std::erase(node_by_name_[it->second.info.name], id);
+  if (it->second.reserved) {
+    std::erase(reserved_, id);
+    gangs_dirty_ = true;
+  }
   nodes_.erase(it); // a stale entry in dirty_ is skipped
 }
 
@@ -303,6 +323,7 @@ void Scheduler::set_accepting(AgentId id, bool accepting) {
   if (it == nodes_.end() || it->second.accepting == accepting)
     return;
   it->second.accepting = accepting;
+  gangs_dirty_ = true;
   mark_dirty(id, it->second);
 }
 
@@ -334,6 +355,16 @@ void Scheduler::release(JobId job) {
   if (it == placements_.end())
     return;
   const Placement& p = it->second;
+  gangs_dirty_ = true;
+  for (auto [other, slots] : p.others) {
+    auto n = nodes_.find(other);
+    if (n == nodes_.end())
+      continue;
+    if (n->second.state == NodeState::Parked)
+      unpark(other, n->second);
+    n->second.used_slots -= std::min(n->second.used_slots, slots);
+    mark_dirty(other, n->second);
+  }
   if (auto n = nodes_.find(p.node); n != nodes_.end()) {
     Node& node = n->second;
     if (node.state == NodeState::Parked)
@@ -514,9 +545,126 @@ void Scheduler::place_fresh(std::size_t max, std::int64_t now, std::vector<Assig
   }
 }
 
+void Scheduler::take_slots(AgentId id, Node& node, std::uint32_t slots) {
+  if (node.state == NodeState::Parked)
+    unpark(id, node);
+  node.used_slots += slots;
+  mark_dirty(id, node); // what is left is looked at again
+}
+
+std::vector<std::pair<AgentId, std::uint32_t>> Scheduler::gang_nodes(const Requirements& r,
+                                                                     std::int64_t now,
+                                                                     bool fit,
+                                                                     const std::vector<AgentId>& exclude) {
+  const std::uint32_t count = (r.slots + r.per_node - 1) / r.per_node;
+  const std::uint32_t last = r.slots - (count - 1) * r.per_node;
+  Requirements share;
+  share.label = r.label;
+  share.time_request_ms = r.time_request_ms;
+  struct Candidate {
+    bool full;          // can take per_node slots (else only the last share)
+    std::uint32_t free; // idle slots now
+    AgentId id;
+  };
+  std::map<Symbol, std::vector<Candidate>> pools;
+  for (const auto& [id, node] : nodes_) {
+    if (!node.accepting || node.info.pool == 0)
+      continue;
+    if (!r.hosts.empty() && !std::binary_search(r.hosts.begin(), r.hosts.end(), node.info.name))
+      continue;
+    if (std::find(exclude.begin(), exclude.end(), id) != exclude.end())
+      continue;
+    std::uint32_t used = fit ? node.used_slots : 0; // not `fit`: once its jobs are done
+    std::uint32_t free = node.info.slots > node.used_slots ? node.info.slots - node.used_slots : 0;
+    auto can_take = [&](std::uint32_t slots) {
+      share.slots = slots;
+      if (slots > node.info.slots || used + slots > node.info.slots)
+        return false;
+      return fits(share, node, node.used_slots + node.info.slots, now); // label, walltime
+    };
+    if (!can_take(last))
+      continue;
+    pools[node.info.pool].push_back({can_take(r.per_node), free, id});
+  }
+  for (auto& [pool, list] : pools) {
+    if (list.size() < count)
+      continue;
+    std::sort(list.begin(), list.end(), [](const Candidate& a, const Candidate& b) {
+      if (a.full != b.full)
+        return a.full;
+      if (a.free != b.free)
+        return a.free > b.free;
+      return a.id < b.id;
+    });
+    if (count > 1 && !list[count - 2].full)
+      continue;
+    std::vector<std::pair<AgentId, std::uint32_t>> span;
+    for (std::uint32_t i = 0; i < count; ++i)
+      span.emplace_back(list[i].id, i + 1 < count ? r.per_node : last);
+    return span;
+  }
+  return {};
+}
+
+void Scheduler::set_reserved(std::vector<AgentId> nodes) {
+  std::sort(nodes.begin(), nodes.end());
+  for (AgentId id : reserved_) {
+    auto it = nodes_.find(id);
+    if (it == nodes_.end() || std::binary_search(nodes.begin(), nodes.end(), id))
+      continue;
+    it->second.reserved = false;
+    mark_dirty(id, it->second);
+  }
+  for (AgentId id : nodes) {
+    Node& node = nodes_.find(id)->second;
+    if (node.state == NodeState::Parked)
+      unpark(id, node);
+    node.reserved = true;
+  }
+  reserved_ = std::move(nodes);
+}
+
+void Scheduler::place_gangs(std::size_t max, std::int64_t now, std::vector<Assignment>& out) {
+  gangs_dirty_ = false;
+  std::vector<AgentId> reserve;
+  for (auto it = gangs_.begin(); it != gangs_.end();) {
+    JobId job(it->first.job);
+    if (removed_.erase(job) > 0) {
+      it = gangs_.erase(it);
+      continue;
+    }
+    if (out.size() >= max) {
+      gangs_dirty_ = true; // the rest next call
+      break;
+    }
+    // Nodes reserved in this call are for an earlier gang job.
+    auto span = gang_nodes(it->second, now, true, reserve);
+    if (span.empty()) {
+      if (reserve.empty())
+        for (auto [id, slots] : gang_nodes(it->second, now, false, reserve))
+          reserve.push_back(id);
+      ++it;
+      continue;
+    }
+    Placement p{span[0].first, span[0].second, 0, 0, 0, {}};
+    for (std::size_t i = 0; i < span.size(); ++i) {
+      take_slots(span[i].first, nodes_.find(span[i].first)->second, span[i].second);
+      if (i > 0)
+        p.others.push_back(span[i]);
+    }
+    placements_[job] = std::move(p);
+    out.push_back(Assignment{job, span[0].first, {}, std::move(span)});
+    --queued_;
+    it = gangs_.erase(it);
+  }
+  set_reserved(std::move(reserve));
+}
+
 std::vector<Assignment> Scheduler::schedule(std::size_t max, std::int64_t now) {
   std::vector<Assignment> out;
-  if (queued_ == 0 || (dirty_.empty() && fresh_.empty()))
+  if (gangs_dirty_)
+    place_gangs(max, now, out);
+  if (queued_ == 0 || (dirty_.empty() && fresh_.empty()) || out.size() >= max)
     return out;
   if (!dirty_.empty()) {
     // Nodes whose capacity changed look at the classes that can run on them. Pass 0 fills idle
@@ -528,7 +676,8 @@ std::vector<Assignment> Scheduler::schedule(std::size_t max, std::int64_t now) {
       for (std::size_t i = 0; i < dirty_.size() && out.size() < max && queued_ > 0; ++i) {
         AgentId id = dirty_[i];
         auto it = nodes_.find(id);
-        if (it == nodes_.end() || !it->second.accepting || it->second.state != NodeState::Dirty)
+        if (it == nodes_.end() || !it->second.accepting || it->second.reserved ||
+            it->second.state != NodeState::Dirty)
           continue;
         it->second.examined = false;
         Node& node = it->second;
@@ -551,7 +700,7 @@ std::vector<Assignment> Scheduler::schedule(std::size_t max, std::int64_t now) {
       if (it == nodes_.end() || it->second.state != NodeState::Dirty)
         return true;
       Node& node = it->second;
-      if (node.accepting && free_slots(node) > 0 && !node.examined)
+      if (node.accepting && !node.reserved && free_slots(node) > 0 && !node.examined)
         return false;
       node.state = NodeState::Idle;
       if (node.accepting && free_slots(node) > 0)

@@ -28,10 +28,19 @@
 // it needs `slots` slots, `memory` bytes and `gpus` GPUs on one node; at most `max_per_node` jobs
 // of its `group` are on one node at once; with `time_request_ms` it goes only to nodes whose
 // walltime leaves at least that long.
+//
+// Jobs across nodes (MPI): a job with `per_node` set below its `slots` needs ceil(slots /
+// per_node) nodes of one pool (a pilot) at once, `per_node` idle slots on each (the remainder on
+// the last). These gang jobs are kept apart from the classes, ordered by (priority, id), and
+// tried before anything else whenever some node's capacity changed. The first gang job that does
+// not fit reserves the nodes of the pool closest to fitting it: they take no new jobs until it
+// runs, so a stream of small jobs cannot keep it waiting for ever. A gang job takes no memory,
+// GPUs or max-per-node groups (the hub refuses those).
 #pragma once
 
 #include <cstdint>
 #include <deque>
+#include <map>
 #include <set>
 #include <string>
 #include <string_view>
@@ -57,7 +66,9 @@ struct Requirements {
   std::uint32_t max_per_node = 0; ///< 0: unlimited
   std::int32_t priority = 0;
   std::int64_t time_request_ms = 0;
+  std::uint32_t per_node = 0; ///< at most this many of `slots` on one node (0: all on one)
   bool operator==(const Requirements&) const = default;
+  bool spans_nodes() const { return per_node > 0 && slots > per_node; }
 };
 
 struct NodeInfo {
@@ -68,12 +79,15 @@ struct NodeInfo {
   std::uint64_t memory = 0;      ///< bytes jobs may reserve; 0: jobs asking for memory never fit
   std::vector<std::uint32_t> gpus; ///< device ids (at most 64)
   std::int64_t walltime_end_ms = 0; ///< 0: no end
+  Symbol pool = 0; ///< jobs across nodes use nodes of one pool (its pilot); 0: none
 };
 
 struct Assignment {
   JobId job;
   AgentId node;
   std::vector<std::uint32_t> gpus; ///< device ids given to the job
+  /// A job across nodes: every node it holds, with its slots there; `node` (the first) runs it.
+  std::vector<std::pair<AgentId, std::uint32_t>> span;
 };
 
 class Scheduler {
@@ -110,6 +124,8 @@ public:
   std::vector<Assignment> schedule(std::size_t max, std::int64_t now_ms);
 
   std::size_t queued() const { return queued_; }
+  /// Nodes held back for the first gang job that does not fit yet.
+  std::size_t reserved() const { return reserved_.size(); }
   std::size_t assigned() const { return placements_.size(); }
   std::size_t classes() const { return live_classes_; }
   std::uint64_t slots_total() const;
@@ -155,6 +171,7 @@ private:
     bool examined = false;             ///< in this call, looked at every class up to its queue
     std::uint32_t parked_free = 0;     ///< the parked lists it is in
     std::uint32_t pos_all = 0, pos_label = 0;
+    bool reserved = false; ///< held for a gang job: takes nothing else
   };
   struct Placement {
     AgentId node;
@@ -162,6 +179,12 @@ private:
     std::uint64_t memory;
     std::uint64_t gpu_mask;
     Symbol group;
+    std::vector<std::pair<AgentId, std::uint32_t>> others; ///< a gang job's other nodes
+  };
+  struct GangKey {
+    std::int64_t neg_priority;
+    std::uint64_t job;
+    auto operator<=>(const GangKey&) const = default;
   };
   /// Parked nodes by free slots (capped), for placing a new class without visiting every node.
   struct ParkedIndex {
@@ -194,6 +217,14 @@ private:
   /// A parked node that fits class `idx`, or none.
   Node* find_parked(const Requirements& r, std::int64_t now, AgentId& id);
   void place_fresh(std::size_t max, std::int64_t now, std::vector<Assignment>& out);
+  /// Places the gang jobs that fit and reserves nodes for the first that does not.
+  void place_gangs(std::size_t max, std::int64_t now, std::vector<Assignment>& out);
+  /// Nodes of one pool for a gang job, best first; `fit`: only if they have the slots now.
+  std::vector<std::pair<AgentId, std::uint32_t>> gang_nodes(const Requirements& r, std::int64_t now,
+                                                            bool fit,
+                                                            const std::vector<AgentId>& exclude);
+  void set_reserved(std::vector<AgentId> nodes);
+  void take_slots(AgentId id, Node& node, std::uint32_t slots);
   static std::uint32_t& group_count(Node& node, Symbol group);
   static std::uint32_t free_slots(const Node& node) {
     std::uint32_t limit = node.info.slots + node.info.queue_slots;
@@ -219,6 +250,9 @@ private:
   std::unordered_map<Symbol, ParkedIndex> parked_by_label_;
   std::unordered_map<JobId, Placement> placements_;
   std::unordered_set<JobId> removed_;
+  std::map<GangKey, Requirements> gangs_;
+  bool gangs_dirty_ = false; ///< capacity changed since the gang jobs were last tried
+  std::vector<AgentId> reserved_;
   std::size_t queued_ = 0;
 };
 

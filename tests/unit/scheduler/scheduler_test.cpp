@@ -30,6 +30,7 @@ public:
   Req& group(const char* g, std::uint32_t k) { r_.group = s_.intern(g); r_.max_per_node = k; return *this; }
   Req& priority(std::int32_t p) { r_.priority = p; return *this; }
   Req& time(std::int64_t ms) { r_.time_request_ms = ms; return *this; }
+  Req& per_node(std::uint32_t n) { r_.per_node = n; return *this; }
   operator const Requirements&() const { return r_; }
 
 private:
@@ -56,6 +57,7 @@ public:
   Node& memory(std::uint64_t b) { n_.memory = b; return *this; }
   Node& gpus(std::vector<std::uint32_t> g) { n_.gpus = std::move(g); return *this; }
   Node& walltime_end(std::int64_t t) { n_.walltime_end_ms = t; return *this; }
+  Node& pool(const char* p) { n_.pool = s_.intern(p); return *this; }
   operator const NodeInfo&() const { return n_; }
 
 private:
@@ -386,6 +388,114 @@ TEST(Scheduler, AdoptedJobsUseTheirResources) {
   EXPECT_EQ(as[0].gpus, (std::vector<std::uint32_t>{0}));
   s.release(J(9));
   EXPECT_EQ(jobs_of(s.schedule(100, kNow)), (std::vector<std::uint64_t>{10}));
+}
+
+using Span = std::vector<std::pair<AgentId, std::uint32_t>>;
+
+TEST(Scheduler, GangJobHoldsSlotsOnSeveralNodesOfOnePool) {
+  Scheduler s;
+  s.add_node(N(1), Node(s, "a", 2).pool("p1"));
+  s.add_node(N(2), Node(s, "b", 4).pool("p2"));
+  s.add_node(N(3), Node(s, "c", 2).pool("p1"));
+  s.enqueue(J(1), Req(s).slots(4).per_node(2));
+  auto as = s.schedule(100, kNow);
+  ASSERT_EQ(as.size(), 1u);
+  EXPECT_EQ(as[0].node, N(1)); // the first node of the span runs it
+  EXPECT_EQ(as[0].span, (Span{{N(1), 2}, {N(3), 2}}));
+  EXPECT_EQ(s.slots_used(), 4u);
+  s.enqueue(J(2), Req(s).slots(4));
+  EXPECT_EQ(by_job(s.schedule(100, kNow)), (std::map<std::uint64_t, std::uint64_t>{{2, 2}}));
+  s.release(J(1)); // frees both nodes
+  EXPECT_EQ(s.slots_used(), 4u);
+  s.enqueue(J(3), Req(s).slots(2));
+  s.enqueue(J(4), Req(s).slots(2));
+  EXPECT_EQ(s.schedule(100, kNow).size(), 2u);
+}
+
+TEST(Scheduler, GangJobPutsTheRemainderOnItsLastNode) {
+  Scheduler s;
+  for (std::uint64_t i = 1; i <= 3; ++i)
+    s.add_node(N(i), Node(s, ("n" + std::to_string(i)).c_str(), 2).pool("p"));
+  s.enqueue(J(1), Req(s).slots(5).per_node(2));
+  auto as = s.schedule(100, kNow);
+  ASSERT_EQ(as.size(), 1u);
+  ASSERT_EQ(as[0].span.size(), 3u);
+  std::uint32_t total = 0;
+  for (auto [node, slots] : as[0].span)
+    total += slots;
+  EXPECT_EQ(total, 5u);
+  EXPECT_EQ(as[0].span.back().second, 1u);
+}
+
+TEST(Scheduler, GangJobNeverSpansPoolsOrLabels) {
+  Scheduler s;
+  s.add_node(N(1), Node(s, "a", 2).pool("p1"));
+  s.add_node(N(2), Node(s, "b", 2).pool("p2"));
+  s.add_node(N(3), Node(s, "c", 2).pool("p3").label("gpu"));
+  s.add_node(N(4), Node(s, "d", 2).pool("p3"));
+  s.enqueue(J(1), Req(s).slots(4).per_node(2).label("gpu")); // only c has the label
+  EXPECT_TRUE(s.schedule(100, kNow).empty());
+  s.enqueue(J(2), Req(s).slots(4).per_node(2)); // any node: c and d are one pool
+  auto as = s.schedule(100, kNow);
+  ASSERT_EQ(as.size(), 1u);
+  EXPECT_EQ(as[0].span, (Span{{N(3), 2}, {N(4), 2}}));
+  s.enqueue(J(3), Req(s).slots(4).per_node(2));
+  EXPECT_TRUE(s.schedule(100, kNow).empty()); // a and b are in different pools
+  s.add_node(N(5), Node(s, "e", 2).pool("p1"));
+  as = s.schedule(100, kNow);
+  ASSERT_EQ(as.size(), 1u);
+  EXPECT_EQ(as[0].span, (Span{{N(1), 2}, {N(5), 2}}));
+  EXPECT_EQ(s.queued(), 1u);
+}
+
+TEST(Scheduler, GangJobReservesNodesUntilItFits) {
+  Scheduler s;
+  s.add_node(N(1), Node(s, "a", 2).pool("p"));
+  s.add_node(N(2), Node(s, "b", 2).pool("p"));
+  s.enqueue(J(1), Req(s));
+  s.enqueue(J(2), Req(s));
+  EXPECT_EQ(s.schedule(100, kNow).size(), 2u); // one slot left on each node, or both on one
+  s.enqueue(J(3), Req(s).slots(4).per_node(2));
+  for (std::uint64_t j = 10; j < 20; ++j)
+    s.enqueue(J(j), Req(s));
+  EXPECT_TRUE(s.schedule(100, kNow).empty()); // the free slots wait for the MPI job
+  EXPECT_EQ(s.reserved(), 2u);
+  s.release(J(1));
+  EXPECT_TRUE(s.schedule(100, kNow).empty());
+  s.release(J(2));
+  auto as = s.schedule(100, kNow);
+  ASSERT_EQ(as.size(), 1u);
+  EXPECT_EQ(as[0].job, J(3));
+  EXPECT_EQ(s.reserved(), 0u);
+  s.release(J(3));
+  EXPECT_EQ(s.schedule(100, kNow).size(), 4u); // the small jobs go on
+}
+
+TEST(Scheduler, CancelledGangJobGivesItsReservationBack) {
+  Scheduler s;
+  s.add_node(N(1), Node(s, "a", 2).pool("p"));
+  s.add_node(N(2), Node(s, "b", 2).pool("p"));
+  s.enqueue(J(1), Req(s).slots(2));
+  EXPECT_EQ(s.schedule(100, kNow).size(), 1u);
+  s.enqueue(J(2), Req(s).slots(4).per_node(2));
+  s.enqueue(J(3), Req(s));
+  EXPECT_TRUE(s.schedule(100, kNow).empty());
+  s.remove_queued(J(2));
+  EXPECT_EQ(jobs_of(s.schedule(100, kNow)), (std::vector<std::uint64_t>{3}));
+  EXPECT_EQ(s.reserved(), 0u);
+  EXPECT_EQ(s.queued(), 0u);
+}
+
+TEST(Scheduler, GangJobWaitsForIdleSlotsAndWalltime) {
+  Scheduler s;
+  s.add_node(N(1), Node(s, "a", 2).pool("p").queue(2));
+  s.add_node(N(2), Node(s, "b", 2).pool("p").queue(2).walltime_end(kNow + 1000));
+  s.enqueue(J(1), Req(s).slots(4).per_node(2).time(5000));
+  EXPECT_TRUE(s.schedule(100, kNow).empty());
+  s.add_node(N(3), Node(s, "c", 2).pool("p"));
+  auto as = s.schedule(100, kNow);
+  ASSERT_EQ(as.size(), 1u);
+  EXPECT_EQ(as[0].span, (Span{{N(1), 2}, {N(3), 2}}));
 }
 
 // The scheduler skips nodes that found nothing to run until something changes for them (a job
