@@ -22,7 +22,7 @@ up() {
   for p in "${PORTS[@]}"; do
     echo "[127.0.0.1]:$p $(cut -d' ' -f1,2 "$D/host_key.pub")" >>"$D/known_hosts.new"
   done
-  echo "10.201.0.11,10.201.0.130 $(cut -d' ' -f1,2 "$D/host_key.pub")" >>"$D/known_hosts.new"
+  echo "10.201.0.11,10.201.0.129,10.201.0.130 $(cut -d' ' -f1,2 "$D/host_key.pub")" >>"$D/known_hosts.new"
   mv "$D/known_hosts.new" "$D/known_hosts"
   chmod 0644 "$D/known_hosts"
   # sshd_config.any listens everywhere (inside the network namespaces of netns.sh);

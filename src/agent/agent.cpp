@@ -10,6 +10,7 @@
 #include <boost/asio/posix/stream_descriptor.hpp>
 #include <boost/asio/signal_set.hpp>
 
+#include <algorithm>
 #include <deque>
 #include <filesystem>
 #include <functional>
@@ -80,6 +81,8 @@ struct Task {
   std::int64_t spawned_mono = 0;
   std::string tag; ///< SORTIE_JOB_TAG of its processes
   std::string hostfile; ///< an MPI job's: removed when it ends
+  /// An MPI job's nodes (this one first) and its ranks on each; one entry: all here.
+  std::vector<std::pair<std::string, std::uint32_t>> mpi_hosts;
   JobProcesses procs() const { return JobProcesses{pid, tag}; }
   ~Task() {
     if (!hostfile.empty())
@@ -374,6 +377,7 @@ private:
     r->set_pilot_id(options_.pilot);
     r->set_node_name(options_.node_name);
     r->set_hostname(hostname_);
+    r->set_address(options_.address);
     r->set_cores(cores_);
     r->set_memory_bytes(options_.memory);
     for (auto g : options_.gpus)
@@ -438,8 +442,14 @@ private:
   // Launching
 
   void enqueue(pb::Assignment& a) {
-    if (tasks_.contains(a.job_id()))
-      return; // a duplicate after a reconnect
+    if (auto old = tasks_.find(a.job_id()); old != tasks_.end()) {
+      // The same attempt again (after a reconnect) is a duplicate. A new attempt while an old
+      // one is still being killed (the hub ran it again after losing another node of it)
+      // waits until the old one is gone.
+      if (old->second->attempt != a.attempt())
+        next_attempts_[a.job_id()] = a;
+      return;
+    }
     auto t = std::make_unique<Task>();
     t->job = a.job_id();
     t->attempt = a.attempt();
@@ -452,6 +462,20 @@ private:
     t->gpus.assign(a.gpus().begin(), a.gpus().end());
     t->slots = std::max<std::uint32_t>(1, t->spec.slots()) *
                std::max<std::uint32_t>(1, t->spec.mpi_ranks());
+    if (a.slots() > 0) // its share of a job across nodes
+      t->slots = a.slots();
+    for (const auto& h : a.mpi_hosts()) {
+      // Nodes on one host (several agents there) are one hostfile line: mpiexec refuses two.
+      std::string host = h.address().empty() ? address() : h.address();
+      auto same = std::find_if(t->mpi_hosts.begin(), t->mpi_hosts.end(),
+                               [&](const auto& e) { return e.first == host; });
+      if (same != t->mpi_hosts.end())
+        same->second += h.ranks();
+      else
+        t->mpi_hosts.emplace_back(std::move(host), h.ranks());
+    }
+    if (t->spec.mpi_ranks() > 0 && t->mpi_hosts.empty())
+      t->mpi_hosts.emplace_back(address(), t->spec.mpi_ranks());
     launch_queue_.push_back(t->job);
     tasks_.emplace(t->job, std::move(t));
   }
@@ -500,6 +524,29 @@ private:
     }
   }
 
+  /// The name other nodes reach this one by.
+  const std::string& address() const { return options_.address.empty() ? hostname_ : options_.address; }
+
+  /// mpiexec with the job's hostfile; across nodes, the job's variables go to the remote ranks
+  /// too (mpiexec passes on only its own unless told with -x).
+  static std::vector<std::string> mpiexec_argv(const Task& t) {
+    std::vector<std::string> argv = {"mpiexec", "--hostfile", t.hostfile, "-np",
+                                     std::to_string(t.spec.mpi_ranks())};
+    if (t.mpi_hosts.size() > 1) {
+      std::vector<std::string> names;
+      for (const auto& e : t.spec.env())
+        names.push_back(e.name());
+      for (const char* n : {"SORTIE_JOB_ID", "SORTIE_JOB_TAG", "SORTIE_ATTEMPT", "SORTIE_MPI_RANKS",
+                            "SORTIE_MPI_LAYOUT", "OMP_NUM_THREADS"})
+        names.emplace_back(n);
+      for (const auto& n : names) {
+        argv.push_back("-x");
+        argv.push_back(n);
+      }
+    }
+    return argv;
+  }
+
   std::vector<std::string> job_env(const Task& t) {
     std::vector<std::string> env = base_env_;
     auto set = [&env](const std::string& name, const std::string& value) {
@@ -523,7 +570,10 @@ private:
     if (t.spec.mpi_ranks() > 0) {
       set("SORTIE_MPI_RANKS", std::to_string(t.spec.mpi_ranks()));
       set("SORTIE_MPI_HOSTFILE", t.hostfile);
-      set("SORTIE_MPI_LAYOUT", fmt::format("{}:{}", hostname_, t.spec.mpi_ranks()));
+      std::string layout;
+      for (const auto& [host, ranks] : t.mpi_hosts)
+        layout += fmt::format("{}{}:{}", layout.empty() ? "" : ",", host, ranks);
+      set("SORTIE_MPI_LAYOUT", layout);
       if (::geteuid() == 0) { // OpenMPI refuses root unless told twice
         set("OMPI_ALLOW_RUN_AS_ROOT", "1");
         set("OMPI_ALLOW_RUN_AS_ROOT_CONFIRM", "1");
@@ -556,11 +606,13 @@ private:
     }
     SpawnRequest req;
     if (t.spec.mpi_ranks() > 0) {
-      // mpiexec over a hostfile of the slots this job holds (all on this node for now).
+      // mpiexec over a hostfile of the slots this job holds, here and on its other nodes.
       t.hostfile = (std::filesystem::temp_directory_path() /
                     fmt::format("sortie-mpi-{}.hosts", t.tag))
                        .string();
-      std::string hosts = fmt::format("{} slots={}\n", hostname_, t.spec.mpi_ranks());
+      std::string hosts;
+      for (const auto& [host, ranks] : t.mpi_hosts)
+        hosts += fmt::format("{} slots={}\n", host, ranks);
       if (auto w = write_file_atomic(t.hostfile, hosts, 0600); !w.ok()) {
         ::close(out[0]);
         ::close(out[1]);
@@ -569,7 +621,7 @@ private:
         emit_finished(t, w.error().message, 127);
         return erase_task(t.job);
       }
-      req.argv = {"mpiexec", "--hostfile", t.hostfile, "-np", std::to_string(t.spec.mpi_ranks())};
+      req.argv = mpiexec_argv(t);
     }
     req.argv.insert(req.argv.end(), t.spec.argv().begin(), t.spec.argv().end());
     req.env = job_env(t);
@@ -885,6 +937,15 @@ private:
           fd = -1;
         }
     tasks_.erase(job);
+    if (auto next = next_attempts_.find(job); next != next_attempts_.end()) {
+      asio::post(io_, [this, a = std::move(next->second)]() mutable {
+        if (!stopping_) {
+          enqueue(a);
+          try_launch();
+        }
+      });
+      next_attempts_.erase(next);
+    }
     if (stopping_ && tasks_.empty())
       finish_shutdown();
   }
@@ -1070,6 +1131,8 @@ private:
   Error last_error_;
 
   std::unordered_map<std::uint64_t, std::unique_ptr<Task>> tasks_;
+  /// New attempts of jobs whose old attempt is still ending here.
+  std::unordered_map<std::uint64_t, pb::Assignment> next_attempts_;
   std::deque<std::uint64_t> launch_queue_;
   std::unordered_map<pid_t, std::uint64_t> by_pid_;
   std::uint32_t used_slots_ = 0;

@@ -24,6 +24,7 @@ struct AgentOptions {
   std::filesystem::path hub_file; ///< hub.json of the hub to join
   std::uint64_t pilot = 0;
   std::string node_name; ///< empty: this host's name
+  std::string address;   ///< how other nodes reach this one (MPI hostfiles); empty: host name
   std::uint32_t slots = 0; ///< 0: the number of cores
   std::string label;
   std::int64_t connect_window_ms = 60'000; ///< how long to try the first connection

@@ -925,6 +925,7 @@ struct AgentArgs {
   std::string hub_file;
   std::uint64_t pilot = 0;
   std::string node_name;
+  std::string address;
   std::uint32_t slots = 0;
   std::string label;
   std::string connect_window = "60s";
@@ -987,6 +988,7 @@ int agent_main(const Globals& g, const AgentArgs& a) {
   }
   o.pilot = a.pilot;
   o.node_name = a.node_name;
+  o.address = a.address;
   o.slots = a.slots;
   o.label = a.label;
   auto w = parse_duration_ms(a.connect_window);
@@ -1226,6 +1228,7 @@ int run(int argc, char** argv) {
   ag->add_option("--hub-file", aargs.hub_file);
   ag->add_option("--pilot", aargs.pilot);
   ag->add_option("--node-name", aargs.node_name);
+  ag->add_option("--address", aargs.address, "how other nodes reach this one (MPI hostfiles)");
   ag->add_option("--slots", aargs.slots);
   ag->add_option("--label", aargs.label);
   ag->add_option("--connect-window", aargs.connect_window);

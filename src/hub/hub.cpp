@@ -92,16 +92,16 @@ Result<void> check_spec(pb::JobSpec& spec, std::size_t item) {
     spec.set_slots(1);
   if (spec.mpi_ranks() > 4096)
     return make_error(ErrorCode::InvalidArgument, "at most 4096 MPI ranks", ctx);
-  if (spec.mpi_ranks() > 0 && spec.ranks_per_node() > 0 &&
-      spec.ranks_per_node() < spec.mpi_ranks())
+  if (spec.ranks_per_node() > 0 && spec.mpi_ranks() == 0)
     return make_error(ErrorCode::InvalidArgument,
-                      fmt::format("{} ranks at {} per node would need {} nodes at once, and MPI "
-                                  "jobs across nodes are not supported yet: run them on one node "
-                                  "(leave out --ranks-per-node, or give at least {})",
-                                  spec.mpi_ranks(), spec.ranks_per_node(),
-                                  (spec.mpi_ranks() + spec.ranks_per_node() - 1) /
-                                      spec.ranks_per_node(),
-                                  spec.mpi_ranks()),
+                      "ranks per node is for MPI jobs: give the number of ranks with --mpi N", ctx);
+  if (spec.mpi_ranks() > 0 && spec.ranks_per_node() >= spec.mpi_ranks())
+    spec.set_ranks_per_node(0); // all on one node
+  if (spec.ranks_per_node() > 0 &&
+      (spec.memory_bytes() > 0 || spec.gpus() > 0 || spec.max_per_node() > 0))
+    return make_error(ErrorCode::InvalidArgument,
+                      "an MPI job across nodes (--ranks-per-node) cannot ask for memory, GPUs or "
+                      "a max per node yet: leave those out, or run it on one node",
                       ctx);
   if (spec.slots() * std::max<std::uint32_t>(1, spec.mpi_ranks()) > 4096)
     return make_error(ErrorCode::InvalidArgument,
@@ -186,6 +186,9 @@ Spec Hub::make_spec(std::string bytes, const pb::JobSpec& p) {
   r.max_per_node = p.max_per_node();
   r.priority = p.priority();
   r.time_request_ms = p.time_request_ms();
+  s.rank_slots = std::max<std::uint32_t>(1, p.slots());
+  if (p.ranks_per_node() > 0) // across ceil(ranks / per node) nodes of one pilot
+    r.per_node = s.rank_slots * p.ranks_per_node();
   s.queue_timeout_ms = p.queue_timeout_ms();
   s.retries = p.has_retries() ? static_cast<std::int32_t>(p.retries()) : -1;
   s.retry_on_failure = p.retry_on_failure();
@@ -397,6 +400,12 @@ Result<void> Hub::load(store::LoadedState state) {
         job_lost(j, "its agent is unknown after a hub restart");
         continue;
       }
+      if (spec.req.spans_nodes()) {
+        // Which other nodes it held is not stored: run it again (its first node kills it when
+        // it reconnects, as a job the hub does not know there).
+        job_lost(j, "the hub restarted while it ran across nodes");
+        continue;
+      }
       if (it->second.reconnect_deadline == 0)
         it->second.reconnect_deadline = deadline;
       it->second.jobs.insert(JobId(j.id));
@@ -536,6 +545,11 @@ void Hub::schedule() {
     transition(*job, JobState::Assigned, now);
     agent_it->second.jobs.insert(a.job);
     per_agent[a.node].emplace_back(job->id, job->attempt);
+    if (!a.span.empty()) {
+      for (std::size_t i = 1; i < a.span.size(); ++i)
+        agents_.find(a.span[i].first)->second.held.insert(a.job);
+      spans_[job->id] = a.span;
+    }
   }
   // Assignments are committed before they are sent, so after a crash a job the store calls
   // queued was never handed to an agent.
@@ -572,6 +586,16 @@ void Hub::schedule() {
           a->set_array_index(job->array_index);
         for (auto g : gpus_of(job->gpu_mask))
           a->add_gpus(g);
+        if (auto span = spans_.find(id); span != spans_.end()) {
+          a->set_slots(span->second[0].second);
+          std::uint32_t rank_slots = specs_[job->spec - 1].rank_slots;
+          for (auto [node, slots] : span->second) {
+            auto* h = a->add_mpi_hosts();
+            auto n = agents_.find(node);
+            h->set_address(n == agents_.end() ? std::string() : n->second.address);
+            h->set_ranks(slots / rank_slots);
+          }
+        }
       }
       if (assign->jobs_size() > 0 && it != agents_.end() && it->second.peer)
         it->second.peer->send(env);
@@ -661,7 +685,28 @@ void Hub::transition(Job& job, JobState to, std::int64_t now_ms) {
 void Hub::detach_from_agent(Job& job) {
   if (auto it = agents_.find(AgentId(job.agent)); it != agents_.end())
     it->second.jobs.erase(JobId(job.id));
+  span_lost_.erase(job.id);
+  if (auto span = spans_.find(job.id); span != spans_.end()) {
+    for (auto [node, slots] : span->second)
+      if (auto it = agents_.find(node); it != agents_.end())
+        it->second.held.erase(JobId(job.id));
+    spans_.erase(span);
+  }
   scheduler_.release(JobId(job.id));
+}
+
+void Hub::send_kill(const Job& job, const std::string& reason) {
+  auto it = agents_.find(AgentId(job.agent));
+  if (it == agents_.end() || !it->second.peer)
+    return;
+  pb::Envelope env;
+  auto* k = env.mutable_kill();
+  auto* ref = k->add_jobs();
+  ref->set_job_id(job.id);
+  ref->set_attempt(job.attempt);
+  k->set_reason(reason);
+  k->set_grace_ms(config_.kill_grace_ms);
+  it->second.peer->send(env);
 }
 
 void Hub::requeue(Job& job, bool front) {
@@ -731,17 +776,7 @@ void Hub::cancel_job(Job& job, const std::string& reason) {
       return;
     job.cancel_requested = true;
     job.reason = reason;
-    auto it = agents_.find(AgentId(job.agent));
-    if (it != agents_.end() && it->second.peer) {
-      pb::Envelope env;
-      auto* k = env.mutable_kill();
-      auto* ref = k->add_jobs();
-      ref->set_job_id(job.id);
-      ref->set_attempt(job.attempt);
-      k->set_reason(reason);
-      k->set_grace_ms(config_.kill_grace_ms);
-      it->second.peer->send(env);
-    }
+    send_kill(job, reason);
     // A disconnected agent is told when it reconnects; if it never does, the job ends cancelled.
     return;
   }
@@ -1735,6 +1770,7 @@ void Hub::on_agent_register(const std::shared_ptr<Peer>& peer,
     a.gpus.assign(reg.gpus().begin(), reg.gpus().end());
     a.walltime_end_ms = reg.walltime_end_ms();
     a.limits = reg.limits();
+    a.address = reg.address().empty() ? reg.hostname() : reg.address();
     agent_by_peer_[peer.get()] = a.id;
     std::unordered_set<JobId> reported;
     for (const auto& aj : reg.jobs()) {
@@ -1796,6 +1832,8 @@ void Hub::on_agent_register(const std::shared_ptr<Peer>& peer,
       if (j && j->cancel_requested) {
         j->cancel_requested = false;
         cancel_job(*j, j->reason);
+      } else if (auto lost = span_lost_.find(jid.value); j && lost != span_lost_.end()) {
+        send_kill(*j, lost->second);
       }
     }
     if (auto p = pilots_.find(a.pilot); p != pilots_.end())
@@ -1827,6 +1865,7 @@ void Hub::on_agent_register(const std::shared_ptr<Peer>& peer,
   a.gpus.assign(reg.gpus().begin(), reg.gpus().end());
   a.walltime_end_ms = reg.walltime_end_ms();
   a.limits = reg.limits();
+  a.address = reg.address().empty() ? reg.hostname() : reg.address();
   a.registered_ms = clock_.now_ms();
   a.peer = peer;
   char host[256] = {};
@@ -1883,6 +1922,7 @@ void Hub::schedule_on(const Agent& a) {
   auto info = node_info(a);
   info.name = scheduler_.intern(a.node);
   info.label = scheduler_.intern(a.label);
+  info.pool = a.pilot.value ? scheduler_.intern(fmt::format("pilot {}", a.pilot.value)) : 0;
   scheduler_.add_node(a.id, info);
 }
 
@@ -1983,6 +2023,11 @@ void Hub::apply_finished(Agent& agent, const pb::JobEvent& ev) {
       (job->state != JobState::Assigned && job->state != JobState::Running)) {
     log::debug("agent {}: ignoring end of job {} attempt {}", agent.node, ev.job_id(), ev.attempt());
     return;
+  }
+  if (auto lost = span_lost_.find(job->id); lost != span_lost_.end()) {
+    std::string why = std::move(lost->second);
+    span_lost_.erase(lost);
+    return job_lost(*job, why);
   }
   detach_from_agent(*job);
   request_schedule();
@@ -2135,6 +2180,19 @@ void Hub::agent_gone(AgentId id, const std::string& why) {
     }
   }
   a.jobs.clear();
+  // MPI jobs run from another node that held slots here: their ranks here are gone.
+  std::vector<JobId> held(a.held.begin(), a.held.end());
+  std::sort(held.begin(), held.end());
+  for (auto jid : held) {
+    Job* j = find_job(jid.value);
+    if (!j || (j->state != JobState::Assigned && j->state != JobState::Running))
+      continue;
+    // Killed on the node that runs it; lost (and retried) when that node reports the end.
+    std::string reason = fmt::format("node {} of this MPI job was lost: {}", a.node, why);
+    span_lost_.emplace(j->id, reason);
+    send_kill(*j, reason);
+  }
+  a.held.clear();
   batch().agents.push_back({id.value, a.pilot.value, a.node, a.hostname, a.pid, a.slots, a.label,
                             false, a.registered_ms});
   if (auto p = pilots_.find(a.pilot); p != pilots_.end()) {

@@ -79,6 +79,7 @@ struct Spec {
   std::int32_t retries = -1; ///< -1: the hub's lost_retries, no retry on failure
   bool retry_on_failure = false;
   std::vector<std::uint64_t> after;
+  std::uint32_t rank_slots = 1; ///< an MPI job's slots per rank
 };
 
 struct Group {
@@ -95,6 +96,7 @@ struct Agent {
   PilotId pilot;
   std::string node;
   std::string hostname;
+  std::string address; ///< how other nodes reach it (MPI hostfiles)
   int pid = 0;
   std::uint32_t slots = 0;
   std::uint32_t cores = 0;
@@ -106,6 +108,7 @@ struct Agent {
   std::int64_t registered_ms = 0;
   std::shared_ptr<Peer> peer; ///< null while disconnected
   std::unordered_set<JobId> jobs; ///< assigned or running here
+  std::unordered_set<JobId> held; ///< MPI jobs run by another node that hold slots here
   std::uint64_t credit_owed = 0;  ///< output bytes written but not yet credited back
   std::int64_t reconnect_deadline = 0; ///< monotonic ms; while disconnected
   bool local = false; ///< started by this hub's local launcher on this machine
@@ -251,6 +254,8 @@ private:
   static std::int64_t run_timeout_of(const Spec& spec);
   std::vector<std::uint64_t> groups_named(const pb::JobSelector& sel) const;
   void detach_from_agent(Job& job);
+  /// Tells the agent running `job` to kill it.
+  void send_kill(const Job& job, const std::string& reason);
   void fill_info(const Job& job, pb::JobInfo& info, bool detail) const;
   bool selected(const pb::JobSelector& sel, const Job& job) const;
   bool selected(const pb::JobSelector& sel, const std::vector<std::uint64_t>& named, const Job& job) const;
@@ -336,6 +341,10 @@ private:
       queue_deadlines_;
   /// Jobs waiting for a job (--after), by the job they wait for.
   std::unordered_map<std::uint64_t, std::vector<std::uint64_t>> dependents_;
+  /// Jobs across nodes: every node each one holds, with its slots there (the first runs it).
+  std::unordered_map<std::uint64_t, std::vector<std::pair<AgentId, std::uint32_t>>> spans_;
+  /// Jobs across nodes that lost one of their nodes: killed, lost when their end is reported.
+  std::unordered_map<std::uint64_t, std::string> span_lost_;
   std::unordered_map<std::string, std::vector<std::uint64_t>> groups_by_name_;
 
   store::WriteBatch batch_;

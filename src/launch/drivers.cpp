@@ -29,7 +29,8 @@ std::string remote_exe(const DriverContext& c) {
 std::vector<std::string> agent_argv(const DriverContext& c,
                                     bool stdio,
                                     const std::string& node_name,
-                                    std::uint32_t slots) {
+                                    std::uint32_t slots,
+                                    const std::string& address = {}) {
   std::vector<std::string> argv = {remote_exe(c), "agent"};
   if (stdio) {
     argv.push_back("--stdio");
@@ -42,6 +43,10 @@ std::vector<std::string> agent_argv(const DriverContext& c,
   if (!node_name.empty()) {
     argv.push_back("--node-name");
     argv.push_back(node_name);
+  }
+  if (!address.empty()) { // how the other nodes reach it (MPI hostfiles)
+    argv.push_back("--address");
+    argv.push_back(address);
   }
   if (slots) {
     argv.push_back("--slots");
@@ -112,7 +117,7 @@ public:
     std::vector<std::string> options(c_.resource.ssh_options().begin(),
                                      c_.resource.ssh_options().end());
     for (auto& n : *nodes) {
-      auto argv = ssh_argv(n.target, *jumps, options, agent_argv(c_, true, n.name, n.slots));
+      auto argv = ssh_argv(n.target, *jumps, options, agent_argv(c_, true, n.name, n.slots, n.target.host));
       n.log = c_.log_dir / fmt::format("agent-{}-{}.log", c_.pilot.value, n.name);
       auto spawned = spawn_piped(argv, true, n.log.string());
       if (!spawned.ok()) {
