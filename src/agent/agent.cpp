@@ -558,6 +558,13 @@ private:
         }
       env.push_back(prefix + value);
     };
+    auto set_default = [&env, &set](const std::string& name, const std::string& value) {
+      std::string prefix = name + "=";
+      for (const auto& e : env)
+        if (e.compare(0, prefix.size(), prefix) == 0)
+          return;
+      set(name, value);
+    };
     for (const auto& e : t.spec.env())
       set(e.name(), e.value());
     set("SORTIE_JOB_ID", std::to_string(t.job));
@@ -574,6 +581,13 @@ private:
       for (const auto& [host, ranks] : t.mpi_hosts)
         layout += fmt::format("{}{}:{}", layout.empty() ? "" : ",", host, ranks);
       set("SORTIE_MPI_LAYOUT", layout);
+      if (std::getenv("SLURM_JOB_ID") != nullptr) {
+        // In a Slurm pilot: the hostfile, not Slurm's view of the pilot (one task per node),
+        // says where the ranks go; mpiexec starts its daemons on the other nodes with srun, in a
+        // step beside the agents' own (which hold every CPU), so it must overlap them.
+        set_default("OMPI_MCA_ras", "^slurm");
+        set_default("SLURM_OVERLAP", "1");
+      }
       if (::geteuid() == 0) { // OpenMPI refuses root unless told twice
         set("OMPI_ALLOW_RUN_AS_ROOT", "1");
         set("OMPI_ALLOW_RUN_AS_ROOT_CONFIRM", "1");

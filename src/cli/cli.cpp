@@ -1009,9 +1009,13 @@ int agent_main(const Globals& g, const AgentArgs& a) {
   o.walltime_end_ms = a.walltime_end_ms;
   if (a.walltime_ms > 0) // the batch job started us: its walltime runs from now
     o.walltime_end_ms = wall_now_ms() + a.walltime_ms;
-  if (o.node_name.empty())
-    if (const char* n = std::getenv("SLURMD_NODENAME"); n && *n)
+  // In a Slurm job: Slurm's node name, which is also what mpiexec (through srun) knows it by.
+  if (const char* n = std::getenv("SLURMD_NODENAME"); n && *n) {
+    if (o.node_name.empty())
       o.node_name = n;
+    if (o.address.empty())
+      o.address = n;
+  }
   return agent::run_agent(o);
 }
 

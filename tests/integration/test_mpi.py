@@ -10,8 +10,8 @@ import pytest
 
 from conftest import ROOT, alive, wait_for
 # The ssh test beds' fixtures (sshd on loopback, the network-namespace hosts) and helpers.
-from test_resources import (add_ssh_resource, label, netns, pilot, processes_where,  # noqa: F401
-                            processes_with_arg, sshd)
+from test_resources import (add_ssh_resource, batch_job_state, label, netns, pilot,  # noqa: F401
+                            processes_where, processes_with_arg, slurm, sshd)
 
 
 @pytest.fixture(scope="session")
@@ -204,3 +204,29 @@ def test_a_hub_restart_runs_an_mpi_job_across_nodes_again(sortie, tmp_path):
     assert len(lost) == 1
     assert marker.read_text().splitlines().count(f"2 {host}:4") == 4
     wait_for(lambda: not processes_with_arg(script), 30, "the first attempt's ranks to end")
+
+
+def test_an_mpi_job_across_the_nodes_of_a_slurm_pilot(sortie, slurm, mpi_hello):
+    """mpiexec on the first node starts the ranks on the other through srun. The test bed's two
+    Slurm nodes are one host: OpenMPI, taking them for two, would put shared memory between
+    ranks on "different" hosts, so the test keeps it to TCP (not needed on a real cluster)."""
+    sortie.start()
+    sortie.run("resource", "add", "cluster", "--type", "slurm")
+    pid = int(sortie.run("pilot", "add", "--resource", "cluster", "--nodes", "2",
+                         "--slots-per-node", "2").stdout)
+    sortie.run("pilot", "wait", pid, "--timeout", "90s")
+    opts = ["--mpi", "4", "--ranks-per-node", "2", "--env", "OMPI_MCA_btl=self,tcp"]
+    job = sortie.submit(str(mpi_hello), opts=opts)
+    sortie.run("job", "wait", job, timeout=120)
+    lines = sortie.run("job", "logs", job).stdout.splitlines()
+    assert sorted(line.split(" on ")[0] for line in lines if line.startswith("rank")) == \
+        [f"rank {r} of 4" for r in range(4)]
+    assert "sum of ranks 6" in lines
+    job = sortie.submit("sh", "-c", 'echo "$SORTIE_MPI_LAYOUT $SLURMD_NODENAME"', opts=opts)
+    sortie.run("job", "wait", job, timeout=120)
+    out = sortie.run("job", "logs", job).stdout.splitlines()
+    assert {line.split()[0] for line in out} <= {"n1:2,n2:2", "n2:2,n1:2"}
+    assert sorted(line.split()[1] for line in out) == ["n1", "n1", "n2", "n2"]
+    batch_id = pilot(sortie, pid)["batch_id"]
+    sortie.run("pilot", "cancel", pid)
+    wait_for(lambda: batch_job_state("slurm", batch_id) == "", 60, "the batch job to end")

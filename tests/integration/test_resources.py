@@ -1,6 +1,6 @@
 # SPDX-License-Identifier: Apache-2.0
 """Resources and remote pilots against the real things: OpenSSH servers on 127.0.0.1 and in
-network namespaces, a single-node Slurm and a single-host Grid Engine, all started by
+network namespaces, a two-node Slurm (both nodes on this host) and a single-host Grid Engine, all started by
 scripts/testbeds/ (scripts/check.sh brings them up first and down after).
 """
 import os
@@ -343,9 +343,8 @@ def sge():
         pytest.fail(f"Grid Engine is not running (scripts/testbeds/sge.sh up): {p.stderr}")
 
 
-@pytest.fixture(params=["slurm", "sge"])
-def batch(request, sortie):
-    system = request.param
+def batch_profile(request, sortie, system):
+    """A started hub with resource `cluster` on the batch system's test bed."""
     request.getfixturevalue(system)
     if system == "sge":
         # As on a cluster's login node: the Grid Engine environment is set up.
@@ -357,6 +356,29 @@ def batch(request, sortie):
     sortie.run("resource", "add", "cluster", "--type", system)
     sortie.system = system
     return sortie
+
+
+@pytest.fixture(params=["slurm", "sge"])
+def batch(request, sortie):
+    return batch_profile(request, sortie, request.param)
+
+
+def test_slurm_pilot_on_two_nodes_starts_an_agent_on_each(request, sortie):
+    s = batch_profile(request, sortie, "slurm")
+    pid = int(s.run("pilot", "add", "--resource", "cluster", "--nodes", "2", "--slots-per-node",
+                    "2").stdout)
+    s.run("pilot", "wait", pid, "--timeout", "90s")
+    p = pilot(s, pid)
+    assert p["nodes_up"] == 2 and p["slots_total"] == 4, p
+    first, last = s.submit("sh", "-c", 'echo "$SLURMD_NODENAME"', opts=["--array", "1-40"])
+    s.run("job", "wait", f"{first}-{last}", timeout=120)
+    jobs = s.jobs()
+    assert {j["node"] for j in jobs} == {"n1", "n2"}  # the test bed's two slurmd
+    for j in jobs[:10]:
+        assert s.run("job", "logs", j["id"]).stdout.strip() == j["node"]
+    s.run("pilot", "cancel", pid)
+    wait_for(lambda: batch_job_state("slurm", p["batch_id"]) == "", 60, "the batch job to end")
+    wait_for(lambda: not s.agent_pids(), 30, "its agents to exit")
 
 
 def test_batch_pilot_runs_200_jobs_and_cancel_removes_its_batch_job(batch):
