@@ -1,7 +1,7 @@
 #!/usr/bin/python3
 # SPDX-License-Identifier: Apache-2.0
-"""N short jobs (/bin/true) on the single-node Slurm test bed (scripts/testbeds/slurm.sh: one
-node with 8 declared CPUs), three ways, each with 8 jobs in flight:
+"""N short jobs (/bin/true) on one node (n1, 8 declared CPUs) of the Slurm test bed
+(scripts/testbeds/slurm.sh), three ways, each with 8 jobs in flight:
 
   sortie         a Slurm pilot (one batch job, an agent with 8 slots) that is already running;
                  `sortie submit --array 1-N -- /bin/true` + `job wait`. Also reported: the same
@@ -69,7 +69,8 @@ def run_sortie(bin_dir, n):
 def run_sbatch(n):
     t0 = time.perf_counter()
     for _ in range(n):
-        subprocess.run(["sbatch", "--parsable", "-n1", "-o", "/dev/null", "--wrap", "/bin/true"],
+        subprocess.run(["sbatch", "--parsable", "-n1", "-w", "n1", "-o", "/dev/null", "--wrap",
+                        "/bin/true"],
                        check=True, capture_output=True)
     wait_squeue_empty()
     return time.perf_counter() - t0
@@ -78,7 +79,7 @@ def run_sbatch(n):
 def run_srun(n):
     t0 = time.perf_counter()
     script = f"seq {n} | xargs -P8 -I{{}} srun -n1 --exact -o /dev/null /bin/true"
-    subprocess.run(["salloc", "-n8", "sh", "-c", script], check=True, capture_output=True)
+    subprocess.run(["salloc", "-n8", "-w", "n1", "sh", "-c", script], check=True, capture_output=True)
     return time.perf_counter() - t0
 
 

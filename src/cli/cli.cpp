@@ -520,7 +520,7 @@ void add_job_options(CLI::App* cmd, JobOptions& o) {
   add(cmd->add_option("--after", o.after, "start only after these jobs succeeded: ID[,ID...]"));
   add(cmd->add_option("--mpi", o.mpi, "an MPI job of N ranks, started with mpiexec")
           ->check(CLI::Range(1, 4096)));
-  add(cmd->add_option("--ranks-per-node", o.ranks_per_node, "at most K ranks on one node"));
+  add(cmd->add_option("--ranks-per-node", o.ranks_per_node, "at most K ranks on one node: spread over nodes of one pilot"));
   cmd->add_flag("--json", o.json, "print JSON");
 }
 
