@@ -95,6 +95,7 @@ struct JobInfo {
   std::optional<int> exit_code; ///< set when the process exited normally
   std::optional<int> signal;    ///< set when the process was killed by a signal
   std::string node;             ///< node of the current or last attempt
+  std::vector<std::string> nodes; ///< an MPI job across nodes: all it holds, while it does
   std::uint32_t attempt = 0;    ///< 1 for the first run; 0 when it never started
   std::optional<std::int64_t> array_index;
   GroupId group;

@@ -4,6 +4,7 @@
 #include <algorithm>
 
 #include <fmt/format.h>
+#include <fmt/ranges.h>
 #include <nlohmann/json.hpp>
 
 #include "common/clock.hpp"
@@ -35,6 +36,7 @@ json job_to_json(const JobInfo& j) {
             {"exit_code", j.exit_code ? json(*j.exit_code) : json(nullptr)},
             {"signal", j.signal ? json(*j.signal) : json(nullptr)},
             {"node", j.node.empty() ? json(nullptr) : json(j.node)},
+            {"nodes", j.nodes},
             {"attempt", j.attempt},
             {"array_index", j.array_index ? json(*j.array_index) : json(nullptr)},
             {"group", j.group.value},
@@ -144,6 +146,8 @@ std::string job_details(const JobInfo& j) {
   if (j.signal)
     line("signal:", std::to_string(*j.signal));
   line("node:", j.node.empty() ? "-" : j.node);
+  if (!j.nodes.empty())
+    line("nodes:", fmt::format("{}", fmt::join(j.nodes, ", ")));
   line("attempt:", std::to_string(j.attempt));
   if (j.array_index)
     line("array index:", std::to_string(*j.array_index));

@@ -98,6 +98,7 @@ JobInfo from_pb(const pb::JobInfo& j) {
   if (j.has_signal())
     out.signal = j.signal();
   out.node = j.node();
+  out.nodes.assign(j.nodes().begin(), j.nodes().end());
   out.attempt = j.attempt();
   if (j.has_array_index())
     out.array_index = j.array_index();

@@ -799,6 +799,10 @@ void Hub::fill_info(const Job& job, pb::JobInfo& info, bool detail) const {
   if (job.has_signal)
     info.set_signal(job.signal);
   info.set_node(node_of(job));
+  if (auto span = spans_.find(job.id); span != spans_.end())
+    for (auto [node, slots] : span->second)
+      if (auto it = agents_.find(node); it != agents_.end())
+        info.add_nodes(it->second.node);
   info.set_attempt(job.attempt);
   if (job.is_array)
     info.set_array_index(job.array_index);

@@ -152,8 +152,10 @@ def test_losing_one_node_of_an_mpi_job_kills_it_and_runs_it_again(sortie, netns,
     job = sortie.submit("sh", "-c", script,
                         opts=mpi_opts(netns, label, "--mpi", "2", "--ranks-per-node", "1"))
     wait_for(marker.exists, 60, "the first attempt to start")
-    leader = sortie.job(job)["node"]
+    shown = sortie.job(job)
+    leader = shown["node"]
     other = next(n for n in ("10.201.0.129", "10.201.0.130") if n != leader)
+    assert shown["nodes"] == [leader, other]  # the node that runs mpiexec first
     # Cut the other node's ssh link: its agent is gone for the hub.
     
     ssh = [p for p in processes_where(lambda args: args[0] == b"ssh" and
