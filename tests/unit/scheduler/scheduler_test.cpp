@@ -644,5 +644,155 @@ TEST(Scheduler, NoQueuedJobFitsAnywhereAfterACall) {
   }
 }
 
+// Jobs across nodes mixed with ordinary ones, over random sequences: no node ever holds more than
+// it has (a gang job's shares in idle slots, on distinct nodes of one pool), the first waiting
+// gang job never fits what is idle after a call, and once the running jobs end every job that
+// fits the empty nodes runs (reservations never deadlock).
+TEST(Scheduler, GangJobsNeverOverfillNodesAndNeverStall) {
+  struct ModelNode {
+    NodeInfo info;
+    bool accepting = true;
+    std::uint32_t used = 0;
+  };
+  for (std::uint64_t seed = 1; seed <= 40; ++seed) {
+    std::mt19937_64 rng(seed);
+    auto pick = [&](std::uint64_t n) { return rng() % n; };
+    Scheduler s;
+    const Symbol pools[] = {s.intern("pilot 1"), s.intern("pilot 2")};
+    const Symbol label = s.intern("x");
+    std::map<std::uint64_t, ModelNode> nodes;
+    std::map<std::uint64_t, Requirements> queued;
+    std::map<std::uint64_t, std::vector<std::pair<AgentId, std::uint32_t>>> placed;
+    std::uint64_t next_job = 1;
+    for (std::uint64_t id = 1; id <= 6; ++id) {
+      NodeInfo info;
+      info.name = s.intern("n" + std::to_string(id));
+      info.pool = pools[pick(2)];
+      info.label = pick(4) == 0 ? label : 0;
+      info.slots = 1 + static_cast<std::uint32_t>(pick(4));
+      info.queue_slots = static_cast<std::uint32_t>(pick(3));
+      nodes[id].info = info;
+      s.add_node(N(id), info);
+    }
+    // A gang job fits when its pool has enough accepting nodes with the idle slots.
+    auto gang_fits = [&](const Requirements& r, bool empty) {
+      std::uint32_t count = (r.slots + r.per_node - 1) / r.per_node;
+      std::uint32_t last = r.slots - (count - 1) * r.per_node;
+      for (Symbol pool : pools) {
+        std::uint32_t full = 0, any = 0;
+        for (const auto& [id, n] : nodes) {
+          if (n.info.pool != pool || !n.accepting || (r.label && r.label != n.info.label))
+            continue;
+          std::uint32_t idle = n.info.slots - (empty ? 0 : std::min(n.used, n.info.slots));
+          full += idle >= r.per_node;
+          any += idle >= last;
+        }
+        if (any >= count && full >= count - 1)
+          return true;
+      }
+      return false;
+    };
+    auto one_fits = [&](const Requirements& r, const ModelNode& n, bool empty) {
+      return n.accepting && (!r.label || r.label == n.info.label) && r.slots <= n.info.slots &&
+             (empty || n.used + r.slots <= n.info.slots + n.info.queue_slots);
+    };
+    auto apply = [&](const std::vector<Assignment>& as, int step) {
+      for (const auto& a : as) {
+        ASSERT_TRUE(queued.contains(a.job.value)) << "seed " << seed << " step " << step;
+        Requirements r = queued.at(a.job.value);
+        queued.erase(a.job.value);
+        auto span = a.span;
+        if (!r.spans_nodes()) {
+          ASSERT_TRUE(span.empty());
+          span = {{a.node, r.slots}};
+          ModelNode& n = nodes.at(a.node.value);
+          ASSERT_TRUE(one_fits(r, n, false)) << "seed " << seed << " step " << step;
+        } else {
+          ASSERT_EQ(span.front().first, a.node);
+          std::uint32_t total = 0;
+          std::set<std::uint64_t> distinct;
+          for (auto [id, slots] : span) {
+            ModelNode& n = nodes.at(id.value);
+            ASSERT_TRUE(n.accepting && n.info.pool == nodes.at(a.node.value).info.pool);
+            ASSERT_TRUE(!r.label || r.label == n.info.label);
+            ASSERT_LE(slots, r.per_node);
+            ASSERT_LE(n.used + slots, n.info.slots) << "a gang share beyond idle slots, seed "
+                                                    << seed << " step " << step;
+            distinct.insert(id.value);
+            total += slots;
+          }
+          ASSERT_EQ(total, r.slots);
+          ASSERT_EQ(distinct.size(), span.size());
+        }
+        for (auto [id, slots] : span)
+          nodes.at(id.value).used += slots;
+        placed[a.job.value] = span;
+      }
+    };
+    auto release = [&](std::uint64_t job) {
+      for (auto [id, slots] : placed.at(job))
+        nodes.at(id.value).used -= slots;
+      placed.erase(job);
+      s.release(J(job));
+    };
+    for (int step = 0; step < 300; ++step) {
+      std::uint64_t op = pick(100);
+      if (op < 45) {
+        Requirements r;
+        r.label = pick(5) == 0 ? label : 0;
+        r.priority = static_cast<std::int32_t>(pick(2));
+        if (pick(3) == 0) {
+          r.per_node = 1 + static_cast<std::uint32_t>(pick(3));
+          r.slots = r.per_node + 1 + static_cast<std::uint32_t>(pick(5));
+        } else {
+          r.slots = 1 + static_cast<std::uint32_t>(pick(2));
+        }
+        queued[next_job] = r;
+        s.enqueue(J(next_job++), r);
+      } else if (op < 80 && !placed.empty()) {
+        release(std::next(placed.begin(), static_cast<long>(pick(placed.size())))->first);
+      } else if (op < 88 && !queued.empty()) {
+        auto it = std::next(queued.begin(), static_cast<long>(pick(queued.size())));
+        s.remove_queued(J(it->first));
+        queued.erase(it);
+      } else if (op < 94) {
+        auto it = std::next(nodes.begin(), static_cast<long>(pick(nodes.size())));
+        it->second.accepting = !it->second.accepting;
+        s.set_accepting(N(it->first), it->second.accepting);
+      }
+      apply(s.schedule(SIZE_MAX, kNow), step);
+      // The first gang job in line does not fit what is idle now.
+      const Requirements* first = nullptr;
+      std::uint64_t first_id = 0;
+      for (const auto& [job, r] : queued)
+        if (r.spans_nodes() && (!first || r.priority > first->priority)) {
+          first = &r;
+          first_id = job;
+        }
+      if (first)
+        ASSERT_FALSE(gang_fits(*first, false)) << "gang job " << first_id << " fits but waits, seed "
+                                               << seed << " step " << step;
+    }
+    // Everything ends, everything is accepting again: whatever fits the empty nodes runs.
+    for (auto& [id, n] : nodes)
+      if (!n.accepting) {
+        n.accepting = true;
+        s.set_accepting(N(id), true);
+      }
+    for (int round = 0; round < 200 && !queued.empty(); ++round) {
+      while (!placed.empty())
+        release(placed.begin()->first);
+      apply(s.schedule(SIZE_MAX, kNow), 1000 + round);
+    }
+    for (const auto& [job, r] : queued) {
+      bool could = r.spans_nodes() ? gang_fits(r, true)
+                                   : std::any_of(nodes.begin(), nodes.end(), [&](const auto& n) {
+                                       return one_fits(r, n.second, true);
+                                     });
+      ASSERT_FALSE(could) << "job " << job << " never ran, seed " << seed;
+    }
+  }
+}
+
 } // namespace
 } // namespace sortie::scheduler
