@@ -769,9 +769,10 @@ TEST(Scheduler, GangJobsNeverOverfillNodesAndNeverStall) {
           first = &r;
           first_id = job;
         }
-      if (first)
+      if (first) {
         ASSERT_FALSE(gang_fits(*first, false)) << "gang job " << first_id << " fits but waits, seed "
                                                << seed << " step " << step;
+      }
     }
     // Everything ends, everything is accepting again: whatever fits the empty nodes runs.
     for (auto& [id, n] : nodes)
