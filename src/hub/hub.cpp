@@ -1574,7 +1574,6 @@ void Hub::handle_pilot_add(const std::shared_ptr<Peer>& peer,
   Pilot p;
   p.id = id;
   p.spec = spec;
-  p.end_ms = spec.walltime_ms() ? clock_.now_ms() + spec.walltime_ms() : 0;
   store_pilot(std::move(p), peer, rid, [this, id](Pilot& pilot) -> Result<void> {
     launch::PilotRequest lr;
     lr.pilot = id;
@@ -1609,6 +1608,9 @@ void Hub::store_pilot(Pilot p,
                       std::function<Result<void>(Pilot&)> start) {
   p.state = "submitting";
   p.created_ms = clock_.now_ms();
+  // A local pilot's walltime runs from now; a batch pilot's from its job's start (its agents say).
+  if (!p.remote && p.spec.walltime_ms())
+    p.end_ms = p.created_ms + p.spec.walltime_ms();
   PilotId id = p.id;
   batch().pilots.push_back(pilot_row(p));
   pilots_.emplace(id, std::move(p));
