@@ -11,7 +11,7 @@ import pytest
 from conftest import ROOT, alive, wait_for
 # The ssh test beds' fixtures (sshd on loopback, the network-namespace hosts) and helpers.
 from test_resources import (add_ssh_resource, batch_job_state, label, netns, pilot,  # noqa: F401
-                            processes_where, processes_with_arg, slurm, sshd)
+                            processes_where, processes_with_arg, run_pilot, slurm, sshd)
 
 
 @pytest.fixture(scope="session")
@@ -77,9 +77,7 @@ def cluster_pilot(sortie, netns, label, *extra):
     add_ssh_resource(sortie, "login", "root@10.201.0.11", netns)
     add_ssh_resource(sortie, "cluster", "root@10.201.0.129,root@10.201.0.130", netns,
                      "--gateway", "login")
-    pid = int(sortie.run("pilot", "add", "--resource", "cluster", "--slots-per-node", "2",
-                         "--label", label, *extra).stdout)
-    sortie.run("pilot", "wait", pid, "--timeout", "60s")
+    pid = run_pilot(sortie, "cluster", "--slots-per-node", "2", "--label", label, *extra)
     return pid
 
 
@@ -214,9 +212,7 @@ def test_an_mpi_job_across_the_nodes_of_a_slurm_pilot(sortie, slurm, mpi_hello):
     ranks on "different" hosts, so the test keeps it to TCP (not needed on a real cluster)."""
     sortie.start()
     sortie.run("resource", "add", "cluster", "--type", "slurm")
-    pid = int(sortie.run("pilot", "add", "--resource", "cluster", "--nodes", "2",
-                         "--slots-per-node", "2").stdout)
-    sortie.run("pilot", "wait", pid, "--timeout", "90s")
+    pid = run_pilot(sortie, "cluster", "--nodes", "2", "--slots-per-node", "2", timeout="90s")
     opts = ["--mpi", "4", "--ranks-per-node", "2", "--env", "OMPI_MCA_btl=self,tcp"]
     job = sortie.submit(str(mpi_hello), opts=opts)
     sortie.run("job", "wait", job, timeout=120)

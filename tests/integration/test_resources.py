@@ -70,6 +70,13 @@ def pilot(sortie, pid):
     return next(p for p in sortie.json("pilot", "list") if p["id"] == pid)
 
 
+def run_pilot(sortie, resource, *args, timeout="60s"):
+    """Adds a pilot on `resource` and waits until it runs with all its nodes; returns its id."""
+    pid = int(sortie.run("pilot", "add", "--resource", resource, *args).stdout)
+    sortie.run("pilot", "wait", pid, "--timeout", timeout)
+    return pid
+
+
 def add_ssh_resource(sortie, name, location, opts, *extra):
     sortie.run("resource", "add", name, "--type", "ssh", "--location", location,
                *[f"--ssh-option={o}" for o in opts], *extra)
@@ -88,9 +95,7 @@ def label():
 def test_ssh_pilot_with_two_nodes_runs_200_jobs(sortie, sshd, label):
     sortie.start()
     add_ssh_resource(sortie, "lab", "root@127.0.0.1:2222,root@127.0.0.1:2223", sshd)
-    pid = int(sortie.run("pilot", "add", "--resource", "lab", "--slots", "2", "--label",
-                         label).stdout)
-    sortie.run("pilot", "wait", pid, "--timeout", "60s")
+    pid = run_pilot(sortie, "lab", "--slots", "2", "--label", label)
     p = pilot(sortie, pid)
     assert p["state"] == "running" and p["nodes_up"] == 2 == p["nodes"]
     assert p["slots_total"] == 4
@@ -109,9 +114,7 @@ def test_ssh_pilot_with_two_nodes_runs_200_jobs(sortie, sshd, label):
 def test_a_silent_ssh_link_is_noticed_and_the_jobs_there_are_killed(sortie, sshd, label):
     sortie.start()
     add_ssh_resource(sortie, "lab", "root@127.0.0.1:2222", sshd)
-    pid = int(sortie.run("pilot", "add", "--resource", "lab", "--slots", "1", "--label",
-                         label).stdout)
-    sortie.run("pilot", "wait", pid, "--timeout", "60s")
+    pid = run_pilot(sortie, "lab", "--slots", "1", "--label", label)
     marker = f"{uuid.uuid4().int % 1000 + 3000}.5"  # a unique `sleep` argument
     job = sortie.submit("sleep", marker, opts=["--label", label])
     sortie.wait_state(job, "running")
@@ -141,9 +144,7 @@ def test_a_silent_ssh_link_is_noticed_and_the_jobs_there_are_killed(sortie, sshd
 def test_ssh_pilots_end_with_the_hub_that_started_them(sortie, sshd, label):
     sortie.start()
     add_ssh_resource(sortie, "lab", "root@127.0.0.1:2222", sshd)
-    pid = int(sortie.run("pilot", "add", "--resource", "lab", "--slots", "1", "--label",
-                         label).stdout)
-    sortie.run("pilot", "wait", pid, "--timeout", "60s")
+    pid = run_pilot(sortie, "lab", "--slots", "1", "--label", label)
     marker = f"{uuid.uuid4().int % 1000 + 5000}.5"
     job = sortie.submit("sleep", marker, opts=["--label", label])
     sortie.wait_state(job, "running")
@@ -168,8 +169,7 @@ def test_a_machinefile_defines_the_nodes_and_their_slots(sortie, sshd, label, tm
     hosts.write_text("# two nodes on the test sshd\n127.0.0.1 slots=3\nroot@127.0.0.1:1\n")
     sortie.run("resource", "add", "farm", "--type", "ssh", "--machinefile", hosts,
                *[f"--ssh-option={o}" for o in sshd], "--ssh-option=-p", "--ssh-option=2222")
-    pid = int(sortie.run("pilot", "add", "--resource", "farm", "--label", label).stdout)
-    sortie.run("pilot", "wait", pid, "--timeout", "60s")
+    pid = run_pilot(sortie, "farm", "--label", label)
     p = pilot(sortie, pid)
     assert p["nodes"] == 2 and p["nodes_up"] == 2 and p["slots_total"] == 4, p
     sortie.run("pilot", "cancel", pid)
@@ -183,9 +183,7 @@ def test_install_dir_names_the_remote_binary(sortie, sshd, label, tmp_path):
     sortie.start()
     add_ssh_resource(sortie, "lab", "root@127.0.0.1:2222", sshd, "--install-dir",
                      tmp_path / "opt")
-    pid = int(sortie.run("pilot", "add", "--resource", "lab", "--slots", "1", "--label",
-                         label).stdout)
-    sortie.run("pilot", "wait", pid, "--timeout", "60s")
+    pid = run_pilot(sortie, "lab", "--slots", "1", "--label", label)
     (ssh,) = ssh_clients(label)
     command = Path(f"/proc/{ssh}/cmdline").read_bytes().split(b"\0")[-2].decode()
     assert command.startswith(f"{tmp_path}/opt/bin/sortie agent --stdio"), command
@@ -287,9 +285,7 @@ def test_ssh_pilot_through_a_gateway(sortie, sshd, label):
     sortie.start()
     add_ssh_resource(sortie, "login", "root@127.0.0.1:2222", sshd)
     add_ssh_resource(sortie, "compute", "root@127.0.0.1:2223", sshd, "--gateway", "login")
-    pid = int(sortie.run("pilot", "add", "--resource", "compute", "--slots", "2", "--label",
-                         label).stdout)
-    sortie.run("pilot", "wait", pid, "--timeout", "60s")
+    pid = run_pilot(sortie, "compute", "--slots", "2", "--label", label)
     job = sortie.submit("sh", "-c", "echo $SSH_CONNECTION", opts=["--label", label])
     sortie.run("job", "wait", job)
     # The agent's ssh session reached sshd :2223 from the jump host's side.
@@ -301,9 +297,7 @@ def test_ssh_pilot_through_a_gateway(sortie, sshd, label):
     wait_for(lambda: pilot(sortie, pid)["state"] == "cancelled", 30, "the pilot to be cancelled")
     # Chains: compute2 -> compute -> login becomes -J login,compute (outermost first).
     add_ssh_resource(sortie, "compute2", "root@127.0.0.1:2222", sshd, "--gateway", "compute")
-    pid = int(sortie.run("pilot", "add", "--resource", "compute2", "--slots", "1", "--label",
-                         label).stdout)
-    sortie.run("pilot", "wait", pid, "--timeout", "60s")
+    pid = run_pilot(sortie, "compute2", "--slots", "1", "--label", label)
     args = Path(f"/proc/{ssh_clients(label)[0]}/cmdline").read_bytes().split(b"\0")
     assert args[args.index(b"-J") + 1] == b"root@127.0.0.1:2222,root@127.0.0.1:2223"
     sortie.run("pilot", "cancel", pid)
@@ -365,9 +359,7 @@ def batch(request, sortie):
 
 def test_slurm_pilot_on_two_nodes_starts_an_agent_on_each(request, sortie):
     s = batch_profile(request, sortie, "slurm")
-    pid = int(s.run("pilot", "add", "--resource", "cluster", "--nodes", "2", "--slots-per-node",
-                    "2").stdout)
-    s.run("pilot", "wait", pid, "--timeout", "90s")
+    pid = run_pilot(s, "cluster", "--nodes", "2", "--slots-per-node", "2", timeout="90s")
     p = pilot(s, pid)
     assert p["nodes_up"] == 2 and p["slots_total"] == 4, p
     first, last = s.submit("sh", "-c", 'echo "$SLURMD_NODENAME"', opts=["--array", "1-40"])
@@ -383,8 +375,7 @@ def test_slurm_pilot_on_two_nodes_starts_an_agent_on_each(request, sortie):
 
 def test_batch_pilot_runs_200_jobs_and_cancel_removes_its_batch_job(batch):
     s = batch
-    pid = int(s.run("pilot", "add", "--resource", "cluster", "--slots", "2").stdout)
-    s.run("pilot", "wait", pid, "--timeout", "90s")
+    pid = run_pilot(s, "cluster", "--slots", "2", timeout="90s")
     p = pilot(s, pid)
     assert p["state"] == "running" and p["batch_id"], p
     batch_id = p["batch_id"]
@@ -404,9 +395,7 @@ def test_batch_pilot_runs_200_jobs_and_cancel_removes_its_batch_job(batch):
 
 def test_batch_pilot_with_a_walltime_drains_then_ends(batch):
     s = batch
-    pid = int(s.run("pilot", "add", "--resource", "cluster", "--slots", "1", "--time",
-                    "1m").stdout)
-    s.run("pilot", "wait", pid, "--timeout", "90s")
+    pid = run_pilot(s, "cluster", "--slots", "1", "--time", "1m", timeout="90s")
     script = (s.profile / "logs" / f"pilot-{pid}.{s.system}.sh").read_text()
     assert ("#SBATCH --time=0:01:00" if s.system == "slurm" else "#$ -l h_rt=0:01:00") in script
     # Shortly before the minute is over it takes no new jobs...
@@ -430,8 +419,7 @@ def kill_hub_and_restart(sortie):
 
 def test_batch_pilot_survives_a_hub_restart(batch):
     s = batch
-    pid = int(s.run("pilot", "add", "--resource", "cluster", "--slots", "2").stdout)
-    s.run("pilot", "wait", pid, "--timeout", "90s")
+    pid = run_pilot(s, "cluster", "--slots", "2", timeout="90s")
     batch_id = pilot(s, pid)["batch_id"]
     kill_hub_and_restart(s)
     # The new hub follows the batch job again, and the agents reconnect to it.
@@ -476,9 +464,7 @@ def test_ssh_gateway_reaches_a_compute_host_behind_a_login_host(sortie, netns, l
     sortie.start()
     add_ssh_resource(sortie, "login", "root@10.201.0.11", netns)
     add_ssh_resource(sortie, "compute", "root@10.201.0.130", netns, "--gateway", "login")
-    pid = int(sortie.run("pilot", "add", "--resource", "compute", "--slots", "2", "--label",
-                         label).stdout)
-    sortie.run("pilot", "wait", pid, "--timeout", "60s")
+    pid = run_pilot(sortie, "compute", "--slots", "2", "--label", label)
     first, last = sortie.submit("hostname", opts=["--array", "1-20", "--label", label])
     sortie.run("job", "wait", f"{first}-{last}", timeout=120)
     outputs = {sortie.run("job", "logs", j).stdout.strip() for j in range(first, last + 1)}
