@@ -35,7 +35,7 @@ namespace {
 constexpr std::size_t kScheduleStep = 4096;     // assignments per loop turn
 constexpr std::size_t kListChunk = 5000;        // jobs per JobList frame
 constexpr std::size_t kLogsChunk = 1u << 20;    // bytes per output read
-constexpr std::size_t kSlowPeerBytes = 64u << 20; // a follower this far behind is dropped
+constexpr std::size_t kFollowerWindow = 4u << 20; // output queued for one follower at most
 constexpr std::uint64_t kMaxJobsPerSubmit = 10'000'000;
 constexpr std::int64_t kReconnectMarginMs = 5'000;
 // With launch_queue = auto, an agent holds about this much queued work per slot: enough to
@@ -1304,60 +1304,89 @@ void Hub::handle_logs(const std::shared_ptr<Peer>& peer, std::uint64_t rid, cons
 }
 
 void Hub::follower_read_more(std::shared_ptr<Follower> f) {
+  f->catching_up = true;
+  if (f->reading)
+    return;
+  // A follower never has more than a window of output queued on its connection: past that it
+  // waits for the client to read, then continues from the output file.
+  if (f->peer->queued_bytes() > kFollowerWindow) {
+    f->reading = true;
+    f->peer->when_drained([this, alive = alive_, f] {
+      if (!*alive)
+        return;
+      f->reading = false;
+      follower_read_more(f);
+    });
+    return;
+  }
+  f->reading = true;
   store_.read_output(f->job, f->attempt, f->stream, f->next_offset, kLogsChunk,
                      [this, alive = alive_, f](Result<std::string> data) {
-                       if (!*alive || f->ended || f->peer->closed())
+                       if (!*alive)
                          return;
+                       f->reading = false;
+                       if (f->ended || f->peer->closed())
+                         return follower_drop(f);
                        if (!data.ok()) {
-                         f->ended = true;
                          reply_error(f->peer, f->rid, data.error());
-                         return;
+                         return follower_drop(f);
                        }
-                       if (!data->empty()) {
+                       std::size_t got = data->size();
+                       if (got > 0) {
                          pb::Envelope env;
                          auto* d = env.mutable_logs_data();
                          d->set_offset(f->next_offset);
-                         f->next_offset += static_cast<std::int64_t>(data->size());
+                         f->next_offset += static_cast<std::int64_t>(got);
                          d->set_data(std::move(*data));
                          send_to(f->peer, env, f->rid);
-                         if (d->data().size() == kLogsChunk) {
-                           follower_read_more(f);
-                           return;
-                         }
                        }
-                       // Caught up with the file; what arrived meanwhile was buffered.
+                       if (got == kLogsChunk)
+                         return follower_read_more(f);
+                       // The end of the file. Output received but not yet written is read
+                       // once the batch holding it is committed.
+                       const Job* job = find_job(f->job);
+                       if (job && job->attempt == f->attempt &&
+                           job->out_bytes[f->stream] > static_cast<std::uint64_t>(f->next_offset)) {
+                         f->reading = true;
+                         batch().on_commit.push_back([this, alive, f](const Result<void>&) {
+                           if (!*alive)
+                             return;
+                           f->reading = false;
+                           follower_read_more(f);
+                         });
+                         return;
+                       }
                        f->catching_up = false;
-                       auto buffered = std::move(f->buffered);
-                       for (auto& [off, bytes] : buffered)
-                         follower_deliver(*f, off, bytes);
                        follower_maybe_end(f);
                      });
 }
 
-void Hub::follower_deliver(Follower& f, std::int64_t offset, const std::string& data) {
-  if (f.ended)
-    return;
-  if (f.catching_up) {
-    f.buffered.emplace_back(offset, data);
-    return;
-  }
+void Hub::follower_deliver(const std::shared_ptr<Follower>& f, std::int64_t offset,
+                           const std::string& data) {
+  if (f->ended || f->catching_up)
+    return; // a follower reading the file finds this there
   std::int64_t end = offset + static_cast<std::int64_t>(data.size());
-  if (end <= f.next_offset)
+  if (end <= f->next_offset)
     return;
-  std::int64_t skip = std::max<std::int64_t>(0, f.next_offset - offset);
-  if (f.peer->queued_bytes() > kSlowPeerBytes) {
-    f.ended = true;
-    f.peer->close_with_error(make_error(ErrorCode::Unavailable,
-                                        "the client reads job output too slowly; reconnect to "
-                                        "continue from the output files"));
-    return;
-  }
+  if (offset > f->next_offset || f->peer->queued_bytes() > kFollowerWindow)
+    return follower_read_more(f); // behind: continue from the file
+  std::int64_t skip = f->next_offset - offset;
   pb::Envelope env;
   auto* d = env.mutable_logs_data();
-  d->set_offset(offset + skip);
+  d->set_offset(f->next_offset);
   d->set_data(data.substr(static_cast<std::size_t>(skip)));
-  send_to(f.peer, env, f.rid);
-  f.next_offset = end;
+  send_to(f->peer, env, f->rid);
+  f->next_offset = end;
+}
+
+void Hub::follower_drop(const std::shared_ptr<Follower>& f) {
+  f->ended = true;
+  auto it = followers_.find(f->job);
+  if (it != followers_.end()) {
+    std::erase(it->second, f);
+    if (it->second.empty())
+      followers_.erase(it);
+  }
 }
 
 void Hub::follower_maybe_end(const std::shared_ptr<Follower>& f) {
@@ -1368,18 +1397,12 @@ void Hub::follower_maybe_end(const std::shared_ptr<Follower>& f) {
               (job->state == JobState::Assigned || job->state == JobState::Running);
   if (f->follow && live)
     return;
-  f->ended = true;
   pb::Envelope env;
   auto* d = env.mutable_logs_data();
   d->set_offset(f->next_offset);
   d->set_eof(true);
   send_to(f->peer, env, f->rid);
-  auto it = followers_.find(f->job);
-  if (it != followers_.end()) {
-    std::erase(it->second, f);
-    if (it->second.empty())
-      followers_.erase(it);
-  }
+  follower_drop(f);
 }
 
 void Hub::followers_attempt_ended(Job& job) {
@@ -2109,7 +2132,7 @@ void Hub::handle_output(Agent& agent, pb::OutputBatch& out) {
     if (auto it = followers_.find(job->id); it != followers_.end())
       for (auto& f : it->second)
         if (f->attempt == c.attempt() && f->stream == stream)
-          follower_deliver(*f, c.offset(), c.data());
+          follower_deliver(f, c.offset(), c.data());
     b.output.push_back({job->id, c.attempt(), stream, c.offset(), std::move(*c.mutable_data())});
   }
   if (bytes == 0)

@@ -274,7 +274,9 @@ private:
   // Followers of job output.
   struct Follower;
   void follower_read_more(std::shared_ptr<Follower> f);
-  void follower_deliver(Follower& f, std::int64_t offset, const std::string& data);
+  void follower_deliver(const std::shared_ptr<Follower>& f, std::int64_t offset,
+                        const std::string& data);
+  void follower_drop(const std::shared_ptr<Follower>& f);
   void follower_maybe_end(const std::shared_ptr<Follower>& f);
   void followers_attempt_ended(Job& job);
 
@@ -376,10 +378,10 @@ private:
     std::uint32_t attempt = 0; ///< 0 until the job starts
     int stream = 0;
     bool follow = false;
-    bool catching_up = true; ///< reading the file; live chunks are buffered meanwhile
+    bool catching_up = true; ///< reading the file; live chunks are found there later
+    bool reading = false;    ///< a file read (or a wait for the client to read) is under way
     bool ended = false;
     std::int64_t next_offset = 0;
-    std::vector<std::pair<std::int64_t, std::string>> buffered;
   };
   std::unordered_map<std::uint64_t, std::vector<std::shared_ptr<Follower>>> followers_;
 

@@ -4,6 +4,7 @@
 #pragma once
 
 #include <cstddef>
+#include <functional>
 #include <string>
 
 #include "protocol/sortie.pb.h"
@@ -21,6 +22,9 @@ public:
   virtual bool closed() const = 0;
   /// Bytes queued but not yet written (to stop feeding slow readers).
   virtual std::size_t queued_bytes() const = 0;
+  /// Runs `fn` once (later, never from inside this call) when what is queued has been written
+  /// or the connection closed.
+  virtual void when_drained(std::function<void()> fn) = 0;
   /// For logs: the transport and the peer's name.
   virtual std::string describe() const = 0;
 };

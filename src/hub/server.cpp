@@ -40,6 +40,7 @@ public:
   void close_with_error(const Error& error) override { link_->close_with_error(error); }
   bool closed() const override { return link_->closed(); }
   std::size_t queued_bytes() const override { return link_->queued_bytes(); }
+  void when_drained(std::function<void()> fn) override { link_->when_drained(std::move(fn)); }
   std::string describe() const override {
     return name_.empty() ? link_->peer() : fmt::format("{} ({})", name_, link_->peer());
   }

@@ -18,6 +18,8 @@
 namespace sortie::net {
 namespace {
 
+constexpr std::size_t kKeepBufferBytes = 1u << 20; // larger write buffers are freed once written
+
 class PipeStream final : public ByteStream {
 public:
   PipeStream(asio::any_io_executor ex, int in_fd, int out_fd, std::string description)
@@ -142,6 +144,9 @@ Awaitable<void> Link::write_loop() {
   auto self = shared_from_this();
   while (!closed_) {
     if (pending_.empty()) {
+      run_drained();
+      if (closed_)
+        break;
       if (closing_) {
         close(close_reason_);
         break;
@@ -155,6 +160,11 @@ Awaitable<void> Link::write_loop() {
     writing_.swap(pending_);
     auto ec = co_await stream_->write_all(asio::buffer(writing_));
     writing_.clear();
+    // A burst must not pin its peak size for the life of the link.
+    if (writing_.capacity() > kKeepBufferBytes)
+      std::string().swap(writing_);
+    if (pending_.empty() && pending_.capacity() > kKeepBufferBytes)
+      std::string().swap(pending_);
     if (closed_)
       break;
     if (ec) {
@@ -163,6 +173,21 @@ Awaitable<void> Link::write_loop() {
     }
     last_sent_ms_ = steady_ms();
   }
+}
+
+void Link::when_drained(std::function<void()> fn) {
+  if (closed_ || (pending_.empty() && writing_.empty())) {
+    asio::post(executor_, std::move(fn));
+    return;
+  }
+  drained_.push_back(std::move(fn));
+}
+
+void Link::run_drained() {
+  auto fns = std::move(drained_);
+  drained_.clear();
+  for (auto& fn : fns)
+    fn();
 }
 
 void Link::close_with_error(const Error& error) {
@@ -193,8 +218,11 @@ void Link::close(const Error& reason) {
   if (!closing_)
     close_reason_ = reason;
   closing_ = false;
-  pending_.clear();
+  std::string().swap(pending_);
   stream_->close();
+  for (auto& fn : drained_)
+    asio::post(executor_, std::move(fn));
+  drained_.clear();
   writer_wakeup_.cancel();
   heartbeat_timer_.cancel();
 }

@@ -10,8 +10,10 @@
 #pragma once
 
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <string>
+#include <vector>
 
 #include "protocol/asio.hpp"
 #include "protocol/errors.hpp"
@@ -62,6 +64,8 @@ public:
   bool closed() const { return closed_; }
   const Error& close_reason() const { return close_reason_; }
   std::size_t queued_bytes() const { return pending_.size() + writing_.size(); }
+  /// Runs `fn` once, when everything queued so far has been written (or the link closed).
+  void when_drained(std::function<void()> fn);
 
   /// Once authenticated, larger frames are allowed (kMaxFrameBeforeAuth before).
   void set_max_frame(std::uint32_t max_frame) { decoder_.set_max_frame(max_frame); }
@@ -76,6 +80,7 @@ private:
   Awaitable<void> write_loop();
   Awaitable<void> heartbeat_loop(std::int64_t interval_ms, std::int64_t deadline_ms);
   void wake_writer();
+  void run_drained();
 
   asio::any_io_executor executor_;
   std::unique_ptr<ByteStream> stream_;
@@ -83,6 +88,7 @@ private:
   protocol::FrameDecoder decoder_;
   std::string pending_;
   std::string writing_;
+  std::vector<std::function<void()>> drained_;
   asio::steady_timer writer_wakeup_;
   asio::steady_timer heartbeat_timer_;
   bool writer_waiting_ = false;

@@ -22,7 +22,16 @@ public:
     closed_ = true;
   }
   bool closed() const override { return closed_; }
-  std::size_t queued_bytes() const override { return 0; }
+  std::size_t queued_bytes() const override { return queued; }
+  void when_drained(std::function<void()> fn) override { drained.push_back(std::move(fn)); }
+  /// Pretends the queue was written: runs what waited for it.
+  void drain() {
+    queued = 0;
+    auto fns = std::move(drained);
+    drained.clear();
+    for (auto& fn : fns)
+      fn();
+  }
   std::string describe() const override { return name_; }
 
   /// Removes and returns the sent messages whose body is `body_case`.
@@ -36,6 +45,8 @@ public:
 
   std::vector<pb::Envelope> sent;
   Error error;
+  std::size_t queued = 0; ///< what queued_bytes() reports
+  std::vector<std::function<void()>> drained;
 
 private:
   std::string name_;
