@@ -32,7 +32,7 @@ scripts/testbeds/netns.sh up
 scripts/testbeds/slurm.sh up
 scripts/testbeds/sge.sh up >/dev/null
 
-run_suite() { # preset
+run_suite() { # preset [faults]
   local preset=$1 dir=build/$1
   step "configure and build ($preset)"
   cmake --preset "$preset" >/dev/null
@@ -42,9 +42,16 @@ run_suite() { # preset
   step "integration tests ($preset)"
   SORTIE_BIN="$PWD/$dir/apps/sortie" timeout 1800 "$PY" -m pytest tests/integration \
     -q -p no:cacheprovider --timeout 300 -n "$jobs"
+  if [ "${2:-}" = faults ]; then
+    step "fault catalogue ($preset)"
+    SORTIE_BIN="$PWD/$dir/apps/sortie" timeout 1200 "$PY" -m pytest tests/faults \
+      -q -p no:cacheprovider --timeout 300 -n "$jobs"
+  fi
 }
 
-run_suite ci
+# The fault catalogue (tests/faults) runs once, on the optimised build: it measures memory and
+# timing-dependent recovery, which the sanitizers' overhead would only blur.
+run_suite ci faults
 if [ $fast = 0 ]; then
   export ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1
   run_suite sanitize

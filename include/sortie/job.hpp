@@ -66,7 +66,12 @@ struct ArrayRange {
   std::int64_t last = 0;
   std::int64_t step = 1;
   std::uint64_t count() const {
-    return last < first || step <= 0 ? 0 : static_cast<std::uint64_t>((last - first) / step) + 1;
+    // Unsigned: the span of INT64_MIN..INT64_MAX does not fit a signed difference.
+    return last < first || step <= 0
+               ? 0
+               : (static_cast<std::uint64_t>(last) - static_cast<std::uint64_t>(first)) /
+                         static_cast<std::uint64_t>(step) +
+                     1;
   }
 };
 

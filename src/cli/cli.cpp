@@ -494,7 +494,7 @@ void add_job_options(CLI::App* cmd, JobOptions& o) {
   add(cmd->add_option("--label", o.label, "run only on pilots with this label"));
   add(cmd->add_option("--slots", o.slots, "slots (threads) it needs; sets OMP_NUM_THREADS")
           ->check(CLI::Range(1, 4096)));
-  add(cmd->add_option("--memory", o.memory, "memory it may use, e.g. 4G: reserved and enforced"));
+  add(cmd->add_option("--memory", o.memory, "memory it may use, e.g. 4G (a bare number is MiB, as in Slurm): reserved and enforced"));
   add(cmd->add_option("--gpus", o.gpus, "GPUs it needs; it sees them in CUDA_VISIBLE_DEVICES")
           ->check(CLI::Range(0, 64)));
   add(cmd->add_option("--env", o.env, "NAME=VALUE added to its environment (repeatable)"));
@@ -930,7 +930,7 @@ struct AgentArgs {
   std::string label;
   std::string connect_window = "60s";
   std::string gpus;
-  std::uint64_t memory = 0;
+  std::string memory;
   std::int64_t walltime_end_ms = 0;
   std::int64_t walltime_ms = 0;
   bool stdio = false;
@@ -1005,7 +1005,12 @@ int agent_main(const Globals& g, const AgentArgs& a) {
       o.gpus.push_back(static_cast<std::uint32_t>(*gpu));
     }
   }
-  o.memory = a.memory;
+  if (!a.memory.empty()) {
+    auto b = parse_size_bytes(a.memory);
+    if (!b.ok())
+      return fail(make_error(ErrorCode::InvalidArgument, "--memory: " + b.error().message));
+    o.memory = *b;
+  }
   o.walltime_end_ms = a.walltime_end_ms;
   if (a.walltime_ms > 0) // the batch job started us: its walltime runs from now
     o.walltime_end_ms = wall_now_ms() + a.walltime_ms;
@@ -1110,7 +1115,7 @@ int run(int argc, char** argv) {
   pa->add_option("--gpus-per-node", padd.gpus_per_node,
                  "GPUs each node declares (devices 0..N-1) instead of detecting them");
   pa->add_option("--memory-per-node", padd.memory_per_node,
-                 "memory jobs may reserve on each node (default: all of it), e.g. 8G");
+                 "memory jobs may reserve on each node, e.g. 8G; a bare number is MiB (default: all of it)");
   pa->add_option("--time", padd.time, "walltime: the pilot ends after this long, e.g. 2h");
   pa->add_option("--queue", padd.queue, "batch queue or partition (slurm, sge)");
   pa->add_option("--option", padd.options,
@@ -1237,7 +1242,8 @@ int run(int argc, char** argv) {
   ag->add_option("--label", aargs.label);
   ag->add_option("--connect-window", aargs.connect_window);
   ag->add_option("--gpus", aargs.gpus, "GPU devices, e.g. 0,1 (default: detected)");
-  ag->add_option("--memory", aargs.memory, "bytes jobs may reserve (default: the node's memory)");
+  ag->add_option("--memory", aargs.memory,
+                 "memory jobs may reserve, e.g. 16G; a bare number is MiB (default: the node's)");
   ag->add_option("--walltime-end-ms", aargs.walltime_end_ms);
   ag->add_option("--walltime", aargs.walltime_ms, "milliseconds of walltime from now");
   ag->add_flag("--stdio", aargs.stdio, "speak the protocol on stdin/stdout (ssh pilots)");

@@ -181,9 +181,10 @@ struct Client::Impl {
   }
 
   /// The next frame answering `rid` (others are skipped). An ErrorReply becomes the error.
-  Result<pb::Envelope> reply(std::uint64_t rid, std::int64_t timeout) {
+  /// `total`, if not negative, bounds the whole wait (heartbeats do not extend it).
+  Result<pb::Envelope> reply(std::uint64_t rid, std::int64_t timeout, std::int64_t total = -1) {
     while (true) {
-      SORTIE_ASSIGN_OR_RETURN(env, link.receive(timeout));
+      SORTIE_ASSIGN_OR_RETURN(env, link.receive(timeout, total));
       if (env.request_id() != rid && env.request_id() != 0)
         continue;
       if (env.has_error())
@@ -330,10 +331,8 @@ Result<WaitProgress> Client::wait(const JobSelector& selector,
   };
   std::int64_t deadline = timeout_ms < 0 ? -1 : clock_ms() + timeout_ms;
   while (true) {
-    std::int64_t limit = impl_->silence_limit();
-    if (deadline >= 0)
-      limit = std::min(limit, std::max<std::int64_t>(0, deadline - clock_ms()));
-    auto reply = impl_->reply(rid, limit);
+    std::int64_t left = deadline < 0 ? -1 : std::max<std::int64_t>(0, deadline - clock_ms());
+    auto reply = impl_->reply(rid, impl_->silence_limit(), left);
     if (!reply.ok()) {
       if (reply.error().code == ErrorCode::Timeout && deadline >= 0 && clock_ms() >= deadline) {
         // The hub still waits on our behalf; drop the connection so it stops.

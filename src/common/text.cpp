@@ -93,14 +93,16 @@ Result<std::uint64_t> parse_size_bytes(std::string_view text) {
   auto [ptr, ec] = std::from_chars(number.data(), number.data() + number.size(), value);
   auto bad = [&] {
     return make_error(ErrorCode::InvalidArgument,
-                      fmt::format("'{}' is not a size: use a number with an optional unit K, M, "
-                                  "G or T (binary), like 512M or 4G",
+                      fmt::format("'{}' is not a size: use a number with a unit B, K, M, G, T or P "
+                                  "(binary), like 512M or 4G; a bare number means MiB",
                                   text));
   };
   if (number.empty() || ec != std::errc() || ptr != number.data() + number.size() || value < 0)
     return bad();
   double scale = 1;
-  if (unit.empty() || unit == "B")
+  if (unit.empty()) // as in Slurm: --mem=100 is 100 MiB
+    scale = 1024.0 * 1024;
+  else if (unit == "B")
     scale = 1;
   else if (unit == "K")
     scale = 1024.0;
@@ -110,9 +112,15 @@ Result<std::uint64_t> parse_size_bytes(std::string_view text) {
     scale = 1024.0 * 1024 * 1024;
   else if (unit == "T")
     scale = 1024.0 * 1024 * 1024 * 1024;
+  else if (unit == "P")
+    scale = 1024.0 * 1024 * 1024 * 1024 * 1024;
   else
     return bad();
-  return static_cast<std::uint64_t>(std::llround(value * scale));
+  double bytes = value * scale;
+  if (!(bytes < 9.0e18)) // llround would saturate
+    return make_error(ErrorCode::InvalidArgument,
+                      fmt::format("'{}' is too large a size (at most 8E)", text));
+  return static_cast<std::uint64_t>(std::llround(bytes));
 }
 
 std::string format_size_bytes(std::uint64_t bytes) {

@@ -38,6 +38,8 @@ constexpr std::size_t kLogsChunk = 1u << 20;    // bytes per output read
 constexpr std::size_t kFollowerWindow = 4u << 20; // output queued for one follower at most
 constexpr std::uint64_t kMaxJobsPerSubmit = 10'000'000;
 constexpr std::int64_t kReconnectMarginMs = 5'000;
+constexpr std::int64_t kMaxDurationMs = 10LL * 366 * 24 * 3600 * 1000; // 10 years
+constexpr std::uint64_t kMaxMemoryBytes = 1ULL << 50;                   // 1 PiB
 // With launch_queue = auto, an agent holds about this much queued work per slot: enough to
 // cover the hub's round trip (agent batching, group commit, network) for very short jobs, and
 // one job at most for long ones, so queued work rarely waits on a busy node.
@@ -103,7 +105,8 @@ Result<void> check_spec(pb::JobSpec& spec, std::size_t item) {
                       "an MPI job across nodes (--ranks-per-node) cannot ask for memory, GPUs or "
                       "a max per node yet: leave those out, or run it on one node",
                       ctx);
-  if (spec.slots() * std::max<std::uint32_t>(1, spec.mpi_ranks()) > 4096)
+  // In 64 bits: slots and ranks each fit 32 bits, their product may not.
+  if (std::uint64_t{spec.slots()} * std::max<std::uint32_t>(1, spec.mpi_ranks()) > 4096)
     return make_error(ErrorCode::InvalidArgument,
                       fmt::format("{} slots is more than any node has (at most 4096)", spec.slots()),
                       ctx);
@@ -141,6 +144,20 @@ Result<void> check_spec(pb::JobSpec& spec, std::size_t item) {
                           ctx);
   if (spec.queue_timeout_ms() < 0 || spec.run_timeout_ms() < 0 || spec.time_request_ms() < 0)
     return make_error(ErrorCode::InvalidArgument, "timeouts and time requests cannot be negative",
+                      ctx);
+  for (auto ms : {spec.queue_timeout_ms(), spec.run_timeout_ms(), spec.time_request_ms()})
+    if (ms > kMaxDurationMs)
+      return make_error(ErrorCode::InvalidArgument,
+                        fmt::format("a timeout or time request of {} ms is more than 10 years", ms),
+                        ctx);
+  if (spec.memory_bytes() > kMaxMemoryBytes)
+    return make_error(ErrorCode::InvalidArgument,
+                      fmt::format("{} bytes of memory is more than any node has (at most 1P)",
+                                  spec.memory_bytes()),
+                      ctx);
+  if (spec.ranks_per_node() > 4096 || spec.max_per_node() > 1'000'000)
+    return make_error(ErrorCode::InvalidArgument,
+                      "ranks per node (at most 4096) or max per node (at most 1000000) is too large",
                       ctx);
   if (spec.has_retries() && spec.retries() > 1000)
     return make_error(ErrorCode::InvalidArgument, "at most 1000 retries", ctx);
@@ -738,6 +755,8 @@ void Hub::job_lost(Job& job, const std::string& why) {
     log::warn("job {} lost ({}); requeued (retry {})", job.id, why, job.lost_count + job.fail_count);
     requeue(job, true);
   } else {
+    job.reason = fmt::format("{}; its node was lost {} time{}, and it has no retries left", why,
+                             job.lost_count, job.lost_count == 1 ? "" : "s");
     log::warn("job {} lost ({}); no retries left", job.id, why);
     job_final(job);
   }
@@ -958,8 +977,17 @@ void Hub::handle_submit(const std::shared_ptr<Peer>& peer,
                                       fmt::format("array {}-{}:{} is empty: use FIRST-LAST[:STEP] "
                                                   "with FIRST <= LAST and STEP > 0",
                                                   a->first(), a->last(), a->step())));
-      ArrayRange range{a->first(), a->last(), a->step()};
-      total += range.count();
+      // The span in unsigned arithmetic: INT64_MIN..INT64_MAX must not wrap to a small count.
+      std::uint64_t span = static_cast<std::uint64_t>(a->last()) - static_cast<std::uint64_t>(a->first());
+      std::uint64_t count = span / static_cast<std::uint64_t>(a->step());
+      if (count >= kMaxJobsPerSubmit)
+        return reply_error(peer, rid,
+                           make_error(ErrorCode::InvalidArgument,
+                                      fmt::format("array {}-{}:{} has more than {} jobs: a "
+                                                  "submission may create at most {}",
+                                                  a->first(), a->last(), a->step(),
+                                                  kMaxJobsPerSubmit, kMaxJobsPerSubmit)));
+      total += count + 1;
     } else {
       total += 1;
     }
@@ -2161,10 +2189,12 @@ void Hub::on_agent_closed(const std::shared_ptr<Peer>& peer, const Error& reason
   scheduler_.remove_node(id);
   bool process_dead = a.local && (dead_pids_.contains(a.pid) || !launcher_.process_alive(a.pid));
   if (goodbye || stopping_ || process_dead || a.stdio) {
-    agent_gone(id, goodbye          ? "it shut down"
-                   : process_dead   ? "its process died"
-                   : a.stdio        ? fmt::format("its ssh link ended: {}", reason.message)
-                                    : "the hub is stopping");
+    agent_gone(id,
+               goodbye        ? "it shut down"
+               : process_dead ? "its process died"
+               : a.stdio      ? fmt::format("its ssh link ended: {}", reason.message)
+                              : "the hub is stopping",
+               goodbye || stopping_);
     return;
   }
   a.reconnect_deadline = clock_.monotonic_ms() + config_.agent_reconnect_window_ms + kReconnectMarginMs;
@@ -2176,7 +2206,7 @@ void Hub::on_agent_closed(const std::shared_ptr<Peer>& peer, const Error& reason
     update_pilot_state(p->second);
 }
 
-void Hub::agent_gone(AgentId id, const std::string& why) {
+void Hub::agent_gone(AgentId id, const std::string& why, bool orderly) {
   auto it = agents_.find(id);
   if (it == agents_.end())
     return;
@@ -2199,14 +2229,13 @@ void Hub::agent_gone(AgentId id, const std::string& why) {
     Job* j = find_job(jid.value);
     if (!j)
       continue;
-    if (stopping_) {
-      j->reason = "the hub stopped";
+    // An agent that leaves in order has reported every start before leaving, so a job it never
+    // started goes back without using a retry. Any other loss may have started the job, whether
+    // or not the start was reported: it counts against the job's retries.
+    if (orderly && j->state == JobState::Assigned && !j->started && !j->cancel_requested)
       requeue(*j, true);
-    } else if (j->state == JobState::Assigned && !j->started && !j->cancel_requested) {
-      requeue(*j, true); // it never started there
-    } else {
+    else
       job_lost(*j, fmt::format("agent {} on {} was lost: {}", a.node, a.hostname, why));
-    }
   }
   a.jobs.clear();
   // MPI jobs run from another node that held slots here: their ranks here are gone.
@@ -2265,7 +2294,7 @@ void Hub::shutdown(std::function<void()> done) {
       a.peer->send(env);
       a.peer->close_with_error(make_error(ErrorCode::Unavailable, "the hub is stopping"));
     }
-    agent_gone(id, "the hub stopped");
+    agent_gone(id, "the hub stopped", true);
   }
   for (auto& [id, p] : pilots_) {
     launcher_.cancel(launch::Allocation{p.pids});

@@ -221,7 +221,9 @@ private:
   void apply_started(Agent& agent, const pb::JobEvent& ev);
   void apply_finished(Agent& agent, const pb::JobEvent& ev);
   void finish_registration(const std::shared_ptr<Peer>& peer, AgentId id, std::vector<std::uint64_t> kill);
-  void agent_gone(AgentId id, const std::string& why);
+  /// The agent is gone for good. `orderly`: it left on purpose (goodbye, the hub stopping), so
+  /// what it never reported started did not start.
+  void agent_gone(AgentId id, const std::string& why, bool orderly = false);
   scheduler::NodeInfo node_info(const Agent& agent) const;
   /// Adds the agent to the scheduler with its current launch-queue depth.
   void schedule_on(const Agent& agent);

@@ -65,7 +65,7 @@ std::vector<std::string> agent_argv(const DriverContext& c,
   }
   if (c.spec.memory_per_node()) {
     argv.push_back("--memory");
-    argv.push_back(std::to_string(c.spec.memory_per_node()));
+    argv.push_back(std::to_string(c.spec.memory_per_node()) + "B");
   }
   if (c.spec.walltime_ms()) {
     argv.push_back("--walltime");

@@ -62,7 +62,7 @@ Result<Allocation> LocalLauncher::submit(const PilotRequest& request) {
     }
     if (a.memory) {
       args.push_back("--memory");
-      args.push_back(std::to_string(a.memory));
+      args.push_back(std::to_string(a.memory) + "B");
     }
     if (a.walltime_end_ms) {
       args.push_back("--walltime-end-ms");

@@ -158,8 +158,10 @@ Result<void> BlockingLink::send(const pb::Envelope& env) {
   return ok_result();
 }
 
-Result<pb::Envelope> BlockingLink::receive(std::int64_t timeout_ms) {
-  std::int64_t deadline = timeout_ms < 0 ? -1 : now_ms() + timeout_ms;
+Result<pb::Envelope> BlockingLink::receive(std::int64_t timeout_ms, std::int64_t total_ms) {
+  std::int64_t end = total_ms < 0 ? -1 : now_ms() + total_ms;
+  auto bounded = [end](std::int64_t d) { return end < 0 ? d : d < 0 ? end : std::min(d, end); };
+  std::int64_t deadline = bounded(timeout_ms < 0 ? -1 : now_ms() + timeout_ms);
   pb::Envelope env;
   while (true) {
     if (fd_ < 0)
@@ -170,7 +172,7 @@ Result<pb::Envelope> BlockingLink::receive(std::int64_t timeout_ms) {
       if (env.has_heartbeat()) {
         // The timeout bounds silence: a heartbeat shows the hub is alive.
         if (timeout_ms >= 0)
-          deadline = now_ms() + timeout_ms;
+          deadline = bounded(now_ms() + timeout_ms);
         continue;
       }
       return env;

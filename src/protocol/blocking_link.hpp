@@ -33,7 +33,9 @@ public:
   /// The next frame that is not a heartbeat. Fails with Timeout after `timeout_ms` without any
   /// frame (heartbeats included); < 0 waits forever. An ErrorReply is returned as a frame; the
   /// caller decides whether it ends the request.
-  Result<pb::Envelope> receive(std::int64_t timeout_ms);
+  /// `timeout_ms` bounds silence (a heartbeat restarts it); `total_ms`, if not negative, bounds
+  /// the whole call, heartbeats or not.
+  Result<pb::Envelope> receive(std::int64_t timeout_ms, std::int64_t total_ms = -1);
 
   void close();
   bool is_open() const { return fd_ >= 0; }

@@ -33,7 +33,11 @@ TEST(Duration, Formats) {
 }
 
 TEST(Size, ParsesBinaryUnits) {
-  EXPECT_EQ(*parse_size_bytes("512"), 512u);
+  EXPECT_EQ(*parse_size_bytes("512"), 512ull << 20); // a bare number is MiB, as in Slurm
+  EXPECT_EQ(*parse_size_bytes("512B"), 512u);
+  EXPECT_EQ(*parse_size_bytes("2P"), 2ull << 50);
+  EXPECT_FALSE(parse_size_bytes("99999999T").ok()); // does not saturate
+  EXPECT_FALSE(parse_size_bytes("1e400").ok());
   EXPECT_EQ(*parse_size_bytes("4G"), 4ull << 30);
   EXPECT_EQ(*parse_size_bytes("64KiB"), 64u << 10);
   EXPECT_EQ(*parse_size_bytes("1.5M"), 1536u * 1024);
