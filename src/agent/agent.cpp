@@ -189,6 +189,7 @@ public:
       asio::post(io_, [this, pid, status, ru] { on_child_exit(pid, status, ru); });
     });
     asio::co_spawn(io_, sweep_loop(), asio::detached);
+    asio::co_spawn(io_, lease_loop(), asio::detached);
     asio::co_spawn(io_, connection_loop(), [this](std::exception_ptr e) {
       if (e) {
         try {
@@ -293,6 +294,7 @@ private:
     }
     std::int64_t interval = welcome->heartbeat_interval_ms() ? welcome->heartbeat_interval_ms() : 5000;
     link->start_heartbeat(interval, 4 * interval);
+    std::int64_t register_sent_ms = net::steady_ms();
     link->send(make_register());
 
     auto reply = co_await link->receive();
@@ -322,6 +324,12 @@ private:
     reconnect_window_ms_ = reg.reconnect_window_ms() > 0 ? reg.reconnect_window_ms() : 60'000;
     if (reg.kill_grace_ms() > 0)
       kill_grace_ms_ = reg.kill_grace_ms();
+    lease_ms_ = reg.lease_ms();
+    heartbeat_ms_ = interval;
+    // The first lease, before any job can start: the hub heard our registration, so it waits at
+    // least a lease from when we sent it. Heartbeat echoes renew it from here (lease_loop).
+    if (lease_ms_ > 0)
+      keeper_write(keeper_fd_, keeper_lease(register_sent_ms + lease_ms_));
     budget_ = static_cast<std::int64_t>(reg.output_credit()) - inflight_bytes_ - outbox_bytes_;
     link_ = link;
     log::info("{} agent {} (node {}, {} slots) with the hub at {}",
@@ -500,6 +508,25 @@ private:
     if (!keeper_pending_.empty()) {
       keeper_write(keeper_fd_, keeper_pending_);
       keeper_pending_.clear();
+    }
+  }
+
+  /// Renews the keeper's lease from the hub's echoes of our heartbeats: the lease ends `lease_ms_`
+  /// after the newest heartbeat the hub is known to have received. A frozen agent renews
+  /// nothing, so its keeper ends it and its jobs before the hub runs them elsewhere.
+  Awaitable<void> lease_loop() {
+    asio::steady_timer timer(io_);
+    std::int64_t written = 0;
+    while (!stopping_) {
+      timer.expires_after(std::chrono::milliseconds(std::max<std::int64_t>(heartbeat_ms_ / 4, 50)));
+      co_await timer.async_wait(use_nothrow);
+      if (!link_ || lease_ms_ <= 0 || link_->echoed_ms() <= 0)
+        continue;
+      std::int64_t end = link_->echoed_ms() + lease_ms_;
+      if (end > written) {
+        keeper_write(keeper_fd_, keeper_lease(end));
+        written = end;
+      }
     }
   }
 
@@ -1142,6 +1169,8 @@ private:
   std::shared_ptr<net::Link> link_;
   std::uint64_t agent_id_ = 0;
   std::int64_t reconnect_window_ms_ = 60'000;
+  std::int64_t lease_ms_ = 0;        ///< from the hub; 0: no lease (an older hub)
+  std::int64_t heartbeat_ms_ = 5000; ///< the hub's heartbeat interval
   Error last_error_;
 
   std::unordered_map<std::uint64_t, std::unique_ptr<Task>> tasks_;

@@ -2,6 +2,8 @@
 #include "agent/process.hpp"
 
 #include <dirent.h>
+#include <poll.h>
+#include <time.h>
 #include <fcntl.h>
 #include <signal.h>
 #include <spawn.h>
@@ -89,16 +91,57 @@ void write_all_nonblocking(int fd, const char* data, size_t n) {
   }
 }
 
-[[noreturn]] void keeper_main(int read_fd, const std::string& cgroup_dir) {
+std::int64_t monotonic_ms() {
+  timespec ts{};
+  ::clock_gettime(CLOCK_MONOTONIC, &ts);
+  return static_cast<std::int64_t>(ts.tv_sec) * 1000 + ts.tv_nsec / 1'000'000;
+}
+
+/// The children of `pid` (from /proc/PID/task/*/children).
+std::vector<pid_t> children_of(pid_t pid) {
+  std::vector<pid_t> out;
+  std::string base = "/proc/" + std::to_string(pid) + "/task";
+  DIR* d = ::opendir(base.c_str());
+  if (!d)
+    return out;
+  while (auto* e = ::readdir(d)) {
+    if (e->d_name[0] == '.')
+      continue;
+    std::ifstream f(base + "/" + e->d_name + "/children");
+    pid_t p;
+    while (f >> p)
+      out.push_back(p);
+  }
+  ::closedir(d);
+  return out;
+}
+
+[[noreturn]] void keeper_main(int read_fd, pid_t agent, const std::string& cgroup_dir) {
   // Survive the signals aimed at the agent: the keeper's whole job starts when the agent is gone.
   ::signal(SIGTERM, SIG_IGN);
   ::signal(SIGINT, SIG_IGN);
   ::signal(SIGHUP, SIG_IGN);
   ::prctl(PR_SET_NAME, "sortie-keeper");
   std::unordered_map<pid_t, std::string> jobs; // sid -> tag
+  std::int64_t lease_end = 0;                  // 0: no lease yet
   char buf[4096];
   std::string pending;
+  bool expired = false;
   while (true) {
+    int wait_ms = -1;
+    if (lease_end > 0)
+      wait_ms = static_cast<int>(std::clamp<std::int64_t>(lease_end - monotonic_ms(), 0, 60'000));
+    pollfd pfd{read_fd, POLLIN, 0};
+    int ready = ::poll(&pfd, 1, wait_ms);
+    if (ready < 0 && errno == EINTR)
+      continue;
+    if (ready == 0) {
+      if (lease_end > 0 && monotonic_ms() >= lease_end) {
+        expired = true;
+        break;
+      }
+      continue;
+    }
     ssize_t n = ::read(read_fd, buf, sizeof buf);
     if (n < 0 && errno == EINTR)
       continue;
@@ -111,6 +154,10 @@ void write_all_nonblocking(int fd, const char* data, size_t n) {
       pending.erase(0, pos + 1);
       if (line.size() < 2)
         continue;
+      if (line[0] == 'L') { // "L<monotonic ms>": the agent's lease now ends then
+        lease_end = std::max<std::int64_t>(lease_end, std::atoll(line.c_str() + 1));
+        continue;
+      }
       // "+SID TAG" or "-SID"
       pid_t sid = static_cast<pid_t>(std::atoi(line.c_str() + 1));
       if (line[0] == '+') {
@@ -121,8 +168,20 @@ void write_all_nonblocking(int fd, const char* data, size_t n) {
       }
     }
   }
+  if (expired) {
+    // The agent has not heard from the hub within its lease: it is frozen or cut off, and the
+    // hub will run its jobs elsewhere once the lease is over. Stop it, so it starts nothing more;
+    // its children not yet announced to us are jobs too (each leads its own session).
+    ::kill(agent, SIGSTOP);
+    for (pid_t child : children_of(agent))
+      if (child != ::getpid() && !jobs.contains(child))
+        jobs.emplace(child, std::string());
+  }
   for (const auto& [sid, tag] : jobs)
     kill_job(JobProcesses{sid, tag});
+  // Only now, with its jobs gone: the hub may requeue them as soon as it sees the agent exit.
+  if (expired)
+    ::kill(agent, SIGKILL);
   if (!cgroup_dir.empty())
     remove_cgroup_tree(cgroup_dir);
   ::_exit(0);
@@ -200,23 +259,8 @@ bool environ_has(pid_t pid, const std::string& entry) {
   return env.find(needle) != std::string::npos;
 }
 
-/// Children of this process, from /proc/self/task/*/children.
-std::vector<pid_t> own_children() {
-  std::vector<pid_t> out;
-  DIR* d = ::opendir("/proc/self/task");
-  if (!d)
-    return out;
-  while (auto* e = ::readdir(d)) {
-    if (e->d_name[0] == '.')
-      continue;
-    std::ifstream f(std::string("/proc/self/task/") + e->d_name + "/children");
-    pid_t p;
-    while (f >> p)
-      out.push_back(p);
-  }
-  ::closedir(d);
-  return out;
-}
+/// Children of this process.
+std::vector<pid_t> own_children() { return children_of(::getpid()); }
 
 } // namespace
 
@@ -301,6 +345,7 @@ Result<int> start_keeper(const std::string& cgroup_dir) {
   int fds[2];
   if (::pipe2(fds, O_CLOEXEC) != 0)
     return make_error(ErrorCode::Io, fmt::format("pipe: {}", errno_text(errno)));
+  pid_t agent = ::getpid();
   pid_t pid = ::fork();
   if (pid < 0)
     return make_error(ErrorCode::Io, fmt::format("fork: {}", errno_text(errno)));
@@ -309,7 +354,7 @@ Result<int> start_keeper(const std::string& cgroup_dir) {
     for (int fd = 3; fd < 1024; ++fd)
       if (fd != fds[0])
         ::close(fd);
-    keeper_main(fds[0], cgroup_dir);
+    keeper_main(fds[0], agent, cgroup_dir);
   }
   ::close(fds[0]);
   ::fcntl(fds[1], F_SETFL, ::fcntl(fds[1], F_GETFL) | O_NONBLOCK);
@@ -319,6 +364,8 @@ Result<int> start_keeper(const std::string& cgroup_dir) {
 std::string keeper_add(const JobProcesses& job) { return fmt::format("+{} {}\n", job.sid, job.tag); }
 
 std::string keeper_remove(const JobProcesses& job) { return fmt::format("-{}\n", job.sid); }
+
+std::string keeper_lease(std::int64_t end_monotonic_ms) { return fmt::format("L{}\n", end_monotonic_ms); }
 
 void keeper_write(int fd, const std::string& messages) {
   write_all_nonblocking(fd, messages.data(), messages.size());

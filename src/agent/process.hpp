@@ -64,11 +64,17 @@ void become_subreaper();
 /// The keeper: a small process forked at agent start (before any thread exists). The agent tells
 /// it each job as the job starts and ends; when the agent dies the keeper's pipe reaches
 /// end-of-file and it kills every registered job, then exits. Returns the pipe's write end.
+/// The agent also keeps renewing a lease (keeper_lease): if the lease runs out, the agent is
+/// frozen or has lost the hub for longer than the hub waits, so the keeper stops and kills it
+/// and every job it has, itself unable to be frozen by what froze the agent (docs/architecture.md
+/// §5 has the rule and its numbers).
 /// `cgroup_dir` (may be empty) is removed after the jobs are killed.
 Result<int> start_keeper(const std::string& cgroup_dir);
 /// Keeper messages, to be written with keeper_write (several at once).
 std::string keeper_add(const JobProcesses& job);
 std::string keeper_remove(const JobProcesses& job);
+/// The lease now ends at this CLOCK_MONOTONIC time (ms); it only ever moves later.
+std::string keeper_lease(std::int64_t end_monotonic_ms);
 /// Writes messages to the keeper; non-blocking, best effort.
 void keeper_write(int fd, const std::string& messages);
 

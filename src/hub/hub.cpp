@@ -224,6 +224,13 @@ std::int64_t Hub::run_timeout_of(const Spec& spec) {
   return p.run_timeout_ms();
 }
 
+std::int64_t Hub::lease_ms(bool stdio) const {
+  // An agent notices a silent link after 4 heartbeat intervals, then tries to reconnect for the
+  // window (an ssh link cannot reconnect); its newest echoed heartbeat may be an interval older.
+  std::int64_t detect = std::max(config_.heartbeat_deadline_ms, 4 * config_.heartbeat_interval_ms);
+  return detect + config_.heartbeat_interval_ms + (stdio ? 0 : config_.agent_reconnect_window_ms);
+}
+
 bool Hub::may_retry(const Job& job, bool failure) const {
   const Spec& spec = specs_[job.spec - 1];
   std::uint32_t used = job.lost_count + job.fail_count;
@@ -330,8 +337,10 @@ Result<void> Hub::load(store::LoadedState state) {
       groups_by_name_[g.name].push_back(g.id);
     next_group_id_ = std::max(next_group_id_, g.id + 1);
   }
+  // Agents from before the restart last heard from the old hub: their leases end at the latest
+  // one lease from now.
   std::int64_t now_mono = clock_.monotonic_ms();
-  std::int64_t deadline = now_mono + config_.agent_reconnect_window_ms + kReconnectMarginMs;
+  std::int64_t deadline = now_mono + lease_ms(false) + kReconnectMarginMs;
   for (auto& a : state.agents) {
     next_agent_id_ = std::max(next_agent_id_, a.id + 1);
     Agent agent;
@@ -438,7 +447,7 @@ Result<void> Hub::load(store::LoadedState state) {
   if (!state.jobs.empty())
     log::info("loaded {} jobs ({} queued, {} on {} agents expected to reconnect within {})",
               state.jobs.size(), scheduler_.queued(), waiting, agents_waiting,
-              format_duration_ms(config_.agent_reconnect_window_ms + kReconnectMarginMs));
+              format_duration_ms(lease_ms(false) + kReconnectMarginMs));
   // Pilots that were still starting when the hub stopped have no agents coming back.
   for (auto& [id, p] : pilots_)
     update_pilot_state(p);
@@ -650,8 +659,9 @@ void Hub::tick() {
     if (!a.peer && a.reconnect_deadline > 0 && now >= a.reconnect_deadline)
       expired.push_back(id);
   for (auto id : expired)
-    agent_gone(id, fmt::format("it did not reconnect within {}",
-                               format_duration_ms(config_.agent_reconnect_window_ms +
+    agent_gone(id, fmt::format("it did not come back within its lease ({}), after which its "
+                               "keeper has ended its jobs",
+                               format_duration_ms(lease_ms(agents_.at(id).stdio) +
                                                   kReconnectMarginMs)));
   // Queue timeouts.
   std::int64_t wall = clock_.now_ms();
@@ -2006,6 +2016,7 @@ void Hub::finish_registration(const std::shared_ptr<Peer>& peer,
   r->set_output_credit(config_.output_credit);
   r->set_reconnect_window_ms(config_.agent_reconnect_window_ms);
   r->set_kill_grace_ms(config_.kill_grace_ms);
+  r->set_lease_ms(lease_ms(agents_.at(id).stdio));
   for (auto k : kill)
     r->add_kill_jobs(k);
   peer->send(env);
@@ -2188,7 +2199,7 @@ void Hub::on_agent_closed(const std::shared_ptr<Peer>& peer, const Error& reason
   a.peer.reset();
   scheduler_.remove_node(id);
   bool process_dead = a.local && (dead_pids_.contains(a.pid) || !launcher_.process_alive(a.pid));
-  if (goodbye || stopping_ || process_dead || a.stdio) {
+  if (goodbye || stopping_ || process_dead || (a.stdio && a.jobs.empty() && a.held.empty())) {
     agent_gone(id,
                goodbye        ? "it shut down"
                : process_dead ? "its process died"
@@ -2197,11 +2208,14 @@ void Hub::on_agent_closed(const std::shared_ptr<Peer>& peer, const Error& reason
                goodbye || stopping_);
     return;
   }
-  a.reconnect_deadline = clock_.monotonic_ms() + config_.agent_reconnect_window_ms + kReconnectMarginMs;
+  // Never two live copies: the agent's keeper ends it and its jobs one lease after the newest
+  // heartbeat of its that we received, unless it renews the lease with us; so its jobs are
+  // requeued only after that, plus a margin for the kill (docs/architecture.md §5).
+  std::int64_t wait = lease_ms(a.stdio) + kReconnectMarginMs - peer->silent_ms();
+  a.reconnect_deadline = clock_.monotonic_ms() + wait;
   log::warn("agent {} ({}) disconnected: {}; its {} jobs keep their state until it reconnects "
             "(within {})",
-            id.value, a.node, reason.to_string(), a.jobs.size(),
-            format_duration_ms(config_.agent_reconnect_window_ms + kReconnectMarginMs));
+            id.value, a.node, reason.to_string(), a.jobs.size(), format_duration_ms(wait));
   if (auto p = pilots_.find(a.pilot); p != pilots_.end())
     update_pilot_state(p->second);
 }

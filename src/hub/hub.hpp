@@ -224,6 +224,8 @@ private:
   /// The agent is gone for good. `orderly`: it left on purpose (goodbye, the hub stopping), so
   /// what it never reported started did not start.
   void agent_gone(AgentId id, const std::string& why, bool orderly = false);
+  /// How long an agent's keeper lets it live without a heartbeat the hub received.
+  std::int64_t lease_ms(bool stdio) const;
   scheduler::NodeInfo node_info(const Agent& agent) const;
   /// Adds the agent to the scheduler with its current launch-queue depth.
   void schedule_on(const Agent& agent);

@@ -4,6 +4,7 @@
 #pragma once
 
 #include <cstddef>
+#include <cstdint>
 #include <functional>
 #include <string>
 
@@ -25,6 +26,8 @@ public:
   /// Runs `fn` once (later, never from inside this call) when what is queued has been written
   /// or the connection closed.
   virtual void when_drained(std::function<void()> fn) = 0;
+  /// Milliseconds since the last frame arrived from the peer (heartbeats included).
+  virtual std::int64_t silent_ms() const = 0;
   /// For logs: the transport and the peer's name.
   virtual std::string describe() const = 0;
 };

@@ -40,6 +40,7 @@ public:
   bool closed() const override { return false; }
   std::size_t queued_bytes() const override { return 0; }
   void when_drained(std::function<void()> fn) override { fn(); }
+  std::int64_t silent_ms() const override { return 0; }
   std::string describe() const override { return "config.toml"; }
 
 private:

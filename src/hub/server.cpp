@@ -41,6 +41,7 @@ public:
   bool closed() const override { return link_->closed(); }
   std::size_t queued_bytes() const override { return link_->queued_bytes(); }
   void when_drained(std::function<void()> fn) override { link_->when_drained(std::move(fn)); }
+  std::int64_t silent_ms() const override { return link_->silent_ms(); }
   std::string describe() const override {
     return name_.empty() ? link_->peer() : fmt::format("{} ({})", name_, link_->peer());
   }

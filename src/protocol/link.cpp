@@ -90,8 +90,11 @@ Awaitable<Result<pb::Envelope>> Link::receive() {
     switch (decoder_.next(env, error)) {
     case protocol::FrameDecoder::Status::Frame:
       last_received_ms_ = steady_ms();
-      if (env.has_heartbeat())
+      if (env.has_heartbeat()) {
+        peer_sent_ms_ = std::max(peer_sent_ms_, env.heartbeat().sent_ms());
+        echoed_ms_ = std::max(echoed_ms_, std::min(env.heartbeat().echo_ms(), last_heartbeat_ms_));
         continue;
+      }
       co_return std::move(env);
     case protocol::FrameDecoder::Status::Error:
       close(error.with_context(peer_));
@@ -227,6 +230,8 @@ void Link::close(const Error& reason) {
   heartbeat_timer_.cancel();
 }
 
+std::int64_t Link::silent_ms() const { return steady_ms() - last_received_ms_; }
+
 void Link::start_heartbeat(std::int64_t interval_ms, std::int64_t deadline_ms) {
   if (interval_ms <= 0)
     return;
@@ -255,10 +260,13 @@ Awaitable<void> Link::heartbeat_loop(std::int64_t interval_ms, std::int64_t dead
                        peer_));
       break;
     }
-    if (now - last_sent_ms_ >= interval_ms && pending_.empty() && writing_.empty()) {
+    // Every interval, busy or not: the echo in it is what renews an agent's lease.
+    if (now - last_heartbeat_ms_ >= interval_ms) {
       pb::Envelope hb;
-      hb.mutable_heartbeat();
+      hb.mutable_heartbeat()->set_sent_ms(now);
+      hb.mutable_heartbeat()->set_echo_ms(peer_sent_ms_);
       send(hb);
+      last_heartbeat_ms_ = now;
       last_sent_ms_ = now;
     }
   }

@@ -75,6 +75,11 @@ public:
   void start_heartbeat(std::int64_t interval_ms, std::int64_t deadline_ms);
 
   const std::string& peer() const { return peer_; }
+  /// Milliseconds since the last frame from the peer (heartbeats included).
+  std::int64_t silent_ms() const;
+  /// The newest of this side's heartbeat times (steady_ms) that the peer has echoed: the peer had
+  /// received everything sent up to then (0: none yet).
+  std::int64_t echoed_ms() const { return echoed_ms_; }
 
 private:
   Awaitable<void> write_loop();
@@ -97,6 +102,9 @@ private:
   Error close_reason_;
   std::int64_t last_received_ms_ = 0;
   std::int64_t last_sent_ms_ = 0;
+  std::int64_t last_heartbeat_ms_ = 0;
+  std::int64_t peer_sent_ms_ = 0; ///< newest heartbeat time received from the peer (its clock)
+  std::int64_t echoed_ms_ = 0;
 };
 
 /// Connects to a unix socket.

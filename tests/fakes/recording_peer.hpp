@@ -24,6 +24,7 @@ public:
   bool closed() const override { return closed_; }
   std::size_t queued_bytes() const override { return queued; }
   void when_drained(std::function<void()> fn) override { drained.push_back(std::move(fn)); }
+  std::int64_t silent_ms() const override { return 0; }
   /// Pretends the queue was written: runs what waited for it.
   void drain() {
     queued = 0;

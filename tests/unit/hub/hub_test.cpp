@@ -42,6 +42,13 @@ protected:
     store_->start([this](std::function<void()> f) { asio::post(io_, std::move(f)); });
   }
 
+  /// When the hub requeues the jobs of an agent it last heard from now: after the agent's lease
+  /// (link deadline + one heartbeat interval + reconnect window) and a 5 s margin for the kill.
+  std::int64_t requeue_after_ms() const {
+    return std::max(config_.heartbeat_deadline_ms, 4 * config_.heartbeat_interval_ms) +
+           config_.heartbeat_interval_ms + config_.agent_reconnect_window_ms + 5'000;
+  }
+
   /// A restart: the hub object and its store go away (nothing more is written) and come back.
   void restart_hub() {
     settle();
@@ -326,9 +333,14 @@ TEST_F(HubTest, LostAgentsJobsAreRequeuedAndRunElsewhere) {
   agent_event(*a, a, job, pb::JobEvent::STARTED);
   hub_->on_agent_closed(a, make_error(ErrorCode::Unavailable, "connection closed"), false);
   settle();
-  // Not local, so the hub cannot know the agent died: it waits for a reconnect first.
+  // Not local, so the hub cannot know the agent died: it waits until the agent's keeper has
+  // certainly ended it (one lease after the last frame heard) plus the kill margin.
   EXPECT_EQ(state(job), JobState::Running);
-  clock_.advance(config_.agent_reconnect_window_ms + 10'000);
+  clock_.advance(requeue_after_ms() - 1000);
+  hub_->tick_for_test();
+  settle();
+  EXPECT_EQ(state(job), JobState::Running);
+  clock_.advance(2000);
   hub_->tick_for_test();
   settle();
   EXPECT_EQ(state(job), JobState::Queued);
@@ -415,7 +427,11 @@ TEST_F(HubTest, RestartedHubGivesUpOnAgentsThatDoNotReturn) {
   agent_event(*a, a, job, pb::JobEvent::STARTED);
   restart_hub();
   EXPECT_EQ(state(job), JobState::Running);
-  clock_.advance(config_.agent_reconnect_window_ms + 10'000);
+  clock_.advance(requeue_after_ms() - 1000);
+  hub_->tick_for_test();
+  settle();
+  EXPECT_EQ(state(job), JobState::Running);
+  clock_.advance(2000);
   hub_->tick_for_test();
   settle();
   EXPECT_EQ(state(job), JobState::Queued);
