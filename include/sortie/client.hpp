@@ -168,7 +168,9 @@ public:
 
   Result<HubStatus> hub_status();
   /// Asks the hub to stop (it stops its local pilots and requeues what ran on them).
-  Result<void> stop_hub();
+  /// With `restart`, the hub exits without stopping its pilots: agents and their running jobs
+  /// carry on and reconnect to the next hub (`sortie hub restart`).
+  Result<void> stop_hub(bool restart = false);
 
   Result<PilotId> add_pilot(const PilotSpec& spec);
   Result<std::vector<PilotInfo>> pilots();

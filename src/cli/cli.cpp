@@ -210,7 +210,9 @@ int hub_start(const Globals& g, const HubStartArgs& a) {
   return kExitFailure;
 }
 
-int hub_stop(const Globals& g) {
+/// Stops the hub (or, with `restart`, makes it exit leaving its pilots running) and returns once
+/// its process is gone. The hub stops only after its agents ended their jobs and left.
+int hub_stop(const Globals& g, bool restart = false) {
   auto profile = resolve_profile(g.profile);
   if (!profile.ok())
     return fail(profile.error());
@@ -223,20 +225,21 @@ int hub_stop(const Globals& g) {
     return fail(client.error());
   }
   auto hf = read_hub_file(profile->hub_file());
-  if (auto r = client->stop_hub(); !r.ok())
+  if (auto r = client->stop_hub(restart); !r.ok())
     return fail(r.error());
   // Return once the process is gone, so `hub stop && hub start` works.
   if (hf.ok() && hf->pid > 0) {
-    auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(60);
+    auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(120);
     while (launch::pid_alive(hf->pid) && std::chrono::steady_clock::now() < deadline) {
       pollfd none{-1, 0, 0};
       ::poll(&none, 0, 20);
     }
     if (launch::pid_alive(hf->pid))
       return fail(make_error(ErrorCode::Timeout,
-                             fmt::format("the hub (pid {}) did not exit within 60 s", hf->pid)));
+                             fmt::format("the hub (pid {}) did not exit within 120 s", hf->pid)));
   }
-  std::printf("hub stopped for profile '%s'\n", profile->name.c_str());
+  if (!restart)
+    std::printf("hub stopped for profile '%s'\n", profile->name.c_str());
   return kExitOk;
 }
 
@@ -1094,8 +1097,17 @@ int run(int argc, char** argv) {
   hub_start_cmd->add_option("--ready-fd", start_args.ready_fd)->group("");
   hub_start_cmd->add_option("--log-file", start_args.log_file)->group("");
   hub_start_cmd->callback([&] { action = [&] { return hub_start(g, start_args); }; });
-  hub->add_subcommand("stop", "stop the hub, its local pilots and their jobs (they are requeued)")
+  hub->add_subcommand("stop", "stop the hub and its pilots; returns once their jobs have ended "
+                             "(they are requeued, counting a lost attempt)")
       ->callback([&] { action = [&] { return hub_stop(g); }; });
+  hub->add_subcommand("restart", "restart the hub while its pilots and running jobs carry on "
+                                "(ssh pilots end: the hub carries their links)")
+      ->callback([&] {
+        action = [&] {
+          int r = hub_stop(g, true);
+          return r != kExitOk ? r : hub_start(g, start_args);
+        };
+      });
   bool status_json_flag = false;
   auto* st = hub->add_subcommand("status", "show whether the hub runs and what it holds");
   st->add_flag("--json", status_json_flag, "print JSON");

@@ -413,9 +413,9 @@ Result<HubStatus> Client::hub_status() {
   return out;
 }
 
-Result<void> Client::stop_hub() {
+Result<void> Client::stop_hub(bool restart) {
   pb::Envelope env;
-  env.mutable_hub_stop();
+  env.mutable_hub_stop()->set_restart(restart);
   SORTIE_ASSIGN_OR_RETURN(reply, impl_->call(env));
   return ok_result();
 }

@@ -38,6 +38,8 @@ constexpr std::size_t kLogsChunk = 1u << 20;    // bytes per output read
 constexpr std::size_t kFollowerWindow = 4u << 20; // output queued for one follower at most
 constexpr std::uint64_t kMaxJobsPerSubmit = 10'000'000;
 constexpr std::int64_t kReconnectMarginMs = 5'000;
+// A stopping hub waits this long past kill_grace for its agents to end their jobs and leave.
+constexpr std::int64_t kShutdownMarginMs = 10'000;
 constexpr std::int64_t kMaxDurationMs = 10LL * 366 * 24 * 3600 * 1000; // 10 years
 constexpr std::uint64_t kMaxMemoryBytes = 1ULL << 50;                   // 1 PiB
 // With launch_queue = auto, an agent holds about this much queued work per slot: enough to
@@ -658,11 +660,13 @@ void Hub::tick() {
   for (const auto& [id, a] : agents_)
     if (!a.peer && a.reconnect_deadline > 0 && now >= a.reconnect_deadline)
       expired.push_back(id);
-  for (auto id : expired)
-    agent_gone(id, fmt::format("it did not come back within its lease ({}), after which its "
+  for (auto id : expired) {
+    const Agent& a = agents_.at(id);
+    agent_gone(id, fmt::format("{}{}it did not come back within its lease ({}), after which its "
                                "keeper has ended its jobs",
-                               format_duration_ms(lease_ms(agents_.at(id).stdio) +
-                                                  kReconnectMarginMs)));
+                               a.away_reason, a.away_reason.empty() ? "" : "; ",
+                               format_duration_ms(lease_ms(a.stdio) + kReconnectMarginMs)));
+  }
   // Queue timeouts.
   std::int64_t wall = clock_.now_ms();
   while (!queue_deadlines_.empty() && queue_deadlines_.top().first <= wall) {
@@ -922,9 +926,10 @@ void Hub::on_client_frame(const std::shared_ptr<Peer>& peer, pb::Envelope& env) 
     pb::Envelope ok;
     ok.mutable_ok();
     send_to(peer, ok, rid);
-    log::info("stop requested by {}", peer->describe());
+    bool restart = env.hub_stop().restart();
+    log::info("{} requested by {}", restart ? "restart" : "stop", peer->describe());
     if (on_stop_requested)
-      on_stop_requested();
+      on_stop_requested(restart);
     return;
   }
   case pb::Envelope::kPilotAdd:
@@ -2109,12 +2114,9 @@ void Hub::apply_finished(Agent& agent, const pb::JobEvent& ev) {
   job->has_signal = ev.has_signal();
   job->signal = static_cast<std::int16_t>(ev.signal());
   if (ev.killed() && !job->cancel_requested) {
-    // Killed by its agent's shutdown (pilot cancelled, hub stopping), not by the user: run it
-    // again elsewhere.
-    job->reason = fmt::format("its agent {} shut down", agent.node);
-    requeue(*job, true);
-    followers_attempt_ended(*job);
-    return;
+    // Killed by its agent's shutdown (pilot cancelled or past its walltime, hub stopping), not
+    // by the user: a lost attempt, run again elsewhere while retries remain.
+    return job_lost(*job, fmt::format("its agent {} shut down", agent.node));
   }
   const Spec& spec = specs_[job->spec - 1];
   JobState to;
@@ -2213,6 +2215,7 @@ void Hub::on_agent_closed(const std::shared_ptr<Peer>& peer, const Error& reason
   // requeued only after that, plus a margin for the kill (docs/architecture.md §5).
   std::int64_t wait = lease_ms(a.stdio) + kReconnectMarginMs - peer->silent_ms();
   a.reconnect_deadline = clock_.monotonic_ms() + wait;
+  a.away_reason = a.stdio ? fmt::format("its ssh link ended: {}", reason.message) : reason.message;
   log::warn("agent {} ({}) disconnected: {}; its {} jobs keep their state until it reconnects "
             "(within {})",
             id.value, a.node, reason.to_string(), a.jobs.size(), format_duration_ms(wait));
@@ -2290,40 +2293,89 @@ void Hub::agent_gone(AgentId id, const std::string& why, bool orderly) {
 // -------------------------------------------------------------------------------------------
 // Shutdown
 
-void Hub::shutdown(std::function<void()> done) {
+void Hub::shutdown(std::function<void()> done, bool restart) {
   if (stopping_)
     return;
   stopping_ = true;
   tick_timer_.cancel();
-  // Jobs on agents go back to the queue: they run again when pilots come back.
-  std::vector<AgentId> ids;
-  for (auto& [id, a] : agents_)
-    if (a.peer || a.reconnect_deadline > 0)
-      ids.push_back(id);
-  for (auto id : ids) {
-    Agent& a = agents_.at(id);
+  for (auto& w : waiters_)
+    w->peer->close_with_error(make_error(ErrorCode::Unavailable, "the hub is stopping"));
+  waiters_.clear();
+  if (restart) {
+    // As after a crash, but with everything flushed: pilots, agents and jobs carry on, and the
+    // next hub takes them back without requeueing anything.
+    log::info("restarting: pilots and their running jobs carry on");
+    batch().on_commit.push_back([done = std::move(done)](const Result<void>&) { done(); });
+    flush();
+    return;
+  }
+  // Agents kill their jobs (SIGTERM, SIGKILL after kill_grace), report them and say goodbye;
+  // the jobs that ran count a lost attempt and go back to the queue. Agents that are away now
+  // cannot be told: their leases end them.
+  std::vector<AgentId> away;
+  for (auto& [id, a] : agents_) {
     if (a.peer) {
       pb::Envelope env;
       env.mutable_shutdown()->set_reason("the hub is stopping");
       a.peer->send(env);
-      a.peer->close_with_error(make_error(ErrorCode::Unavailable, "the hub is stopping"));
+    } else if (a.reconnect_deadline > 0) {
+      away.push_back(id);
     }
-    agent_gone(id, "the hub stopped", true);
   }
+  for (auto id : away)
+    agent_gone(id, "the hub stopped", true);
   for (auto& [id, p] : pilots_) {
     launcher_.cancel(launch::Allocation{p.pids});
     if (auto d = drivers_.find(id); d != drivers_.end())
       d->second->cancel();
+  }
+  shutdown_done_ = std::move(done);
+  shutdown_deadline_ = clock_.monotonic_ms() + config_.kill_grace_ms + kShutdownMarginMs;
+  shutdown_step();
+}
+
+bool Hub::agents_stopped() const {
+  for (const auto& [id, a] : agents_)
+    if (a.peer || (a.local && !dead_pids_.contains(a.pid) && launcher_.process_alive(a.pid)))
+      return false;
+  for (const auto& [id, p] : pilots_)
+    for (int pid : p.pids)
+      if (!dead_pids_.contains(pid) && launcher_.process_alive(pid))
+        return false;
+  return true;
+}
+
+void Hub::shutdown_step() {
+  if (!agents_stopped() && clock_.monotonic_ms() < shutdown_deadline_) {
+    // Polled: agents' goodbyes and exits arrive on their own, and a stop is rare.
+    tick_timer_.expires_after(std::chrono::milliseconds(20));
+    tick_timer_.async_wait([this, alive = alive_](error_code) {
+      if (*alive)
+        shutdown_step();
+    });
+    return;
+  }
+  std::vector<AgentId> left;
+  for (auto& [id, a] : agents_)
+    if (a.peer || a.reconnect_deadline > 0)
+      left.push_back(id);
+  if (!left.empty())
+    log::warn("{} agents did not stop within {}; their keepers end their jobs", left.size(),
+              format_duration_ms(config_.kill_grace_ms + kShutdownMarginMs));
+  for (auto id : left) {
+    Agent& a = agents_.at(id);
+    if (a.peer)
+      a.peer->close_with_error(make_error(ErrorCode::Unavailable, "the hub is stopping"));
+    agent_gone(id, "the hub stopped", true);
+  }
+  for (auto& [id, p] : pilots_) {
     p.batch_alive = false;
     if (p.state != "ended" && p.state != "failed" && p.state != "cancelled") {
       p.reason = "the hub stopped";
       update_pilot_state(p);
     }
   }
-  for (auto& w : waiters_)
-    w->peer->close_with_error(make_error(ErrorCode::Unavailable, "the hub is stopping"));
-  waiters_.clear();
-  batch().on_commit.push_back([done = std::move(done)](const Result<void>&) { done(); });
+  batch().on_commit.push_back([done = std::move(shutdown_done_)](const Result<void>&) { done(); });
   flush();
 }
 

@@ -111,6 +111,7 @@ struct Agent {
   std::unordered_set<JobId> held; ///< MPI jobs run by another node that hold slots here
   std::uint64_t credit_owed = 0;  ///< output bytes written but not yet credited back
   std::int64_t reconnect_deadline = 0; ///< monotonic ms; while disconnected
+  std::string away_reason;             ///< why its link ended, while disconnected
   bool local = false; ///< started by this hub's local launcher on this machine
   bool stdio = false; ///< its link is an ssh session the hub started: it cannot reconnect
   double runtime_ms = -1; ///< moving average of its jobs' run times (-1: none yet)
@@ -179,15 +180,17 @@ public:
   /// A process started by the local launcher exited (from the hub's SIGCHLD handler).
   void on_local_process_exit(int pid, int status);
 
-  /// Called when a client asked the hub to stop; the server then calls shutdown().
-  std::function<void()> on_stop_requested;
+  /// Called when a client asked the hub to stop (or restart); the server then calls shutdown().
+  std::function<void(bool restart)> on_stop_requested;
   /// Set by the server: runs an agent session over a remote pilot's ssh pipes, authenticated
   /// with `key` instead of the profile's token.
   std::function<void(std::unique_ptr<net::ByteStream>, std::string key)> on_agent_link;
   /// Set by the server: where drivers wait for the commands they run.
   launch::ChildWatch* child_watch = nullptr;
-  /// Stops local agents, requeues what ran on them, flushes the store, then runs `done`.
-  void shutdown(std::function<void()> done);
+  /// Stops every pilot's agents and waits (at most kill_grace + 10 s) until their jobs have
+  /// ended and they left; what ran counts a lost attempt and is requeued. Then flushes the store
+  /// and runs `done`. With `restart`, only flushes: pilots, agents and jobs carry on.
+  void shutdown(std::function<void()> done, bool restart = false);
 
   HubStats stats() const;
   const HubConfig& config() const { return config_; }
@@ -393,6 +396,9 @@ private:
   asio::steady_timer tick_timer_;
   bool stopping_ = false;
   std::function<void()> shutdown_done_;
+  std::int64_t shutdown_deadline_ = 0; ///< monotonic ms
+  bool agents_stopped() const;
+  void shutdown_step();
 };
 
 } // namespace sortie::hub

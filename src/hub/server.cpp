@@ -115,7 +115,7 @@ public:
 
   void run(Hub& hub) {
     hub_ = &hub;
-    hub.on_stop_requested = [this] { stop(); };
+    hub.on_stop_requested = [this](bool restart) { stop(restart); };
     hub.on_agent_link = [this](std::unique_ptr<net::ByteStream> stream, std::string key) {
       if (!stopping_)
         spawn_session(std::move(stream), std::move(key));
@@ -126,11 +126,11 @@ public:
     watch_children();
   }
 
-  void stop() {
+  void stop(bool restart = false) {
     if (stopping_)
       return;
     stopping_ = true;
-    log::info("stopping");
+    log::info("{}", restart ? "restarting" : "stopping");
     error_code ignored;
     tcp_.close(ignored);
     unix_.close(ignored);
@@ -140,7 +140,7 @@ public:
         if (auto l = w.lock())
           l->close_after_flush(make_error(ErrorCode::Unavailable, "the hub stopped"));
       asio::co_spawn(io_, drain(), asio::detached);
-    });
+    }, restart);
   }
 
 private:
