@@ -321,6 +321,9 @@ private:
     const auto& reg = reply->agent_registered();
     bool first = agent_id_ == 0;
     agent_id_ = reg.agent_id();
+    if (!reg.session_key().empty())
+      session_key_ = reg.session_key();
+    epoch_ = reg.epoch();
     reconnect_window_ms_ = reg.reconnect_window_ms() > 0 ? reg.reconnect_window_ms() : 60'000;
     if (reg.kill_grace_ms() > 0)
       kill_grace_ms_ = reg.kill_grace_ms();
@@ -382,6 +385,8 @@ private:
     pb::Envelope env;
     auto* r = env.mutable_agent_register();
     r->set_agent_id(agent_id_);
+    if (agent_id_ != 0 && !session_key_.empty())
+      r->set_session_proof(protocol::agent_session_proof(session_key_, agent_id_, epoch_));
     r->set_pilot_id(options_.pilot);
     r->set_node_name(options_.node_name);
     r->set_hostname(hostname_);
@@ -1170,6 +1175,8 @@ private:
   std::uint64_t agent_id_ = 0;
   std::int64_t reconnect_window_ms_ = 60'000;
   std::int64_t lease_ms_ = 0;        ///< from the hub; 0: no lease (an older hub)
+  std::string session_key_;          ///< proves our reconnects (from the first registration)
+  std::uint64_t epoch_ = 0;          ///< of our last registration
   std::int64_t heartbeat_ms_ = 5000; ///< the hub's heartbeat interval
   Error last_error_;
 

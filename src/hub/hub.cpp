@@ -1,5 +1,6 @@
 // SPDX-License-Identifier: Apache-2.0
 #include "hub/hub.hpp"
+#include "protocol/auth.hpp"
 
 #include <malloc.h>
 #include <sys/wait.h>
@@ -226,6 +227,11 @@ std::int64_t Hub::run_timeout_of(const Spec& spec) {
   return p.run_timeout_ms();
 }
 
+store::AgentRow Hub::agent_row(const Agent& a, bool connected) const {
+  return {a.id.value, a.pilot.value, a.node,        a.hostname,    a.pid,  a.slots,
+          a.label,    connected,     a.registered_ms, a.session_key, a.epoch};
+}
+
 std::int64_t Hub::lease_ms(bool stdio) const {
   // An agent notices a silent link after 4 heartbeat intervals, then tries to reconnect for the
   // window (an ssh link cannot reconnect); its newest echoed heartbeat may be an interval older.
@@ -354,6 +360,8 @@ Result<void> Hub::load(store::LoadedState state) {
     agent.slots = a.slots;
     agent.label = a.label;
     agent.registered_ms = a.registered_ms;
+    agent.session_key = a.session_key;
+    agent.epoch = a.epoch;
     agent.reconnect_deadline = a.connected ? deadline : 0;
     agents_.emplace(agent.id, std::move(agent));
   }
@@ -1826,8 +1834,28 @@ void Hub::on_agent_register(const std::shared_ptr<Peer>& peer,
   auto existing = agents_.find(AgentId(reg.agent_id()));
   if (reg.agent_id() != 0 && existing != agents_.end() &&
       (existing->second.peer || existing->second.reconnect_deadline > 0)) {
-    // A reconnect: after a network drop or a hub restart.
+    // A reconnect: after a network drop or a hub restart. Only the agent that registered holds
+    // its session key: anyone else with the profile's token cannot take its jobs over.
     Agent& a = existing->second;
+    // The proof names the epoch of the agent's last AgentRegistered; the one before is taken too,
+    // since a link can drop before that reply arrives.
+    auto proves = [&](std::uint64_t epoch) {
+      return epoch > 0 && protocol::proofs_equal(reg.session_proof(),
+                                                 protocol::agent_session_proof(
+                                                     a.session_key, a.id.value, epoch));
+    };
+    if (!a.session_key.empty() && !proves(a.epoch) && !proves(a.epoch - 1)) {
+      log::warn("refused a reconnect as agent {} ({}) from {}: its session proof for epoch {} is "
+                "wrong (an old session or an impostor)",
+                a.id.value, a.node, peer->describe(), a.epoch);
+      peer->close_with_error(make_error(
+          ErrorCode::PermissionDenied,
+          fmt::format("agent {} is registered to another session: this is an old or foreign "
+                      "session; start a new agent instead (it registers with a new id)",
+                      a.id.value)));
+      return;
+    }
+    ++a.epoch;
     if (a.peer) {
       agent_by_peer_.erase(a.peer.get());
       a.peer->close_with_error(make_error(ErrorCode::AlreadyExists,
@@ -1884,8 +1912,7 @@ void Hub::on_agent_register(const std::shared_ptr<Peer>& peer,
               peer->describe());
     std::uint64_t seq = reg.unacked().seq();
     AgentId id = a.id;
-    batch().agents.push_back({id.value, a.pilot.value, a.node, a.hostname, a.pid, a.slots, a.label,
-                              true, a.registered_ms});
+    batch().agents.push_back(agent_row(a, true));
     batch().on_commit.push_back([this, alive = alive_, peer, id, kill, seq](const Result<void>& r) {
       if (!*alive || peer->closed())
         return;
@@ -1944,10 +1971,11 @@ void Hub::on_agent_register(const std::shared_ptr<Peer>& peer,
   ::gethostname(host, sizeof host - 1);
   a.local = !stdio && (pilot_by_pid_.contains(a.pid) || (a.hostname == host && a.pid > 0));
   a.stdio = stdio;
+  a.session_key = protocol::random_bytes(32);
+  a.epoch = 1;
   AgentId id = a.id;
   agent_by_peer_[peer.get()] = id;
-  batch().agents.push_back({id.value, a.pilot.value, a.node, a.hostname, a.pid, a.slots, a.label,
-                            true, a.registered_ms});
+  batch().agents.push_back(agent_row(a, true));
   agents_.emplace(id, std::move(a));
   log::info("agent {} registered: node {}, {} slots{}, pilot {}, from {}", id.value,
             reg.node_name(), reg.slots(), reg.label().empty() ? "" : ", label " + reg.label(),
@@ -2021,7 +2049,10 @@ void Hub::finish_registration(const std::shared_ptr<Peer>& peer,
   r->set_output_credit(config_.output_credit);
   r->set_reconnect_window_ms(config_.agent_reconnect_window_ms);
   r->set_kill_grace_ms(config_.kill_grace_ms);
-  r->set_lease_ms(lease_ms(agents_.at(id).stdio));
+  const Agent& agent = agents_.at(id);
+  r->set_lease_ms(lease_ms(agent.stdio));
+  r->set_session_key(agent.session_key);
+  r->set_epoch(agent.epoch);
   for (auto k : kill)
     r->add_kill_jobs(k);
   peer->send(env);
@@ -2268,8 +2299,7 @@ void Hub::agent_gone(AgentId id, const std::string& why, bool orderly) {
     send_kill(*j, reason);
   }
   a.held.clear();
-  batch().agents.push_back({id.value, a.pilot.value, a.node, a.hostname, a.pid, a.slots, a.label,
-                            false, a.registered_ms});
+  batch().agents.push_back(agent_row(a, false));
   if (auto p = pilots_.find(a.pilot); p != pilots_.end()) {
     Pilot& pilot = p->second;
     pilot.agents.erase(id);

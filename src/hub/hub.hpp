@@ -112,6 +112,8 @@ struct Agent {
   std::uint64_t credit_owed = 0;  ///< output bytes written but not yet credited back
   std::int64_t reconnect_deadline = 0; ///< monotonic ms; while disconnected
   std::string away_reason;             ///< why its link ended, while disconnected
+  std::string session_key;             ///< a reconnect must prove it holds this
+  std::uint64_t epoch = 0;             ///< registrations so far; the next proof names this one
   bool local = false; ///< started by this hub's local launcher on this machine
   bool stdio = false; ///< its link is an ssh session the hub started: it cannot reconnect
   double runtime_ms = -1; ///< moving average of its jobs' run times (-1: none yet)
@@ -227,6 +229,7 @@ private:
   /// The agent is gone for good. `orderly`: it left on purpose (goodbye, the hub stopping), so
   /// what it never reported started did not start.
   void agent_gone(AgentId id, const std::string& why, bool orderly = false);
+  store::AgentRow agent_row(const Agent& a, bool connected) const;
   /// How long an agent's keeper lets it live without a heartbeat the hub received.
   std::int64_t lease_ms(bool stdio) const;
   scheduler::NodeInfo node_info(const Agent& agent) const;

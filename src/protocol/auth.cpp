@@ -1,6 +1,8 @@
 // SPDX-License-Identifier: Apache-2.0
 #include "protocol/auth.hpp"
 
+#include <fmt/format.h>
+
 #include <openssl/crypto.h>
 #include <openssl/evp.h>
 #include <openssl/hmac.h>
@@ -45,6 +47,11 @@ std::string hub_proof(std::string_view key, std::string_view peer_nonce, std::st
   m += peer_nonce;
   m += hub_nonce;
   return hmac(key, m);
+}
+
+std::string agent_session_proof(std::string_view session_key, std::uint64_t agent_id,
+                                std::uint64_t epoch) {
+  return hmac(session_key, fmt::format("sortie agent {} epoch {}", agent_id, epoch));
 }
 
 std::string peer_proof(std::string_view key,

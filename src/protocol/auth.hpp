@@ -3,6 +3,7 @@
 // profile token with HMAC-SHA256 over fresh nonces; the token itself never crosses the wire.
 #pragma once
 
+#include <cstdint>
 #include <string>
 #include <string_view>
 
@@ -25,5 +26,8 @@ std::string peer_proof(std::string_view key,
                        std::string_view peer_nonce);
 /// Constant-time comparison.
 bool proofs_equal(std::string_view a, std::string_view b);
+/// A reconnecting agent's proof that it holds its session key (02-handshake.md §2.6).
+std::string agent_session_proof(std::string_view session_key, std::uint64_t agent_id,
+                                std::uint64_t epoch);
 
 } // namespace sortie::protocol

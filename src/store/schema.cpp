@@ -70,6 +70,11 @@ CREATE TABLE resources (
 );
 ALTER TABLE pilots ADD COLUMN batch_id TEXT NOT NULL DEFAULT '';
 )sql",
+      // 3 -> 4: each agent's session key and epoch (a reconnect must prove the key).
+      R"sql(
+ALTER TABLE agents ADD COLUMN session_key BLOB NOT NULL DEFAULT x'';
+ALTER TABLE agents ADD COLUMN epoch INTEGER NOT NULL DEFAULT 0;
+)sql",
   };
   return steps;
 }

@@ -268,8 +268,8 @@ struct Store::Impl {
                                "system_cpu_us=?11, max_rss_kib=?12, reason=?13, limits=?14, "
                                "gpus=?15 WHERE id=?1");
     upsert_agent = Statement(db, "INSERT OR REPLACE INTO agents(id, pilot_id, node, hostname, pid, "
-                                 "slots, label, connected, registered_ms) "
-                                 "VALUES(?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)");
+                                 "slots, label, connected, registered_ms, session_key, epoch) "
+                                 "VALUES(?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)");
     upsert_pilot = Statement(db, "INSERT OR REPLACE INTO pilots(id, spec, state, created_ms, "
                                  "ended_ms, reason, batch_id) VALUES(?1, ?2, ?3, ?4, ?5, ?6, ?7)");
     upsert_resource = Statement(db, "INSERT OR REPLACE INTO resources(name, spec) VALUES(?1, ?2)");
@@ -377,6 +377,8 @@ struct Store::Impl {
               .bind_text(7, a.label)
               .bind(8, a.connected ? 1 : 0)
               .bind(9, a.registered_ms)
+              .bind_blob(10, a.session_key)
+              .bind(11, a.epoch)
               .run() != SQLITE_OK)
         return sqlite_error(db, fmt::format("writing agent {}", a.id));
     for (const auto& p : b.pilots)
@@ -576,12 +578,13 @@ Result<LoadedState> Store::load() {
   }
   {
     Statement q(db, "SELECT id, pilot_id, node, hostname, pid, slots, label, connected, "
-                    "registered_ms FROM agents ORDER BY id");
+                    "registered_ms, session_key, epoch FROM agents ORDER BY id");
     while (q.step())
       s.agents.push_back({static_cast<std::uint64_t>(q.i64(0)),
                           static_cast<std::uint64_t>(q.i64(1)), q.text(2), q.text(3),
                           static_cast<int>(q.i64(4)), static_cast<std::uint32_t>(q.i64(5)),
-                          q.text(6), q.i64(7) != 0, q.i64(8)});
+                          q.text(6), q.i64(7) != 0, q.i64(8), q.text(9),
+                          static_cast<std::uint64_t>(q.i64(10))});
   }
   {
     Statement q(db, "SELECT id, spec, state, created_ms, ended_ms, reason, batch_id FROM pilots "

@@ -29,7 +29,7 @@
 namespace sortie::store {
 
 /// The newest schema this build writes (PRAGMA user_version).
-inline constexpr int kSchemaVersion = 3;
+inline constexpr int kSchemaVersion = 4;
 
 struct SpecRow {
   std::uint64_t id = 0;
@@ -88,6 +88,8 @@ struct AgentRow {
   std::string label;
   bool connected = false;
   std::int64_t registered_ms = 0;
+  std::string session_key; ///< proves a reconnecting agent is the one registered
+  std::uint64_t epoch = 0; ///< registrations of this agent so far
 };
 
 struct PilotRow {

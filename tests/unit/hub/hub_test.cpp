@@ -1,6 +1,7 @@
 // SPDX-License-Identifier: Apache-2.0
 // Hub handlers called directly: recording peers stand in for clients and agents, the store is a
 // real one in a temporary directory, the clock is manual. No sockets, no sleeps.
+#include <map>
 #include <gtest/gtest.h>
 
 #include <boost/asio/executor_work_guard.hpp>
@@ -12,6 +13,7 @@
 #include "fakes/recording_peer.hpp"
 #include "fakes/temp_dir.hpp"
 #include "hub/hub.hpp"
+#include "protocol/auth.hpp"
 
 namespace sortie::hub {
 namespace {
@@ -116,10 +118,23 @@ protected:
     for (auto& j : jobs)
       *reg.add_jobs() = j;
     *reg.mutable_unacked() = unacked;
+    // A reconnect proves the session key of the agent's last registration, as the agent does.
+    if (auto s = sessions_.find(agent_id); s != sessions_.end())
+      reg.set_session_proof(protocol::agent_session_proof(s->second.first, agent_id, s->second.second));
     hub_->on_agent_register(peer, reg);
     settle();
+    for (const auto& e : peer->sent)
+      if (e.has_agent_registered()) {
+        auto& r = e.agent_registered();
+        auto& session = sessions_[r.agent_id()];
+        if (!r.session_key().empty())
+          session.first = r.session_key();
+        session.second = r.epoch();
+      }
     return peer;
   }
+  /// Each agent's session key and epoch, from its registrations.
+  std::map<std::uint64_t, std::pair<std::string, std::uint64_t>> sessions_;
 
   static std::uint64_t agent_id_of(RecordingPeer& agent) {
     auto regs = agent.take(Body::kAgentRegistered);
@@ -641,6 +656,47 @@ TEST_F(HubRulesTest, AfterMustNameExistingJobs) {
   auto errors = client_->take(Body::kError);
   ASSERT_EQ(errors.size(), 1u);
   EXPECT_EQ(errors[0].error().message(), "--after 77: there is no job 77");
+}
+
+
+TEST_F(HubTest, AReconnectWithoutTheSessionKeyIsRefusedAndChangesNothing) {
+  auto job = submit(1);
+  auto a = register_agent("n1", 1);
+  auto id = agent_id_of(*a);
+  ASSERT_EQ(assigned(*a).size(), 1u);
+  agent_event(*a, a, job, pb::JobEvent::STARTED);
+  // Someone holding the profile's token, but not this agent's session key, claims its id.
+  auto impostor = std::make_shared<RecordingPeer>("impostor");
+  pb::AgentRegister reg;
+  reg.set_agent_id(id);
+  reg.set_node_name("n1");
+  reg.set_slots(1);
+  reg.set_session_proof(protocol::agent_session_proof("not the key", id, 1));
+  auto* j = reg.add_jobs();
+  j->set_job_id(job);
+  j->set_attempt(1);
+  j->set_started(true);
+  hub_->on_agent_register(impostor, reg);
+  settle();
+  EXPECT_TRUE(impostor->closed());
+  EXPECT_EQ(impostor->error.code, ErrorCode::PermissionDenied) << impostor->error.to_string();
+  // Its forged result is not taken; the real agent keeps its session and its job.
+  pb::Envelope forged;
+  auto* ev = forged.mutable_job_events()->add_events();
+  ev->set_job_id(job);
+  ev->set_attempt(1);
+  ev->set_kind(pb::JobEvent::FINISHED);
+  ev->set_exit_code(42);
+  hub_->on_agent_frame(impostor, forged);
+  settle();
+  EXPECT_FALSE(a->closed());
+  EXPECT_EQ(state(job), JobState::Running);
+  // The real agent, reconnecting with its key, is taken back.
+  hub_->on_agent_closed(a, make_error(ErrorCode::Unavailable, "dropped"), false);
+  auto back = register_agent("n1", 1, id, {j[0]});
+  EXPECT_FALSE(back->closed());
+  EXPECT_EQ(agent_id_of(*back), id);
+  EXPECT_EQ(state(job), JobState::Running);
 }
 
 } // namespace
