@@ -8,6 +8,7 @@
 #include <poll.h>
 #include <signal.h>
 #include <spawn.h>
+#include <sys/file.h>
 #include <sys/ioctl.h>
 #include <unistd.h>
 
@@ -15,6 +16,7 @@
 
 #include <chrono>
 #include <cstdio>
+#include <filesystem>
 #include <iostream>
 #include <thread>
 
@@ -34,6 +36,7 @@
 #include "hub/server.hpp"
 #include "launch/local_launcher.hpp"
 #include "sortie/client.hpp"
+#include "store/store.hpp"
 
 extern char** environ;
 
@@ -240,6 +243,79 @@ int hub_stop(const Globals& g, bool restart = false) {
   }
   if (!restart)
     std::printf("hub stopped for profile '%s'\n", profile->name.c_str());
+  return kExitOk;
+}
+
+/// `hub check [--recover]`: PRAGMA integrity_check of the profile's store, with the hub stopped;
+/// --recover copies what is readable into a new store and keeps the damaged one beside it.
+int hub_check(const Globals& g, bool recover) {
+  auto profile = resolve_profile(g.profile);
+  if (!profile.ok())
+    return fail(profile.error());
+  int lock = ::open(profile->lock_file().c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0600);
+  if (lock < 0 || ::flock(lock, LOCK_EX | LOCK_NB) != 0) {
+    if (lock >= 0)
+      ::close(lock);
+    return fail(make_error(ErrorCode::FailedPrecondition,
+                           fmt::format("the hub of profile '{}' is running: stop it first with "
+                                       "`sortie hub stop`",
+                                       profile->name)));
+  }
+  auto path = profile->store_file();
+  if (!std::filesystem::exists(path)) {
+    std::printf("profile '%s' has no store yet (%s)\n", profile->name.c_str(), path.c_str());
+    return kExitOk;
+  }
+  auto problems = store::check_store_file(path, 20);
+  if (!problems.ok())
+    return fail(problems.error());
+  if (problems->empty()) {
+    std::printf("%s is intact (PRAGMA integrity_check: ok)%s\n", path.c_str(),
+                recover ? "; nothing to recover" : "");
+    return kExitOk;
+  }
+  std::printf("%s is damaged:\n", path.c_str());
+  for (const auto& p : *problems)
+    std::printf("  %s\n", printable(p).c_str());
+  if (!recover) {
+    std::printf("`sortie hub check --recover` copies what is readable into a new store and keeps "
+                "the damaged one beside it.\n");
+    return kExitFailure;
+  }
+  auto fresh = path;
+  fresh += ".recovered";
+  std::filesystem::remove(fresh);
+  auto report = store::recover_store(path, fresh);
+  if (!report.ok())
+    return fail(report.error());
+  auto left = store::check_store_file(fresh, 5);
+  if (!left.ok() || !left->empty())
+    return fail(make_error(ErrorCode::Internal,
+                           fmt::format("the recovered store {} is not intact either; the damaged "
+                                       "one was left in place",
+                                       fresh.string())));
+  auto aside = path;
+  aside += fmt::format(".damaged-{}", wall_now_ms() / 1000);
+  for (const char* suffix : {"", "-wal", "-shm"}) {
+    auto from = path;
+    from += suffix;
+    auto to = aside;
+    to += suffix;
+    if (std::filesystem::exists(from))
+      std::filesystem::rename(from, to);
+  }
+  std::filesystem::rename(fresh, path);
+  for (const char* suffix : {"-wal", "-shm"}) {
+    auto extra = fresh;
+    extra += suffix;
+    std::filesystem::remove(extra);
+  }
+  std::printf("recovered into %s (the damaged store is now %s):\n", path.c_str(), aside.c_str());
+  for (const auto& t : report->tables)
+    std::printf("  %-10s %llu rows copied, %llu unreadable\n", t.name.c_str(),
+                static_cast<unsigned long long>(t.copied),
+                static_cast<unsigned long long>(t.unreadable));
+  std::printf("Jobs whose rows were unreadable are gone; start the hub to carry on.\n");
   return kExitOk;
 }
 
@@ -1108,6 +1184,11 @@ int run(int argc, char** argv) {
           return r != kExitOk ? r : hub_start(g, start_args);
         };
       });
+  bool recover_flag = false;
+  auto* check = hub->add_subcommand("check", "check the store's integrity (the hub must be stopped)");
+  check->add_flag("--recover", recover_flag,
+                  "copy what is readable into a new store; the damaged one is kept beside it");
+  check->callback([&] { action = [&] { return hub_check(g, recover_flag); }; });
   bool status_json_flag = false;
   auto* st = hub->add_subcommand("status", "show whether the hub runs and what it holds");
   st->add_flag("--json", status_json_flag, "print JSON");

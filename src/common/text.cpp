@@ -76,6 +76,19 @@ std::string format_duration_ms(std::int64_t ms) {
   return fmt::format("{}d{:02}h", h / 24, h % 24);
 }
 
+std::string printable(std::string_view text) {
+  std::string out;
+  out.reserve(text.size());
+  for (char c : text) {
+    auto u = static_cast<unsigned char>(c);
+    if (u < 0x20 || u == 0x7f)
+      out += fmt::format("\\x{:02x}", u);
+    else
+      out.push_back(c);
+  }
+  return out;
+}
+
 Result<std::uint64_t> parse_size_bytes(std::string_view text) {
   std::string_view t = trim(text);
   size_t i = 0;

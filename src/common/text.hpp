@@ -19,6 +19,9 @@ Result<std::int64_t> parse_duration_ms(std::string_view text);
 std::string format_duration_ms(std::int64_t ms);
 /// Parses "512", "64K", "4G", "1.5T" (binary units; a trailing "B" or "iB" is accepted).
 Result<std::uint64_t> parse_size_bytes(std::string_view text);
+/// `text` safe to print on a terminal: control characters (escape sequences among them) become
+/// \xNN, so a job name or a reason cannot drive the terminal.
+std::string printable(std::string_view text);
 /// "1.5 GiB", "300 MiB", "12 KiB", "800 B".
 std::string format_size_bytes(std::uint64_t bytes);
 /// Parses a decimal integer; the whole text must be a number within [min, max].

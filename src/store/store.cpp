@@ -7,12 +7,15 @@
 #include <unistd.h>
 
 #include <atomic>
+#include <algorithm>
 #include <chrono>
 #include <condition_variable>
 #include <cstring>
 #include <deque>
+#include <limits>
 #include <list>
 #include <mutex>
+#include <optional>
 #include <thread>
 #include <unordered_map>
 #include <variant>
@@ -72,8 +75,13 @@ public:
     sqlite3_reset(stmt_);
     return rc == SQLITE_DONE ? SQLITE_OK : rc;
   }
-  bool step() { return sqlite3_step(stmt_) == SQLITE_ROW; }
+  bool step() {
+    rc_ = sqlite3_step(stmt_);
+    return rc_ == SQLITE_ROW;
+  }
   void reset() { sqlite3_reset(stmt_); }
+  /// The last step() ended in an error (a damaged page, an I/O error), not at the last row.
+  bool failed() const { return rc_ != SQLITE_ROW && rc_ != SQLITE_DONE; }
 
   std::int64_t i64(int col) const { return sqlite3_column_int64(stmt_, col); }
   bool is_null(int col) const { return sqlite3_column_type(stmt_, col) == SQLITE_NULL; }
@@ -84,6 +92,7 @@ public:
 
 private:
   sqlite3_stmt* stmt_ = nullptr;
+  int rc_ = SQLITE_DONE;
 };
 
 std::string encode_history(const std::vector<StateChange>& h) {
@@ -162,6 +171,55 @@ Result<sqlite3*> open_db(const std::filesystem::path& path) {
   }
   ::chmod(path.c_str(), 0600);
   return db;
+}
+
+Error damaged(const std::filesystem::path& path, const std::string& what) {
+  return make_error(ErrorCode::FailedPrecondition,
+                    fmt::format("{} is damaged ({}); the hub does not start on a damaged store, "
+                                "so that nothing acknowledged is silently lost. `sortie hub check` "
+                                "shows the damage; `sortie hub check --recover` copies what is "
+                                "readable into a new store and keeps the damaged one beside it",
+                                path.string(), what));
+}
+
+/// Runs PRAGMA quick_check or integrity_check; the problems it reports (at most `limit` lines).
+std::vector<std::string> integrity_problems(sqlite3* db, const char* pragma, int limit) {
+  std::vector<std::string> out;
+  sqlite3_stmt* stmt = nullptr;
+  std::string sql = fmt::format("PRAGMA {}({})", pragma, limit);
+  if (sqlite3_prepare_v2(db, sql.c_str(), -1, &stmt, nullptr) != SQLITE_OK) {
+    out.push_back(sqlite3_errmsg(db));
+    return out;
+  }
+  int rc;
+  while ((rc = sqlite3_step(stmt)) == SQLITE_ROW) {
+    const auto* line = reinterpret_cast<const char*>(sqlite3_column_text(stmt, 0));
+    std::string text = line ? line : "";
+    // One row may hold several problems, a line each.
+    std::size_t start = 0;
+    while (start <= text.size() && text != "ok") {
+      std::size_t end = text.find('\n', start);
+      if (end == std::string::npos)
+        end = text.size();
+      if (end > start && static_cast<int>(out.size()) < limit)
+        out.push_back(text.substr(start, end - start));
+      start = end + 1;
+    }
+  }
+  if (rc != SQLITE_DONE)
+    out.push_back(sqlite3_errmsg(db));
+  sqlite3_finalize(stmt);
+  return out;
+}
+
+Result<void> check_intact(sqlite3* db, const std::filesystem::path& path, const char* pragma) {
+  auto problems = integrity_problems(db, pragma, 3);
+  if (problems.empty())
+    return ok_result();
+  std::string what = problems[0];
+  for (std::size_t i = 1; i < problems.size(); ++i)
+    what += "; " + problems[i];
+  return damaged(path, what);
 }
 
 /// Brings the schema to `target`, one migration per transaction.
@@ -523,9 +581,133 @@ Result<std::unique_ptr<Store>> Store::open(const Options& options) {
   SORTIE_TRY(exec(db, "PRAGMA locking_mode=EXCLUSIVE"));
   SORTIE_TRY(exec(db, "PRAGMA temp_store=MEMORY"));
   SORTIE_TRY(exec(db, "PRAGMA cache_size=-65536"));
+  SORTIE_TRY(check_intact(db, options.db_path, "quick_check"));
   SORTIE_TRY(migrate(db, options.db_path, kSchemaVersion));
   impl->prepare();
   return std::unique_ptr<Store>(new Store(std::move(impl)));
+}
+
+Result<std::vector<std::string>> check_store_file(const std::filesystem::path& db_path, int limit) {
+  sqlite3* db = nullptr;
+  if (sqlite3_open_v2(db_path.c_str(), &db, SQLITE_OPEN_READONLY, nullptr) != SQLITE_OK) {
+    std::string msg = db ? sqlite3_errmsg(db) : "out of memory";
+    sqlite3_close(db);
+    return make_error(ErrorCode::Io, fmt::format("cannot open {}: {}", db_path.string(), msg));
+  }
+  auto problems = integrity_problems(db, "integrity_check", limit);
+  sqlite3_close(db);
+  return problems;
+}
+
+namespace {
+
+std::vector<std::string> table_columns(sqlite3* db, const std::string& schema, const std::string& table) {
+  std::vector<std::string> cols;
+  sqlite3_stmt* stmt = nullptr;
+  std::string sql = fmt::format("PRAGMA {}.table_info({})", schema, table);
+  if (sqlite3_prepare_v2(db, sql.c_str(), -1, &stmt, nullptr) != SQLITE_OK)
+    return cols;
+  while (sqlite3_step(stmt) == SQLITE_ROW)
+    cols.emplace_back(reinterpret_cast<const char*>(sqlite3_column_text(stmt, 1)));
+  sqlite3_finalize(stmt);
+  return cols;
+}
+
+/// One value from a query, or nullopt if it fails (a damaged page on its path).
+std::optional<std::int64_t> query_int(sqlite3* db, const std::string& sql) {
+  sqlite3_stmt* stmt = nullptr;
+  if (sqlite3_prepare_v2(db, sql.c_str(), -1, &stmt, nullptr) != SQLITE_OK)
+    return std::nullopt;
+  std::optional<std::int64_t> v;
+  if (sqlite3_step(stmt) == SQLITE_ROW)
+    v = sqlite3_column_int64(stmt, 0);
+  sqlite3_finalize(stmt);
+  return v;
+}
+
+} // namespace
+
+Result<RecoveryReport> recover_store(const std::filesystem::path& damaged,
+                                     const std::filesystem::path& out) {
+  if (std::filesystem::exists(out))
+    return make_error(ErrorCode::AlreadyExists,
+                      fmt::format("{} exists already: move it away first", out.string()));
+  {
+    // The new store, with the current schema (and nothing in it).
+    SORTIE_ASSIGN_OR_RETURN(fresh, Store::open({out, out.parent_path() / "output", true}));
+  }
+  sqlite3* old = nullptr;
+  if (sqlite3_open_v2(damaged.c_str(), &old, SQLITE_OPEN_READONLY, nullptr) != SQLITE_OK) {
+    std::string msg = old ? sqlite3_errmsg(old) : "out of memory";
+    sqlite3_close(old);
+    return make_error(ErrorCode::Io, fmt::format("cannot read {}: {}", damaged.string(), msg));
+  }
+  auto opened = open_db(out);
+  if (!opened.ok()) {
+    sqlite3_close(old);
+    return opened.error();
+  }
+  sqlite3* db = *opened;
+  RecoveryReport report;
+  (void)exec(db, "BEGIN");
+  for (const char* table : {"specs", "groups", "jobs", "agents", "pilots", "resources"}) {
+    RecoveryReport::Table t{table};
+    auto new_cols = table_columns(db, "main", table);
+    auto old_cols = table_columns(old, "main", table);
+    std::vector<std::string> cols;
+    for (const auto& c : new_cols)
+      if (std::find(old_cols.begin(), old_cols.end(), c) != old_cols.end())
+        cols.push_back(c);
+    if (cols.empty()) { // the table itself is unreadable
+      report.tables.push_back(t);
+      continue;
+    }
+    std::string names = fmt::format("{}", fmt::join(cols, ", "));
+    std::string marks;
+    for (std::size_t i = 1; i <= cols.size(); ++i)
+      marks += fmt::format("{}?{}", i > 1 ? ", " : "", i);
+    sqlite3_stmt* read = nullptr;
+    sqlite3_stmt* write = nullptr;
+    auto rsql = fmt::format("SELECT {} FROM {} WHERE rowid = ?1", names, table);
+    auto wsql = fmt::format("INSERT OR REPLACE INTO {}({}) VALUES({})", table, names, marks);
+    sqlite3_prepare_v2(old, rsql.c_str(), -1, &read, nullptr);
+    sqlite3_prepare_v2(db, wsql.c_str(), -1, &write, nullptr);
+    // Row by row: a damaged page fails only the rows on it. Ids are dense, so probing every id
+    // up to the largest finds every row that can still be read.
+    auto max_id = query_int(old, fmt::format("SELECT max(rowid) FROM {}", table));
+    std::int64_t last = max_id ? *max_id : std::numeric_limits<std::int64_t>::max();
+    std::int64_t misses = 0;
+    for (std::int64_t id = 1; read && write && id <= last && misses < 100'000; ++id) {
+      sqlite3_bind_int64(read, 1, id);
+      int rc = sqlite3_step(read);
+      if (rc == SQLITE_ROW) {
+        for (int c = 0; c < static_cast<int>(cols.size()); ++c)
+          sqlite3_bind_value(write, c + 1, sqlite3_column_value(read, c));
+        if (sqlite3_step(write) == SQLITE_DONE) {
+          ++t.copied;
+          misses = 0;
+        } else {
+          ++t.unreadable;
+        }
+        sqlite3_reset(write);
+      } else if (rc != SQLITE_DONE) {
+        ++t.unreadable;
+        ++misses;
+      } else if (!max_id) {
+        ++misses;
+      }
+      sqlite3_reset(read);
+    }
+    sqlite3_finalize(read);
+    sqlite3_finalize(write);
+    report.tables.push_back(t);
+  }
+  sqlite3_close(old);
+  auto committed = exec(db, "COMMIT");
+  sqlite3_close(db);
+  if (!committed.ok())
+    return committed.error();
+  return report;
 }
 
 Result<LoadedState> Store::load() {
@@ -535,6 +717,8 @@ Result<LoadedState> Store::load() {
     Statement q(db, "SELECT id, body FROM specs ORDER BY id");
     while (q.step())
       s.specs.push_back({static_cast<std::uint64_t>(q.i64(0)), q.text(1)});
+    if (q.failed())
+      return damaged(impl_->options.db_path, fmt::format("reading the specs table: {}", sqlite3_errmsg(db)));
   }
   {
     Statement q(db, "SELECT id, name, created_ms, first_job, count FROM groups ORDER BY id");
@@ -542,6 +726,8 @@ Result<LoadedState> Store::load() {
       s.groups.push_back({static_cast<std::uint64_t>(q.i64(0)), q.text(1), q.i64(2),
                           static_cast<std::uint64_t>(q.i64(3)),
                           static_cast<std::uint64_t>(q.i64(4))});
+    if (q.failed())
+      return damaged(impl_->options.db_path, fmt::format("reading the groups table: {}", sqlite3_errmsg(db)));
   }
   {
     Statement q(db, "SELECT id, spec_id, group_id, array_index, state, attempt, agent_id, "
@@ -575,6 +761,8 @@ Result<LoadedState> Store::load() {
       j.gpus = decode_gpus(q.text(18));
       s.jobs.push_back(std::move(j));
     }
+    if (q.failed())
+      return damaged(impl_->options.db_path, fmt::format("reading the jobs table: {}", sqlite3_errmsg(db)));
   }
   {
     Statement q(db, "SELECT id, pilot_id, node, hostname, pid, slots, label, connected, "
@@ -585,6 +773,8 @@ Result<LoadedState> Store::load() {
                           static_cast<int>(q.i64(4)), static_cast<std::uint32_t>(q.i64(5)),
                           q.text(6), q.i64(7) != 0, q.i64(8), q.text(9),
                           static_cast<std::uint64_t>(q.i64(10))});
+    if (q.failed())
+      return damaged(impl_->options.db_path, fmt::format("reading the agents table: {}", sqlite3_errmsg(db)));
   }
   {
     Statement q(db, "SELECT id, spec, state, created_ms, ended_ms, reason, batch_id FROM pilots "
@@ -592,11 +782,15 @@ Result<LoadedState> Store::load() {
     while (q.step())
       s.pilots.push_back({static_cast<std::uint64_t>(q.i64(0)), q.text(1), q.text(2), q.i64(3),
                           q.i64(4), q.text(5), q.text(6)});
+    if (q.failed())
+      return damaged(impl_->options.db_path, fmt::format("reading the pilots table: {}", sqlite3_errmsg(db)));
   }
   {
     Statement q(db, "SELECT name, spec FROM resources ORDER BY name");
     while (q.step())
       s.resources.push_back({q.text(0), q.text(1)});
+    if (q.failed())
+      return damaged(impl_->options.db_path, fmt::format("reading the resources table: {}", sqlite3_errmsg(db)));
   }
   return s;
 }

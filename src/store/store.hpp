@@ -158,6 +158,25 @@ std::filesystem::path output_path(const std::filesystem::path& output_dir,
                                   std::uint32_t attempt,
                                   int stream);
 
+/// PRAGMA integrity_check of a store no hub has open: the problems found, at most `limit`
+/// (none: intact). Fails only when the file cannot be opened at all.
+Result<std::vector<std::string>> check_store_file(const std::filesystem::path& db_path, int limit);
+
+/// What recover_store could copy: per table, rows copied and rows that could not be read.
+struct RecoveryReport {
+  struct Table {
+    std::string name;
+    std::uint64_t copied = 0;
+    std::uint64_t unreadable = 0;
+  };
+  std::vector<Table> tables;
+};
+
+/// Copies every readable row of a damaged store into a new store at `out` (created with the
+/// current schema; must not exist), row by row so that a damaged page costs only its own rows.
+Result<RecoveryReport> recover_store(const std::filesystem::path& damaged,
+                                     const std::filesystem::path& out);
+
 class Store {
 public:
   using Post = std::function<void(std::function<void()>)>;
