@@ -6,6 +6,7 @@
 #include <spdlog/spdlog.h>
 
 #include <atomic>
+#include <chrono>
 #include <cstdio>
 #include <cstdlib>
 
@@ -75,6 +76,22 @@ bool enabled(Level level) {
 void write(Level level, std::string_view message) { logger()->log(to_spd(level), message); }
 
 void flush() { logger()->flush(); }
+
+void RateLimited::warn(std::string_view message) {
+  auto now = std::chrono::duration_cast<std::chrono::milliseconds>(
+                 std::chrono::steady_clock::now().time_since_epoch())
+                 .count();
+  if (now - last_ms_ < 1000) {
+    ++suppressed_;
+    return;
+  }
+  last_ms_ = now;
+  if (suppressed_ > 0)
+    write(Level::Warn, fmt::format("{} ({} more like it left out)", message, suppressed_));
+  else
+    write(Level::Warn, message);
+  suppressed_ = 0;
+}
 
 } // namespace sortie::log
 

@@ -5,6 +5,7 @@
 
 #include <fmt/format.h>
 
+#include <cstdint>
 #include <string>
 #include <string_view>
 
@@ -39,5 +40,16 @@ void error(fmt::format_string<Args...> f, Args&&... args) {
   if (enabled(Level::Error))
     write(Level::Error, fmt::format(f, std::forward<Args>(args)...));
 }
+
+/// A line that may repeat fast (accept failures, rejected connections): written at most once a
+/// second, with how many were left out since. One instance per kind of line; one thread.
+class RateLimited {
+public:
+  void warn(std::string_view message);
+
+private:
+  std::int64_t last_ms_ = -1'000'000;
+  std::uint64_t suppressed_ = 0;
+};
 
 } // namespace sortie::log

@@ -14,6 +14,7 @@
 #include <boost/asio/local/stream_protocol.hpp>
 #include <boost/asio/signal_set.hpp>
 
+#include <deque>
 #include <set>
 
 #include <fmt/format.h>
@@ -30,6 +31,9 @@
 
 namespace sortie::hub {
 namespace {
+
+// Connections in their handshake at once, at most (the oldest is closed to admit a new one).
+constexpr std::size_t kMaxUnauthenticated = 64;
 
 class LinkPeer final : public Peer {
 public:
@@ -185,34 +189,62 @@ private:
   }
 
   Awaitable<void> accept_tcp() {
-    while (!stopping_) {
-      auto [ec, socket] = co_await tcp_.async_accept(use_nothrow);
-      if (ec) {
-        if (stopping_ || ec == asio::error::operation_aborted)
-          break;
-        log::warn("accept failed: {}", ec.message());
-        continue;
-      }
+    return accept_loop(tcp_, [](asio::ip::tcp::socket socket) {
       error_code ignored;
       socket.set_option(asio::ip::tcp::no_delay(true), ignored);
       auto remote = socket.remote_endpoint(ignored);
-      auto stream = net::make_socket_stream(
-          std::move(socket), fmt::format("tcp:{}:{}", remote.address().to_string(), remote.port()));
-      spawn_session(std::move(stream));
-    }
+      auto name = fmt::format("tcp:{}:{}", remote.address().to_string(), remote.port());
+      return net::make_socket_stream(std::move(socket), std::move(name));
+    });
   }
 
   Awaitable<void> accept_unix() {
+    return accept_loop(unix_, [](asio::local::stream_protocol::socket socket) {
+      return net::make_socket_stream(std::move(socket), "unix");
+    });
+  }
+
+  /// Accepts connections until the hub stops. When accept fails for want of descriptors or
+  /// memory, it backs off (up to 1 s) instead of spinning, and says so once a second at most.
+  template <typename Acceptor, typename MakeStream>
+  Awaitable<void> accept_loop(Acceptor& acceptor, MakeStream make_stream) {
+    asio::steady_timer backoff_timer(io_);
+    std::int64_t backoff_ms = 0;
     while (!stopping_) {
-      auto [ec, socket] = co_await unix_.async_accept(use_nothrow);
+      auto [ec, socket] = co_await acceptor.async_accept(use_nothrow);
       if (ec) {
         if (stopping_ || ec == asio::error::operation_aborted)
           break;
-        log::warn("accept failed: {}", ec.message());
+        backoff_ms = std::clamp<std::int64_t>(backoff_ms * 2, 10, 1000);
+        accept_log_.warn(fmt::format("accept failed: {} (pausing {} ms; {} connections open)",
+                                     ec.message(), backoff_ms, links_.size()));
+        backoff_timer.expires_after(std::chrono::milliseconds(backoff_ms));
+        co_await backoff_timer.async_wait(use_nothrow);
         continue;
       }
-      spawn_session(net::make_socket_stream(std::move(socket), "unix"));
+      backoff_ms = 0;
+      spawn_session(make_stream(std::move(socket)));
     }
+  }
+
+  /// At most kMaxUnauthenticated connections may be in their handshake: past that the oldest is
+  /// closed, so idle or slow connections cannot use up the hub's descriptors while real peers
+  /// (whose handshake takes milliseconds) still get in.
+  void admit(const std::shared_ptr<net::Link>& link) {
+    std::erase_if(handshaking_, [](const std::weak_ptr<net::Link>& w) {
+      auto l = w.lock();
+      return !l || l->closed();
+    });
+    if (handshaking_.size() >= kMaxUnauthenticated) {
+      if (auto oldest = handshaking_.front().lock()) {
+        reject_log_.warn(fmt::format("{} connections have not authenticated; closing the oldest "
+                                     "({})",
+                                     handshaking_.size(), oldest->peer()));
+        oldest->close(make_error(ErrorCode::Unavailable, "too many unauthenticated connections"));
+      }
+      handshaking_.pop_front();
+    }
+    handshaking_.push_back(link);
   }
 
   /// One connection. `stdio_key`: a remote pilot's ssh session, which only its agent may use,
@@ -221,6 +253,8 @@ private:
     auto link = std::make_shared<net::Link>(io_.get_executor(), std::move(stream));
     std::erase_if(links_, [](const std::weak_ptr<net::Link>& w) { return w.expired(); });
     links_.push_back(link);
+    if (stdio_key.empty())
+      admit(link);
     link->start();
     asio::co_spawn(io_, session(link, std::move(stdio_key)), [link](std::exception_ptr e) {
       if (!e)
@@ -244,7 +278,8 @@ private:
     auto accepted = co_await net::accept_handshake(link, stdio ? stdio_key : key_, welcome,
                                                    config_.handshake_timeout_ms);
     if (!accepted.ok()) {
-      log::warn("connection {} rejected: {}", link->peer(), accepted.error().to_string());
+      reject_log_.warn(fmt::format("connection {} rejected: {}", link->peer(),
+                                   accepted.error().to_string()));
       co_return;
     }
     const auto& hello = accepted->hello;
@@ -313,6 +348,9 @@ private:
   launch::ChildWatch child_watch_;
   std::uint64_t next_session_ = 0;
   bool stopping_ = false;
+  std::deque<std::weak_ptr<net::Link>> handshaking_; ///< oldest first
+  log::RateLimited accept_log_;
+  log::RateLimited reject_log_;
 };
 
 /// Takes the profile's lock; fails with who holds it.
