@@ -185,8 +185,11 @@ public:
   /// Called when a client asked the hub to stop (or restart); the server then calls shutdown().
   std::function<void(bool restart)> on_stop_requested;
   /// Set by the server: runs an agent session over a remote pilot's ssh pipes, authenticated
-  /// with `key` instead of the profile's token.
-  std::function<void(std::unique_ptr<net::ByteStream>, std::string key)> on_agent_link;
+  /// with `key` instead of the profile's token; `failed` is called if the link ends before its
+  /// agent registered (ssh printed something else, hung, or was refused).
+  std::function<void(std::unique_ptr<net::ByteStream>, std::string key,
+                     std::function<void(const Error&)> failed)>
+      on_agent_link;
   /// Set by the server: where drivers wait for the commands they run.
   launch::ChildWatch* child_watch = nullptr;
   /// Stops every pilot's agents and waits (at most kill_grace + 10 s) until their jobs have
@@ -307,6 +310,9 @@ private:
   /// Creates the pilot's driver and starts it (or, with a batch id, resumes following it).
   void start_driver(Pilot& pilot);
   void on_pilot_report(PilotId id, const launch::PilotReport& report);
+  /// An ssh link of the pilot ended before its agent registered: the pilot says why, and fails
+  /// when none of its agents is up.
+  void pilot_link_failed(PilotId id, const std::string& link, const Error& error);
   /// Enters or leaves draining as the walltime nears; ends pilots whose walltime is over.
   void pilot_walltimes(std::int64_t wall);
   const pb::ResourceSpec* find_resource(const std::string& name) const;

@@ -310,10 +310,15 @@ void Hub::start_driver(Pilot& p) {
     if (*alive)
       on_pilot_report(id, r);
   };
-  hooks.agent_link = [this, alive = alive_](PilotId, std::unique_ptr<net::ByteStream> stream,
+  hooks.agent_link = [this, alive = alive_](PilotId id, std::unique_ptr<net::ByteStream> stream,
                                             std::string key) {
-    if (*alive && on_agent_link)
-      on_agent_link(std::move(stream), std::move(key));
+    if (!*alive || !on_agent_link)
+      return;
+    std::string link = stream->describe();
+    on_agent_link(std::move(stream), std::move(key), [this, alive, id, link](const Error& e) {
+      if (*alive)
+        pilot_link_failed(id, link, e);
+    });
   };
   if (!child_watch)
     return fail("this hub cannot run commands (no child watch)");
@@ -323,6 +328,28 @@ void Hub::start_driver(Pilot& p) {
   p.batch_alive = true; // until the driver says otherwise
   auto& d = drivers_[p.id] = std::move(*driver);
   d->start();
+}
+
+void Hub::pilot_link_failed(PilotId id, const std::string& link, const Error& error) {
+  auto it = pilots_.find(id);
+  if (it == pilots_.end())
+    return;
+  Pilot& p = it->second;
+  // A link that just ended (ssh exited) is reported by the driver, with ssh's own words.
+  if (error.code == ErrorCode::Unavailable)
+    return;
+  std::string why = fmt::format("{}: the agent did not register: {}", link, error.message);
+  log::warn("pilot {}: {}", id.value, why);
+  if (p.reason.find(why) == std::string::npos)
+    p.reason = p.reason.empty() ? why : p.reason + "; " + why;
+  bool any_up = false;
+  for (auto aid : p.agents)
+    if (auto a = agents_.find(aid); a != agents_.end() && a->second.peer)
+      any_up = true;
+  if (!any_up && !p.cancel_requested)
+    if (auto d = drivers_.find(id); d != drivers_.end())
+      d->second->cancel();
+  update_pilot_state(p);
 }
 
 void Hub::on_pilot_report(PilotId id, const launch::PilotReport& r) {

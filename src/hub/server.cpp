@@ -120,9 +120,10 @@ public:
   void run(Hub& hub) {
     hub_ = &hub;
     hub.on_stop_requested = [this](bool restart) { stop(restart); };
-    hub.on_agent_link = [this](std::unique_ptr<net::ByteStream> stream, std::string key) {
+    hub.on_agent_link = [this](std::unique_ptr<net::ByteStream> stream, std::string key,
+                               std::function<void(const Error&)> failed) {
       if (!stopping_)
-        spawn_session(std::move(stream), std::move(key));
+        spawn_session(std::move(stream), std::move(key), std::move(failed));
     };
     asio::co_spawn(io_, accept_tcp(), asio::detached);
     asio::co_spawn(io_, accept_unix(), asio::detached);
@@ -249,14 +250,16 @@ private:
 
   /// One connection. `stdio_key`: a remote pilot's ssh session, which only its agent may use,
   /// authenticated with the key the hub gave that agent.
-  void spawn_session(std::unique_ptr<net::ByteStream> stream, std::string stdio_key = {}) {
+  void spawn_session(std::unique_ptr<net::ByteStream> stream, std::string stdio_key = {},
+                     std::function<void(const Error&)> failed = {}) {
     auto link = std::make_shared<net::Link>(io_.get_executor(), std::move(stream));
     std::erase_if(links_, [](const std::weak_ptr<net::Link>& w) { return w.expired(); });
     links_.push_back(link);
     if (stdio_key.empty())
       admit(link);
     link->start();
-    asio::co_spawn(io_, session(link, std::move(stdio_key)), [link](std::exception_ptr e) {
+    asio::co_spawn(io_, session(link, std::move(stdio_key), std::move(failed)),
+                   [link](std::exception_ptr e) {
       if (!e)
         return;
       try {
@@ -268,7 +271,8 @@ private:
     });
   }
 
-  Awaitable<void> session(std::shared_ptr<net::Link> link, std::string stdio_key) {
+  Awaitable<void> session(std::shared_ptr<net::Link> link, std::string stdio_key,
+                          std::function<void(const Error&)> failed) {
     bool stdio = !stdio_key.empty();
     pb::Welcome welcome;
     welcome.set_session_id(++next_session_);
@@ -280,6 +284,8 @@ private:
     if (!accepted.ok()) {
       reject_log_.warn(fmt::format("connection {} rejected: {}", link->peer(),
                                    accepted.error().to_string()));
+      if (failed)
+        failed(accepted.error());
       co_return;
     }
     const auto& hello = accepted->hello;
@@ -306,13 +312,18 @@ private:
     } else if (hello.role() == pb::ROLE_AGENT) {
       link->start_heartbeat(config_.heartbeat_interval_ms, config_.heartbeat_deadline_ms);
       auto first = co_await link->receive();
-      if (!first.ok())
+      if (!first.ok()) {
+        if (failed)
+          failed(first.error());
         co_return;
+      }
       if (!first->has_agent_register()) {
-        peer->close_with_error(make_error(ErrorCode::InvalidArgument,
-                                          fmt::format("protocol error: an agent must register "
-                                                      "first, got '{}'",
-                                                      protocol::body_name(*first))));
+        auto error = make_error(ErrorCode::InvalidArgument,
+                                fmt::format("protocol error: an agent must register first, got '{}'",
+                                            protocol::body_name(*first)));
+        if (failed)
+          failed(error);
+        peer->close_with_error(error);
         co_return;
       }
       hub_->on_agent_register(peer, first->agent_register(), stdio);

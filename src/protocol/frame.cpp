@@ -1,6 +1,8 @@
 // SPDX-License-Identifier: Apache-2.0
 #include "protocol/frame.hpp"
 
+#include <algorithm>
+
 #include <cstring>
 
 #include <fmt/format.h>
@@ -51,15 +53,21 @@ FrameDecoder::Status FrameDecoder::next(pb::Envelope& out, Error& error) {
                        (std::uint32_t{p[2]} << 8) | std::uint32_t{p[3]};
   if (size > max_frame_) {
     failed_ = true;
-    // Four printable bytes are usually someone speaking another protocol to our port.
+    // Printable bytes are usually someone speaking another protocol to our port, or a login
+    // script talking on an ssh session: show what arrived (up to 80 bytes, made printable).
     bool text = std::isprint(p[0]) && std::isprint(p[1]) && std::isprint(p[2]) && std::isprint(p[3]);
+    std::string seen;
+    if (text) {
+      std::size_t n = std::min<std::size_t>(end_ - start_, 80);
+      for (std::size_t i = 0; i < n; ++i)
+        seen += std::isprint(p[i]) ? static_cast<char>(p[i]) : ' ';
+    }
     error = make_error(ErrorCode::InvalidArgument,
                        fmt::format("frame of {} bytes exceeds the limit of {} bytes{}", size,
                                    max_frame_,
-                                   text ? fmt::format(" (the peer sent text '{}{}{}{}...': not a "
-                                                      "sortie peer?)",
-                                                      static_cast<char>(p[0]), static_cast<char>(p[1]),
-                                                      static_cast<char>(p[2]), static_cast<char>(p[3]))
+                                   text ? fmt::format(" (the peer sent text '{}': not a sortie "
+                                                      "peer?)",
+                                                      seen)
                                         : std::string()));
     return Status::Error;
   }

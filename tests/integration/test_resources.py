@@ -472,3 +472,27 @@ def test_ssh_gateway_reaches_a_compute_host_behind_a_login_host(sortie, netns, l
     assert {j["node"] for j in sortie.jobs()} == {"10.201.0.130"}
     sortie.run("pilot", "cancel", pid)
     wait_for(lambda: pilot(sortie, pid)["state"] == "cancelled", 30, "the pilot to be cancelled")
+
+
+@pytest.mark.parametrize("wrapper, seen", [
+    # A login script that talks on standard output before the protocol.
+    ('echo "Welcome to the cluster"\nexec "$(dirname "$0")/sortie.real" "$@"', "Welcome"),
+    # A remote side that never answers.
+    ('exec sleep 600', "handshake not completed"),
+])
+def test_an_ssh_pilot_whose_agent_never_speaks_fails_with_what_was_seen(
+        sortie, sshd, tmp_path, wrapper, seen):
+    (tmp_path / "opt" / "bin").mkdir(parents=True)
+    shutil.copy(sortie.bin, tmp_path / "opt" / "bin" / "sortie.real")
+    script = tmp_path / "opt" / "bin" / "sortie"
+    script.write_text("#!/bin/sh\n" + wrapper + "\n")
+    script.chmod(0o755)
+    sortie.start()
+    add_ssh_resource(sortie, "chatty", "root@127.0.0.1:2222", sshd, "--install-dir",
+                     tmp_path / "opt")
+    pid = int(sortie.run("pilot", "add", "--resource", "chatty").stdout)
+    r = sortie.run("pilot", "wait", pid, "--timeout", "60s", check=False)
+    assert r.returncode == 1, r.stdout + r.stderr
+    p = pilot(sortie, pid)
+    assert p["state"] == "failed", p
+    assert "did not register" in p["reason"] and seen in p["reason"], p["reason"]
