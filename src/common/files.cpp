@@ -14,14 +14,35 @@ namespace sortie {
 
 std::string errno_text(int err) { return std::strerror(err); }
 
+namespace {
+constexpr off_t kMaxReadFileBytes = 1LL << 30; // map files of a million entries fit easily
+} // namespace
+
 Result<std::string> read_file(const std::filesystem::path& path) {
-  int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+  // O_NONBLOCK: opening a FIFO must not wait for a writer. Only regular files are read, so a
+  // FIFO or a device cannot stall whoever reads (the hub's event loop among them).
+  int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC | O_NONBLOCK);
   if (fd < 0) {
     int err = errno;
     return make_error(err == ENOENT ? ErrorCode::NotFound
                       : err == EACCES ? ErrorCode::PermissionDenied
                                       : ErrorCode::Io,
                       fmt::format("cannot read {}: {}", path.string(), errno_text(err)));
+  }
+  struct stat st {};
+  if (::fstat(fd, &st) != 0 || !S_ISREG(st.st_mode)) {
+    ::close(fd);
+    return make_error(ErrorCode::InvalidArgument,
+                      fmt::format("cannot read {}: it is not a regular file (a FIFO, a device or "
+                                  "a directory); give a regular file",
+                                  path.string()));
+  }
+  if (st.st_size > kMaxReadFileBytes) {
+    ::close(fd);
+    return make_error(ErrorCode::InvalidArgument,
+                      fmt::format("cannot read {}: it is {} bytes, more than the {} this file may "
+                                  "have",
+                                  path.string(), st.st_size, kMaxReadFileBytes));
   }
   std::string out;
   char buf[65536];
@@ -38,6 +59,12 @@ Result<std::string> read_file(const std::filesystem::path& path) {
     if (n == 0)
       break;
     out.append(buf, static_cast<size_t>(n));
+    if (out.size() > static_cast<std::size_t>(kMaxReadFileBytes)) { // it grew while we read
+      ::close(fd);
+      return make_error(ErrorCode::InvalidArgument,
+                        fmt::format("cannot read {}: it grew past {} bytes", path.string(),
+                                    kMaxReadFileBytes));
+    }
   }
   ::close(fd);
   return out;

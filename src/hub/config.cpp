@@ -1,6 +1,8 @@
 // SPDX-License-Identifier: Apache-2.0
 #include "hub/config.hpp"
 
+#include "common/files.hpp"
+
 #include <algorithm>
 
 #include <toml++/toml.h>
@@ -219,9 +221,12 @@ Result<void> load_config_file(const std::filesystem::path& path, HubConfig& conf
   std::error_code ec;
   if (!std::filesystem::exists(path, ec))
     return ok_result();
+  auto content = read_file(path); // a regular file only: a FIFO must not hang the hub's start
+  if (!content.ok())
+    return content.error();
   toml::table doc;
   try {
-    doc = toml::parse_file(path.string());
+    doc = toml::parse(*content, path.string());
   } catch (const toml::parse_error& e) {
     return make_error(ErrorCode::InvalidArgument,
                       fmt::format("{}: {}", where(path, e.source()), e.description()));
