@@ -291,6 +291,8 @@ Result<void> load_config_file(const std::filesystem::path& path, HubConfig& conf
       SORTIE_TRY(want_duration(config.agent_reconnect_window_ms));
     } else if (key == "kill_grace") {
       SORTIE_TRY(want_duration(config.kill_grace_ms));
+    } else if (key == "output_retry") {
+      SORTIE_TRY(want_duration(config.output_retry_ms));
     } else if (key == "launch_queue") {
       if (auto text = node.value<std::string>(); text && *text == "auto") {
         config.launch_queue = 0;
@@ -327,7 +329,7 @@ Result<void> load_config_file(const std::filesystem::path& path, HubConfig& conf
     } else {
       return make_error(ErrorCode::InvalidArgument,
                         fmt::format("{}: unknown key hub.{}: known keys are listen, "
-                                    "heartbeat_interval, agent_reconnect_window, kill_grace, "
+                                    "heartbeat_interval, agent_reconnect_window, kill_grace, output_retry, "
                                     "launch_queue, lost_retries, output_credit, store_sync, batch_poll_interval",
                                     at, key));
     }

@@ -24,6 +24,7 @@ struct HubConfig {
   /// long (plus a margin) before it declares a silent agent's jobs lost.
   std::int64_t agent_reconnect_window_ms = 60'000;
   std::int64_t kill_grace_ms = 3'000;   ///< SIGTERM to SIGKILL on cancel
+  std::int64_t output_retry_ms = 60'000; ///< how long a failed output write is tried again
   /// Launch-queue depth per agent, in rounds of its slots; 0 (auto): enough rounds for about
   /// kLaunchBufferMs of work at the jobs' recent run time, between 1 and 16.
   std::uint32_t launch_queue = 0;

@@ -41,6 +41,9 @@ constexpr std::uint64_t kMaxJobsPerSubmit = 10'000'000;
 constexpr std::int64_t kReconnectMarginMs = 5'000;
 // A stopping hub waits this long past kill_grace for its agents to end their jobs and leave.
 constexpr std::int64_t kShutdownMarginMs = 10'000;
+// A failed output write (a full disk) is tried again this often, for output_retry (a minute by
+// default), with its agent's credit held meanwhile; then its bytes are lost and the job says so.
+constexpr std::int64_t kOutputRetryMs = 1'000;
 constexpr std::int64_t kMaxDurationMs = 10LL * 366 * 24 * 3600 * 1000; // 10 years
 constexpr std::uint64_t kMaxMemoryBytes = 1ULL << 50;                   // 1 PiB
 // With launch_queue = auto, an agent holds about this much queued work per slot: enough to
@@ -575,6 +578,7 @@ void Hub::schedule() {
     job->agent = a.node.value;
     job->started = false;
     job->out_bytes[0] = job->out_bytes[1] = 0;
+    job->out_lost = 0;
     job->has_exit_code = job->has_signal = false;
     job->gpu_mask = gpu_mask_of(a.gpus);
     job->limits = 0;
@@ -664,6 +668,8 @@ void Hub::tick() {
     }
   // Agents that did not come back in time.
   std::int64_t now = clock_.monotonic_ms();
+  if (!output_retries_.empty())
+    output_retries_due(now);
   std::vector<AgentId> expired;
   for (const auto& [id, a] : agents_)
     if (!a.peer && a.reconnect_deadline > 0 && now >= a.reconnect_deadline)
@@ -1396,8 +1402,15 @@ void Hub::follower_read_more(std::shared_ptr<Follower> f) {
                        // The end of the file. Output received but not yet written is read
                        // once the batch holding it is committed.
                        const Job* job = find_job(f->job);
-                       if (job && job->attempt == f->attempt &&
-                           job->out_bytes[f->stream] > static_cast<std::uint64_t>(f->next_offset)) {
+                       std::uint64_t received =
+                           job && job->attempt == f->attempt ? job->out_bytes[f->stream] : 0;
+                       if (received > static_cast<std::uint64_t>(f->next_offset) &&
+                           received == f->awaited) {
+                         // Waited for a commit already and the file still ends short: those
+                         // bytes could not be written (a full disk). Go on after them.
+                         f->next_offset = static_cast<std::int64_t>(received);
+                       } else if (received > static_cast<std::uint64_t>(f->next_offset)) {
+                         f->awaited = received;
                          f->reading = true;
                          batch().on_commit.push_back([this, alive, f](const Result<void>&) {
                            if (!*alive)
@@ -2175,6 +2188,9 @@ void Hub::apply_finished(Agent& agent, const pb::JobEvent& ev) {
                                  "have run out of memory)",
                                  format_size_bytes(spec.req.memory));
   }
+  if (job->out_lost > 0 && job->reason.find("part of its output could not") == std::string::npos)
+    job->reason = job->reason.empty() ? output_loss_note(*job)
+                                      : job->reason + "; " + output_loss_note(*job);
   transition(*job, to, now);
   if (to == JobState::Failed && !job->cancel_requested && may_retry(*job, true)) {
     ++job->fail_count;
@@ -2190,6 +2206,7 @@ void Hub::apply_finished(Agent& agent, const pb::JobEvent& ev) {
 void Hub::handle_output(Agent& agent, pb::OutputBatch& out) {
   std::uint64_t bytes = 0;
   auto& b = batch();
+  std::vector<store::OutputWrite> tries; // what each chunk's write became (no data)
   for (auto& c : *out.mutable_chunks()) {
     bytes += c.data().size();
     Job* job = find_job(c.job_id());
@@ -2205,18 +2222,94 @@ void Hub::handle_output(Agent& agent, pb::OutputBatch& out) {
       for (auto& f : it->second)
         if (f->attempt == c.attempt() && f->stream == stream)
           follower_deliver(f, c.offset(), c.data());
-    b.output.push_back({job->id, c.attempt(), stream, c.offset(), std::move(*c.mutable_data())});
+    auto status = std::make_shared<store::OutputStatus>();
+    tries.push_back({job->id, c.attempt(), stream, c.offset(), {}, status});
+    b.output.push_back({job->id, c.attempt(), stream, c.offset(), std::move(*c.mutable_data()),
+                        std::move(status)});
   }
   if (bytes == 0)
     return;
-  // Credit returns once the bytes are on disk: the agent's memory bounds what is in flight.
-  b.on_commit.push_back([alive = alive_, peer = agent.peer, bytes](const Result<void>&) {
-    if (!*alive || !peer || peer->closed())
+  // Credit returns once the bytes are on disk: the agent's memory bounds what is in flight. A
+  // write that failed (a full disk) keeps its credit until a later try writes it.
+  b.on_commit.push_back([this, alive = alive_, id = agent.id, bytes,
+                         tries = std::move(tries)](const Result<void>&) mutable {
+    if (!*alive)
       return;
-    pb::Envelope env;
-    env.mutable_output_credit()->set_bytes(bytes);
-    peer->send(env);
+    std::uint64_t held = 0;
+    for (auto& w : tries)
+      if (w.status->error != 0) {
+        held += w.status->data.size();
+        output_retry(id, std::move(w), 1);
+      }
+    credit_agent(id, bytes - held);
   });
+}
+
+void Hub::credit_agent(AgentId id, std::uint64_t bytes) {
+  auto it = agents_.find(id);
+  if (bytes == 0 || it == agents_.end() || !it->second.peer || it->second.peer->closed())
+    return;
+  pb::Envelope env;
+  env.mutable_output_credit()->set_bytes(bytes);
+  it->second.peer->send(env);
+}
+
+void Hub::output_retry(AgentId agent, store::OutputWrite w, int tries) {
+  int error = w.status->error;
+  w.data = std::move(w.status->data);
+  std::uint64_t size = w.data.size();
+  Job* job = find_job(w.job_id);
+  if (tries * kOutputRetryMs <= config_.output_retry_ms && job && job->attempt == w.attempt) {
+    output_retries_.push_back({agent, std::move(w), tries, clock_.monotonic_ms() + kOutputRetryMs});
+    return;
+  }
+  // Given up: the bytes are lost, the job says so, and the agent gets its credit back.
+  credit_agent(agent, size);
+  if (!job || job->attempt != w.attempt)
+    return;
+  bool first = job->out_lost == 0;
+  job->out_lost += size;
+  log::error("job {} attempt {}: {} bytes of its output at {} offset {} could not be written: {}",
+             job->id, w.attempt, size, w.stream ? "stderr" : "stdout", w.offset,
+             std::strerror(error));
+  if (first) {
+    std::string note = output_loss_note(*job);
+    job->reason = job->reason.empty() ? note : job->reason + "; " + note;
+    mark_dirty(*job);
+  }
+}
+
+std::string Hub::output_loss_note(const Job& job) const {
+  return fmt::format("part of its output could not be written ({} bytes so far; see hub.log) and "
+                     "is missing from its output files",
+                     job.out_lost);
+}
+
+void Hub::output_retries_due(std::int64_t now) {
+  std::vector<OutputRetry> due;
+  std::erase_if(output_retries_, [&](OutputRetry& r) {
+    if (r.due_ms > now)
+      return false;
+    due.push_back(std::move(r));
+    return true;
+  });
+  for (auto& r : due) {
+    r.write.status = std::make_shared<store::OutputStatus>();
+    auto status = r.write.status;
+    store::OutputWrite meta{r.write.job_id, r.write.attempt, r.write.stream, r.write.offset, {},
+                            status};
+    std::uint64_t size = r.write.data.size();
+    batch().output.push_back(std::move(r.write));
+    batch().on_commit.push_back([this, alive = alive_, agent = r.agent, meta = std::move(meta),
+                                 size, tries = r.tries](const Result<void>&) mutable {
+      if (!*alive)
+        return;
+      if (meta.status->error == 0)
+        credit_agent(agent, size);
+      else
+        output_retry(agent, std::move(meta), tries + 1);
+    });
+  }
 }
 
 void Hub::on_agent_closed(const std::shared_ptr<Peer>& peer, const Error& reason, bool goodbye) {

@@ -56,6 +56,7 @@ struct Job {
   std::int32_t exit_code = 0;
   std::int16_t signal = 0;
   std::uint64_t gpu_mask = 0; ///< GPU device ids of the current or last attempt, as bits
+  std::uint64_t out_lost = 0; ///< output bytes of the current attempt that could not be written
   std::uint16_t attempt = 0;
   std::uint16_t lost_count = 0;
   std::uint16_t fail_count = 0;   ///< failures retried (retry_on_failure)
@@ -226,6 +227,12 @@ private:
   // Agent messages.
   void handle_job_events(Agent& agent, const pb::JobEvents& events);
   void handle_output(Agent& agent, pb::OutputBatch& batch);
+  void credit_agent(AgentId id, std::uint64_t bytes);
+  /// An output write failed (`w.status` has the error and the data): tried again later, or,
+  /// after output_retry, given up with a note on the job.
+  void output_retry(AgentId agent, store::OutputWrite w, int tries);
+  void output_retries_due(std::int64_t now);
+  std::string output_loss_note(const Job& job) const;
   void apply_started(Agent& agent, const pb::JobEvent& ev);
   void apply_finished(Agent& agent, const pb::JobEvent& ev);
   void finish_registration(const std::shared_ptr<Peer>& peer, AgentId id, std::vector<std::uint64_t> kill);
@@ -365,6 +372,13 @@ private:
   std::unordered_map<std::uint64_t, std::string> span_lost_;
   std::unordered_map<std::string, std::vector<std::uint64_t>> groups_by_name_;
 
+  struct OutputRetry {
+    AgentId agent;
+    store::OutputWrite write;
+    int tries = 0;
+    std::int64_t due_ms = 0; ///< monotonic
+  };
+  std::vector<OutputRetry> output_retries_;
   store::WriteBatch batch_;
   std::vector<std::uint64_t> dirty_;
   bool flush_posted_ = false;
@@ -396,6 +410,7 @@ private:
     bool follow = false;
     bool catching_up = true; ///< reading the file; live chunks are found there later
     bool reading = false;    ///< a file read (or a wait for the client to read) is under way
+    std::uint64_t awaited = 0; ///< output received when it last waited for a commit to reread
     bool ended = false;
     std::int64_t next_offset = 0;
   };

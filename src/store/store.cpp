@@ -297,6 +297,7 @@ struct Store::Impl {
   bool stopping = false;      // guarded by mu
   std::atomic<std::uint64_t> commits{0};
 
+  log::RateLimited output_errors_;
   // Store-thread state: statements and open output files (a small LRU).
   Statement insert_spec, insert_group, insert_job, update_job, upsert_agent, upsert_pilot,
       upsert_resource, delete_resource;
@@ -358,12 +359,18 @@ struct Store::Impl {
     return fd;
   }
 
-  void write_output(const OutputWrite& w) {
+  void write_output(OutputWrite& w) {
+    auto failed = [&](int err) {
+      if (w.status) {
+        w.status->error = err;
+        w.status->data = std::move(w.data);
+      }
+    };
     int fd = output_fd(w.job_id, w.attempt, w.stream, true);
     if (fd < 0) {
       log::error("cannot open output file of job {} attempt {}: {}", w.job_id, w.attempt,
                  errno_text(errno));
-      return;
+      return failed(errno);
     }
     size_t done = 0;
     while (done < w.data.size()) {
@@ -372,9 +379,11 @@ struct Store::Impl {
       if (n < 0) {
         if (errno == EINTR)
           continue;
-        log::error("cannot write output of job {} attempt {}: {}", w.job_id, w.attempt,
-                   errno_text(errno));
-        return;
+        int err = errno;
+        output_errors_.warn(fmt::format("cannot write output of job {} attempt {}: {}", w.job_id,
+                                        w.attempt, errno_text(err)));
+        // What part was written is rewritten with the rest: writes are idempotent by offset.
+        return failed(err);
       }
       done += static_cast<size_t>(n);
     }
@@ -461,7 +470,7 @@ struct Store::Impl {
   /// Applies a group of batches in one transaction and posts their completions.
   void commit_group(std::vector<WriteBatch>& group) {
     for (auto& b : group)
-      for (const auto& w : b.output)
+      for (auto& w : b.output)
         write_output(w);
     Result<void> result = exec(db, "BEGIN");
     if (result.ok()) {

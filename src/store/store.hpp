@@ -107,12 +107,20 @@ struct ResourceRow {
   std::string spec; ///< a serialized pb::ResourceSpec
 };
 
+/// What became of an output write, filled in by the store thread before the batch's
+/// completions run: on failure, the error and the data back (so the hub can try again).
+struct OutputStatus {
+  int error = 0; ///< errno of the failed write (ENOSPC, ...); 0: written
+  std::string data;
+};
+
 struct OutputWrite {
   std::uint64_t job_id = 0;
   std::uint32_t attempt = 0;
   int stream = 0; ///< 0 stdout, 1 stderr
   std::int64_t offset = 0;
   std::string data;
+  std::shared_ptr<OutputStatus> status; ///< optional
 };
 
 struct WriteBatch {
