@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # SPDX-License-Identifier: Apache-2.0
 # Runs exactly what CI runs: installs what is missing, builds with warnings as errors, runs the
-# unit and integration tests, then builds and runs them again under AddressSanitizer and
-# UndefinedBehaviorSanitizer. The test beds (sshd, Slurm; scripts/testbeds/) run meanwhile.
+# unit and integration tests and the fault catalogue (tests/faults), fuzzes each parser briefly,
+# then builds and runs the tests again under AddressSanitizer and UndefinedBehaviorSanitizer.
+# The test beds (sshd, Slurm, Grid Engine; scripts/testbeds/) run meanwhile.
 #   scripts/check.sh            everything
 #   scripts/check.sh --fast     skip the sanitizer pass
 set -euo pipefail
@@ -52,6 +53,9 @@ run_suite() { # preset [faults]
 # The fault catalogue (tests/faults) runs once, on the optimised build: it measures memory and
 # timing-dependent recovery, which the sanitizers' overhead would only blur.
 run_suite ci faults
+# Each libFuzzer target briefly (scripts/fuzz.sh runs them long).
+step "fuzzing (20 s per target)"
+scripts/fuzz.sh 20
 if [ $fast = 0 ]; then
   export ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1
   run_suite sanitize

@@ -10,12 +10,14 @@ export DEBIAN_FRONTEND=noninteractive
 build_pkgs=(g++ cmake ninja-build pkgconf libboost1.81-dev libprotobuf-dev protobuf-compiler
   libsqlite3-dev libspdlog-dev libfmt-dev libcli11-dev libtomlplusplus-dev libssl-dev
   nlohmann-json3-dev)
+# clang and its runtime (libFuzzer, sanitizers) build the fuzz targets (scripts/fuzz.sh).
+fuzz_pkgs=(clang libclang-rt-14-dev)
 test_pkgs=(libgtest-dev libgmock-dev libbenchmark-dev python3-pytest python3-pytest-xdist
   python3-pytest-timeout parallel procps openssh-server openssh-client munge slurm-wlm iproute2
   gridengine-master gridengine-exec gridengine-client openmpi-bin libopenmpi-dev)
 
 want=("${build_pkgs[@]}")
-if [ "${1:-}" = "--test" ]; then want+=("${test_pkgs[@]}"); fi
+if [ "${1:-}" = "--test" ]; then want+=("${test_pkgs[@]}" "${fuzz_pkgs[@]}"); fi
 
 missing=()
 for p in "${want[@]}"; do

@@ -22,6 +22,9 @@ Result<std::uint64_t> parse_size_bytes(std::string_view text);
 /// `text` safe to print on a terminal: control characters (escape sequences among them) become
 /// \xNN, so a job name or a reason cannot drive the terminal.
 std::string printable(std::string_view text);
+/// Quotes a word for a POSIX shell: 'it'\''s' (only for the command line ssh hands to the remote
+/// shell, and for batch scripts; never for anything run here).
+std::string shell_quote(std::string_view word);
 /// "1.5 GiB", "300 MiB", "12 KiB", "800 B".
 std::string format_size_bytes(std::uint64_t bytes);
 /// Parses a decimal integer; the whole text must be a number within [min, max].

@@ -96,7 +96,8 @@ Result<void> load_pilots(const std::filesystem::path& path,
     const auto& t = *node.as_table();
     pb::PilotSpec p;
     p.set_config_name(fmt::format("pilot-{}", index));
-    for (auto&& [key_node, value] : t) {
+    for (auto&& [key_node, value_node] : t) {
+      auto& value = value_node; // a plain reference: lambdas below use it (clang 14)
       std::string key(key_node.str());
       std::string at = where(path, value.source());
       auto bad = [&](const char* what) {
@@ -224,9 +225,14 @@ Result<void> load_config_file(const std::filesystem::path& path, HubConfig& conf
   auto content = read_file(path); // a regular file only: a FIFO must not hang the hub's start
   if (!content.ok())
     return content.error();
+  return parse_config(*content, path, config);
+}
+
+Result<void> parse_config(const std::string& content, const std::filesystem::path& path,
+                          HubConfig& config) {
   toml::table doc;
   try {
-    doc = toml::parse(*content, path.string());
+    doc = toml::parse(content, path.string());
   } catch (const toml::parse_error& e) {
     return make_error(ErrorCode::InvalidArgument,
                       fmt::format("{}: {}", where(path, e.source()), e.description()));
@@ -252,7 +258,8 @@ Result<void> load_config_file(const std::filesystem::path& path, HubConfig& conf
   auto* hub = doc["hub"].as_table();
   if (!hub)
     return ok_result();
-  for (auto&& [key_node, node] : *hub) {
+  for (auto&& [key_node, hub_node] : *hub) {
+    auto& node = hub_node; // a plain reference: lambdas below use it (clang 14)
     std::string key(key_node.str());
     std::string at = where(path, node.source());
     auto want_string = [&]() -> Result<std::string> {

@@ -45,6 +45,9 @@ std::int64_t drain_margin_ms(std::int64_t walltime_ms);
 
 /// Reads `path` if it exists (a missing file means defaults) into `config`. Errors name the file,
 /// line and key, and say what is expected.
+/// The same from the file's text (`path` names it in errors).
+Result<void> parse_config(const std::string& content, const std::filesystem::path& path,
+                          HubConfig& config);
 Result<void> load_config_file(const std::filesystem::path& path, HubConfig& config);
 /// Parses "host:port", "[v6]:port" or "host" (port 0).
 Result<void> parse_listen(const std::string& text, HubConfig& config);

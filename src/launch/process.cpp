@@ -183,19 +183,4 @@ Awaitable<Result<CommandResult>> run_command(asio::any_io_executor ex,
   co_return std::move(st->result);
 }
 
-std::string shell_quote(std::string_view word) {
-  if (!word.empty() && word.find_first_not_of("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ"
-                                              "0123456789-_./=:,@+%") == std::string_view::npos)
-    return std::string(word);
-  std::string out = "'";
-  for (char c : word) {
-    if (c == '\'')
-      out += "'\\''";
-    else
-      out += c;
-  }
-  out += "'";
-  return out;
-}
-
 } // namespace sortie::launch

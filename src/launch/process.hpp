@@ -67,8 +67,5 @@ Awaitable<Result<CommandResult>> run_command(asio::any_io_executor ex,
 /// "exit status 3", "SIGKILL".
 std::string exit_text(int status);
 
-/// Quotes a word for a POSIX shell: 'it'\''s' (only for the command line ssh hands to the remote
-/// shell, and for batch scripts; never for anything run here).
-std::string shell_quote(std::string_view word);
 
 } // namespace sortie::launch

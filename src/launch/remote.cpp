@@ -4,7 +4,6 @@
 #include <fmt/format.h>
 
 #include "common/text.hpp"
-#include "launch/process.hpp"
 
 namespace sortie::launch {
 namespace {

@@ -38,7 +38,8 @@ class FullOutputDisk:
         return self
 
     def __exit__(self, *exc):
-        subprocess.run(["umount", "-l", str(self.dir)], check=False)
+        r = subprocess.run(["umount", "-l", str(self.dir)], capture_output=True, text=True)
+        assert r.returncode == 0, f"umount {self.dir}: {r.stderr}"
 
 
 def logs(sortie, job):

@@ -5,6 +5,7 @@
 #include <gtest/gtest.h>
 
 #include "launch/process.hpp"
+#include "common/text.hpp"
 #include "launch/remote.hpp"
 
 namespace sortie::launch {
