@@ -16,6 +16,7 @@
 #include <cstdint>
 #include <filesystem>
 #include <functional>
+#include <optional>
 #include <map>
 #include <memory>
 #include <string>
@@ -142,6 +143,14 @@ public:
                                  const std::string& group_name = {});
   /// Submits many jobs at once, as one group, in one transaction.
   Result<Submitted> submit_batch(const std::vector<JobSpec>& specs,
+                                 const std::string& group_name = {});
+  /// One item of a batch: a job, or an array of jobs (one per index).
+  struct BatchItem {
+    JobSpec spec;
+    std::optional<ArrayRange> array;
+  };
+  /// Submits jobs and arrays at once, as one group, in one transaction (job files).
+  Result<Submitted> submit_items(const std::vector<BatchItem>& items,
                                  const std::string& group_name = {});
 
   /// One job with its spec, state history and resource usage.

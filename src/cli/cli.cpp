@@ -433,15 +433,19 @@ int pilot_wait(const Globals& g, const PilotWaitArgs& a) {
                        [&](const PilotInfo& p) { return p.id.value == id; }))
         return fail(make_error(ErrorCode::NotFound, fmt::format("pilot {} does not exist", id)));
     for (const auto& p : *pilots) {
-      bool chosen = a.all ? (p.state != "ended" && p.state != "cancelled" && p.state != "failed")
+      // --all: every pilot not cancelled or ended, failed ones included (so a pilot that failed
+      // before we looked makes the wait fail too).
+      bool chosen = a.all ? (p.state != "ended" && p.state != "cancelled")
                           : std::find(a.ids.begin(), a.ids.end(), p.id.value) != a.ids.end();
       if (!chosen)
         continue;
       ++wanted;
       if (p.state == "failed" || p.state == "cancelled" || p.state == "ended") {
-        std::fprintf(stderr, "sortie: pilot %llu is %s%s%s\n",
-                     static_cast<unsigned long long>(p.id.value), p.state.c_str(),
-                     p.reason.empty() ? "" : ": ", p.reason.c_str());
+        const char* how = p.state == "failed" ? "failed" : p.state == "cancelled" ? "was cancelled"
+                                                                                 : "has ended";
+        std::fprintf(stderr, "sortie: pilot %llu %s%s%s\n",
+                     static_cast<unsigned long long>(p.id.value), how,
+                     p.reason.empty() ? "" : ": ", printable(p.reason).c_str());
         return kExitFailure;
       }
       bool all_up = p.nodes_up > 0 && p.nodes_up >= p.spec.nodes;
@@ -701,6 +705,7 @@ int submit(const Globals& g,
            const std::string& file,
            std::vector<std::string> command) {
   std::vector<JobSpec> specs;
+  std::vector<std::optional<ArrayRange>> ranges; // a job file's items: jobs and arrays
   std::optional<ArrayRange> range;
   std::string group = o.group;
   if (!file.empty()) {
@@ -712,16 +717,9 @@ int submit(const Globals& g,
       return fail(jf.error());
     if (group.empty())
       group = jf->group;
-    bool arrays = false;
     for (auto& e : jf->jobs) {
-      arrays = arrays || e.array;
       specs.push_back(e.spec);
-    }
-    if (arrays) {
-      if (jf->jobs.size() != 1)
-        return fail(make_error(ErrorCode::InvalidArgument,
-                               fmt::format("{}: an array job must be the only job of its file", file)));
-      range = jf->jobs[0].array;
+      ranges.push_back(e.array);
     }
   } else {
     if (command.empty())
@@ -746,7 +744,15 @@ int submit(const Globals& g,
   auto client = connect(g);
   if (!client.ok())
     return fail(client.error());
-  auto s = range ? client->submit_array(specs[0], *range, group) : client->submit_batch(specs, group);
+  Result<Submitted> s = make_error(ErrorCode::Internal, "");
+  if (range) {
+    s = client->submit_array(specs[0], *range, group);
+  } else {
+    std::vector<Client::BatchItem> items;
+    for (std::size_t i = 0; i < specs.size(); ++i)
+      items.push_back({specs[i], i < ranges.size() ? ranges[i] : std::nullopt});
+    s = client->submit_items(items, group);
+  }
   if (!s.ok())
     return fail(s.error());
   print_submitted(*s, o.json);
@@ -775,6 +781,33 @@ std::vector<std::string> substitute(const std::vector<std::string>& command, con
   return out;
 }
 
+/// " (did you mean --label?)" for the first unknown --option in `args` close to a known one.
+std::string did_you_mean(CLI::App& app, const std::vector<std::string>& args) {
+  std::vector<std::string> known;
+  std::vector<CLI::App*> apps = {&app};
+  while (!apps.empty()) {
+    CLI::App* a = apps.back();
+    apps.pop_back();
+    for (const auto* opt : a->get_options())
+      for (const auto& name : opt->get_lnames())
+        known.push_back("--" + name);
+    for (auto* sub : a->get_subcommands([](CLI::App*) { return true; }))
+      apps.push_back(sub);
+  }
+  for (const auto& arg : args) {
+    if (arg == "--")
+      break;
+    if (arg.rfind("--", 0) != 0)
+      continue;
+    std::string word = arg.substr(0, arg.find('='));
+    if (std::find(known.begin(), known.end(), word) != known.end())
+      continue;
+    if (auto best = closest(word, known, 2); !best.empty())
+      return fmt::format(" (did you mean {}?)", best);
+  }
+  return {};
+}
+
 int map_jobs(const Globals& g,
              const JobOptions& o,
              const std::string& mapfile,
@@ -796,6 +829,8 @@ int map_jobs(const Globals& g,
   auto add = [&](const std::string& item, const std::string& host) {
     JobSpec s = base;
     s.argv = substitute(command, item);
+    if (s.name.empty()) // named after its item, as listings show it
+      s.name = item.substr(0, 256);
     if (!host.empty())
       s.hosts = {host};
     specs.push_back(std::move(s));
@@ -813,9 +848,8 @@ int map_jobs(const Globals& g,
     auto text = read_file(each_line);
     if (!text.ok())
       return fail(text.error());
-    for (auto line : split(*text, '\n')) {
-      if (!line.empty() && line.back() == '\r')
-        line.pop_back();
+    for (const auto& raw : split(*text, '\n')) {
+      std::string line(trim(raw)); // surrounding spaces (and a CR) are not part of the item
       if (!line.empty())
         add(line, "");
     }
@@ -841,9 +875,8 @@ int map_jobs(const Globals& g,
   } else {
     // The group is what one waits for: `sortie job wait --group G`.
     std::printf("%llu\n", static_cast<unsigned long long>(s->group.value));
-    std::fprintf(stderr, "group %llu: %llu jobs (%llu-%llu)\n",
-                 static_cast<unsigned long long>(s->group.value),
-                 static_cast<unsigned long long>(s->count),
+    std::fprintf(stderr, "group %llu: %s (%llu-%llu)\n",
+                 static_cast<unsigned long long>(s->group.value), count_of(s->count, "job").c_str(),
                  static_cast<unsigned long long>(s->first_id.value),
                  static_cast<unsigned long long>(s->first_id.value + s->count - 1));
   }
@@ -941,15 +974,15 @@ int job_wait(const Globals& g, const SelectArgs& a, const std::string& timeout, 
     return fail(result.error());
   if (result->all_succeeded()) {
     if (!quiet)
-      std::printf("%llu jobs succeeded\n", static_cast<unsigned long long>(result->total));
+      std::printf("%s succeeded\n", count_of(result->total, "job").c_str());
     return kExitOk;
   }
   std::vector<std::string> ids;
   for (auto id : result->failed_ids)
     ids.push_back(std::to_string(id.value));
-  std::fprintf(stderr, "sortie: %llu of %llu jobs did not succeed (%llu failed, %llu cancelled): %s%s\n",
+  std::fprintf(stderr, "sortie: %llu of %s did not succeed (%llu failed, %llu cancelled): %s%s\n",
                static_cast<unsigned long long>(result->total - result->succeeded),
-               static_cast<unsigned long long>(result->total),
+               count_of(result->total, "job").c_str(),
                static_cast<unsigned long long>(result->failed),
                static_cast<unsigned long long>(result->cancelled), join(ids, " ").c_str(),
                result->total - result->succeeded > ids.size() ? " ..." : "");
@@ -1156,7 +1189,12 @@ int run(int argc, char** argv) {
   Globals g;
   app.add_option("--profile", g.profile,
                  "profile to use (default: $SORTIE_PROFILE or 'default', under $SORTIE_HOME or "
-                 "~/.sortie)");
+                 "~/.sortie)")
+      ->check([](const std::string& v) {
+        return v.empty() ? std::string("an empty profile name: leave --profile out for the "
+                                       "default profile")
+                         : std::string();
+      });
   app.add_flag("-v,--verbose", g.verbose, "log more");
 
   // Callbacks only choose the action: CLI11 runs them before its last checks of the arguments.
@@ -1354,8 +1392,8 @@ int run(int argc, char** argv) {
   } catch (const CLI::CallForVersion& e) {
     return app.exit(e);
   } catch (const CLI::ParseError& e) {
-    std::fprintf(stderr, "sortie: %s\nRun `sortie --help` (or `sortie COMMAND --help`) for usage.\n",
-                 e.what());
+    std::fprintf(stderr, "sortie: %s%s\nRun `sortie --help` (or `sortie COMMAND --help`) for usage.\n",
+                 e.what(), did_you_mean(app, args).c_str());
     return kExitUsage;
   }
   return action ? action() : kExitUsage;

@@ -119,7 +119,7 @@ std::string jobs_table(const std::vector<JobInfo>& jobs) {
     rows.push_back({std::to_string(j.id.value), job_state_name(j.state), exit_text(j),
                     j.node.empty() ? "-" : j.node, std::to_string(j.attempt), elapsed(j),
                     j.name.empty() ? (j.array_index ? fmt::format("[{}]", *j.array_index) : "")
-                                   : j.name});
+                                   : printable(j.name)});
   return table(rows);
 }
 
@@ -137,10 +137,10 @@ std::string job_details(const JobInfo& j) {
   auto line = [&](const char* k, const std::string& v) { out += fmt::format("{:<12} {}\n", k, v); };
   line("id:", std::to_string(j.id.value));
   if (!j.name.empty())
-    line("name:", j.name);
+    line("name:", printable(j.name));
   line("state:", job_state_name(j.state));
   if (!j.reason.empty())
-    line("reason:", j.reason);
+    line("reason:", printable(j.reason));
   if (j.exit_code)
     line("exit code:", std::to_string(*j.exit_code));
   if (j.signal)
@@ -152,7 +152,7 @@ std::string job_details(const JobInfo& j) {
   if (j.array_index)
     line("array index:", std::to_string(*j.array_index));
   line("group:", j.group_name.empty() ? std::to_string(j.group.value)
-                                       : fmt::format("{} ({})", j.group.value, j.group_name));
+                                       : fmt::format("{} ({})", j.group.value, printable(j.group_name)));
   if (!j.gpus.empty()) {
     std::string g;
     for (auto d : j.gpus)
@@ -265,7 +265,7 @@ std::string pilots_table(const std::vector<PilotInfo>& pilots) {
                     p.end_ms == 0 || p.state == "ended" || p.state == "failed" || p.state == "cancelled"
                         ? "-"
                         : format_duration_ms(std::max<std::int64_t>(0, p.end_ms - now)),
-                    p.batch_id.empty() ? "-" : p.batch_id, p.reason});
+                    p.batch_id.empty() ? "-" : p.batch_id, printable(p.reason)});
   return table(rows);
 }
 

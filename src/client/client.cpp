@@ -253,30 +253,35 @@ Result<Submitted> Client::submit(const JobSpec& spec, const std::string& group_n
 Result<Submitted> Client::submit_array(const JobSpec& spec,
                                        const ArrayRange& range,
                                        const std::string& group_name) {
-  pb::Envelope env;
-  env.mutable_submit()->set_group_name(group_name);
-  auto* item = env.mutable_submit()->add_items();
-  *item->mutable_spec() = to_pb(spec);
-  auto* a = item->mutable_array();
-  a->set_first(range.first);
-  a->set_last(range.last);
-  a->set_step(range.step);
-  SORTIE_ASSIGN_OR_RETURN(reply, impl_->call(env));
-  if (!reply.has_submit_reply())
-    return make_error(ErrorCode::Internal, "unexpected reply to a submission");
-  const auto& r = reply.submit_reply();
-  return Submitted{JobId(r.first_job_id()), r.count(), GroupId(r.group_id())};
+  return submit_items({{spec, range}}, group_name);
 }
 
 Result<Submitted> Client::submit_batch(const std::vector<JobSpec>& specs,
                                        const std::string& group_name) {
-  if (specs.empty())
+  std::vector<BatchItem> items;
+  items.reserve(specs.size());
+  for (const auto& s : specs)
+    items.push_back({s, std::nullopt});
+  return submit_items(items, group_name);
+}
+
+Result<Submitted> Client::submit_items(const std::vector<BatchItem>& items,
+                                       const std::string& group_name) {
+  if (items.empty())
     return make_error(ErrorCode::InvalidArgument, "nothing to submit: the batch is empty");
   pb::Envelope env;
   auto* req = env.mutable_submit();
   req->set_group_name(group_name);
-  for (const auto& s : specs)
-    *req->add_items()->mutable_spec() = to_pb(s);
+  for (const auto& it : items) {
+    auto* item = req->add_items();
+    *item->mutable_spec() = to_pb(it.spec);
+    if (it.array) {
+      auto* a = item->mutable_array();
+      a->set_first(it.array->first);
+      a->set_last(it.array->last);
+      a->set_step(it.array->step);
+    }
+  }
   if (env.ByteSizeLong() > 60u << 20)
     return make_error(ErrorCode::InvalidArgument,
                       "the batch is larger than 60 MiB: submit it in several parts");

@@ -1,6 +1,7 @@
 // SPDX-License-Identifier: Apache-2.0
 #include "common/text.hpp"
 
+#include <algorithm>
 #include <charconv>
 #include <cmath>
 #include <ctime>
@@ -89,6 +90,35 @@ std::string shell_quote(std::string_view word) {
   }
   out += "'";
   return out;
+}
+
+std::string closest(std::string_view word, const std::vector<std::string>& candidates,
+                    std::size_t max_distance) {
+  std::string best;
+  std::size_t best_distance = max_distance + 1;
+  std::vector<std::size_t> row, prev;
+  for (const auto& c : candidates) {
+    // Levenshtein distance, two rows.
+    prev.resize(c.size() + 1);
+    row.resize(c.size() + 1);
+    for (std::size_t j = 0; j <= c.size(); ++j)
+      prev[j] = j;
+    for (std::size_t i = 1; i <= word.size(); ++i) {
+      row[0] = i;
+      for (std::size_t j = 1; j <= c.size(); ++j)
+        row[j] = std::min({prev[j] + 1, row[j - 1] + 1, prev[j - 1] + (word[i - 1] != c[j - 1])});
+      std::swap(row, prev);
+    }
+    if (prev[c.size()] < best_distance) {
+      best_distance = prev[c.size()];
+      best = c;
+    }
+  }
+  return best;
+}
+
+std::string count_of(std::uint64_t n, std::string_view noun) {
+  return fmt::format("{} {}{}", n, noun, n == 1 ? "" : "s");
 }
 
 std::string printable(std::string_view text) {

@@ -22,6 +22,11 @@ Result<std::uint64_t> parse_size_bytes(std::string_view text);
 /// `text` safe to print on a terminal: control characters (escape sequences among them) become
 /// \xNN, so a job name or a reason cannot drive the terminal.
 std::string printable(std::string_view text);
+/// The candidate nearest to `word` in edit distance, if at most `max_distance` away ("" if none).
+std::string closest(std::string_view word, const std::vector<std::string>& candidates,
+                    std::size_t max_distance);
+/// "1 job", "3 jobs".
+std::string count_of(std::uint64_t n, std::string_view noun);
 /// Quotes a word for a POSIX shell: 'it'\''s' (only for the command line ssh hands to the remote
 /// shell, and for batch scripts; never for anything run here).
 std::string shell_quote(std::string_view word);

@@ -464,6 +464,15 @@ Result<void> Hub::load(store::LoadedState state) {
   // Pilots that were still starting when the hub stopped have no agents coming back.
   for (auto& [id, p] : pilots_)
     update_pilot_state(p);
+  // config.toml's pilots must name resources that exist: a start that would leave one out fails.
+  for (const auto& spec : config_.pilots)
+    if (!find_resource(spec.resource()))
+      return make_error(ErrorCode::InvalidArgument,
+                        fmt::format("{}: [[pilots]] entry '{}' names resource '{}', which is not "
+                                    "defined: add it as [resources.{}] or with `sortie resource "
+                                    "add`, or fix the name",
+                                    config_.profile.config_file().string(), spec.config_name(),
+                                    spec.resource(), spec.resource()));
   return ok_result();
 }
 

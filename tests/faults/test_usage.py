@@ -1,0 +1,61 @@
+# SPDX-License-Identifier: Apache-2.0
+"""What a new user hit: each rough edge, kept as a test."""
+
+
+def test_a_mistyped_option_gets_a_suggestion(sortie):
+    r = sortie.run("submit", "--lable", "cpu", "--", "true", check=False)
+    assert r.returncode == 2 and "did you mean --label?" in r.stderr, r.stderr
+
+
+def test_an_empty_profile_name_is_an_error(sortie):
+    r = sortie.run("--profile", "", "hub", "status", check=False)
+    assert r.returncode == 2 and "empty profile name" in r.stderr, r.stderr
+
+
+def test_a_configured_pilot_on_an_unknown_resource_fails_the_start(sortie):
+    (sortie.profile / "config.toml").write_text(
+        '[hub]\nheartbeat_interval = "500ms"\n[[pilots]]\nresource = "nope"\nslots_per_node = 1\n')
+    r = sortie.run("hub", "start", check=False)
+    assert r.returncode == 1
+    assert "names resource 'nope', which is not defined" in r.stderr, r.stderr
+
+
+def test_pilot_wait_all_fails_when_a_pilot_failed(sortie):
+    sortie.start()
+    sortie.run("resource", "add", "nowhere", "--type", "ssh", "--location", "root@127.0.0.1:1")
+    pid = int(sortie.run("pilot", "add", "--resource", "nowhere").stdout)
+    r = sortie.run("pilot", "wait", "--all", "--timeout", "60s", check=False)
+    assert r.returncode == 1, r.stdout + r.stderr
+    assert f"pilot {pid} failed" in r.stderr, r.stderr
+
+
+def test_one_job_is_one_job(sortie):
+    sortie.start()
+    sortie.add_pilot("--resource", "local", "--slots", "1")
+    job = sortie.submit("true")
+    r = sortie.run("job", "wait", job)
+    assert r.stdout.strip() == "1 job succeeded", r.stdout
+
+
+def test_names_with_control_characters_are_shown_escaped(sortie):
+    sortie.start()
+    job = sortie.submit("true", opts=("--name", "evil\x1b]0;pwned\x07"))
+    table = sortie.run("job", "list").stdout
+    shown = sortie.run("job", "show", job).stdout
+    for text in (table, shown):
+        assert "\x1b" not in text and "\x07" not in text
+        assert "evil\\x1b]0;pwned\\x07" in text, text
+    sortie.run("job", "cancel", job)
+
+
+def test_each_line_items_are_trimmed_and_map_jobs_are_named_after_them(sortie, tmp_path):
+    sortie.start()
+    sortie.add_pilot("--resource", "local", "--slots", "2")
+    items = tmp_path / "items"
+    items.write_text("  alpha  \n\tbeta\r\n\n")
+    group = sortie.run("map", "--each-line", items, "--", "echo").stdout.strip()
+    sortie.run("job", "wait", "--group", group)
+    jobs = sortie.jobs("--group", group)
+    assert sorted(j["name"] for j in jobs) == ["alpha", "beta"]
+    # Without {} the item is appended, as GNU parallel does.
+    assert sorted(sortie.run("job", "logs", j["id"]).stdout for j in jobs) == ["alpha\n", "beta\n"]
