@@ -81,6 +81,7 @@ struct Submitted {
   JobId first_id;
   std::uint64_t count = 0;
   GroupId group;
+  std::string warning; ///< something the submitter should know (no pilot runs), or empty
 };
 
 struct StateChange {

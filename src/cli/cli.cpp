@@ -690,6 +690,8 @@ Result<void> apply_job_options(const JobOptions& o, JobSpec& spec, bool set_defa
 }
 
 void print_submitted(const Submitted& s, bool json) {
+  if (!s.warning.empty())
+    std::fprintf(stderr, "sortie: note: %s\n", s.warning.c_str());
   if (json)
     std::fputs(submitted_json(s).c_str(), stdout);
   else if (s.count == 1)
@@ -874,6 +876,8 @@ int map_jobs(const Globals& g,
     std::fputs(submitted_json(*s).c_str(), stdout);
   } else {
     // The group is what one waits for: `sortie job wait --group G`.
+    if (!s->warning.empty())
+      std::fprintf(stderr, "sortie: note: %s\n", s->warning.c_str());
     std::printf("%llu\n", static_cast<unsigned long long>(s->group.value));
     std::fprintf(stderr, "group %llu: %s (%llu-%llu)\n",
                  static_cast<unsigned long long>(s->group.value), count_of(s->count, "job").c_str(),

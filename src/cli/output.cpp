@@ -26,7 +26,8 @@ std::string exit_text(const JobInfo& j) {
 std::string elapsed(const JobInfo& j) {
   if (j.start_ms == 0)
     return "-";
-  std::int64_t end = j.end_ms > j.start_ms ? j.end_ms : wall_now_ms();
+  // A job that ended has its end time, even in the millisecond it started.
+  std::int64_t end = j.end_ms >= j.start_ms && j.end_ms != 0 ? j.end_ms : wall_now_ms();
   return format_duration_ms(end - j.start_ms);
 }
 

@@ -289,7 +289,7 @@ Result<Submitted> Client::submit_items(const std::vector<BatchItem>& items,
   if (!reply.has_submit_reply())
     return make_error(ErrorCode::Internal, "unexpected reply to a submission");
   const auto& r = reply.submit_reply();
-  return Submitted{JobId(r.first_job_id()), r.count(), GroupId(r.group_id())};
+  return Submitted{JobId(r.first_job_id()), r.count(), GroupId(r.group_id()), r.warning()};
 }
 
 Result<JobInfo> Client::job(JobId id) {

@@ -318,11 +318,24 @@ Result<void> Hub::check_after(const pb::JobSpec& spec, std::size_t item) const {
   return ok_result();
 }
 
-std::vector<std::uint64_t> Hub::groups_named(const pb::JobSelector& sel) const {
+Result<std::vector<std::uint64_t>> Hub::groups_named(const pb::JobSelector& sel) const {
+  // Every command treats a group that does not exist the same way: an error naming it.
+  for (auto g : sel.groups())
+    if (g == 0 || g > groups_.size() || groups_[g - 1].id == 0)
+      return make_error(ErrorCode::NotFound,
+                        fmt::format("group {} does not exist: `sortie job list` shows the jobs "
+                                    "and their groups",
+                                    g));
   std::vector<std::uint64_t> out;
-  for (const auto& name : sel.group_names())
-    if (auto it = groups_by_name_.find(name); it != groups_by_name_.end())
-      out.insert(out.end(), it->second.begin(), it->second.end());
+  for (const auto& name : sel.group_names()) {
+    auto it = groups_by_name_.find(name);
+    if (it == groups_by_name_.end())
+      return make_error(ErrorCode::NotFound,
+                        fmt::format("no group is named '{}': `sortie job list` shows the jobs and "
+                                    "their groups",
+                                    printable(name)));
+    out.insert(out.end(), it->second.begin(), it->second.end());
+  }
   return out;
 }
 
@@ -892,7 +905,8 @@ void Hub::fill_info(const Job& job, pb::JobInfo& info, bool detail) const {
 }
 
 bool Hub::selected(const pb::JobSelector& sel, const Job& job) const {
-  return selected(sel, groups_named(sel), job);
+  auto named = groups_named(sel);
+  return named.ok() && selected(sel, *named, job);
 }
 
 bool Hub::selected(const pb::JobSelector& sel,
@@ -1145,6 +1159,14 @@ void Hub::handle_submit(const std::shared_ptr<Peer>& peer,
     reply->set_first_job_id(first);
     reply->set_count(total);
     reply->set_group_id(group);
+    bool any_pilot = std::any_of(pilots_.begin(), pilots_.end(),
+                                 [](const auto& p) {
+                                   const auto& st = p.second.state;
+                                   return st != "ended" && st != "failed" && st != "cancelled";
+                                 });
+    if (!any_pilot)
+      reply->set_warning("no pilot is running: the jobs wait until one is added (e.g. `sortie "
+                         "pilot add --resource local --slots 4`)");
     send_to(peer, env, rid);
     request_schedule();
   });
@@ -1166,7 +1188,10 @@ void Hub::handle_list(const std::shared_ptr<Peer>& peer,
     }
   };
   const auto& sel = req.selector();
-  auto named = groups_named(sel);
+  auto found = groups_named(sel);
+  if (!found.ok())
+    return reply_error(peer, rid, found.error());
+  const auto& named = *found;
   if (!sel.all() && sel.groups_size() == 0 && sel.group_names_size() == 0 && sel.ids_size() > 0) {
     for (const auto& r : sel.ids()) {
       std::uint64_t last = std::min<std::uint64_t>(r.last() ? r.last() : r.first(), jobs_.size());
@@ -1247,16 +1272,10 @@ void Hub::handle_wait(const std::shared_ptr<Peer>& peer, std::uint64_t rid, cons
       return reply_error(peer, rid,
                          make_error(ErrorCode::NotFound, fmt::format("job {} does not exist", id)));
   }
-  for (auto g : sel.groups())
-    if (g == 0 || g > groups_.size() || groups_[g - 1].id == 0)
-      return reply_error(peer, rid,
-                         make_error(ErrorCode::NotFound, fmt::format("group {} does not exist", g)));
-  for (const auto& name : sel.group_names())
-    if (!groups_by_name_.contains(name))
-      return reply_error(peer, rid,
-                         make_error(ErrorCode::NotFound,
-                                    fmt::format("no group is named '{}'", name)));
-  w->named = groups_named(sel);
+  auto found = groups_named(sel);
+  if (!found.ok())
+    return reply_error(peer, rid, found.error());
+  w->named = std::move(*found);
   auto count = [&](const Job& j) {
     ++w->total;
     if (is_final(j.state))
@@ -1303,7 +1322,10 @@ void Hub::handle_cancel(const std::shared_ptr<Peer>& peer,
       ++cancelled;
     }
   };
-  auto named = groups_named(sel);
+  auto found = groups_named(sel);
+  if (!found.ok())
+    return reply_error(peer, rid, found.error());
+  const auto& named = *found;
   if (!sel.all() && sel.groups_size() == 0 && sel.group_names_size() == 0) {
     for (const auto& r : sel.ids()) {
       std::uint64_t last = r.last() ? r.last() : r.first();
@@ -1355,7 +1377,14 @@ void Hub::handle_logs(const std::shared_ptr<Peer>& peer, std::uint64_t rid, cons
   f->follow = req.follow();
   f->attempt = req.attempt() ? req.attempt() : job->attempt;
   if (f->attempt == 0) {
-    // Never started. Without follow there is nothing; with follow, wait for the first start.
+    // Never started. Without follow there is nothing to show (say so); with follow, wait for
+    // the first start.
+    if (!f->follow && !is_final(job->state))
+      return reply_error(peer, rid,
+                         make_error(ErrorCode::NotFound,
+                                    fmt::format("job {} has not started yet ({}): it has no output "
+                                                "so far; `sortie job logs -f {}` waits for it",
+                                                job->id, job_state_name(job->state), job->id)));
     if (!f->follow || is_final(job->state)) {
       pb::Envelope env;
       env.mutable_logs_data()->set_eof(true);

@@ -272,7 +272,9 @@ private:
   Result<void> check_after(const pb::JobSpec& spec, std::size_t item) const;
   /// The run timeout of a spec (kept in its bytes only: the agent enforces it).
   static std::int64_t run_timeout_of(const Spec& spec);
-  std::vector<std::uint64_t> groups_named(const pb::JobSelector& sel) const;
+  /// The groups a selector names by name; an error if it names a group (by id or name) that
+  /// does not exist.
+  Result<std::vector<std::uint64_t>> groups_named(const pb::JobSelector& sel) const;
   void detach_from_agent(Job& job);
   /// Tells the agent running `job` to kill it.
   void send_kill(const Job& job, const std::string& reason);

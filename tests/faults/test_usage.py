@@ -59,3 +59,28 @@ def test_each_line_items_are_trimmed_and_map_jobs_are_named_after_them(sortie, t
     assert sorted(j["name"] for j in jobs) == ["alpha", "beta"]
     # Without {} the item is appended, as GNU parallel does.
     assert sorted(sortie.run("job", "logs", j["id"]).stdout for j in jobs) == ["alpha\n", "beta\n"]
+
+
+def test_a_group_that_does_not_exist_is_an_error_for_every_command(sortie):
+    sortie.start()
+    sortie.submit("true", opts=("--group", "sims"))
+    for cmd in (["job", "list"], ["job", "wait"], ["job", "cancel"], ["job", "list"]):
+        r = sortie.run(*cmd, "--group", "simz", check=False)
+        assert r.returncode == 1 and "no group is named 'simz'" in r.stderr, (cmd, r.stderr)
+        r = sortie.run(*cmd, "--group", "999", check=False)
+        assert r.returncode == 1 and "group 999 does not exist" in r.stderr, (cmd, r.stderr)
+    sortie.run("job", "cancel", "--group", "sims")
+
+
+def test_a_submission_with_no_pilot_says_it_will_wait(sortie):
+    sortie.start()
+    r = sortie.run("submit", "--", "true")
+    assert "no pilot is running" in r.stderr, r.stderr
+    job = int(r.stdout)
+    # And its logs say why there is nothing to show.
+    r = sortie.run("job", "logs", job, check=False)
+    assert r.returncode == 1 and "has not started yet (queued)" in r.stderr, r.stderr
+    sortie.add_pilot("--resource", "local", "--slots", "1")
+    r = sortie.run("submit", "--", "true")
+    assert "no pilot" not in r.stderr
+    sortie.run("job", "wait", "--all")
