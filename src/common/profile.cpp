@@ -1,6 +1,9 @@
 // SPDX-License-Identifier: Apache-2.0
 #include "common/profile.hpp"
 
+#include <sys/stat.h>
+#include <unistd.h>
+
 #include <unistd.h>
 
 #include <cstdlib>
@@ -66,8 +69,20 @@ Result<void> create_profile_dirs(const Profile& profile) {
   SORTIE_TRY(make_dirs(profile.output_dir(), 0700));
   SORTIE_TRY(make_dirs(profile.agent_log_dir(), 0700));
   auto sock = profile.socket_file();
-  if (sock.parent_path() != profile.dir)
-    SORTIE_TRY(make_dirs(sock.parent_path(), 0700));
+  if (sock.parent_path() != profile.dir) {
+    // A shared place (/tmp): the directory must be ours and private, or another user could
+    // put a socket of theirs where clients look for the hub.
+    auto dir = sock.parent_path();
+    SORTIE_TRY(make_dirs(dir, 0700));
+    struct stat st {};
+    if (::lstat(dir.c_str(), &st) != 0 || !S_ISDIR(st.st_mode) || st.st_uid != ::getuid() ||
+        (st.st_mode & 077) != 0)
+      return make_error(ErrorCode::PermissionDenied,
+                        fmt::format("{} must be a directory owned by you with mode 700 (it holds "
+                                    "the hub's socket): remove it, or give it to yourself with "
+                                    "chmod 700",
+                                    dir.string()));
+  }
   return ok_result();
 }
 

@@ -419,6 +419,9 @@ int run_hub(RunOptions options) {
   if (auto old = read_hub_file(config.profile.hub_file()); old.ok()) {
     hf.token = old->token;
     previous_port = old->port;
+  } else if (old.error().code == ErrorCode::PermissionDenied) {
+    // Others could read the token: do not go on with it, nor silently replace it.
+    return fail(old.error());
   }
   if (hf.token.size() != 64)
     hf.token = protocol::to_hex(protocol::random_bytes(32));

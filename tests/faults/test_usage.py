@@ -84,3 +84,14 @@ def test_a_submission_with_no_pilot_says_it_will_wait(sortie):
     r = sortie.run("submit", "--", "true")
     assert "no pilot" not in r.stderr
     sortie.run("job", "wait", "--all")
+
+
+def test_a_readable_hub_json_stops_the_start_instead_of_making_a_new_token(sortie):
+    sortie.start()
+    sortie.run("hub", "stop")
+    hub_json = sortie.profile / "hub.json"
+    hub_json.chmod(0o644)
+    r = sortie.run("hub", "start", check=False)
+    assert r.returncode == 1 and "readable by other users" in r.stderr, r.stderr
+    hub_json.chmod(0o600)
+    sortie.start()
