@@ -1994,12 +1994,19 @@ void Hub::on_agent_register(const std::shared_ptr<Peer>& peer,
   // over and must kill whatever it still runs.
   for (const auto& aj : reg.jobs())
     kill.push_back(aj.job_id());
+  // An agent is known by its pilot and node: two pilots may share a node (two Slurm jobs on
+  // one host); one pilot may not have the node twice.
   for (const auto& [aid, other] : agents_)
-    if (other.peer && other.node == reg.node_name()) {
-      peer->close_with_error(make_error(ErrorCode::AlreadyExists,
-                                        fmt::format("a node named '{}' is already connected "
-                                                    "(agent {}); give this agent another name",
-                                                    reg.node_name(), aid.value)));
+    if (other.peer && other.pilot.value == reg.pilot_id() && other.node == reg.node_name()) {
+      auto error = make_error(ErrorCode::AlreadyExists,
+                              fmt::format("pilot {} already has a node named '{}' (agent {}); "
+                                          "give this agent another name",
+                                          reg.pilot_id(), reg.node_name(), aid.value));
+      if (auto p = pilots_.find(PilotId(reg.pilot_id())); p != pilots_.end() &&
+          p->second.reason.find(error.message) == std::string::npos)
+        p->second.reason = p->second.reason.empty() ? error.message
+                                                    : p->second.reason + "; " + error.message;
+      peer->close_with_error(error);
       return;
     }
   Agent a;

@@ -219,6 +219,14 @@ void Hub::handle_resource_remove(const std::shared_ptr<Peer>& peer,
 // Remote pilots
 
 Result<void> Hub::check_remote_pilot(pb::PilotSpec& spec, const pb::ResourceSpec& resource) const {
+  // Each --option goes to sbatch/qsub as an argument: a word that is not an option would be taken
+  // as the batch script and replace ours.
+  for (const auto& o : spec.batch_options())
+    if (o.size() < 2 || o[0] != '-')
+      return make_error(ErrorCode::InvalidArgument,
+                        fmt::format("--option '{}' is not an option of the batch system (it must "
+                                    "start with '-', e.g. --option=--account=proj)",
+                                    printable(o)));
   if (spec.nodes() == 0)
     spec.set_nodes(spec.node_names_size() > 0 ? static_cast<std::uint32_t>(spec.node_names_size())
                                               : (resource.type() == "ssh" ? 0 : 1));

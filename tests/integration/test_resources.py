@@ -496,3 +496,27 @@ def test_an_ssh_pilot_whose_agent_never_speaks_fails_with_what_was_seen(
     p = pilot(sortie, pid)
     assert p["state"] == "failed", p
     assert "did not register" in p["reason"] and seen in p["reason"], p["reason"]
+
+
+@pytest.mark.parametrize("system", ["slurm", "sge"])
+def test_two_batch_pilots_on_one_node_both_run_jobs(request, sortie, system):
+    s = batch_profile(request, sortie, system)
+    # Both on one node: Slurm's n1; Grid Engine has a single execution host.
+    place = ["--option=--nodelist=n1"] if system == "slurm" else []
+    pilots = [run_pilot(s, "cluster", "--slots", "1", "--label", f"p{k}", *place, timeout="90s")
+              for k in range(2)]
+    nodes = {pilot(s, p)["id"]: pilot(s, p) for p in pilots}
+    assert all(p["state"] == "running" and p["nodes_up"] == 1 for p in nodes.values()), nodes
+    jobs = [s.submit("true", opts=["--label", f"p{k}"]) for k in range(2)]
+    s.run("job", "wait", *jobs, timeout=120)
+    shown = [s.job(j) for j in jobs]
+    assert all(j["state"] == "succeeded" for j in shown), shown
+    assert len({j["node"] for j in shown}) == 1, shown  # one node, two pilots
+    for p in pilots:
+        s.run("pilot", "cancel", p)
+
+
+def test_a_batch_option_that_is_not_an_option_is_refused(request, sortie):
+    s = batch_profile(request, sortie, "slurm")
+    r = s.run("pilot", "add", "--resource", "cluster", "--option", "evil.sh", check=False)
+    assert r.returncode != 0 and "is not an option of the batch system" in r.stderr, r.stderr
