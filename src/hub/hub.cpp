@@ -1602,6 +1602,8 @@ void Hub::update_pilot_state(Pilot& p) {
     if (p.reason.empty())
       p.reason = "its agents exited before registering with the hub";
   }
+  if (next == "running" && p.reason.starts_with("waiting in the batch queue: "))
+    p.reason.clear(); // it no longer waits
   if (next != p.state) {
     log::info("pilot {}: {} -> {}{}", p.id.value, p.state, next,
               p.reason.empty() ? "" : " (" + p.reason + ")");

@@ -12,6 +12,8 @@
 namespace sortie::hub {
 namespace {
 
+const std::string kPendingPrefix = "waiting in the batch queue: ";
+
 bool final_state(const std::string& s) { return s == "ended" || s == "failed" || s == "cancelled"; }
 
 const pb::ResourceSpec& local_resource() {
@@ -384,6 +386,20 @@ void Hub::on_pilot_report(PilotId id, const launch::PilotReport& r) {
   case Kind::Pending:
     log::debug("pilot {}: batch job {} pending{}", p.id.value, p.batch_id,
                r.detail.empty() ? "" : " (" + r.detail + ")");
+    // Why it waits, as squeue's REASON column says it (PartitionNodeLimit, Resources, ...).
+    if (!r.detail.empty() && (p.reason.empty() || p.reason.starts_with(kPendingPrefix))) {
+      std::string why = kPendingPrefix + r.detail;
+      if (why != p.reason) {
+        p.reason = why;
+        pilot_changed(p);
+      }
+    }
+    break;
+  case Kind::NodeGone:
+    log::warn("pilot {}: {}", p.id.value, r.detail);
+    if (p.reason.find(r.detail) == std::string::npos)
+      p.reason = p.reason.empty() ? r.detail : p.reason + "; " + r.detail;
+    pilot_changed(p);
     break;
   case Kind::Running:
     log::info("pilot {}: batch job {} running", p.id.value, p.batch_id);

@@ -206,23 +206,33 @@ private:
     return out;
   }
 
+  /// How a node's ssh session ended, with the last line ssh wrote ("" if it ended well).
+  std::string node_end(const Node& n) const {
+    if (WIFEXITED(n.status) && WEXITSTATUS(n.status) == 0)
+      return {};
+    std::string why = last_line(n.log);
+    return fmt::format("ssh to {} ended ({}){}", n.target.destination(), exit_text(n.status),
+                       why.empty() ? "" : ": " + why);
+  }
+
   void on_exit(std::size_t index, int status) {
     Node& n = nodes_[index];
     n.running = false;
     n.status = status;
-    for (const auto& other : nodes_)
-      if (other.running)
-        return;
+    bool others = std::any_of(nodes_.begin(), nodes_.end(), [](const Node& o) { return o.running; });
+    if (others) {
+      // The pilot goes on with its other nodes; it says why this one is missing.
+      if (auto why = node_end(n); !why.empty())
+        hooks_.report(c_.pilot, {PilotReport::Kind::NodeGone, fmt::format("node {}: {}", n.name, why), ""});
+      return;
+    }
     // All gone: say how the first one that failed ended.
     std::string detail = "every ssh session ended";
-    for (const auto& other : nodes_) {
-      if (WIFEXITED(other.status) && WEXITSTATUS(other.status) == 0)
-        continue;
-      std::string why = last_line(other.log);
-      detail = fmt::format("ssh to {} ended ({}){}", other.target.destination(),
-                           exit_text(other.status), why.empty() ? "" : ": " + why);
-      break;
-    }
+    for (const auto& other : nodes_)
+      if (auto why = node_end(other); !why.empty()) {
+        detail = why;
+        break;
+      }
     hooks_.report(c_.pilot, {PilotReport::Kind::Gone, detail, ""});
   }
 

@@ -31,6 +31,7 @@ struct PilotReport {
     Running,   ///< the batch job runs (agents may not have registered yet)
     Gone,      ///< every process or the batch job has ended (detail: how)
     Failed,    ///< it could not be started (detail: the error, e.g. sbatch's message)
+    NodeGone,  ///< one node's process ended while others run (detail: how)
   };
   Kind kind;
   std::string detail;

@@ -520,3 +520,27 @@ def test_a_batch_option_that_is_not_an_option_is_refused(request, sortie):
     s = batch_profile(request, sortie, "slurm")
     r = s.run("pilot", "add", "--resource", "cluster", "--option", "evil.sh", check=False)
     assert r.returncode != 0 and "is not an option of the batch system" in r.stderr, r.stderr
+
+
+def test_a_pilot_that_waits_in_the_batch_queue_says_why(request, sortie):
+    s = batch_profile(request, sortie, "slurm")
+    # The test bed's partition has two nodes: a pilot of five waits (or is refused) with
+    # Slurm's own reason, which `pilot list` shows.
+    pid = int(s.run("pilot", "add", "--resource", "cluster", "--nodes", "5").stdout)
+    p = wait_for(lambda: (q := pilot(s, pid))["reason"] and q, 30, "the pilot to say why it waits")
+    assert "waiting in the batch queue: " in p["reason"] or p["state"] == "failed", p
+    assert "Partition" in p["reason"] or "node" in p["reason"].lower(), p["reason"]
+    s.run("pilot", "cancel", pid)
+
+
+def test_an_ssh_pilot_says_which_of_its_nodes_failed(sortie, sshd, label):
+    sortie.start()
+    add_ssh_resource(sortie, "pair", "root@127.0.0.1:2222,root@127.0.0.1:2299", sshd)
+    pid = int(sortie.run("pilot", "add", "--resource", "pair", "--slots", "1", "--label",
+                         label).stdout)
+    p = wait_for(lambda: (q := pilot(sortie, pid))["nodes_up"] == 1 and
+                 "ssh to root@127.0.0.1 ended" in q["reason"] and q, 60,
+                 "the pilot to run on one node and say why the other is missing")
+    assert p["state"] == "running" and "Connection refused" in p["reason"], p
+    sortie.run("pilot", "cancel", pid)
+    wait_for(lambda: pilot(sortie, pid)["state"] == "cancelled", 30, "the pilot to be cancelled")
