@@ -190,7 +190,7 @@ private:
   }
 
   Awaitable<void> accept_tcp() {
-    return accept_loop(tcp_, [](asio::ip::tcp::socket socket) {
+    return accept_loop(tcp_, true, [](asio::ip::tcp::socket socket) {
       error_code ignored;
       socket.set_option(asio::ip::tcp::no_delay(true), ignored);
       auto remote = socket.remote_endpoint(ignored);
@@ -200,7 +200,8 @@ private:
   }
 
   Awaitable<void> accept_unix() {
-    return accept_loop(unix_, [](asio::local::stream_protocol::socket socket) {
+    // The socket is the user's own (mode 0600): its connections are not limited.
+    return accept_loop(unix_, false, [](asio::local::stream_protocol::socket socket) {
       return net::make_socket_stream(std::move(socket), "unix");
     });
   }
@@ -208,7 +209,7 @@ private:
   /// Accepts connections until the hub stops. When accept fails for want of descriptors or
   /// memory, it backs off (up to 1 s) instead of spinning, and says so once a second at most.
   template <typename Acceptor, typename MakeStream>
-  Awaitable<void> accept_loop(Acceptor& acceptor, MakeStream make_stream) {
+  Awaitable<void> accept_loop(Acceptor& acceptor, bool limited, MakeStream make_stream) {
     asio::steady_timer backoff_timer(io_);
     std::int64_t backoff_ms = 0;
     while (!stopping_) {
@@ -224,13 +225,13 @@ private:
         continue;
       }
       backoff_ms = 0;
-      spawn_session(make_stream(std::move(socket)));
+      spawn_session(make_stream(std::move(socket)), {}, {}, limited);
     }
   }
 
-  /// At most kMaxUnauthenticated connections may be in their handshake: past that the oldest is
-  /// closed, so idle or slow connections cannot use up the hub's descriptors while real peers
-  /// (whose handshake takes milliseconds) still get in.
+  /// At most kMaxUnauthenticated TCP connections may be in their handshake: past that the oldest
+  /// is closed, so idle or slow connections cannot use up the hub's descriptors while real peers
+  /// (whose handshake takes milliseconds, or who use the unix socket) still get in.
   void admit(const std::shared_ptr<net::Link>& link) {
     std::erase_if(handshaking_, [](const std::weak_ptr<net::Link>& w) {
       auto l = w.lock();
@@ -250,12 +251,13 @@ private:
 
   /// One connection. `stdio_key`: a remote pilot's ssh session, which only its agent may use,
   /// authenticated with the key the hub gave that agent.
+  /// `limited`: counted against the handshake limit (TCP connections).
   void spawn_session(std::unique_ptr<net::ByteStream> stream, std::string stdio_key = {},
-                     std::function<void(const Error&)> failed = {}) {
+                     std::function<void(const Error&)> failed = {}, bool limited = false) {
     auto link = std::make_shared<net::Link>(io_.get_executor(), std::move(stream));
     std::erase_if(links_, [](const std::weak_ptr<net::Link>& w) { return w.expired(); });
     links_.push_back(link);
-    if (stdio_key.empty())
+    if (limited)
       admit(link);
     link->start();
     asio::co_spawn(io_, session(link, std::move(stdio_key), std::move(failed)),
@@ -288,6 +290,11 @@ private:
         failed(accepted.error());
       co_return;
     }
+    // Authenticated: no longer counted against the handshake limit.
+    std::erase_if(handshaking_, [&](const std::weak_ptr<net::Link>& w) {
+      auto l = w.lock();
+      return !l || l == link;
+    });
     const auto& hello = accepted->hello;
     auto peer = std::make_shared<LinkPeer>(link, hello.peer_name());
     if (stopping_) {

@@ -28,7 +28,8 @@ def test_idle_unauthenticated_connections_under_a_small_fd_limit(sortie):
             c = socket.create_connection(("127.0.0.1", port), timeout=5)
             conns.append(c)
         cpu0, t0 = cpu_seconds(hub), time.monotonic()
-        # A real client gets in while they sit there (over TCP too, not only the unix socket).
+        # A real client gets in while they sit there (over the unix socket, which the limit on
+        # connections in their handshake does not count: it is the user's own, mode 0600).
         r = sortie.run("job", "list", timeout=30)
         assert r.returncode == 0
         time.sleep(2)  # a window to measure the hub's CPU while the connections idle
@@ -40,3 +41,32 @@ def test_idle_unauthenticated_connections_under_a_small_fd_limit(sortie):
     log = (sortie.profile / "hub.log").stat().st_size
     assert log < 200_000, f"hub.log grew to {log} bytes"
     assert sortie.run("hub", "status").returncode == 0
+
+
+def test_many_authenticated_connections_are_never_closed_to_admit_new_ones(sortie, tmp_path):
+    # More live clients than the handshake limit (64): only unauthenticated connections may be
+    # closed to make room, never these.
+    sortie.start()
+    sortie.add_pilot("--resource", "local", "--slots", "1")
+    done = tmp_path / "done"
+    job = sortie.submit("sh", "-c", 'echo started; while [ ! -e "$1" ]; do sleep 0.05; done',
+                        "job", str(done))
+    sortie.wait_state(job, "running")
+    followers = [subprocess.Popen([sortie.bin, "job", "logs", "-f", str(job)], env=sortie.env,
+                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+                 for _ in range(80)]
+    try:
+        for f in followers:  # each has its first line: connected and authenticated
+            assert f.stdout.readline() == b"started\n"
+        port = sortie.hub_file()["port"]
+        idle = [socket.create_connection(("127.0.0.1", port), timeout=5) for _ in range(70)]
+        assert sortie.run("hub", "status", timeout=30).returncode == 0
+        for c in idle:
+            c.close()
+        done.write_text("")
+        for f in followers:
+            assert f.wait(timeout=60) == 0, f.stderr.read()
+    finally:
+        for f in followers:
+            f.kill()
+            f.wait()
