@@ -860,6 +860,62 @@ std::string Hub::node_of(const Job& job) const {
   return {};
 }
 
+std::string Hub::why_waiting(const scheduler::Requirements& r) const {
+  // Like squeue's REASON: first whether any node the hub knows could ever run it, and if none
+  // could, which requirement rules them all out.
+  const Agent* any = nullptr;
+  std::uint32_t most_slots = 0;
+  std::uint64_t most_memory = 0;
+  std::size_t most_gpus = 0;
+  std::int64_t most_time = 0;
+  bool label_seen = r.label == 0, host_seen = r.hosts.empty();
+  std::int64_t now = clock_.now_ms();
+  for (const auto& [id, a] : agents_) {
+    if (!a.peer)
+      continue;
+    any = &a;
+    if (r.label != 0 && a.label != scheduler_.name(r.label))
+      continue;
+    label_seen = true;
+    if (!r.hosts.empty() && std::none_of(r.hosts.begin(), r.hosts.end(), [&](scheduler::Symbol h) {
+          return scheduler_.name(h) == a.node;
+        }))
+      continue;
+    host_seen = true;
+    std::int64_t left = a.walltime_end_ms ? a.walltime_end_ms - now : kMaxDurationMs;
+    most_slots = std::max(most_slots, a.slots);
+    most_memory = std::max(most_memory, a.memory);
+    most_gpus = std::max(most_gpus, a.gpus.size());
+    most_time = std::max(most_time, left);
+    std::uint32_t per_node = r.spans_nodes() ? r.per_node : r.slots;
+    if (per_node <= a.slots && r.memory <= a.memory && r.gpus <= a.gpus.size() &&
+        r.time_request_ms <= left)
+      return "waiting for free resources"; // it fits a node: when one has room
+  }
+  if (!any)
+    return "no pilot is running: add one (sortie pilot add)";
+  if (!label_seen)
+    return fmt::format("no running pilot has label '{}'", scheduler_.name(r.label));
+  if (!host_seen) {
+    std::string hosts;
+    for (auto h : r.hosts)
+      hosts += (hosts.empty() ? "" : ", ") + scheduler_.name(h);
+    return fmt::format("it must run on {}, which no running pilot has", hosts);
+  }
+  std::uint32_t per_node = r.spans_nodes() ? r.per_node : r.slots;
+  if (per_node > most_slots)
+    return fmt::format("it needs {} slots on one node; the largest node it may use has {}",
+                       per_node, most_slots);
+  if (r.memory > most_memory)
+    return fmt::format("it needs {} of memory; the most any node it may use offers is {}",
+                       format_size_bytes(r.memory), format_size_bytes(most_memory));
+  if (r.gpus > most_gpus)
+    return fmt::format("it needs {} GPUs; the most any node it may use has is {}", r.gpus,
+                       most_gpus);
+  return fmt::format("it asks for {} of walltime; the most any pilot it may use has left is {}",
+                     format_duration_ms(r.time_request_ms), format_duration_ms(most_time));
+}
+
 void Hub::fill_info(const Job& job, pb::JobInfo& info, bool detail) const {
   info.set_id(job.id);
   info.set_state(to_pb(job.state));
@@ -879,7 +935,14 @@ void Hub::fill_info(const Job& job, pb::JobInfo& info, bool detail) const {
   info.set_submit_ms(job.submit_ms);
   info.set_start_ms(job.start_ms);
   info.set_end_ms(job.end_ms);
-  info.set_reason(job.reason);
+  if (job.state == JobState::Queued && job.reason.empty() && job.deps_pending == 0) {
+    // The jobs of an array share their spec: one answer serves a listing's run of them.
+    std::int64_t now = clock_.monotonic_ms();
+    if (why_cache_.spec != job.spec || why_cache_.at_ms != now)
+      why_cache_ = {job.spec, now, why_waiting(specs_[job.spec - 1].req)};
+    info.set_reason(why_cache_.reason);
+  } else
+    info.set_reason(job.reason);
   info.set_limits(kLimitNames[job.limits]);
   for (auto g : gpus_of(job.gpu_mask))
     info.add_gpus(g);

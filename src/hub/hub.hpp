@@ -279,6 +279,14 @@ private:
   /// Tells the agent running `job` to kill it.
   void send_kill(const Job& job, const std::string& reason);
   void fill_info(const Job& job, pb::JobInfo& info, bool detail) const;
+  /// Why a queued job waits (for listings): no node could ever run it and why, or free room.
+  std::string why_waiting(const scheduler::Requirements& req) const;
+  struct WhyCache {
+    std::uint32_t spec = 0;
+    std::int64_t at_ms = -1;
+    std::string reason;
+  };
+  mutable WhyCache why_cache_;
   bool selected(const pb::JobSelector& sel, const Job& job) const;
   bool selected(const pb::JobSelector& sel, const std::vector<std::uint64_t>& named, const Job& job) const;
   std::string node_of(const Job& job) const;

@@ -95,3 +95,25 @@ def test_a_readable_hub_json_stops_the_start_instead_of_making_a_new_token(sorti
     assert r.returncode == 1 and "readable by other users" in r.stderr, r.stderr
     hub_json.chmod(0o600)
     sortie.start()
+
+
+def test_jobs_that_cannot_run_say_why(sortie):
+    sortie.start()
+    job = sortie.submit("true")
+    assert "no pilot is running" in sortie.job(job)["reason"]
+    sortie.add_pilot("--resource", "local", "--slots", "2", "--label", "cpu",
+                     "--memory-per-node", "1G", "--time", "10m")
+    cases = {
+        ("--label", "NOPE"): "no running pilot has label 'NOPE'",
+        ("--slots", "4"): "it needs 4 slots on one node; the largest node it may use has 2",
+        ("--host", "elsewhere"): "it must run on elsewhere, which no running pilot has",
+        ("--memory", "2G"): "it needs 2.0 GiB of memory",
+        ("--time-request", "1h"): "it asks for 1h",
+    }
+    for opts, words in cases.items():
+        j = sortie.submit("true", opts=opts)
+        shown = sortie.job(j)
+        assert shown["state"] == "queued" and words in shown["reason"], (opts, shown["reason"])
+        listed = [x for x in sortie.jobs() if x["id"] == j][0]
+        assert words in listed["reason"], listed
+    sortie.run("job", "cancel", "--all")
