@@ -993,26 +993,70 @@ int job_wait(const Globals& g, const SelectArgs& a, const std::string& timeout, 
   return kExitFailure;
 }
 
-int job_logs(const Globals& g, const std::string& id_text, bool follow, bool use_stderr, std::uint32_t attempt) {
-  auto id = parse_int(id_text, 1, INT64_MAX);
-  if (!id.ok())
-    return fail(make_error(ErrorCode::InvalidArgument, fmt::format("'{}' is not a job id", id_text)));
+/// `job logs IDS|--group G [-f] [--stderr]`: one job's output as it is; several jobs' one after
+/// the other, each line prefixed with "[ID] ". With -f, follows each to its end and exits 0 only
+/// if every job succeeded (1 otherwise), like `job wait`.
+int job_logs(const Globals& g, const SelectArgs& a, bool follow, bool use_stderr,
+             std::uint32_t attempt) {
+  if (a.ids.empty() && a.groups.empty())
+    return fail(make_error(ErrorCode::InvalidArgument,
+                           "name the jobs: job logs ID [ID...] (ranges like 3-7), or --group G"));
+  auto sel = selector_from(a, false);
+  if (!sel.ok())
+    return fail(sel.error());
   auto client = connect(g);
   if (!client.ok())
     return fail(client.error());
-  auto r = client->output(JobId(static_cast<std::uint64_t>(*id)),
-                          use_stderr ? OutputStream::Stderr : OutputStream::Stdout, follow,
-                          [](std::string_view data) {
-                            std::fwrite(data.data(), 1, data.size(), stdout);
-                            if (std::ferror(stdout))
-                              return false;
-                            std::fflush(stdout);
-                            return true;
-                          },
-                          attempt);
-  if (!r.ok())
-    return fail(r.error());
-  return kExitOk;
+  std::vector<JobId> ids;
+  bool single = a.groups.empty() && a.ids.size() == 1 && a.ids[0].find_first_of(",-") == std::string::npos;
+  if (single) {
+    ids.push_back(sel->ranges[0].first);
+  } else {
+    auto jobs = client->jobs(*sel);
+    if (!jobs.ok())
+      return fail(jobs.error());
+    for (const auto& j : *jobs)
+      ids.push_back(j.id);
+    if (ids.empty())
+      return fail(make_error(ErrorCode::NotFound, "no job matches"));
+  }
+  bool all_succeeded = true;
+  for (auto id : ids) {
+    std::string prefix = single ? "" : fmt::format("[{}] ", id.value);
+    bool at_line_start = true;
+    auto r = client->output(id, use_stderr ? OutputStream::Stderr : OutputStream::Stdout, follow,
+                            [&](std::string_view data) {
+                              if (prefix.empty()) {
+                                std::fwrite(data.data(), 1, data.size(), stdout);
+                              } else {
+                                for (char c : data) {
+                                  if (at_line_start)
+                                    std::fputs(prefix.c_str(), stdout);
+                                  std::fputc(c, stdout);
+                                  at_line_start = c == '\n';
+                                }
+                              }
+                              if (std::ferror(stdout))
+                                return false;
+                              std::fflush(stdout);
+                              return true;
+                            },
+                            attempt);
+    if (!at_line_start)
+      std::fputc('\n', stdout);
+    if (!r.ok()) {
+      if (single || r.error().code != ErrorCode::NotFound)
+        return fail(r.error());
+      continue; // one of several that has not started: the others still print
+    }
+    if (follow) {
+      auto info = client->job(id);
+      if (!info.ok())
+        return fail(info.error());
+      all_succeeded = all_succeeded && info->state == JobState::Succeeded;
+    }
+  }
+  return all_succeeded ? kExitOk : kExitFailure;
 }
 
 int job_cancel(const Globals& g, const SelectArgs& a) {
@@ -1348,15 +1392,17 @@ int run(int argc, char** argv) {
   jw->add_option("--timeout", wait_timeout, "give up after this long (e.g. 30s, 2h): exit 4");
   jw->add_flag("-q,--quiet", wait_quiet, "no progress bar or summary");
   jw->callback([&] { action = [&] { return job_wait(g, wait_sel, wait_timeout, wait_quiet); }; });
-  std::string logs_id;
+  SelectArgs logs_sel;
   bool logs_follow = false, logs_stderr = false;
   std::uint32_t logs_attempt = 0;
-  auto* jo = job->add_subcommand("logs", "print a job's output");
-  jo->add_option("id", logs_id, "job id")->required();
-  jo->add_flag("-f,--follow", logs_follow, "keep printing until the job ends");
+  auto* jo = job->add_subcommand("logs", "print jobs' output (several: each line prefixed [ID])");
+  jo->add_option("ids", logs_sel.ids, "job ids or ranges: 17 17-20 3,5");
+  jo->add_option("--group", logs_sel.groups, "the jobs of a group (id or name)");
+  jo->add_flag("-f,--follow", logs_follow,
+               "keep printing until the jobs end; exit 0 only if they all succeeded");
   jo->add_flag("--stderr", logs_stderr, "standard error instead of standard output");
   jo->add_option("--attempt", logs_attempt, "which attempt (default: the latest)");
-  jo->callback([&] { action = [&] { return job_logs(g, logs_id, logs_follow, logs_stderr, logs_attempt); }; });
+  jo->callback([&] { action = [&] { return job_logs(g, logs_sel, logs_follow, logs_stderr, logs_attempt); }; });
   SelectArgs cancel_sel;
   auto* jc = job->add_subcommand("cancel", "cancel jobs (their whole process trees)");
   jc->add_option("ids", cancel_sel.ids, "job ids or ranges");

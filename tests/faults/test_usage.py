@@ -117,3 +117,20 @@ def test_jobs_that_cannot_run_say_why(sortie):
         listed = [x for x in sortie.jobs() if x["id"] == j][0]
         assert words in listed["reason"], listed
     sortie.run("job", "cancel", "--all")
+
+
+def test_job_logs_of_several_jobs_prefixes_lines_and_follow_exits_with_the_outcome(sortie):
+    sortie.start()
+    sortie.add_pilot("--resource", "local", "--slots", "2")
+    group = sortie.run("map", "--array", "1-3", "--group", "three", "--",
+                       "sh", "-c", 'echo "a$1"; echo "b$1"; exit $(( $1 == 3 ))', "x").stdout.strip()
+    r = sortie.run("job", "logs", "-f", "--group", "three", check=False)
+    assert r.returncode == 1, r  # job 3 failed
+    lines = r.stdout.splitlines()
+    jobs = sorted(j["id"] for j in sortie.jobs("--group", group))
+    expected = [f"[{jid}] {w}{k}" for k, jid in enumerate(jobs, 1) for w in "ab"]
+    assert lines == expected, lines
+    r = sortie.run("job", "logs", "-f", jobs[0])
+    assert r.stdout == "a1\nb1\n"
+    r = sortie.run("job", "logs", f"{jobs[0]}-{jobs[1]}")
+    assert r.stdout.splitlines() == expected[:4]
