@@ -388,6 +388,22 @@ int pilot_add(const Globals& g, const PilotAddArgs& a) {
   return kExitOk;
 }
 
+int pilot_show(const Globals& g, std::uint64_t id, bool as_json) {
+  auto client = connect(g);
+  if (!client.ok())
+    return fail(client.error());
+  auto pilots = client->pilots();
+  if (!pilots.ok())
+    return fail(pilots.error());
+  for (const auto& p : *pilots)
+    if (p.id.value == id) {
+      std::fputs((as_json ? pilots_json({p}) : pilot_detail(p)).c_str(), stdout);
+      return kExitOk;
+    }
+  return fail(make_error(ErrorCode::NotFound,
+                         fmt::format("pilot {} does not exist: `sortie pilot list` shows them", id)));
+}
+
 int pilot_list(const Globals& g, bool as_json) {
   auto client = connect(g);
   if (!client.ok())
@@ -1305,6 +1321,12 @@ int run(int argc, char** argv) {
   auto* pl = pilot->add_subcommand("list", "list pilots");
   pl->add_flag("--json", plist_json, "print JSON");
   pl->callback([&] { action = [&] { return pilot_list(g, plist_json); }; });
+  std::uint64_t pshow_id = 0;
+  bool pshow_json = false;
+  auto* ps = pilot->add_subcommand("show", "one pilot: state, every reason, its nodes");
+  ps->add_option("id", pshow_id, "pilot id")->required();
+  ps->add_flag("--json", pshow_json, "print JSON");
+  ps->callback([&] { action = [&] { return pilot_show(g, pshow_id, pshow_json); }; });
   std::uint64_t pcancel_id = 0;
   auto* pc = pilot->add_subcommand("cancel", "stop a pilot; its running jobs are requeued");
   pc->add_option("id", pcancel_id, "pilot id")->required();

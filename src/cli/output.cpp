@@ -266,8 +266,47 @@ std::string pilots_table(const std::vector<PilotInfo>& pilots) {
                     p.end_ms == 0 || p.state == "ended" || p.state == "failed" || p.state == "cancelled"
                         ? "-"
                         : format_duration_ms(std::max<std::int64_t>(0, p.end_ms - now)),
-                    p.batch_id.empty() ? "-" : p.batch_id, printable(p.reason)});
+                    p.batch_id.empty() ? "-" : p.batch_id, one_line(p.reason, 100)});
   return table(rows);
+}
+
+std::string one_line(const std::string& text, std::size_t width) {
+  // The first line, made printable, cut at `width` characters; `pilot show` has the rest.
+  std::string first = printable(text.substr(0, text.find('\n')));
+  bool cut = first.size() > width || first.size() < printable(text).size();
+  if (first.size() > width)
+    first.resize(width);
+  return cut ? first + "... (pilot show)" : first;
+}
+
+std::string pilot_detail(const PilotInfo& p) {
+  std::string out;
+  auto line = [&](const char* key, const std::string& value) {
+    out += fmt::format("{:<10} {}\n", key, value);
+  };
+  line("pilot:", std::to_string(p.id.value));
+  line("resource:", p.spec.resource);
+  line("state:", p.state);
+  if (!p.reason.empty()) {
+    // Every reason it collected, one per line (nodes that failed, the batch queue's word).
+    std::string reasons = printable(p.reason);
+    for (std::size_t at; (at = reasons.find("; ")) != std::string::npos;)
+      reasons.replace(at, 2, "\n           ");
+    line("reason:", reasons);
+  }
+  line("nodes:", p.spec.nodes ? fmt::format("{} of {} up", p.nodes_up, p.spec.nodes)
+                              : fmt::format("{} up", p.nodes_up));
+  for (const auto& n : p.nodes)
+    line("", fmt::format("{} (up)", n));
+  line("slots:", fmt::format("{} used of {}", p.slots_used, p.slots_total));
+  if (!p.spec.label.empty())
+    line("label:", p.spec.label);
+  if (!p.batch_id.empty())
+    line("batch id:", p.batch_id);
+  line("created:", format_time_ms(p.created_ms));
+  if (p.end_ms)
+    line("ends:", format_time_ms(p.end_ms));
+  return out;
 }
 
 std::string pilots_json(const std::vector<PilotInfo>& pilots) {

@@ -17,6 +17,10 @@ std::string status_text(const HubStatus& s);
 std::string status_json(const HubStatus& s);
 std::string pilots_table(const std::vector<PilotInfo>& pilots);
 std::string pilots_json(const std::vector<PilotInfo>& pilots);
+/// `pilot show`: every field, each reason on its own line, the nodes that are up.
+std::string pilot_detail(const PilotInfo& pilot);
+/// The first line of `text`, printable, at most `width` characters (marked when cut).
+std::string one_line(const std::string& text, std::size_t width);
 std::string resources_table(const std::vector<ResourceSpec>& resources);
 std::string resources_json(const std::vector<ResourceSpec>& resources);
 std::string submitted_json(const Submitted& s);

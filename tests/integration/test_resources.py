@@ -542,5 +542,8 @@ def test_an_ssh_pilot_says_which_of_its_nodes_failed(sortie, sshd, label):
                  "ssh to root@127.0.0.1 ended" in q["reason"] and q, 60,
                  "the pilot to run on one node and say why the other is missing")
     assert p["state"] == "running" and "Connection refused" in p["reason"], p
+    shown = sortie.run("pilot", "show", pid).stdout
+    assert "1 of 2 up" in shown and "Connection refused" in shown, shown
+    assert len(sortie.run("pilot", "list").stdout.splitlines()) == 2  # a header, one line
     sortie.run("pilot", "cancel", pid)
     wait_for(lambda: pilot(sortie, pid)["state"] == "cancelled", 30, "the pilot to be cancelled")
