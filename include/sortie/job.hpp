@@ -38,7 +38,7 @@ bool is_terminal(JobState state);
 struct JobSpec {
   std::vector<std::string> argv;
   std::vector<std::pair<std::string, std::string>> env; ///< added to the agent's environment
-  std::string cwd;                                      ///< empty: the agent's working directory
+  std::string cwd; ///< working directory; empty: the submitter's current directory (as sbatch)
   std::uint32_t slots = 1;                              ///< threads; sets OMP_NUM_THREADS
   std::string label;                                    ///< empty: any pilot
   std::string name;                                     ///< free text shown in listings

@@ -2,6 +2,8 @@
 // The client library over a blocking link: one request at a time, replies matched by request id.
 #include "sortie/client.hpp"
 
+#include <filesystem>
+
 #include <unistd.h>
 
 #include <fmt/format.h>
@@ -272,9 +274,13 @@ Result<Submitted> Client::submit_items(const std::vector<BatchItem>& items,
   pb::Envelope env;
   auto* req = env.mutable_submit();
   req->set_group_name(group_name);
+  std::error_code ec;
+  std::string here = std::filesystem::current_path(ec).string();
   for (const auto& it : items) {
     auto* item = req->add_items();
     *item->mutable_spec() = to_pb(it.spec);
+    if (it.spec.cwd.empty() && !here.empty()) // as sbatch: where the submitter is
+      item->mutable_spec()->set_cwd(here);
     if (it.array) {
       auto* a = item->mutable_array();
       a->set_first(it.array->first);
