@@ -83,6 +83,7 @@ struct Task {
   std::string hostfile; ///< an MPI job's: removed when it ends
   /// An MPI job's nodes (this one first) and its ranks on each; one entry: all here.
   std::vector<std::pair<std::string, std::uint32_t>> mpi_hosts;
+  std::string rsh_args; ///< an ssh pilot's ssh options for mpiexec (OMPI_MCA_plm_rsh_args)
   JobProcesses procs() const { return JobProcesses{pid, tag}; }
   ~Task() {
     if (!hostfile.empty())
@@ -477,6 +478,7 @@ private:
                std::max<std::uint32_t>(1, t->spec.mpi_ranks());
     if (a.slots() > 0) // its share of a job across nodes
       t->slots = a.slots();
+    t->rsh_args = a.mpi_rsh_args();
     for (const auto& h : a.mpi_hosts()) {
       // Nodes on one host (several agents there) are one hostfile line: mpiexec refuses two.
       std::string host = h.address().empty() ? address() : h.address();
@@ -613,6 +615,8 @@ private:
       for (const auto& [host, ranks] : t.mpi_hosts)
         layout += fmt::format("{}{}:{}", layout.empty() ? "" : ",", host, ranks);
       set("SORTIE_MPI_LAYOUT", layout);
+      if (!t.rsh_args.empty()) // an ssh pilot's options, for mpiexec's ssh to the other nodes
+        set_default("OMPI_MCA_plm_rsh_args", t.rsh_args);
       if (std::getenv("SLURM_JOB_ID") != nullptr) {
         // In a Slurm pilot: the hostfile, not Slurm's view of the pilot (one task per node),
         // says where the ranks go; mpiexec starts its daemons on the other nodes with srun, in a

@@ -657,6 +657,12 @@ void Hub::schedule() {
             h->set_address(n == agents_.end() ? std::string() : n->second.address);
             h->set_ranks(slots / rank_slots);
           }
+          // mpiexec's ssh between the nodes of an ssh pilot takes the resource's ssh options,
+          // as the hub's own ssh to them did (-F config, -i key, ...).
+          if (auto p = pilots_.find(it != agents_.end() ? it->second.pilot : PilotId()); p != pilots_.end())
+            if (const auto* res = find_resource(p->second.spec.resource());
+                res && res->type() == "ssh" && res->ssh_options_size() > 0)
+              a->set_mpi_rsh_args(fmt::format("{}", fmt::join(res->ssh_options(), " ")));
         }
       }
       if (assign->jobs_size() > 0 && it != agents_.end() && it->second.peer)

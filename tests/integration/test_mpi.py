@@ -82,12 +82,12 @@ def cluster_pilot(sortie, netns, label, *extra):
 
 
 def mpi_opts(netns, label, *extra):
-    # mpiexec's own ssh to the other node uses the test beds' keys (-F FILE), as a user's
-    # ~/.ssh/config would. sx-login has two networks and sx-compute reaches only one: OpenMPI is
-    # told which (without it, ranks on sx-compute wait for ever on the other address).
+    # mpiexec's own ssh to the other node takes the resource's ssh options (the test beds' keys,
+    # -F FILE) from the pilot: nothing to repeat here. sx-login has two networks and sx-compute
+    # reaches only one: OpenMPI is told which (without it, ranks on sx-compute wait for ever on
+    # the other address).
     net = "10.201.0.128/25"
-    return ["--label", label, "--env", "OMPI_MCA_plm_rsh_args=" + " ".join(netns),
-            "--env", f"OMPI_MCA_btl_tcp_if_include={net}",
+    return ["--label", label, "--env", f"OMPI_MCA_btl_tcp_if_include={net}",
             "--env", f"OMPI_MCA_oob_tcp_if_include={net}", *extra]
 
 
