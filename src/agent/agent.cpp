@@ -160,8 +160,9 @@ private:
 
 class Agent {
 public:
-  Agent(asio::io_context& io, AgentOptions options, int keeper_fd, MemoryLimits limits)
-      : io_(io), options_(std::move(options)), keeper_fd_(keeper_fd), limits_(std::move(limits)),
+  Agent(asio::io_context& io, AgentOptions options, Keeper keeper, MemoryLimits limits)
+      : io_(io), options_(std::move(options)), keeper_fd_(keeper.fd), keeper_pid_(keeper.pid),
+        limits_(std::move(limits)),
         lazy_flush_(io),
         watch_timer_(io), credit_wakeup_(io),
         signals_(io, SIGTERM, SIGINT) {
@@ -401,6 +402,7 @@ private:
     r->set_slots(options_.slots);
     r->set_label(options_.label);
     r->set_pid(::getpid());
+    r->set_keeper_pid(keeper_pid_);
     for (const auto& [id, t] : tasks_) {
       auto* j = r->add_jobs();
       j->set_job_id(id);
@@ -1167,6 +1169,7 @@ private:
   asio::io_context& io_;
   AgentOptions options_;
   int keeper_fd_;
+  pid_t keeper_pid_; ///< told to the hub: it waits for the keeper before requeueing our jobs
   MemoryLimits limits_;
   std::vector<std::string> pending_cgroups_; ///< job cgroups to remove once empty
   std::int64_t kill_grace_ms_ = 3000;

@@ -341,7 +341,7 @@ std::vector<std::pair<pid_t, std::string>> adopted_children(const std::vector<pi
 
 void become_subreaper() { ::prctl(PR_SET_CHILD_SUBREAPER, 1); }
 
-Result<int> start_keeper(const std::string& cgroup_dir) {
+Result<Keeper> start_keeper(const std::string& cgroup_dir) {
   int fds[2];
   if (::pipe2(fds, O_CLOEXEC) != 0)
     return make_error(ErrorCode::Io, fmt::format("pipe: {}", errno_text(errno)));
@@ -358,7 +358,7 @@ Result<int> start_keeper(const std::string& cgroup_dir) {
   }
   ::close(fds[0]);
   ::fcntl(fds[1], F_SETFL, ::fcntl(fds[1], F_GETFL) | O_NONBLOCK);
-  return fds[1];
+  return Keeper{fds[1], pid};
 }
 
 std::string keeper_add(const JobProcesses& job) { return fmt::format("+{} {}\n", job.sid, job.tag); }

@@ -69,7 +69,11 @@ void become_subreaper();
 /// and every job it has, itself unable to be frozen by what froze the agent (docs/architecture.md
 /// §5 has the rule and its numbers).
 /// `cgroup_dir` (may be empty) is removed after the jobs are killed.
-Result<int> start_keeper(const std::string& cgroup_dir);
+struct Keeper {
+  int fd = -1;  ///< the pipe's write end
+  pid_t pid = 0;
+};
+Result<Keeper> start_keeper(const std::string& cgroup_dir);
 /// Keeper messages, to be written with keeper_write (several at once).
 std::string keeper_add(const JobProcesses& job);
 std::string keeper_remove(const JobProcesses& job);

@@ -14,6 +14,7 @@
 
 #include "common/assert.hpp"
 #include "common/log.hpp"
+#include "common/files.hpp"
 #include "common/text.hpp"
 #include "common/version.hpp"
 #include "protocol/link.hpp"
@@ -53,6 +54,22 @@ constexpr double kLaunchBufferMs = 50;
 constexpr std::uint32_t kMaxLaunchRounds = 16;
 
 bool is_final(JobState s) { return is_terminal(s); }
+
+/// The keeper process `pid` still runs (not a zombie, and still a keeper: pids are reused).
+bool keeper_running(int pid) {
+  if (pid <= 0)
+    return false;
+  std::string stat;
+  if (auto text = read_file(fmt::format("/proc/{}/stat", pid)); text.ok())
+    stat = *text;
+  auto open = stat.find('('), close = stat.rfind(')');
+  if (open == std::string::npos || close == std::string::npos || close + 2 >= stat.size())
+    return false;
+  char state = stat[close + 2];
+  return stat.substr(open + 1, close - open - 1) == "sortie-keeper" && state != 'Z' &&
+         state != 'X';
+}
+
 
 std::string signal_name(int sig) {
   const char* n = sigabbrev_np(sig);
@@ -699,9 +716,17 @@ void Hub::tick() {
   if (!output_retries_.empty())
     output_retries_due(now);
   std::vector<AgentId> expired;
-  for (const auto& [id, a] : agents_)
+  std::vector<AgentId> keepers_done;
+  for (const auto& [id, a] : agents_) {
     if (!a.peer && a.reconnect_deadline > 0 && now >= a.reconnect_deadline)
       expired.push_back(id);
+    else if (!a.peer && a.awaiting_keeper && !keeper_running(a.keeper_pid))
+      keepers_done.push_back(id);
+  }
+  for (auto id : keepers_done) {
+    std::string why = agents_.at(id).away_reason;
+    agent_gone(id, why + "; its keeper has ended its jobs");
+  }
   for (auto id : expired) {
     const Agent& a = agents_.at(id);
     agent_gone(id, fmt::format("{}{}it did not come back within its lease ({}), after which its "
@@ -1918,9 +1943,12 @@ void Hub::on_local_process_exit(int pid, int status) {
   std::string how = launch::exit_text(status);
   // An agent process of ours is gone: if its link already closed, its jobs are lost now (no
   // point waiting for a reconnect that cannot come).
+  std::vector<AgentId> dead;
   for (auto& [id, a] : agents_)
     if (a.pid == pid && a.local && !a.peer && a.reconnect_deadline > 0)
-      agent_gone(id, fmt::format("its process exited ({})", how));
+      dead.push_back(id);
+  for (auto id : dead)
+    local_agent_died(id, fmt::format("its process exited ({})", how));
   auto p = pilots_.find(pilot_id);
   if (p == pilots_.end())
     return;
@@ -1985,8 +2013,10 @@ void Hub::on_agent_register(const std::shared_ptr<Peer>& peer,
     }
     a.peer = peer;
     a.reconnect_deadline = 0;
+    a.awaiting_keeper = false;
     a.hostname = reg.hostname();
     a.pid = reg.pid();
+    a.keeper_pid = reg.keeper_pid();
     a.slots = reg.slots();
     a.memory = reg.memory_bytes();
     a.gpus.assign(reg.gpus().begin(), reg.gpus().end());
@@ -2086,6 +2116,7 @@ void Hub::on_agent_register(const std::shared_ptr<Peer>& peer,
   a.node = reg.node_name();
   a.hostname = reg.hostname();
   a.pid = reg.pid();
+  a.keeper_pid = reg.keeper_pid();
   a.slots = reg.slots();
   a.cores = reg.cores();
   a.memory = reg.memory_bytes();
@@ -2441,6 +2472,8 @@ void Hub::on_agent_closed(const std::shared_ptr<Peer>& peer, const Error& reason
   a.peer.reset();
   scheduler_.remove_node(id);
   bool process_dead = a.local && (dead_pids_.contains(a.pid) || !launcher_.process_alive(a.pid));
+  if (process_dead && !goodbye && !stopping_)
+    return local_agent_died(id, "its process died");
   if (goodbye || stopping_ || process_dead || (a.stdio && a.jobs.empty() && a.held.empty())) {
     agent_gone(id,
                goodbye        ? "it shut down"
@@ -2463,6 +2496,18 @@ void Hub::on_agent_closed(const std::shared_ptr<Peer>& peer, const Error& reason
     update_pilot_state(p->second);
 }
 
+
+void Hub::local_agent_died(AgentId id, const std::string& why) {
+  Agent& a = agents_.at(id);
+  if (!keeper_running(a.keeper_pid))
+    return agent_gone(id, why);
+  // Its keeper is killing its jobs right now: their new attempts wait until it is done (the
+  // tick looks again), so the old and the new never overlap.
+  a.awaiting_keeper = true;
+  a.away_reason = why;
+  a.reconnect_deadline = clock_.monotonic_ms() + lease_ms(a.stdio) + kReconnectMarginMs;
+}
+
 void Hub::agent_gone(AgentId id, const std::string& why, bool orderly) {
   auto it = agents_.find(id);
   if (it == agents_.end())
@@ -2474,6 +2519,7 @@ void Hub::agent_gone(AgentId id, const std::string& why, bool orderly) {
     a.peer.reset();
   }
   a.reconnect_deadline = 0;
+  a.awaiting_keeper = false;
   scheduler_.remove_node(id);
   std::vector<JobId> jobs(a.jobs.begin(), a.jobs.end());
   std::sort(jobs.begin(), jobs.end());

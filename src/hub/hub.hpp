@@ -99,6 +99,8 @@ struct Agent {
   std::string hostname;
   std::string address; ///< how other nodes reach it (MPI hostfiles)
   int pid = 0;
+  int keeper_pid = 0;           ///< its keeper, which kills its jobs when it dies
+  bool awaiting_keeper = false; ///< dead; its jobs are lost once its keeper has exited
   std::uint32_t slots = 0;
   std::uint32_t cores = 0;
   std::uint64_t memory = 0;
@@ -240,6 +242,8 @@ private:
   /// what it never reported started did not start.
   void agent_gone(AgentId id, const std::string& why, bool orderly = false);
   store::AgentRow agent_row(const Agent& a, bool connected) const;
+  /// A local agent's process died: its jobs are lost once its keeper has killed them.
+  void local_agent_died(AgentId id, const std::string& why);
   /// How long an agent's keeper lets it live without a heartbeat the hub received.
   std::int64_t lease_ms(bool stdio) const;
   scheduler::NodeInfo node_info(const Agent& agent) const;

@@ -44,3 +44,22 @@ def test_a_frozen_agent_never_runs_a_job_twice_at_once(sortie, tmp_path):
     assert end1 < start2, f"attempts overlapped by {(end1 - start2) / 1e6:.0f} ms"
     assert "lost" in [h["state"] for h in shown["history"]], shown
     sortie.run("job", "cancel", job)
+
+
+def test_kill_9_of_an_agent_never_runs_a_job_twice_at_once(sortie, tmp_path):
+    # The hub sees the agent die at once; the new attempt still waits for the agent's keeper to
+    # have killed the old one.
+    sortie.start()
+    first = sortie.add_pilot("--resource", "local", "--slots", "1", "--label", "a")
+    job = sortie.submit("sh", "-c", JOB, "job", str(tmp_path))
+    sortie.wait_state(job, "running")
+    wait_for(lambda: (tmp_path / "attempt-1.alive").exists(), 10, "attempt 1 to write")
+    sortie.add_pilot("--resource", "local", "--slots", "1")
+    [agent] = sortie.agent_pids(f"local-{first}-1")
+    os.kill(agent, signal.SIGKILL)
+    wait_for(lambda: (tmp_path / "attempt-2.start").exists(), 30, "attempt 2 to start")
+    time.sleep(0.5)  # let a wrongly surviving attempt 1 write once more (it would show below)
+    start2 = int((tmp_path / "attempt-2.start").read_text())
+    end1 = last_ns(tmp_path / "attempt-1.alive")
+    assert end1 < start2, f"attempts overlapped by {(end1 - start2) / 1e6:.0f} ms"
+    sortie.run("job", "cancel", job)
