@@ -470,10 +470,9 @@ Result<void> Hub::load(store::LoadedState state) {
         continue;
       }
       if (spec.req.spans_nodes()) {
-        // Which other nodes it held is not stored: run it again (its first node kills it when
-        // it reconnects, as a job the hub does not know there).
-        job_lost(j, "the hub restarted while it ran across nodes");
-        continue;
+        // Which other nodes it held is not stored, so it cannot go on; but it runs again only
+        // once its first node has killed it (told so when it reconnects) or its lease is over.
+        span_lost_.emplace(j.id, "the hub restarted while it ran across nodes");
       }
       if (it->second.reconnect_deadline == 0)
         it->second.reconnect_deadline = deadline;
@@ -1994,7 +1993,8 @@ void Hub::on_agent_register(const std::shared_ptr<Peer>& peer,
                                                  protocol::agent_session_proof(
                                                      a.session_key, a.id.value, epoch));
     };
-    if (!a.session_key.empty() && !proves(a.epoch) && !proves(a.epoch - 1)) {
+    std::uint64_t proven = proves(a.epoch) ? a.epoch : proves(a.epoch - 1) ? a.epoch - 1 : 0;
+    if (!a.session_key.empty() && proven == 0) {
       log::warn("refused a reconnect as agent {} ({}) from {}: its session proof for epoch {} is "
                 "wrong (an old session or an impostor)",
                 a.id.value, a.node, peer->describe(), a.epoch);
@@ -2005,7 +2005,9 @@ void Hub::on_agent_register(const std::shared_ptr<Peer>& peer,
                       a.id.value)));
       return;
     }
-    ++a.epoch;
+    // The next epoch after the one it proved: an agent that missed a reply (its link dropped
+    // before AgentRegistered arrived) does not fall behind for good.
+    a.epoch = (a.session_key.empty() ? a.epoch : proven) + 1;
     if (a.peer) {
       agent_by_peer_.erase(a.peer.get());
       a.peer->close_with_error(make_error(ErrorCode::AlreadyExists,
@@ -2058,7 +2060,7 @@ void Hub::on_agent_register(const std::shared_ptr<Peer>& peer,
         job_lost(*j, fmt::format("agent {} no longer knows it after reconnecting", a.node));
     }
     for (auto jid : a.jobs)
-      if (const Job* j = find_job(jid.value))
+      if (const Job* j = find_job(jid.value); j && !span_lost_.contains(jid.value))
         scheduler_.adopt(jid, a.id, specs_[j->spec - 1].req, gpus_of(j->gpu_mask));
     log::info("agent {} ({}) reconnected with {} jobs from {}", a.id.value, a.node, a.jobs.size(),
               peer->describe());
@@ -2076,17 +2078,22 @@ void Hub::on_agent_register(const std::shared_ptr<Peer>& peer,
         ack.mutable_job_events_ack()->set_seq(seq);
         peer->send(ack);
       }
-    });
-    // Cancels that happened while it was away.
-    for (auto jid : a.jobs) {
-      Job* j = find_job(jid.value);
-      if (j && j->cancel_requested) {
-        j->cancel_requested = false;
-        cancel_job(*j, j->reason);
-      } else if (auto lost = span_lost_.find(jid.value); j && lost != span_lost_.end()) {
-        send_kill(*j, lost->second);
+      // Cancels that happened while it was away, and jobs it must stop: after AgentRegistered,
+      // which must be the first thing it hears.
+      auto it = agents_.find(id);
+      if (it == agents_.end() || it->second.peer != peer)
+        return;
+      std::vector<JobId> jobs(it->second.jobs.begin(), it->second.jobs.end());
+      for (auto jid : jobs) {
+        Job* j = find_job(jid.value);
+        if (j && j->cancel_requested) {
+          j->cancel_requested = false;
+          cancel_job(*j, j->reason);
+        } else if (auto lost = span_lost_.find(jid.value); j && lost != span_lost_.end()) {
+          send_kill(*j, lost->second);
+        }
       }
-    }
+    });
     if (auto p = pilots_.find(a.pilot); p != pilots_.end())
       update_pilot_state(p->second);
     return;

@@ -181,13 +181,16 @@ def test_losing_one_node_of_an_mpi_job_kills_it_and_runs_it_again(sortie, netns,
 
 def test_a_hub_restart_runs_an_mpi_job_across_nodes_again(sortie, tmp_path):
     """The store does not keep which other nodes an MPI job held, so a restarted hub runs it
-    again; the first attempt is killed when its node reconnects. (Two local agents on one host:
-    their hostfile line adds up their ranks.)"""
+    again, but only once the first attempt is killed (when its node reconnects). (Two local
+    agents on one host: their hostfile line adds up their ranks.)"""
     sortie.start()
     sortie.add_pilot("--nodes", "2", "--slots-per-node", "2")
     marker = tmp_path / "attempts"
+    pids, overlap = tmp_path / "pids", tmp_path / "overlap"
+    # Attempt 1's ranks note their pids and sleep; attempt 2's ranks note any of them still alive.
     script = f'echo "$SORTIE_ATTEMPT $SORTIE_MPI_LAYOUT" >> {marker}; ' \
-             '[ "$SORTIE_ATTEMPT" = 1 ] && exec sleep 600; true'
+             f'if [ "$SORTIE_ATTEMPT" = 1 ]; then echo $$ >> {pids}; exec sleep 600; fi; ' \
+             f'for p in $(cat {pids}); do kill -0 $p 2>/dev/null && echo $p >> {overlap}; done; true'
     job = sortie.submit("sh", "-c", script, opts=["--mpi", "4", "--ranks-per-node", "2"])
     wait_for(lambda: marker.exists() and len(marker.read_text().splitlines()) == 4, 60,
              "the first attempt's four ranks")
@@ -203,6 +206,8 @@ def test_a_hub_restart_runs_an_mpi_job_across_nodes_again(sortie, tmp_path):
     lost = [h for h in shown["history"] if h["state"] == "lost"]
     assert len(lost) == 1
     assert marker.read_text().splitlines().count(f"2 {host}:4") == 4
+    # Never two live copies: attempt 2 started after every rank of attempt 1 had ended.
+    assert not overlap.exists(), overlap.read_text()
     wait_for(lambda: not processes_with_arg(script), 30, "the first attempt's ranks to end")
 
 

@@ -699,5 +699,27 @@ TEST_F(HubTest, AReconnectWithoutTheSessionKeyIsRefusedAndChangesNothing) {
   EXPECT_EQ(state(job), JobState::Running);
 }
 
+
+TEST_F(HubTest, AnAgentThatMissesItsRepliesCanStillReconnect) {
+  auto a = register_agent("n1", 1);
+  auto id = agent_id_of(*a);
+  std::string key = sessions_[id].first;
+  // Its link drops again and again before AgentRegistered arrives: it keeps proving epoch 1.
+  for (int i = 0; i < 3; ++i) {
+    auto peer = std::make_shared<RecordingPeer>("agent n1");
+    pb::AgentRegister reg;
+    reg.set_agent_id(id);
+    reg.set_node_name("n1");
+    reg.set_hostname("elsewhere");
+    reg.set_slots(1);
+    reg.set_session_proof(protocol::agent_session_proof(key, id, 1));
+    hub_->on_agent_register(peer, reg);
+    settle();
+    EXPECT_FALSE(peer->closed()) << "try " << i << ": " << peer->error.to_string();
+    hub_->on_agent_closed(peer, make_error(ErrorCode::Unavailable, "dropped"), false);
+    settle();
+  }
+}
+
 } // namespace
 } // namespace sortie::hub
