@@ -7,6 +7,7 @@
 
 #include "common/files.hpp"
 #include "common/text.hpp"
+#include "common/toml.hpp"
 
 namespace sortie::cli {
 namespace {
@@ -51,7 +52,7 @@ public:
 
   Result<std::int64_t> integer(const toml::node& node, const std::string& key, std::int64_t min,
                                std::int64_t max) const {
-    auto v = node.value<std::int64_t>();
+    auto v = toml_integer(node);
     if (!v || *v < min || *v > max)
       return err(node, key, fmt::format("must be a whole number in {}..{}", min, max));
     return *v;
@@ -107,7 +108,7 @@ public:
         SORTIE_ASSIGN_OR_RETURN(v, integer(node, key, 1, 4096));
         spec.slots = static_cast<std::uint32_t>(v);
       } else if (key == "memory") {
-        if (auto n = node.value<std::int64_t>(); n && *n > 0) {
+        if (auto n = toml_integer(node); n && *n > 0) {
           spec.memory_bytes = static_cast<std::uint64_t>(*n);
         } else if (auto s = node.value<std::string>()) {
           auto b = parse_size_bytes(*s);
@@ -163,7 +164,7 @@ public:
         if (!arr)
           return err(node, key, "must be an array of job ids, e.g. [12, 13]");
         for (const auto& e : *arr) {
-          auto v = e.value<std::int64_t>();
+          auto v = toml_integer(e);
           if (!v || *v < 1)
             return err(e, key, "job ids are whole numbers from 1");
           spec.after.push_back(JobId(static_cast<std::uint64_t>(*v)));

@@ -10,6 +10,7 @@
 #include <fmt/format.h>
 
 #include "common/text.hpp"
+#include "common/toml.hpp"
 
 namespace sortie::hub {
 namespace {
@@ -117,7 +118,7 @@ Result<void> load_pilots(const std::filesystem::path& path,
         return ok_result();
       };
       auto count = [&](std::int64_t max) -> Result<std::uint32_t> {
-        auto v = value.value<std::int64_t>();
+        auto v = toml_integer(value);
         if (!v || *v < 0 || *v > max)
           return bad("a whole number");
         return static_cast<std::uint32_t>(*v);
@@ -278,7 +279,7 @@ Result<void> parse_config(const std::string& content, const std::filesystem::pat
       return ok_result();
     };
     auto want_int = [&](std::int64_t min, std::int64_t max) -> Result<std::int64_t> {
-      auto v = node.value<std::int64_t>();
+      auto v = toml_integer(node);
       if (!v || *v < min || *v > max)
         return make_error(ErrorCode::InvalidArgument,
                           fmt::format("{}: hub.{} must be a whole number in {}..{}", at, key, min,
@@ -304,7 +305,7 @@ Result<void> parse_config(const std::string& content, const std::filesystem::pat
       if (auto text = node.value<std::string>(); text && *text == "auto") {
         config.launch_queue = 0;
       } else {
-        auto v = node.value<std::int64_t>();
+        auto v = toml_integer(node);
         if (!v || *v < 1 || *v > 64)
           return make_error(ErrorCode::InvalidArgument,
                             fmt::format("{}: hub.launch_queue must be \"auto\" or a whole number "
