@@ -388,13 +388,18 @@ int pilot_add(const Globals& g, const PilotAddArgs& a) {
   return kExitOk;
 }
 
-int pilot_show(const Globals& g, std::uint64_t id, bool as_json) {
+/// `pilot list` (id 0) and `pilot show ID`.
+int pilot_list(const Globals& g, bool as_json, std::uint64_t id = 0) {
   auto client = connect(g);
   if (!client.ok())
     return fail(client.error());
   auto pilots = client->pilots();
   if (!pilots.ok())
     return fail(pilots.error());
+  if (id == 0) {
+    std::fputs((as_json ? pilots_json(*pilots) : pilots_table(*pilots)).c_str(), stdout);
+    return kExitOk;
+  }
   for (const auto& p : *pilots)
     if (p.id.value == id) {
       std::fputs((as_json ? pilots_json({p}) : pilot_detail(p)).c_str(), stdout);
@@ -402,17 +407,6 @@ int pilot_show(const Globals& g, std::uint64_t id, bool as_json) {
     }
   return fail(make_error(ErrorCode::NotFound,
                          fmt::format("pilot {} does not exist: `sortie pilot list` shows them", id)));
-}
-
-int pilot_list(const Globals& g, bool as_json) {
-  auto client = connect(g);
-  if (!client.ok())
-    return fail(client.error());
-  auto pilots = client->pilots();
-  if (!pilots.ok())
-    return fail(pilots.error());
-  std::fputs((as_json ? pilots_json(*pilots) : pilots_table(*pilots)).c_str(), stdout);
-  return kExitOk;
 }
 
 struct PilotWaitArgs {
@@ -1324,9 +1318,9 @@ int run(int argc, char** argv) {
   std::uint64_t pshow_id = 0;
   bool pshow_json = false;
   auto* ps = pilot->add_subcommand("show", "one pilot: state, every reason, its nodes");
-  ps->add_option("id", pshow_id, "pilot id")->required();
+  ps->add_option("id", pshow_id, "pilot id")->required()->check(CLI::PositiveNumber);
   ps->add_flag("--json", pshow_json, "print JSON");
-  ps->callback([&] { action = [&] { return pilot_show(g, pshow_id, pshow_json); }; });
+  ps->callback([&] { action = [&] { return pilot_list(g, pshow_json, pshow_id); }; });
   std::uint64_t pcancel_id = 0;
   auto* pc = pilot->add_subcommand("cancel", "stop a pilot; its running jobs are requeued");
   pc->add_option("id", pcancel_id, "pilot id")->required();

@@ -18,7 +18,9 @@ def last_ns(path):
     return int(lines[-1]) if lines else 0
 
 
-def test_a_frozen_agent_never_runs_a_job_twice_at_once(sortie, tmp_path):
+def running_on_a_first_pilot(sortie, tmp_path):
+    """A job writing its timestamps on a first pilot, and a second pilot to take it over; the job
+    and the first pilot's agent."""
     sortie.start()
     first = sortie.add_pilot("--resource", "local", "--slots", "1", "--label", "a")
     job = sortie.submit("sh", "-c", JOB, "job", str(tmp_path))
@@ -26,6 +28,11 @@ def test_a_frozen_agent_never_runs_a_job_twice_at_once(sortie, tmp_path):
     wait_for(lambda: (tmp_path / "attempt-1.alive").exists(), 10, "attempt 1 to write")
     sortie.add_pilot("--resource", "local", "--slots", "1")
     [agent] = sortie.agent_pids(f"local-{first}-1")
+    return job, agent
+
+
+def test_a_frozen_agent_never_runs_a_job_twice_at_once(sortie, tmp_path):
+    job, agent = running_on_a_first_pilot(sortie, tmp_path)
     os.kill(agent, signal.SIGSTOP)
     try:
         shown = wait_for(lambda: (j := sortie.job(job))["attempt"] == 2 and
@@ -49,13 +56,7 @@ def test_a_frozen_agent_never_runs_a_job_twice_at_once(sortie, tmp_path):
 def test_kill_9_of_an_agent_never_runs_a_job_twice_at_once(sortie, tmp_path):
     # The hub sees the agent die at once; the new attempt still waits for the agent's keeper to
     # have killed the old one.
-    sortie.start()
-    first = sortie.add_pilot("--resource", "local", "--slots", "1", "--label", "a")
-    job = sortie.submit("sh", "-c", JOB, "job", str(tmp_path))
-    sortie.wait_state(job, "running")
-    wait_for(lambda: (tmp_path / "attempt-1.alive").exists(), 10, "attempt 1 to write")
-    sortie.add_pilot("--resource", "local", "--slots", "1")
-    [agent] = sortie.agent_pids(f"local-{first}-1")
+    job, agent = running_on_a_first_pilot(sortie, tmp_path)
     os.kill(agent, signal.SIGKILL)
     wait_for(lambda: (tmp_path / "attempt-2.start").exists(), 30, "attempt 2 to start")
     time.sleep(0.5)  # let a wrongly surviving attempt 1 write once more (it would show below)
