@@ -1318,7 +1318,10 @@ int run(int argc, char** argv) {
   std::uint64_t pshow_id = 0;
   bool pshow_json = false;
   auto* ps = pilot->add_subcommand("show", "one pilot: state, every reason, its nodes");
-  ps->add_option("id", pshow_id, "pilot id")->required()->check(CLI::PositiveNumber);
+  ps->add_option("id", pshow_id, "pilot id")->required()->check([](const std::string& v) {
+    return v == "0" ? std::string("pilot ids start at 1: `sortie pilot list` shows them")
+                    : std::string();
+  });
   ps->add_flag("--json", pshow_json, "print JSON");
   ps->callback([&] { action = [&] { return pilot_list(g, pshow_json, pshow_id); }; });
   std::uint64_t pcancel_id = 0;
