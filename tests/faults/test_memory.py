@@ -27,6 +27,7 @@ def test_followers_that_stop_reading_do_not_grow_the_hub(sortie):
         sortie.wait_state(job, "succeeded", timeout=120)
         hub = sortie.hub_pid()
         peak_mib = hub_memory_kib(hub) / 1024
+        print(f"hub peak with 3 stalled followers: {peak_mib:.0f} MiB")
         # Each follower holds at most a window of output on its connection (4 MiB); the rest
         # is the agent's output credit in flight and the hub itself.
         assert peak_mib < 120, f"hub peaked at {peak_mib:.0f} MiB with 3 stalled followers"
