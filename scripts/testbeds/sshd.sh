@@ -56,8 +56,14 @@ CONF
   for p in "${PORTS[@]}"; do
     local pidf=$TB_RUN/sshd-$p.pid
     tb_alive_pidfile "$pidf" && continue
-    /usr/sbin/sshd -f "$D/sshd_config" -p "$p" -o PidFile="$pidf"
-    tb_wait_for 10 test -s "$pidf"
+    # sshd's own errors (a port in use) go to a log that is shown if it does not come up.
+    local log=$TB_RUN/sshd-$p.log
+    : >"$log"
+    /usr/sbin/sshd -f "$D/sshd_config" -p "$p" -o PidFile="$pidf" -E "$log"
+    if ! tb_wait_for 10 test -s "$pidf"; then
+      tb_say "sshd on port $p did not start: $(tail -n 5 "$log")"
+      return 1
+    fi
   done
   # shellcheck disable=SC2046
   tb_wait_for 20 ssh $(opts) -oBatchMode=yes -p "${PORTS[0]}" root@127.0.0.1 true
