@@ -107,7 +107,17 @@ Result<Client> connect(const Globals& g) {
   ConnectOptions o;
   o.profile = g.profile;
   o.client_name = "cli";
-  return Client::connect(o);
+  auto client = Client::connect(o);
+  if (g.verbose) { // -v: which hub this command talks to, and how
+    auto profile = resolve_profile(g.profile);
+    auto hf = profile.ok() ? read_hub_file(profile->hub_file()) : Result<HubFile>(profile.error());
+    if (hf.ok())
+      std::fprintf(stderr, "sortie: profile '%s': hub pid %d, socket %s, tcp %s:%u: %s\n",
+                   profile->name.c_str(), hf->pid, hf->socket.c_str(), hf->host.c_str(),
+                   static_cast<unsigned>(hf->port),
+                   client.ok() ? "connected" : client.error().to_string().c_str());
+  }
+  return client;
 }
 
 bool stderr_is_tty() { return ::isatty(2) == 1; }

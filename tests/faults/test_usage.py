@@ -134,3 +134,10 @@ def test_job_logs_of_several_jobs_prefixes_lines_and_follow_exits_with_the_outco
     assert r.stdout == "a1\nb1\n"
     r = sortie.run("job", "logs", f"{jobs[0]}-{jobs[1]}")
     assert r.stdout.splitlines() == expected[:4]
+
+
+def test_verbose_says_which_hub_a_command_talks_to(sortie):
+    sortie.start()
+    r = sortie.run("-v", "job", "list")
+    assert f"hub pid {sortie.hub_pid()}" in r.stderr and "connected" in r.stderr, r.stderr
+    assert sortie.hub_file()["token"] not in r.stderr
