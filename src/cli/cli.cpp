@@ -1443,18 +1443,21 @@ int run(int argc, char** argv) {
   AgentArgs aargs;
   auto* ag = app.add_subcommand("agent", "run an agent (started by pilots)");
   ag->group("");
-  ag->add_option("--profile-dir", aargs.profile_dir);
-  ag->add_option("--hub-file", aargs.hub_file);
-  ag->add_option("--pilot", aargs.pilot);
-  ag->add_option("--node-name", aargs.node_name);
+  ag->add_option("--profile-dir", aargs.profile_dir,
+                 "the profile directory whose hub.json says where the hub is");
+  ag->add_option("--hub-file", aargs.hub_file, "a hub.json to connect with (instead of a profile)");
+  ag->add_option("--pilot", aargs.pilot, "the pilot this agent belongs to (0: none)");
+  ag->add_option("--node-name", aargs.node_name, "this node's name (default: the host name)");
   ag->add_option("--address", aargs.address, "how other nodes reach this one (MPI hostfiles)");
-  ag->add_option("--slots", aargs.slots);
-  ag->add_option("--label", aargs.label);
-  ag->add_option("--connect-window", aargs.connect_window);
+  ag->add_option("--slots", aargs.slots, "slots jobs may use (default: the cores)");
+  ag->add_option("--label", aargs.label, "only jobs with this label (or none) run here");
+  ag->add_option("--connect-window", aargs.connect_window,
+                 "how long to keep trying to reach the hub at start, e.g. 60s");
   ag->add_option("--gpus", aargs.gpus, "GPU devices, e.g. 0,1 (default: detected)");
   ag->add_option("--memory", aargs.memory,
                  "memory jobs may reserve, e.g. 16G; a bare number is MiB (default: the node's)");
-  ag->add_option("--walltime-end-ms", aargs.walltime_end_ms);
+  ag->add_option("--walltime-end-ms", aargs.walltime_end_ms,
+                 "when this node's pilot ends, in Unix milliseconds (0: never)");
   ag->add_option("--walltime", aargs.walltime_ms, "milliseconds of walltime from now");
   ag->add_flag("--stdio", aargs.stdio, "speak the protocol on stdin/stdout (ssh pilots)");
   ag->callback([&] { action = [&] { return agent_main(g, aargs); }; });
