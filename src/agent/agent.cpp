@@ -529,6 +529,8 @@ private:
     while (!stopping_) {
       timer.expires_after(std::chrono::milliseconds(std::max<std::int64_t>(heartbeat_ms_ / 4, 50)));
       co_await timer.async_wait(use_nothrow);
+      if (stopping_)
+        break; // the keeper's pipe may be closed already
       if (!link_ || lease_ms_ <= 0 || link_->echoed_ms() <= 0)
         continue;
       std::int64_t end = link_->echoed_ms() + lease_ms_;
