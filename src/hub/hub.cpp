@@ -1678,6 +1678,7 @@ void Hub::update_pilot_state(Pilot& p) {
   for (int pid : p.pids)
     live_pids += !dead_pids_.contains(pid);
   std::string next = p.state;
+  bool waiting_in_queue = p.reason.starts_with("waiting in the batch queue: ");
   if (up > 0) {
     if (p.state != "draining")
       next = "running";
@@ -1688,15 +1689,15 @@ void Hub::update_pilot_state(Pilot& p) {
     next = p.cancelled_by_user || stopping_ ? "cancelled" : "ended";
   } else if (p.state == "running" || p.state == "draining") {
     next = "ended";
-    if (p.reason.empty())
+    if (p.reason.empty() || waiting_in_queue)
       p.reason = "all its agents have exited";
   } else {
     next = "failed";
-    if (p.reason.empty())
+    if (p.reason.empty() || waiting_in_queue)
       p.reason = "its agents exited before registering with the hub";
   }
-  if (next == "running" && p.reason.starts_with("waiting in the batch queue: "))
-    p.reason.clear(); // it no longer waits
+  if (next != "pending" && p.reason.starts_with("waiting in the batch queue: "))
+    p.reason.clear(); // it no longer waits (and ended with no other word)
   if (next != p.state) {
     log::info("pilot {}: {} -> {}{}", p.id.value, p.state, next,
               p.reason.empty() ? "" : " (" + p.reason + ")");

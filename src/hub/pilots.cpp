@@ -406,6 +406,8 @@ void Hub::on_pilot_report(PilotId id, const launch::PilotReport& r) {
     break;
   case Kind::Gone:
     p.batch_alive = false;
+    if (p.reason.starts_with(kPendingPrefix))
+      p.reason.clear(); // it waits no more
     if (p.reason.empty() && !p.cancel_requested)
       p.reason = r.detail;
     log::info("pilot {}: {}", p.id.value, r.detail);
