@@ -1491,6 +1491,15 @@ void Hub::handle_logs(const std::shared_ptr<Peer>& peer, std::uint64_t rid, cons
   follower_read_more(f);
 }
 
+std::function<void()> Hub::follower_resume(const std::shared_ptr<Follower>& f) {
+  return [this, alive = alive_, f] {
+    if (!*alive)
+      return;
+    f->reading = false;
+    follower_read_more(f);
+  };
+}
+
 void Hub::follower_read_more(std::shared_ptr<Follower> f) {
   f->catching_up = true;
   if (f->reading)
@@ -1499,12 +1508,7 @@ void Hub::follower_read_more(std::shared_ptr<Follower> f) {
   // waits for the client to read, then continues from the output file.
   if (f->peer->queued_bytes() > kFollowerWindow) {
     f->reading = true;
-    f->peer->when_drained([this, alive = alive_, f] {
-      if (!*alive)
-        return;
-      f->reading = false;
-      follower_read_more(f);
-    });
+    f->peer->when_drained(follower_resume(f));
     return;
   }
   f->reading = true;
@@ -1543,12 +1547,8 @@ void Hub::follower_read_more(std::shared_ptr<Follower> f) {
                        } else if (received > static_cast<std::uint64_t>(f->next_offset)) {
                          f->awaited = received;
                          f->reading = true;
-                         batch().on_commit.push_back([this, alive, f](const Result<void>&) {
-                           if (!*alive)
-                             return;
-                           f->reading = false;
-                           follower_read_more(f);
-                         });
+                         batch().on_commit.push_back(
+                             [resume = follower_resume(f)](const Result<void>&) { resume(); });
                          return;
                        }
                        f->catching_up = false;

@@ -311,6 +311,8 @@ private:
   void follower_deliver(const std::shared_ptr<Follower>& f, std::int64_t offset,
                         const std::string& data);
   void follower_drop(const std::shared_ptr<Follower>& f);
+  /// What continues a follower that waited (for its client to read, or for a commit).
+  std::function<void()> follower_resume(const std::shared_ptr<Follower>& f);
   void follower_maybe_end(const std::shared_ptr<Follower>& f);
   void followers_attempt_ended(Job& job);
 
