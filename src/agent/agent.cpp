@@ -269,7 +269,8 @@ private:
     if (!hf->socket.empty() && ::access(hf->socket.c_str(), F_OK) == 0)
       stream = co_await net::connect_unix(io_.get_executor(), hf->socket);
     if (!stream.ok())
-      stream = co_await net::connect_tcp(io_.get_executor(), hf->host, hf->port);
+      stream = co_await net::connect_tcp(io_.get_executor(), hf->host, hf->port,
+                                       hf->tls_fingerprint);
     if (!stream.ok())
       co_return stream.error();
     co_return Out{std::move(*stream), *key};

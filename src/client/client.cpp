@@ -231,7 +231,11 @@ Result<Client> Client::connect(const ConnectOptions& options) {
   if (!hf.socket.empty() && ::access(hf.socket.c_str(), F_OK) == 0)
     link = net::BlockingLink::connect_unix(hf.socket, options.timeout_ms);
   if (!link.ok() && hf.port != 0)
-    link = net::BlockingLink::connect_tcp(hf.host, hf.port, options.timeout_ms);
+    link = net::BlockingLink::connect_tcp(hf.host, hf.port, options.timeout_ms, hf.tls_fingerprint);
+  // A hub that answered but failed the TLS pin is running: say what is wrong with it.
+  if (!link.ok() && (link.error().code == ErrorCode::PermissionDenied ||
+                     link.error().code == ErrorCode::FailedPrecondition))
+    return link.error();
   if (!link.ok())
     return make_error(ErrorCode::Unavailable,
                       fmt::format("the hub of profile '{}' is not running ({}): start it with "

@@ -36,6 +36,7 @@ Result<HubFile> read_hub_file(const std::filesystem::path& path) {
     f.port = j.value("port", static_cast<std::uint16_t>(0));
     f.socket = j.value("socket", "");
     f.token = j.value("token", "");
+    f.tls_fingerprint = j.value("tls_fingerprint", "");
     f.started_ms = j.value("started_ms", static_cast<std::int64_t>(0));
     if (f.version != 1)
       return make_error(ErrorCode::FailedPrecondition,
@@ -57,7 +58,8 @@ Result<HubFile> read_hub_file(const std::filesystem::path& path) {
 Result<void> write_hub_file(const std::filesystem::path& path, const HubFile& f) {
   nlohmann::json j = {{"version", f.version}, {"profile", f.profile}, {"pid", f.pid},
                       {"host", f.host},       {"port", f.port},       {"socket", f.socket},
-                      {"token", f.token},     {"started_ms", f.started_ms}};
+                      {"token", f.token},     {"tls_fingerprint", f.tls_fingerprint},
+                      {"started_ms", f.started_ms}};
   return write_file_atomic(path, j.dump(2) + "\n", 0600);
 }
 

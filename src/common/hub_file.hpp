@@ -19,6 +19,7 @@ struct HubFile {
   std::uint16_t port = 0;
   std::string socket; ///< unix socket path; preferred by peers on the same machine
   std::string token;  ///< hex; the HMAC key of the handshake (docs/protocol/02-handshake.md)
+  std::string tls_fingerprint; ///< hex SHA-256 of the hub's TLS certificate, pinned by TCP peers
   std::int64_t started_ms = 0;
 };
 

@@ -15,6 +15,9 @@ struct Profile {
   std::filesystem::path dir;
 
   std::filesystem::path hub_file() const { return dir / "hub.json"; }
+  /// The hub's TLS certificate and key (docs/protocol/02-handshake.md §2.7).
+  std::filesystem::path tls_cert_file() const { return dir / "hub.crt"; }
+  std::filesystem::path tls_key_file() const { return dir / "hub.key"; }
   std::filesystem::path lock_file() const { return dir / "hub.lock"; }
   std::filesystem::path store_file() const { return dir / "store.db"; }
   std::filesystem::path log_file() const { return dir / "hub.log"; }

@@ -28,6 +28,7 @@
 #include "protocol/auth.hpp"
 #include "protocol/handshake.hpp"
 #include "protocol/socket_stream.hpp"
+#include "protocol/tls_stream.hpp"
 
 namespace sortie::hub {
 namespace {
@@ -64,8 +65,9 @@ void report(int fd, const std::string& line) {
 
 class Server {
 public:
-  Server(asio::io_context& io, HubConfig config, std::string key)
-      : io_(io), config_(std::move(config)), key_(std::move(key)), tcp_(io), unix_(io),
+  Server(asio::io_context& io, HubConfig config, std::string key, std::shared_ptr<SSL_CTX> tls)
+      : io_(io), config_(std::move(config)), key_(std::move(key)), tls_(std::move(tls)), tcp_(io),
+        unix_(io),
         signals_(io, SIGTERM, SIGINT), children_(io, SIGCHLD) {}
 
   Result<void> listen(std::uint16_t previous_port) {
@@ -190,12 +192,13 @@ private:
   }
 
   Awaitable<void> accept_tcp() {
-    return accept_loop(tcp_, true, [](asio::ip::tcp::socket socket) {
+    // Every TCP connection is TLS (the unix socket stays plain: only this user can open it).
+    return accept_loop(tcp_, true, [this](asio::ip::tcp::socket socket) {
       error_code ignored;
       socket.set_option(asio::ip::tcp::no_delay(true), ignored);
       auto remote = socket.remote_endpoint(ignored);
       auto name = fmt::format("tcp:{}:{}", remote.address().to_string(), remote.port());
-      return net::make_socket_stream(std::move(socket), std::move(name));
+      return net::make_tls_server_stream(tls_, std::move(socket), std::move(name));
     });
   }
 
@@ -355,6 +358,7 @@ private:
   asio::io_context& io_;
   HubConfig config_;
   std::string key_;
+  std::shared_ptr<SSL_CTX> tls_;
   asio::ip::tcp::acceptor tcp_;
   asio::local::stream_protocol::acceptor unix_;
   asio::signal_set signals_;
@@ -436,8 +440,18 @@ int run_hub(RunOptions options) {
   if (!key.ok())
     return fail(key.error());
 
+  auto identity = net::load_or_make_tls_identity(config.profile.tls_cert_file(),
+                                                 config.profile.tls_key_file(),
+                                                 "sortie hub " + config.profile.name);
+  if (!identity.ok())
+    return fail(identity.error());
+  auto tls = net::make_server_context(*identity);
+  if (!tls.ok())
+    return fail(tls.error());
+  hf.tls_fingerprint = identity->fingerprint;
+
   asio::io_context io(1);
-  Server server(io, config, *key);
+  Server server(io, config, *key, *tls);
   if (auto r = server.listen(previous_port); !r.ok())
     return fail(r.error());
 
@@ -452,8 +466,13 @@ int run_hub(RunOptions options) {
 
   hf.profile = config.profile.name;
   hf.pid = ::getpid();
-  hf.host = config.listen_host == "0.0.0.0" || config.listen_host == "::" ? "127.0.0.1"
-                                                                           : config.listen_host;
+  // On a wildcard address, peers elsewhere (compute nodes reading a shared hub.json) reach the
+  // hub by this machine's name; peers here use the unix socket.
+  hf.host = config.listen_host;
+  if (config.listen_host == "0.0.0.0" || config.listen_host == "::") {
+    char name[256] = {};
+    hf.host = ::gethostname(name, sizeof name - 1) == 0 && name[0] ? name : "127.0.0.1";
+  }
   hf.port = server.port();
   hf.socket = server.socket_path();
   hf.started_ms = hub.started_ms;

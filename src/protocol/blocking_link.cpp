@@ -19,6 +19,7 @@
 #include "common/version.hpp"
 #include "protocol/auth.hpp"
 #include "protocol/errors.hpp"
+#include "protocol/tls.hpp"
 
 namespace sortie::net {
 namespace {
@@ -60,11 +61,13 @@ Result<void> connect_with_timeout(int fd, const sockaddr* addr, socklen_t len,
 
 BlockingLink::BlockingLink(int fd, std::string peer) : fd_(fd), peer_(std::move(peer)) {}
 
+BlockingLink::BlockingLink() = default;
+
 BlockingLink::~BlockingLink() { close(); }
 
 BlockingLink::BlockingLink(BlockingLink&& other) noexcept
-    : fd_(other.fd_), peer_(std::move(other.peer_)), decoder_(std::move(other.decoder_)),
-      out_(std::move(other.out_)) {
+    : fd_(other.fd_), tls_(std::move(other.tls_)), peer_(std::move(other.peer_)),
+      decoder_(std::move(other.decoder_)), out_(std::move(other.out_)) {
   other.fd_ = -1;
 }
 
@@ -72,6 +75,7 @@ BlockingLink& BlockingLink::operator=(BlockingLink&& other) noexcept {
   if (this != &other) {
     close();
     fd_ = other.fd_;
+    tls_ = std::move(other.tls_);
     peer_ = std::move(other.peer_);
     decoder_ = std::move(other.decoder_);
     out_ = std::move(other.out_);
@@ -81,6 +85,7 @@ BlockingLink& BlockingLink::operator=(BlockingLink&& other) noexcept {
 }
 
 void BlockingLink::close() {
+  tls_.reset();
   if (fd_ >= 0)
     ::close(fd_);
   fd_ = -1;
@@ -107,7 +112,8 @@ Result<BlockingLink> BlockingLink::connect_unix(const std::string& path, std::in
 
 Result<BlockingLink> BlockingLink::connect_tcp(const std::string& host,
                                                std::uint16_t port,
-                                               std::int64_t timeout_ms) {
+                                               std::int64_t timeout_ms,
+                                               const std::string& fingerprint) {
   addrinfo hints{};
   hints.ai_family = AF_UNSPEC;
   hints.ai_socktype = SOCK_STREAM;
@@ -127,7 +133,14 @@ Result<BlockingLink> BlockingLink::connect_tcp(const std::string& host,
       ::freeaddrinfo(res);
       int one = 1;
       ::setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
-      return BlockingLink(fd, "tcp:" + what);
+      auto tls = BlockingTls::connect(fd, fingerprint, timeout_ms, what);
+      if (!tls.ok()) {
+        ::close(fd);
+        return tls.error();
+      }
+      BlockingLink link(fd, "tcp:" + what);
+      link.tls_ = std::move(*tls);
+      return link;
     }
     last = c.error();
     ::close(fd);
@@ -141,6 +154,14 @@ Result<void> BlockingLink::send(const pb::Envelope& env) {
     return make_error(ErrorCode::FailedPrecondition, "not connected");
   out_.clear();
   protocol::encode_frame(env, out_);
+  if (tls_) {
+    auto r = tls_->write(out_.data(), out_.size());
+    if (!r.ok()) {
+      close();
+      return r.error().with_context(peer_);
+    }
+    return ok_result();
+  }
   size_t done = 0;
   while (done < out_.size()) {
     ssize_t n = ::send(fd_, out_.data() + done, out_.size() - done, MSG_NOSIGNAL);
@@ -182,6 +203,20 @@ Result<pb::Envelope> BlockingLink::receive(std::int64_t timeout_ms, std::int64_t
     case protocol::FrameDecoder::Status::NeedMore:
       break;
     }
+    auto span = decoder_.prepare();
+    if (tls_) { // OpenSSL may hold decrypted bytes already: ask it before polling
+      auto [io, got] = tls_->read(span.data(), span.size());
+      if (io == BlockingTls::Io::Done) {
+        decoder_.commit(got);
+        continue;
+      }
+      if (io != BlockingTls::Io::WantRead) {
+        std::string why = io == BlockingTls::Io::Closed ? "the hub closed the connection"
+                                                        : tls_->error();
+        close();
+        return make_error(ErrorCode::Unavailable, why, peer_);
+      }
+    }
     int wait = -1;
     if (deadline >= 0) {
       std::int64_t left = deadline - now_ms();
@@ -195,7 +230,8 @@ Result<pb::Envelope> BlockingLink::receive(std::int64_t timeout_ms, std::int64_t
       continue;
     if (n == 0)
       return make_error(ErrorCode::Timeout, "no answer from the hub in time", peer_);
-    auto span = decoder_.prepare();
+    if (tls_)
+      continue;
     ssize_t got = ::recv(fd_, span.data(), span.size(), 0);
     if (got < 0 && errno == EINTR)
       continue;

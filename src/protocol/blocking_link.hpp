@@ -5,23 +5,28 @@
 #pragma once
 
 #include <cstdint>
+#include <memory>
 #include <string>
 
 #include "protocol/frame.hpp"
 
 namespace sortie::net {
 
+class BlockingTls;
+
 class BlockingLink {
 public:
-  BlockingLink() = default;
+  BlockingLink();
   ~BlockingLink();
   BlockingLink(BlockingLink&& other) noexcept;
   BlockingLink& operator=(BlockingLink&& other) noexcept;
 
   static Result<BlockingLink> connect_unix(const std::string& path, std::int64_t timeout_ms);
+  /// TCP, then TLS: the hub's certificate must have `fingerprint` (hub.json's tls_fingerprint).
   static Result<BlockingLink> connect_tcp(const std::string& host,
                                           std::uint16_t port,
-                                          std::int64_t timeout_ms);
+                                          std::int64_t timeout_ms,
+                                          const std::string& fingerprint);
 
   /// Runs the connecting side of the handshake with the raw token `key`.
   Result<pb::Welcome> handshake(const std::string& key,
@@ -44,6 +49,7 @@ public:
 private:
   BlockingLink(int fd, std::string peer);
   int fd_ = -1;
+  std::unique_ptr<BlockingTls> tls_; ///< TCP links; none on the unix socket
   std::string peer_;
   protocol::FrameDecoder decoder_;
   std::string out_;

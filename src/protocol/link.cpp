@@ -14,6 +14,7 @@
 
 #include "common/log.hpp"
 #include "protocol/socket_stream.hpp"
+#include "protocol/tls_stream.hpp"
 
 namespace sortie::net {
 namespace {
@@ -114,6 +115,10 @@ Awaitable<Result<pb::Envelope>> Link::receive() {
                          decoder_.buffered() ? "connection closed in the middle of a frame"
                                              : "connection closed by peer",
                          peer_));
+      else if (std::string_view cat = ec.category().name();
+               cat.starts_with("asio.ssl") || cat == "sortie.tls")
+        // Not a network failure: the bytes were altered, or the peer does not speak TLS.
+        close(make_error(ErrorCode::PermissionDenied, "TLS failed: " + ec.message(), peer_));
       else
         close(make_error(ErrorCode::Unavailable, "read failed: " + ec.message(), peer_));
       co_return close_reason_;
@@ -285,7 +290,8 @@ Awaitable<Result<std::unique_ptr<ByteStream>>> connect_unix(asio::any_io_executo
 
 Awaitable<Result<std::unique_ptr<ByteStream>>> connect_tcp(asio::any_io_executor ex,
                                                            std::string host,
-                                                           std::uint16_t port) {
+                                                           std::uint16_t port,
+                                                           std::string fingerprint) {
   asio::ip::tcp::resolver resolver(ex);
   auto [rec, endpoints] =
       co_await resolver.async_resolve(host, std::to_string(port), use_nothrow);
@@ -299,7 +305,8 @@ Awaitable<Result<std::unique_ptr<ByteStream>>> connect_tcp(asio::any_io_executor
                          fmt::format("cannot connect to {}:{}: {}", host, port, ec.message()));
   error_code ignored;
   socket.set_option(asio::ip::tcp::no_delay(true), ignored);
-  co_return make_socket_stream(std::move(socket), fmt::format("tcp:{}:{}", host, port));
+  co_return co_await tls_client_stream(std::move(socket), std::move(fingerprint),
+                                       fmt::format("tcp:{}:{}", host, port), 10'000);
 }
 
 std::unique_ptr<ByteStream> make_pipe_stream(asio::any_io_executor ex,

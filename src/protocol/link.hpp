@@ -110,10 +110,12 @@ private:
 /// Connects to a unix socket.
 Awaitable<Result<std::unique_ptr<ByteStream>>> connect_unix(asio::any_io_executor ex,
                                                             std::string path);
-/// Connects to host:port over TCP (host is a name or an address).
+/// Connects to host:port over TCP (host is a name or an address) and runs TLS over it; the hub's
+/// certificate must have `fingerprint` (hub.json's tls_fingerprint).
 Awaitable<Result<std::unique_ptr<ByteStream>>> connect_tcp(asio::any_io_executor ex,
                                                            std::string host,
-                                                           std::uint16_t port);
+                                                           std::uint16_t port,
+                                                           std::string fingerprint);
 /// A stream over two file descriptors (read from `in_fd`, write to `out_fd`), which it owns.
 std::unique_ptr<ByteStream> make_pipe_stream(asio::any_io_executor ex,
                                              int in_fd,

@@ -71,8 +71,7 @@ def test_bad_frames_on_the_unix_socket_close_that_connection_only(sortie):
 
 def test_a_slow_frame_is_dropped_at_the_handshake_deadline(sortie):
     sortie.start()
-    hf = sortie.hub_file()
-    with socket.create_connection((hf["host"], hf["port"]), timeout=60) as s:
+    with sortie.tls_connect(timeout=60) as s:
         s.sendall(b"\x00\x00\x00\x40")  # a header, then the body never comes
         t0 = time.monotonic()
         while s.recv(4096):

@@ -5,10 +5,13 @@ Every process a test starts carries SORTIE_HOME=<its temporary directory> in its
 (the hub, its agents and their jobs inherit it), so teardown finds and kills whatever is left,
 and fails the test if anything was.
 """
+import hashlib
 import json
 import os
 import shutil
 import signal
+import socket
+import ssl
 import subprocess
 import time
 from pathlib import Path
@@ -102,6 +105,20 @@ class Sortie:
 
     def hub_pid(self):
         return self.hub_file()["pid"]
+
+    def tls_connect(self, timeout=10, hf=None):
+        """A TCP connection to the hub with TLS under it, as sortie's own peers make it: TLS 1.3,
+        the hub's certificate checked against hub.json's tls_fingerprint (no authority)."""
+        hf = hf or self.hub_file()
+        raw = socket.create_connection((hf["host"], hf["port"]), timeout=timeout)
+        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+        ctx.check_hostname = False
+        ctx.verify_mode = ssl.CERT_NONE
+        ctx.minimum_version = ssl.TLSVersion.TLSv1_3
+        s = ctx.wrap_socket(raw)
+        seen = hashlib.sha256(s.getpeercert(binary_form=True)).hexdigest()
+        assert seen == hf["tls_fingerprint"], "the hub's certificate is not the pinned one"
+        return s
 
     def submit(self, *cmd, opts=()):
         out = self.run("submit", *opts, "--", *cmd).stdout.strip()

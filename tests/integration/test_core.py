@@ -264,8 +264,7 @@ def read_frame(sock):
 def test_the_hub_refuses_a_peer_that_fails_the_challenge(sortie):
     """Speaks the handshake by hand (protobuf encoded here) with a made-up proof."""
     sortie.start()
-    hf = sortie.hub_file()
-    with socket.create_connection((hf["host"], hf["port"]), timeout=10) as s:
+    with sortie.tls_connect() as s:
         hello = b"\x08\x01" + b"\x10\x01" + pb_bytes(3, secrets.token_bytes(32))  # version, role
         s.sendall(frame(pb_bytes(10, hello)))
         challenge = read_frame(s)
@@ -282,11 +281,13 @@ def test_the_hub_refuses_a_peer_that_fails_the_challenge(sortie):
                                      b"\x00\x00\x00\x05hello",
                                      b"\xff" * 64,
                                      b"\x00\x00"])
-def test_garbage_to_the_hub_port_closes_that_connection_only(sortie, garbage):
+@pytest.mark.parametrize("tls", [True, False], ids=["in-tls", "plain"])
+def test_garbage_to_the_hub_port_closes_that_connection_only(sortie, garbage, tls):
     sortie.start()
     hf = sortie.hub_file()
-    keep = socket.create_connection((hf["host"], hf["port"]), timeout=30)
-    with socket.create_connection((hf["host"], hf["port"]), timeout=30) as s:
+    keep = sortie.tls_connect(timeout=30)
+    with (sortie.tls_connect(timeout=30) if tls else
+          socket.create_connection((hf["host"], hf["port"]), timeout=30)) as s:
         s.sendall(garbage)
         if len(garbage) < 4:
             s.shutdown(socket.SHUT_WR)  # a truncated frame, then end of stream
@@ -297,6 +298,8 @@ def test_garbage_to_the_hub_port_closes_that_connection_only(sortie, garbage):
                 break  # closed by the hub
             data += chunk
     keep.close()
+    if not tls:  # a plain-text peer on the TCP port is told what is wrong
+        assert b"did not start TLS" in data, data
     assert sortie.run("hub", "status").returncode == 0
     sortie.submit("true")
     log = (sortie.profile / "hub.log").read_text()
