@@ -125,6 +125,14 @@ struct PilotInfo {
 
 enum class OutputStream { Stdout, Stderr };
 
+/// The variables a submission exports (JobSpec::export_env, `--export`), from this process's
+/// environment: "ALL" is every variable except those bound to this session or machine (PWD,
+/// SHLVL, SSH_*, DISPLAY, TMUX, XDG_RUNTIME_DIR, ... and sortie's, Slurm's and MPI's own);
+/// "NONE" none; a comma-separated list names variables (NAME: its value here, if set) or sets
+/// them (NAME=VALUE), and may include ALL. Errors name the bad item.
+Result<std::vector<std::pair<std::string, std::string>>> exported_environment(
+    const std::string& spec);
+
 class Client {
 public:
   /// Connects and authenticates to the hub of a profile.

@@ -37,7 +37,11 @@ bool is_terminal(JobState state);
 /// What to run. argv[0] is looked up in PATH when it has no slash; nothing goes through a shell.
 struct JobSpec {
   std::vector<std::string> argv;
-  std::vector<std::pair<std::string, std::string>> env; ///< added to the agent's environment
+  std::vector<std::pair<std::string, std::string>> env; ///< added over the exported ones
+  /// What of the submitter's environment the job gets, as sbatch's --export: "ALL" (all but the
+  /// variables bound to this session or machine), "NONE", or "NAME,NAME=VALUE,..." (may include
+  /// ALL). One value for every job of a submission. See exported_environment().
+  std::string export_env = "ALL";
   std::string cwd; ///< working directory; empty: the submitter's current directory (as sbatch)
   std::uint32_t slots = 1;                              ///< threads; sets OMP_NUM_THREADS
   std::string label;                                    ///< empty: any pilot

@@ -84,6 +84,7 @@ struct Task {
   /// An MPI job's nodes (this one first) and its ranks on each; one entry: all here.
   std::vector<std::pair<std::string, std::uint32_t>> mpi_hosts;
   std::string rsh_args; ///< an ssh pilot's ssh options for mpiexec (OMPI_MCA_plm_rsh_args)
+  pb::EnvList base_env; ///< its submission's exported environment, under spec.env
   JobProcesses procs() const { return JobProcesses{pid, tag}; }
   ~Task() {
     if (!hostfile.empty())
@@ -482,6 +483,8 @@ private:
     if (a.slots() > 0) // its share of a job across nodes
       t->slots = a.slots();
     t->rsh_args = a.mpi_rsh_args();
+    if (!a.base_env().empty() && !t->base_env.ParseFromString(a.base_env()))
+      log::warn("job {}: its exported environment does not parse; started without it", a.job_id());
     for (const auto& h : a.mpi_hosts()) {
       // Nodes on one host (several agents there) are one hostfile line: mpiexec refuses two.
       std::string host = h.address().empty() ? address() : h.address();
@@ -573,6 +576,9 @@ private:
                                      std::to_string(t.spec.mpi_ranks())};
     if (t.mpi_hosts.size() > 1) {
       std::vector<std::string> names;
+      for (const auto& e : t.base_env.vars()) // exported shell functions are not for mpiexec
+        if (!e.name().starts_with("BASH_FUNC_"))
+          names.push_back(e.name());
       for (const auto& e : t.spec.env())
         names.push_back(e.name());
       for (const char* n : {"SORTIE_JOB_ID", "SORTIE_JOB_TAG", "SORTIE_ATTEMPT", "SORTIE_MPI_RANKS",
@@ -604,6 +610,9 @@ private:
           return;
       set(name, value);
     };
+    // The node's environment, then what the submitter exported, then the job's own.
+    for (const auto& e : t.base_env.vars())
+      set(e.name(), e.value());
     for (const auto& e : t.spec.env())
       set(e.name(), e.value());
     set("SORTIE_JOB_ID", std::to_string(t.job));

@@ -562,6 +562,7 @@ struct JobOptions {
   std::string label;
   std::uint32_t slots = 1;
   std::vector<std::string> env;
+  std::string export_env;
   std::string cwd;
   std::string name;
   std::string memory;
@@ -601,6 +602,9 @@ void add_job_options(CLI::App* cmd, JobOptions& o) {
   add(cmd->add_option("--gpus", o.gpus, "GPUs it needs; it sees them in CUDA_VISIBLE_DEVICES")
           ->check(CLI::Range(0, 64)));
   add(cmd->add_option("--env", o.env, "NAME=VALUE added to its environment (repeatable)"));
+  add(cmd->add_option("--export", o.export_env,
+                      "your environment it gets, as sbatch: ALL (default; not PWD, SSH_*, "
+                      "DISPLAY...), NONE (the node's only), or NAME[=VALUE],... (may list ALL)"));
   add(cmd->add_option("--cwd", o.cwd, "working directory (default: the current one)"));
   add(cmd->add_option("--name", o.name, "a name shown in listings"));
   add(cmd->add_option("--host", o.hosts, "run only on one of these nodes: H[,H2...]"));
@@ -661,6 +665,11 @@ Result<void> apply_job_options(const JobOptions& o, JobSpec& spec, bool set_defa
     if (eq == std::string::npos || eq == 0)
       return make_error(ErrorCode::InvalidArgument, fmt::format("--env '{}' is not NAME=VALUE", kv));
     spec.env.emplace_back(kv.substr(0, eq), kv.substr(eq + 1));
+  }
+  if (o.has("--export")) {
+    if (auto r = exported_environment(o.export_env); !r.ok()) // its error, before any connection
+      return r.error();
+    spec.export_env = o.export_env;
   }
   if (o.has("--host"))
     spec.hosts = list(o.hosts);
@@ -1211,7 +1220,7 @@ int agent_main(const Globals& g, const AgentArgs& a) {
 std::pair<std::vector<std::string>, std::vector<std::string>> split_command(int argc, char** argv) {
   std::vector<std::string> args(argv + 1, argv + argc);
   static const std::vector<std::string> with_value = {
-      "--label", "--slots", "--env", "--cwd", "--name", "--array", "--memory", "--gpus", "--host",
+      "--label", "--slots", "--env", "--export", "--cwd", "--name", "--array", "--memory", "--gpus", "--host",
       "--prefer-host", "--max-per-node", "--group", "--priority", "--queue-timeout",
       "--run-timeout", "--time-request", "--retries", "--after", "--file", "--mapfile", "--mpi",
       "--ranks-per-node",

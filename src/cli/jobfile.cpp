@@ -12,7 +12,7 @@
 namespace sortie::cli {
 namespace {
 
-const char* const kJobKeys[] = {"command", "argv", "env", "cwd", "slots", "memory", "gpus", "label",
+const char* const kJobKeys[] = {"command", "argv", "env", "export", "cwd", "slots", "memory", "gpus", "label",
                                 "name", "hosts", "prefer_hosts", "max_per_node", "priority",
                                 "queue_timeout", "run_timeout", "time_request", "retries",
                                 "retry_on_failure", "after", "array", "mpi", "ranks_per_node"};
@@ -80,7 +80,7 @@ public:
         known = known || key == name;
       if (!known)
         return err(node, key,
-                   "unknown key; job keys are command, env, cwd, slots, memory, gpus, label, name, "
+                   "unknown key; job keys are command, env, export, cwd, slots, memory, gpus, label, name, "
                    "hosts, prefer_hosts, max_per_node, priority, queue_timeout, run_timeout, "
                    "time_request, retries, retry_on_failure, after, array, mpi, ranks_per_node");
       if (key == "command" || key == "argv") {
@@ -99,6 +99,11 @@ public:
             return err(ev, std::string(ek.str()), "environment values must be strings");
           spec.env.emplace_back(std::string(ek.str()), *v);
         }
+      } else if (key == "export") {
+        auto v = node.value<std::string>();
+        if (!v)
+          return err(node, key, "must be a string: \"ALL\", \"NONE\" or \"NAME,NAME=VALUE,...\"");
+        spec.export_env = *v;
       } else if (key == "cwd") {
         auto v = node.value<std::string>();
         if (!v)

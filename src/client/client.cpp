@@ -6,6 +6,9 @@
 
 #include <unistd.h>
 
+#include <cstdlib>
+#include <optional>
+
 #include <fmt/format.h>
 
 #include "common/hub_file.hpp"
@@ -163,7 +166,83 @@ ResourceSpec from_pb(const pb::ResourceSpec& s) {
   return out;
 }
 
+/// Variables that describe the submitting session or machine, not the job's software: wrong
+/// anywhere else, and set afresh where the job runs (docs/jobs.md, "Environment").
+bool bound_to_session(std::string_view name) {
+  static constexpr std::string_view exact[] = {
+      "PWD", "OLDPWD", "SHLVL", "_", "HOSTNAME", "HOST", "DISPLAY", "XAUTHORITY", "TERM_SESSION_ID",
+      "TMUX", "TMUX_PANE", "STY", "WINDOW", "DBUS_SESSION_BUS_ADDRESS", "OMP_NUM_THREADS",
+      "CUDA_VISIBLE_DEVICES"};
+  static constexpr std::string_view prefixes[] = {"SSH_", "XDG_RUNTIME_", "XDG_SESSION_",
+                                                  "XDG_SEAT", "XDG_VTNR", "SORTIE_", "SLURM_",
+                                                  "OMPI_", "PMIX_", "PMI_"};
+  for (auto e : exact)
+    if (name == e)
+      return true;
+  for (auto p : prefixes)
+    if (name.starts_with(p))
+      return true;
+  return false;
+}
+
 } // namespace
+
+Result<std::vector<std::pair<std::string, std::string>>> exported_environment(
+    const std::string& spec) {
+  std::vector<std::pair<std::string, std::string>> out;
+  auto bad = [&](const std::string& item, const std::string& why) {
+    return make_error(ErrorCode::InvalidArgument,
+                      fmt::format("--export '{}': '{}' {}; use ALL, NONE or "
+                                  "NAME[=VALUE],... (e.g. --export=ALL,OMP_PROC_BIND=close)",
+                                  spec, item, why));
+  };
+  std::vector<std::string> items;
+  std::size_t start = 0;
+  while (start <= spec.size()) {
+    auto comma = spec.find(',', start);
+    items.push_back(spec.substr(start, comma == std::string::npos ? comma : comma - start));
+    if (comma == std::string::npos)
+      break;
+    start = comma + 1;
+  }
+  bool all = false, none = false;
+  for (const auto& item : items) {
+    if (item == "ALL")
+      all = true;
+    else if (item == "NONE")
+      none = true;
+  }
+  if (none && items.size() > 1)
+    return bad("NONE", "cannot be combined with other items");
+  if (all)
+    for (char** e = ::environ; e && *e; ++e) {
+      std::string_view kv(*e);
+      auto eq = kv.find('=');
+      if (eq == std::string_view::npos || eq == 0 || bound_to_session(kv.substr(0, eq)))
+        continue;
+      out.emplace_back(std::string(kv.substr(0, eq)), std::string(kv.substr(eq + 1)));
+    }
+  for (const auto& item : items) {
+    if (item == "ALL" || item == "NONE")
+      continue;
+    auto eq = item.find('=');
+    std::string name = item.substr(0, eq);
+    if (name.empty())
+      return bad(item, "has no variable name");
+    if (name.find_first_of(" \t\n") != std::string::npos)
+      return bad(item, "is not a variable name");
+    std::optional<std::string> value;
+    if (eq != std::string::npos)
+      value = item.substr(eq + 1);
+    else if (const char* here = std::getenv(name.c_str()))
+      value = here;
+    if (!value)
+      continue; // a name that is not set here: nothing to pass, as sbatch
+    std::erase_if(out, [&](const auto& kv) { return kv.first == name; });
+    out.emplace_back(name, *value);
+  }
+  return out;
+}
 
 struct Client::Impl {
   net::BlockingLink link;
@@ -275,9 +354,21 @@ Result<Submitted> Client::submit_items(const std::vector<BatchItem>& items,
                                        const std::string& group_name) {
   if (items.empty())
     return make_error(ErrorCode::InvalidArgument, "nothing to submit: the batch is empty");
+  for (const auto& it : items)
+    if (it.spec.export_env != items.front().spec.export_env)
+      return make_error(ErrorCode::InvalidArgument,
+                        fmt::format("the jobs of one submission share one --export, and these "
+                                    "have '{}' and '{}': submit them separately",
+                                    items.front().spec.export_env, it.spec.export_env));
+  SORTIE_ASSIGN_OR_RETURN(exported, exported_environment(items.front().spec.export_env));
   pb::Envelope env;
   auto* req = env.mutable_submit();
   req->set_group_name(group_name);
+  for (auto& [name, value] : exported) {
+    auto* e = req->add_env();
+    e->set_name(std::move(name));
+    e->set_value(std::move(value));
+  }
   std::error_code ec;
   std::string here = std::filesystem::current_path(ec).string();
   for (const auto& it : items) {

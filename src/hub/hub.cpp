@@ -39,6 +39,8 @@ constexpr std::size_t kListChunk = 5000;        // jobs per JobList frame
 constexpr std::size_t kLogsChunk = 1u << 20;    // bytes per output read
 constexpr std::size_t kFollowerWindow = 4u << 20; // output queued for one follower at most
 constexpr std::uint64_t kMaxJobsPerSubmit = 10'000'000;
+// The exported environment of one submission (--export=ALL is typically a few KiB).
+constexpr std::size_t kMaxExportedEnvBytes = 1u << 20;
 constexpr std::int64_t kReconnectMarginMs = 5'000;
 // A stopping hub waits this long past kill_grace for its agents to end their jobs and leave.
 constexpr std::int64_t kShutdownMarginMs = 10'000;
@@ -105,6 +107,17 @@ std::vector<std::uint32_t> gpus_of(std::uint64_t mask) {
 }
 
 /// Validates a spec from a client and fills in defaults; errors say which job and what to do.
+/// A variable of a job's environment: a name without '=' or NUL, a value without NUL.
+Result<void> check_env_var(const pb::EnvVar& e) {
+  if (e.name().empty() || e.name().find('=') != std::string::npos ||
+      e.name().find('\0') != std::string::npos || e.value().find('\0') != std::string::npos)
+    return make_error(ErrorCode::InvalidArgument,
+                      fmt::format("environment variable '{}' is not valid: use NAME=VALUE with a "
+                                  "name without '='",
+                                  printable(e.name())));
+  return ok_result();
+}
+
 Result<void> check_spec(pb::JobSpec& spec, std::size_t item) {
   auto ctx = fmt::format("job {} of the submission", item + 1);
   if (spec.argv_size() == 0 || spec.argv(0).empty())
@@ -133,15 +146,9 @@ Result<void> check_spec(pb::JobSpec& spec, std::size_t item) {
     return make_error(ErrorCode::InvalidArgument,
                       fmt::format("{} slots is more than any node has (at most 4096)", spec.slots()),
                       ctx);
-  for (const auto& e : spec.env()) {
-    if (e.name().empty() || e.name().find('=') != std::string::npos ||
-        e.name().find('\0') != std::string::npos || e.value().find('\0') != std::string::npos)
-      return make_error(ErrorCode::InvalidArgument,
-                        fmt::format("environment variable '{}' is not valid: use NAME=VALUE with "
-                                    "a name without '='",
-                                    e.name()),
-                        ctx);
-  }
+  for (const auto& e : spec.env())
+    if (auto r = check_env_var(e); !r.ok())
+      return r.error().with_context(ctx);
   if (!spec.cwd().empty() && spec.cwd()[0] != '/')
     return make_error(ErrorCode::InvalidArgument,
                       fmt::format("working directory '{}' is not absolute", spec.cwd()), ctx);
@@ -335,6 +342,19 @@ Result<void> Hub::check_after(const pb::JobSpec& spec, std::size_t item) const {
   return ok_result();
 }
 
+std::shared_ptr<const std::string> Hub::intern_env(std::string bytes) {
+  if (bytes.empty())
+    return nullptr;
+  auto& same_hash = envs_[std::hash<std::string>{}(bytes)];
+  std::erase_if(same_hash, [](const auto& w) { return w.expired(); });
+  for (const auto& w : same_hash)
+    if (auto env = w.lock(); *env == bytes)
+      return env;
+  auto env = std::make_shared<const std::string>(std::move(bytes));
+  same_hash.push_back(env);
+  return env;
+}
+
 Result<std::vector<std::uint64_t>> Hub::groups_named(const pb::JobSelector& sel) const {
   // Every command treats a group that does not exist the same way: an error naming it.
   for (auto g : sel.groups())
@@ -373,7 +393,8 @@ Result<void> Hub::load(store::LoadedState state) {
     if (groups_.size() < g.id)
       groups_.resize(g.id);
     auto key = scheduler_.intern(g.name.empty() ? fmt::format("#{}", g.id) : g.name);
-    groups_[g.id - 1] = Group{g.id, key, g.name, g.created_ms, g.first_job, g.count};
+    groups_[g.id - 1] = Group{g.id, key, g.name, g.created_ms, g.first_job, g.count,
+                              intern_env(std::move(g.env))};
     if (!g.name.empty())
       groups_by_name_[g.name].push_back(g.id);
     next_group_id_ = std::max(next_group_id_, g.id + 1);
@@ -660,6 +681,8 @@ void Hub::schedule() {
         a->set_job_id(id);
         a->set_attempt(attempt);
         a->set_spec(specs_[job->spec - 1].bytes);
+        if (job->group && job->group <= groups_.size() && groups_[job->group - 1].env)
+          a->set_base_env(*groups_[job->group - 1].env);
         if (job->is_array)
           a->set_array_index(job->array_index);
         for (auto g : gpus_of(job->gpu_mask))
@@ -1145,6 +1168,27 @@ void Hub::handle_submit(const std::shared_ptr<Peer>& peer,
   if (req.group_name().size() > 256)
     return reply_error(peer, rid,
                        make_error(ErrorCode::InvalidArgument, "the group name is too long"));
+  std::size_t env_bytes = 0;
+  for (const auto& e : req.env()) {
+    if (auto r = check_env_var(e); !r.ok())
+      return reply_error(peer, rid, r.error().with_context("exported environment"));
+    env_bytes += e.name().size() + e.value().size() + 2;
+  }
+  if (env_bytes > kMaxExportedEnvBytes || req.env_size() > 65536)
+    return reply_error(peer, rid,
+                       make_error(ErrorCode::InvalidArgument,
+                                  fmt::format("the exported environment has {} variables in {}: "
+                                              "more than the {} a submission may carry; use "
+                                              "--export=NONE or --export=NAME,... for the ones "
+                                              "the jobs need",
+                                              req.env_size(), format_size_bytes(env_bytes),
+                                              format_size_bytes(kMaxExportedEnvBytes))));
+  std::string env_blob;
+  if (req.env_size() > 0) {
+    pb::EnvList list;
+    *list.mutable_vars() = std::move(*req.mutable_env());
+    list.SerializeToString(&env_blob);
+  }
 
   std::uint64_t group = next_group_id_++;
   std::uint64_t first = next_job_id_;
@@ -1155,7 +1199,8 @@ void Hub::handle_submit(const std::shared_ptr<Peer>& peer,
                                                                : req.group_name());
 
   store::WriteBatch& b = batch();
-  b.groups.push_back({group, req.group_name(), now, first, total});
+  auto exported_env = intern_env(env_blob);
+  b.groups.push_back({group, req.group_name(), now, first, total, std::move(env_blob)});
   // A spec is stored once for a run of identical items (an array is one item); the store gets one
   // copy of each spec's bytes, the hub's spec table the other.
   struct NewSpec {
@@ -1196,7 +1241,8 @@ void Hub::handle_submit(const std::shared_ptr<Peer>& peer,
   }
   b.job_runs.insert(b.job_runs.end(), runs.begin(), runs.end());
   b.on_commit.push_back([this, alive = alive_, peer, rid, group, group_key, first, total, now,
-                         name = req.group_name(), new_specs = std::move(new_specs),
+                         group_env = std::move(exported_env), name = req.group_name(),
+                         new_specs = std::move(new_specs),
                          runs = std::move(runs)](const Result<void>& r) mutable {
     if (!*alive)
       return;
@@ -1217,7 +1263,7 @@ void Hub::handle_submit(const std::shared_ptr<Peer>& peer,
     new_specs = {};
     if (groups_.size() < group)
       groups_.resize(group);
-    groups_[group - 1] = Group{group, group_key, name, now, first, total};
+    groups_[group - 1] = Group{group, group_key, name, now, first, total, group_env};
     if (!name.empty())
       groups_by_name_[name].push_back(group);
     jobs_.grow_to(first + total - 1);

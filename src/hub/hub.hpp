@@ -90,6 +90,9 @@ struct Group {
   std::int64_t created_ms = 0;
   std::uint64_t first_job = 0;
   std::uint64_t count = 0;
+  /// The submission's exported environment (a serialized pb::EnvList; null: none), shared by
+  /// every group that exported the same one.
+  std::shared_ptr<const std::string> env;
 };
 
 struct Agent {
@@ -361,6 +364,9 @@ private:
   ChunkedVector<Job> jobs_; ///< index = id - 1
   std::vector<Spec> specs_;  ///< index = id - 1
   std::vector<Group> groups_; ///< index = id - 1
+  /// One copy of each distinct exported environment, by its hash (Group::env).
+  std::unordered_map<std::size_t, std::vector<std::weak_ptr<const std::string>>> envs_;
+  std::shared_ptr<const std::string> intern_env(std::string bytes);
   std::uint64_t next_job_id_ = 1;
   std::uint64_t next_spec_id_ = 1;
   std::uint64_t next_group_id_ = 1;

@@ -75,6 +75,10 @@ ALTER TABLE pilots ADD COLUMN batch_id TEXT NOT NULL DEFAULT '';
 ALTER TABLE agents ADD COLUMN session_key BLOB NOT NULL DEFAULT x'';
 ALTER TABLE agents ADD COLUMN epoch INTEGER NOT NULL DEFAULT 0;
 )sql",
+      // 4 -> 5: each submission's exported environment (a serialized EnvList).
+      R"sql(
+ALTER TABLE groups ADD COLUMN env BLOB NOT NULL DEFAULT x'';
+)sql",
   };
   return steps;
 }

@@ -318,8 +318,8 @@ struct Store::Impl {
 
   void prepare() {
     insert_spec = Statement(db, "INSERT INTO specs(id, body) VALUES(?1, ?2)");
-    insert_group = Statement(db, "INSERT INTO groups(id, name, created_ms, first_job, count) "
-                                 "VALUES(?1, ?2, ?3, ?4, ?5)");
+    insert_group = Statement(db, "INSERT INTO groups(id, name, created_ms, first_job, count, "
+                                 "env) VALUES(?1, ?2, ?3, ?4, ?5, ?6)");
     insert_job = Statement(db, "INSERT INTO jobs(id, spec_id, group_id, array_index, state, "
                                "submit_ms) VALUES(?1, ?2, ?3, ?4, 1, ?5)");
     update_job = Statement(db, "UPDATE jobs SET state=?2, attempt=?3, agent_id=?4, exit_code=?5, "
@@ -399,6 +399,7 @@ struct Store::Impl {
               .bind(3, g.created_ms)
               .bind(4, g.first_job)
               .bind(5, g.count)
+              .bind_blob(6, g.env)
               .run() != SQLITE_OK)
         return sqlite_error(db, "inserting a job group");
     for (const auto& r : b.job_runs) {
@@ -730,11 +731,11 @@ Result<LoadedState> Store::load() {
       return damaged(impl_->options.db_path, fmt::format("reading the specs table: {}", sqlite3_errmsg(db)));
   }
   {
-    Statement q(db, "SELECT id, name, created_ms, first_job, count FROM groups ORDER BY id");
+    Statement q(db, "SELECT id, name, created_ms, first_job, count, env FROM groups ORDER BY id");
     while (q.step())
       s.groups.push_back({static_cast<std::uint64_t>(q.i64(0)), q.text(1), q.i64(2),
                           static_cast<std::uint64_t>(q.i64(3)),
-                          static_cast<std::uint64_t>(q.i64(4))});
+                          static_cast<std::uint64_t>(q.i64(4)), q.text(5)});
     if (q.failed())
       return damaged(impl_->options.db_path, fmt::format("reading the groups table: {}", sqlite3_errmsg(db)));
   }

@@ -29,7 +29,7 @@
 namespace sortie::store {
 
 /// The newest schema this build writes (PRAGMA user_version).
-inline constexpr int kSchemaVersion = 4;
+inline constexpr int kSchemaVersion = 5;
 
 struct SpecRow {
   std::uint64_t id = 0;
@@ -42,6 +42,7 @@ struct GroupRow {
   std::int64_t created_ms = 0;
   std::uint64_t first_job = 0;
   std::uint64_t count = 0;
+  std::string env; ///< a serialized pb::EnvList: the submission's exported environment
 };
 
 /// A run of new jobs sharing a spec: ids first_id..first_id+count-1, array indices
