@@ -63,6 +63,18 @@ struct WaitProgress {
   bool all_succeeded() const { return done && succeeded == total; }
 };
 
+struct JobPage {
+  std::vector<JobInfo> jobs;          ///< oldest first
+  std::uint64_t matched = 0;          ///< jobs that matched, beyond the limit too
+  std::map<JobState, std::uint64_t> counts; ///< matched jobs by state
+};
+
+struct ForgetSummary {
+  std::uint64_t forgotten = 0;
+  std::uint64_t not_ended = 0;
+  std::uint64_t not_found = 0;
+};
+
 struct CancelSummary {
   std::uint64_t cancelled = 0;
   std::uint64_t already_finished = 0;
@@ -148,24 +160,32 @@ public:
   /// Submits one job per index of `range`; each sees SORTIE_ARRAY_INDEX.
   Result<Submitted> submit_array(const JobSpec& spec,
                                  const ArrayRange& range,
-                                 const std::string& group_name = {});
+                                 const std::string& group_name = {},
+                                 bool confirmed = false);
   /// Submits many jobs at once, as one group, in one transaction.
   Result<Submitted> submit_batch(const std::vector<JobSpec>& specs,
-                                 const std::string& group_name = {});
+                                 const std::string& group_name = {},
+                                 bool confirmed = false);
   /// One item of a batch: a job, or an array of jobs (one per index).
   struct BatchItem {
     JobSpec spec;
     std::optional<ArrayRange> array;
   };
   /// Submits jobs and arrays at once, as one group, in one transaction (job files).
+  /// `confirmed`: more jobs than the hub's confirm_above are meant (else FailedPrecondition).
   Result<Submitted> submit_items(const std::vector<BatchItem>& items,
-                                 const std::string& group_name = {});
+                                 const std::string& group_name = {},
+                                 bool confirmed = false);
 
   /// One job with its spec, state history and resource usage.
   Result<JobInfo> job(JobId id);
   /// Jobs matching `selector` (all by default), optionally only in `states`.
   Result<std::vector<JobInfo>> jobs(const JobSelector& selector = JobSelector::every(),
                                     const std::vector<JobState>& states = {});
+  /// The newest `limit` of those jobs (0: all), with how many matched in each state.
+  Result<JobPage> jobs_page(const JobSelector& selector,
+                            const std::vector<JobState>& states,
+                            std::uint64_t limit);
 
   /// Blocks until every selected job is final. `on_progress` (optional) is called as jobs finish.
   /// timeout_ms < 0 waits forever; on timeout the error code is Timeout.
@@ -174,6 +194,9 @@ public:
                             std::int64_t timeout_ms = -1);
 
   Result<CancelSummary> cancel(const JobSelector& selector, const std::string& reason = {});
+  /// Forgets ended jobs (records and output files), as job_retention does; queued and running
+  /// ones are kept and counted.
+  Result<ForgetSummary> forget(const JobSelector& selector);
 
   /// Streams an attempt's output (0: the latest) to `sink` as it is read. With `follow`, keeps
   /// streaming until the attempt ends. `sink` returning false stops early.

@@ -581,6 +581,7 @@ struct JobOptions {
   std::uint32_t ranks_per_node = 0;
   std::string after;
   bool json = false;
+  bool yes = false; ///< more jobs than the hub's confirm_above are meant
   std::vector<CLI::Option*> given; ///< filled by add_job_options
 
   /// True if the option (e.g. "--label") was given on the command line.
@@ -592,6 +593,23 @@ struct JobOptions {
     return false;
   }
 };
+
+/// Submits; a submission the hub finds too large to take unconfirmed (confirm_above) is asked
+/// about on a terminal, and otherwise fails with the hub's words (which name --yes).
+template <typename Submit>
+Result<Submitted> submit_confirming(bool yes, Submit submit) {
+  auto s = submit(yes);
+  if (s.ok() || yes || s.error().code != ErrorCode::FailedPrecondition ||
+      s.error().message.find("confirm_above") == std::string::npos || ::isatty(0) != 1 ||
+      !stderr_is_tty())
+    return s;
+  std::fprintf(stderr, "sortie: %s\nsortie: submit them? [y/N] ", s.error().message.c_str());
+  std::fflush(stderr);
+  char answer[16] = {};
+  if (std::fgets(answer, sizeof answer, stdin) && (answer[0] == 'y' || answer[0] == 'Y'))
+    return submit(true);
+  return make_error(ErrorCode::Cancelled, "nothing was submitted");
+}
 
 void add_job_options(CLI::App* cmd, JobOptions& o) {
   auto add = [&](CLI::Option* opt) { o.given.push_back(opt); };
@@ -629,6 +647,8 @@ void add_job_options(CLI::App* cmd, JobOptions& o) {
           ->check(CLI::Range(1, 4096)));
   add(cmd->add_option("--ranks-per-node", o.ranks_per_node, "at most K ranks on one node: spread over nodes of one pilot"));
   cmd->add_flag("--json", o.json, "print JSON");
+  cmd->add_flag("--yes", o.yes,
+                "yes, that many jobs: needed above the hub's confirm_above (100,000 by default)");
 }
 
 /// Applies the given options to `spec`; `cwd_default` when neither the option nor the spec has one.
@@ -775,15 +795,15 @@ int submit(const Globals& g,
   auto client = connect(g);
   if (!client.ok())
     return fail(client.error());
-  Result<Submitted> s = make_error(ErrorCode::Internal, "");
-  if (range) {
-    s = client->submit_array(specs[0], *range, group);
-  } else {
-    std::vector<Client::BatchItem> items;
+  std::vector<Client::BatchItem> items;
+  if (range)
+    items.push_back({specs[0], *range});
+  else
     for (std::size_t i = 0; i < specs.size(); ++i)
       items.push_back({specs[i], i < ranges.size() ? ranges[i] : std::nullopt});
-    s = client->submit_items(items, group);
-  }
+  auto s = submit_confirming(o.yes, [&](bool confirmed) {
+    return client->submit_items(items, group, confirmed);
+  });
   if (!s.ok())
     return fail(s.error());
   print_submitted(*s, o.json);
@@ -898,7 +918,9 @@ int map_jobs(const Globals& g,
   auto client = connect(g);
   if (!client.ok())
     return fail(client.error());
-  auto s = client->submit_batch(specs, o.group);
+  auto s = submit_confirming(o.yes, [&](bool confirmed) {
+    return client->submit_batch(specs, o.group, confirmed);
+  });
   if (!s.ok())
     return fail(s.error());
   if (o.json) {
@@ -941,7 +963,11 @@ Result<JobSelector> selector_from(const SelectArgs& a, bool default_all) {
   return sel;
 }
 
-int job_list(const Globals& g, const SelectArgs& a, const std::vector<std::string>& states, bool as_json) {
+/// Rows `job list` prints on a terminal unless told (--limit).
+constexpr std::uint64_t kDefaultListLimit = 100;
+
+int job_list(const Globals& g, const SelectArgs& a, const std::vector<std::string>& states,
+             bool as_json, std::optional<std::uint64_t> limit_option) {
   auto sel = selector_from(a, true);
   if (!sel.ok())
     return fail(sel.error());
@@ -959,11 +985,42 @@ int job_list(const Globals& g, const SelectArgs& a, const std::vector<std::strin
   auto client = connect(g);
   if (!client.ok())
     return fail(client.error());
-  auto jobs = client->jobs(*sel, want);
-  if (!jobs.ok())
-    return fail(jobs.error());
-  std::fputs((as_json ? jobs_json(*jobs) : jobs_table(*jobs)).c_str(), stdout);
+  // A terminal gets the newest jobs and a count of the rest; JSON gets every job unless told.
+  std::uint64_t limit = limit_option.value_or(as_json ? 0 : kDefaultListLimit);
+  auto page = client->jobs_page(*sel, want, limit);
+  if (!page.ok())
+    return fail(page.error());
+  std::fputs((as_json ? jobs_json(page->jobs) : jobs_table(page->jobs)).c_str(), stdout);
+  if (!as_json && page->matched > page->jobs.size()) {
+    std::string by_state;
+    for (const auto& [state, n] : page->counts)
+      by_state += fmt::format("{}{} {}", by_state.empty() ? "" : ", ", with_thousands(n),
+                              job_state_name(state));
+    std::fprintf(stderr, "sortie: showing the newest %s of %s jobs (%s): --limit 0 shows all, "
+                         "or select ids, --group or --state\n",
+                 with_thousands(page->jobs.size()).c_str(), with_thousands(page->matched).c_str(),
+                 by_state.c_str());
+  }
   return kExitOk;
+}
+
+int job_forget(const Globals& g, const SelectArgs& a) {
+  auto sel = selector_from(a, false);
+  if (!sel.ok())
+    return fail(sel.error());
+  auto client = connect(g);
+  if (!client.ok())
+    return fail(client.error());
+  auto r = client->forget(*sel);
+  if (!r.ok())
+    return fail(r.error());
+  std::printf("%s forgotten", count_of(r->forgotten, "job").c_str());
+  if (r->not_ended)
+    std::printf(", %s not ended kept (cancel them first)", count_of(r->not_ended, "job").c_str());
+  if (r->not_found)
+    std::printf(", %llu not found", static_cast<unsigned long long>(r->not_found));
+  std::printf("\n");
+  return r->not_found ? kExitFailure : kExitOk;
 }
 
 int job_show(const Globals& g, const std::string& id_text, bool as_json) {
@@ -1408,12 +1465,17 @@ int run(int argc, char** argv) {
   SelectArgs list_sel;
   std::vector<std::string> list_states;
   bool list_json = false;
-  auto* jl = job->add_subcommand("list", "list jobs (all by default)");
+  auto* jl = job->add_subcommand("list", "list jobs (the newest 100 by default)");
   jl->add_option("ids", list_sel.ids, "job ids or ranges: 17 17-20 3,5");
   jl->add_option("--group", list_sel.groups, "only jobs of this group (id or name)");
   jl->add_option("--state", list_states, "only jobs in these states (comma-separated)");
-  jl->add_flag("--json", list_json, "print a JSON array");
-  jl->callback([&] { action = [&] { return job_list(g, list_sel, list_states, list_json); }; });
+  jl->add_flag("--json", list_json, "print a JSON array (every matching job unless --limit)");
+  std::optional<std::uint64_t> list_limit;
+  jl->add_option("--limit", list_limit,
+                 "only the newest N matching jobs (0: all; default 100 on a terminal table)");
+  jl->callback([&] {
+    action = [&] { return job_list(g, list_sel, list_states, list_json, list_limit); };
+  });
   std::string show_id;
   bool show_json = false;
   auto* js = job->add_subcommand("show", "show one job: spec, history, node, exit code, usage");
@@ -1447,6 +1509,12 @@ int run(int argc, char** argv) {
   jc->add_flag("--all", cancel_sel.all, "every unfinished job");
   jc->add_option("--group", cancel_sel.groups, "the jobs of a group (id or name)");
   jc->callback([&] { action = [&] { return job_cancel(g, cancel_sel); }; });
+  SelectArgs forget_sel;
+  auto* jf = job->add_subcommand("forget", "forget ended jobs: their records and output files");
+  jf->add_option("ids", forget_sel.ids, "job ids or ranges");
+  jf->add_flag("--all", forget_sel.all, "every ended job");
+  jf->add_option("--group", forget_sel.groups, "the jobs of a group (id or name)");
+  jf->callback([&] { action = [&] { return job_forget(g, forget_sel); }; });
 
   // --- agent (internal: started by pilots)
   AgentArgs aargs;

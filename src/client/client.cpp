@@ -337,21 +337,24 @@ Result<Submitted> Client::submit(const JobSpec& spec, const std::string& group_n
 
 Result<Submitted> Client::submit_array(const JobSpec& spec,
                                        const ArrayRange& range,
-                                       const std::string& group_name) {
-  return submit_items({{spec, range}}, group_name);
+                                       const std::string& group_name,
+                                       bool confirmed) {
+  return submit_items({{spec, range}}, group_name, confirmed);
 }
 
 Result<Submitted> Client::submit_batch(const std::vector<JobSpec>& specs,
-                                       const std::string& group_name) {
+                                       const std::string& group_name,
+                                       bool confirmed) {
   std::vector<BatchItem> items;
   items.reserve(specs.size());
   for (const auto& s : specs)
     items.push_back({s, std::nullopt});
-  return submit_items(items, group_name);
+  return submit_items(items, group_name, confirmed);
 }
 
 Result<Submitted> Client::submit_items(const std::vector<BatchItem>& items,
-                                       const std::string& group_name) {
+                                       const std::string& group_name,
+                                       bool confirmed) {
   if (items.empty())
     return make_error(ErrorCode::InvalidArgument, "nothing to submit: the batch is empty");
   for (const auto& it : items)
@@ -364,6 +367,7 @@ Result<Submitted> Client::submit_items(const std::vector<BatchItem>& items,
   pb::Envelope env;
   auto* req = env.mutable_submit();
   req->set_group_name(group_name);
+  req->set_confirmed(confirmed);
   for (auto& [name, value] : exported) {
     auto* e = req->add_env();
     e->set_name(std::move(name));
@@ -404,21 +408,34 @@ Result<JobInfo> Client::job(JobId id) {
 
 Result<std::vector<JobInfo>> Client::jobs(const JobSelector& selector,
                                           const std::vector<JobState>& states) {
+  SORTIE_ASSIGN_OR_RETURN(page, jobs_page(selector, states, 0));
+  return std::move(page.jobs);
+}
+
+Result<JobPage> Client::jobs_page(const JobSelector& selector,
+                                  const std::vector<JobState>& states,
+                                  std::uint64_t limit) {
   pb::Envelope env;
   auto* req = env.mutable_list_jobs();
   to_pb(selector, *req->mutable_selector());
   for (auto s : states)
     req->add_states(static_cast<pb::JobState>(s));
+  req->set_limit(limit);
   SORTIE_ASSIGN_OR_RETURN(rid, impl_->send(env));
-  std::vector<JobInfo> out;
+  JobPage out;
   while (true) {
     SORTIE_ASSIGN_OR_RETURN(reply, impl_->reply(rid, impl_->silence_limit()));
     if (!reply.has_job_list())
       return make_error(ErrorCode::Internal, "unexpected reply to a job list");
-    for (const auto& j : reply.job_list().jobs())
-      out.push_back(from_pb(j));
-    if (reply.job_list().last())
+    const auto& list = reply.job_list();
+    for (const auto& j : list.jobs())
+      out.jobs.push_back(from_pb(j));
+    if (list.last()) {
+      out.matched = list.matched();
+      for (const auto& c : list.counts())
+        out.counts[static_cast<JobState>(c.state())] = c.count();
       return out;
+    }
   }
 }
 
@@ -467,6 +484,16 @@ Result<CancelSummary> Client::cancel(const JobSelector& selector, const std::str
     return make_error(ErrorCode::Internal, "unexpected reply to a cancel");
   const auto& c = reply.cancel_reply();
   return CancelSummary{c.cancelled(), c.already_finished(), c.not_found()};
+}
+
+Result<ForgetSummary> Client::forget(const JobSelector& selector) {
+  pb::Envelope env;
+  to_pb(selector, *env.mutable_forget()->mutable_selector());
+  SORTIE_ASSIGN_OR_RETURN(reply, impl_->call(env));
+  if (!reply.has_forget_reply())
+    return make_error(ErrorCode::Internal, "unexpected reply to a forget");
+  const auto& f = reply.forget_reply();
+  return ForgetSummary{f.forgotten(), f.not_ended(), f.not_found()};
 }
 
 Result<void> Client::output(JobId id,

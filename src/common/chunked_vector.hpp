@@ -3,6 +3,7 @@
 // so memory stays close to what is used (the hub keeps one record per job in it).
 #pragma once
 
+#include <algorithm>
 #include <array>
 #include <cstddef>
 #include <memory>
@@ -16,6 +17,42 @@ public:
   std::size_t size() const { return size_; }
   T& operator[](std::size_t i) { return (*chunks_[i / ChunkSize])[i % ChunkSize]; }
   const T& operator[](std::size_t i) const { return (*chunks_[i / ChunkSize])[i % ChunkSize]; }
+
+  /// The element at `i`, or null when its chunk was released.
+  T* find(std::size_t i) {
+    auto& c = chunks_[i / ChunkSize];
+    return c ? &(*c)[i % ChunkSize] : nullptr;
+  }
+  const T* find(std::size_t i) const {
+    const auto& c = chunks_[i / ChunkSize];
+    return c ? &(*c)[i % ChunkSize] : nullptr;
+  }
+
+  /// Frees the chunk holding `i` when `empty` holds for each of its elements (a released chunk's
+  /// elements are gone: find() returns null for them and operator[] must not be used).
+  template <typename Pred>
+  bool release_if(std::size_t i, Pred empty) {
+    auto& c = chunks_[i / ChunkSize];
+    if (!c)
+      return false;
+    for (const T& e : *c)
+      if (!empty(e))
+        return false;
+    c.reset();
+    return true;
+  }
+
+  /// Calls `fn(element)` for each element of the chunks still held, in index order.
+  template <typename Fn>
+  void for_each(Fn fn) {
+    for (std::size_t c = 0; c < chunks_.size(); ++c) {
+      if (!chunks_[c])
+        continue;
+      std::size_t n = std::min(ChunkSize, size_ - c * ChunkSize);
+      for (std::size_t k = 0; k < n; ++k)
+        fn((*chunks_[c])[k]);
+    }
+  }
 
   /// Grows to `n` elements (value-initialized); never shrinks.
   void grow_to(std::size_t n) {

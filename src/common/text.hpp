@@ -25,6 +25,8 @@ std::string printable(std::string_view text);
 /// The candidate nearest to `word` in edit distance, if at most `max_distance` away ("" if none).
 std::string closest(std::string_view word, const std::vector<std::string>& candidates,
                     std::size_t max_distance);
+/// "2,000,000".
+std::string with_thousands(std::uint64_t n);
 /// "1 job", "3 jobs".
 std::string count_of(std::uint64_t n, std::string_view noun);
 /// Quotes a word for a POSIX shell: 'it'\''s' (only for the command line ssh hands to the remote

@@ -328,6 +328,11 @@ Result<void> parse_config(const std::string& content, const std::filesystem::pat
       if (config.batch_poll_interval_ms < 100)
         return make_error(ErrorCode::InvalidArgument,
                           fmt::format("{}: hub.batch_poll_interval must be at least 100ms", at));
+    } else if (key == "job_retention") {
+      SORTIE_TRY(want_duration(config.job_retention_ms));
+    } else if (key == "confirm_above") {
+      SORTIE_ASSIGN_OR_RETURN(v, want_int(0, 10'000'000));
+      config.confirm_above = static_cast<std::uint64_t>(v);
     } else if (key == "store_sync") {
       auto s = node.value<std::string>();
       if (!s || (*s != "full" && *s != "normal"))
@@ -338,7 +343,8 @@ Result<void> parse_config(const std::string& content, const std::filesystem::pat
       return make_error(ErrorCode::InvalidArgument,
                         fmt::format("{}: unknown key hub.{}: known keys are listen, "
                                     "heartbeat_interval, agent_reconnect_window, kill_grace, output_retry, "
-                                    "launch_queue, lost_retries, output_credit, store_sync, batch_poll_interval",
+                                    "launch_queue, lost_retries, output_credit, store_sync, batch_poll_interval, "
+                                    "job_retention, confirm_above",
                                     at, key));
     }
   }

@@ -9,6 +9,8 @@
 #include <algorithm>
 #include <cmath>
 #include <cstring>
+#include <map>
+#include <unordered_set>
 
 #include <fmt/format.h>
 
@@ -275,12 +277,12 @@ bool Hub::may_retry(const Job& job, bool failure) const {
   return used < budget;
 }
 
-void Hub::make_ready(Job& job) {
+void Hub::make_ready(Job& job, bool at_load) {
   const Spec& spec = specs_[job.spec - 1];
   job.deps_pending = 0;
   for (auto dep : spec.after) {
     const Job* d = find_job(dep);
-    if (d && d->state == JobState::Succeeded)
+    if ((d && d->state == JobState::Succeeded) || (!d && at_load))
       continue;
     if (!d || is_final(d->state)) {
       std::int64_t now = clock_.now_ms();
@@ -380,6 +382,10 @@ Result<std::vector<std::uint64_t>> Hub::groups_named(const pb::JobSelector& sel)
 // Loading
 
 Result<void> Hub::load(store::LoadedState state) {
+  // Ids are never used twice, even those of rows forgotten since.
+  next_job_id_ = std::max<std::uint64_t>(next_job_id_, state.next_job_id);
+  next_spec_id_ = std::max<std::uint64_t>(next_spec_id_, state.next_spec_id);
+  next_group_id_ = std::max<std::uint64_t>(next_group_id_, state.next_group_id);
   for (auto& s : state.specs) {
     pb::JobSpec spec;
     if (!spec.ParseFromString(s.body))
@@ -393,7 +399,7 @@ Result<void> Hub::load(store::LoadedState state) {
     if (groups_.size() < g.id)
       groups_.resize(g.id);
     auto key = scheduler_.intern(g.name.empty() ? fmt::format("#{}", g.id) : g.name);
-    groups_[g.id - 1] = Group{g.id, key, g.name, g.created_ms, g.first_job, g.count,
+    groups_[g.id - 1] = Group{g.id, key, g.name, g.created_ms, g.first_job, g.count, 0,
                               intern_env(std::move(g.env))};
     if (!g.name.empty())
       groups_by_name_[g.name].push_back(g.id);
@@ -473,6 +479,10 @@ Result<void> Hub::load(store::LoadedState state) {
     j.started = j.state == JobState::Running;
     ++state_counts_[j.state];
     next_job_id_ = std::max(next_job_id_, r.id + 1);
+    if (j.spec > 0 && j.spec <= specs_.size())
+      ++specs_[j.spec - 1].jobs;
+    if (j.group > 0 && j.group <= groups_.size())
+      ++groups_[j.group - 1].live;
     if (j.spec == 0 || j.spec > specs_.size())
       return make_error(ErrorCode::Internal,
                         fmt::format("job {} refers to spec {} which is not in the store", j.id, j.spec));
@@ -502,7 +512,7 @@ Result<void> Hub::load(store::LoadedState state) {
     }
   }
   for (auto id : queued_later)
-    make_ready(jobs_[id - 1]);
+    make_ready(jobs_[id - 1], true);
   recovery_deadline_ = deadline;
   std::size_t agents_waiting = 0;
   for (const auto& [id, a] : agents_)
@@ -569,7 +579,10 @@ void Hub::flush() {
   if (!dirty_.empty()) {
     batch_.job_updates.reserve(dirty_.size());
     for (auto id : dirty_) {
-      Job& j = jobs_[id - 1];
+      Job* found = find_job(id);
+      if (!found) // forgotten meanwhile
+        continue;
+      Job& j = *found;
       j.dirty = false;
       store::JobRow r;
       r.id = j.id;
@@ -599,7 +612,8 @@ void Hub::flush() {
       if (!*alive || r.ok())
         return;
       for (auto id : ids)
-        mark_dirty(jobs_[id - 1]);
+        if (Job* j = find_job(id))
+          mark_dirty(*j);
     });
     dirty_.clear();
   }
@@ -726,6 +740,13 @@ Awaitable<void> Hub::tick_loop() {
 }
 
 void Hub::tick() {
+  // job_retention: a sweep every quarter of it, at least every second and at most every minute.
+  if (std::int64_t mono = clock_.monotonic_ms(); mono >= next_retention_sweep_ms_) {
+    if (next_retention_sweep_ms_ > 0)
+      forget_expired();
+    next_retention_sweep_ms_ =
+        mono + std::clamp<std::int64_t>(config_.job_retention_ms / 4, 1'000, 60'000);
+  }
   // Progress of waits, throttled to this tick.
   std::erase_if(waiters_, [](const std::shared_ptr<Waiter>& w) { return w->peer->closed(); });
   for (auto& w : waiters_)
@@ -781,15 +802,26 @@ void Hub::tick() {
 Job* Hub::find_job(std::uint64_t id) {
   if (id == 0 || id > jobs_.size())
     return nullptr;
-  Job& j = jobs_[id - 1];
-  return j.id ? &j : nullptr;
+  Job* j = jobs_.find(id - 1); // null: its chunk of ids was forgotten
+  return j && j->id ? j : nullptr;
+}
+
+Error Hub::missing_job(std::uint64_t id) const {
+  if (id > 0 && id < next_job_id_)
+    return make_error(ErrorCode::NotFound,
+                      fmt::format("job {} does not exist (any more: ended jobs are forgotten after "
+                                  "job_retention, {}, or by `sortie job forget`)",
+                                  id, config_.job_retention_ms
+                                          ? format_duration_ms(config_.job_retention_ms)
+                                          : std::string("never")));
+  return make_error(ErrorCode::NotFound, fmt::format("job {} does not exist", id));
 }
 
 const Job* Hub::find_job(std::uint64_t id) const {
   if (id == 0 || id > jobs_.size())
     return nullptr;
-  const Job& j = jobs_[id - 1];
-  return j.id ? &j : nullptr;
+  const Job* j = jobs_.find(id - 1);
+  return j && j->id ? j : nullptr;
 }
 
 void Hub::transition(Job& job, JobState to, std::int64_t now_ms) {
@@ -1071,6 +1103,8 @@ void Hub::on_client_frame(const std::shared_ptr<Peer>& peer, pb::Envelope& env) 
     return handle_wait(peer, rid, env.wait());
   case pb::Envelope::kCancel:
     return handle_cancel(peer, rid, env.cancel());
+  case pb::Envelope::kForget:
+    return handle_forget(peer, rid, env.forget());
   case pb::Envelope::kLogs:
     return handle_logs(peer, rid, env.logs());
   case pb::Envelope::kHubStatus:
@@ -1168,6 +1202,14 @@ void Hub::handle_submit(const std::shared_ptr<Peer>& peer,
   if (req.group_name().size() > 256)
     return reply_error(peer, rid,
                        make_error(ErrorCode::InvalidArgument, "the group name is too long"));
+  if (config_.confirm_above > 0 && total > config_.confirm_above && !req.confirmed())
+    return reply_error(peer, rid,
+                       make_error(ErrorCode::FailedPrecondition,
+                                  fmt::format("this submission would create {} jobs, more than "
+                                              "confirm_above ({}): if that is what you meant, "
+                                              "submit again with --yes",
+                                              with_thousands(total),
+                                              with_thousands(config_.confirm_above))));
   std::size_t env_bytes = 0;
   for (const auto& e : req.env()) {
     if (auto r = check_env_var(e); !r.ok())
@@ -1263,13 +1305,14 @@ void Hub::handle_submit(const std::shared_ptr<Peer>& peer,
     new_specs = {};
     if (groups_.size() < group)
       groups_.resize(group);
-    groups_[group - 1] = Group{group, group_key, name, now, first, total, group_env};
+    groups_[group - 1] = Group{group, group_key, name, now, first, total, total, group_env};
     if (!name.empty())
       groups_by_name_[name].push_back(group);
     jobs_.grow_to(first + total - 1);
     state_counts_[JobState::Queued] += total;
     for (const auto& run : runs) {
-      const Spec& spec = specs_[run.spec_id - 1];
+      Spec& spec = specs_[run.spec_id - 1];
+      spec.jobs += run.count;
       bool simple = spec.after.empty();
       for (std::uint64_t k = 0; k < run.count; ++k) {
         Job& j = jobs_[run.first_id + k - 1];
@@ -1315,44 +1358,173 @@ void Hub::handle_list(const std::shared_ptr<Peer>& peer,
                       std::uint64_t rid,
                       const pb::ListJobsRequest& req) {
   std::unordered_set<int> states(req.states().begin(), req.states().end());
-  pb::Envelope env;
-  auto* list = env.mutable_job_list();
-  auto emit = [&](const Job& j) {
+  auto found = groups_named(req.selector());
+  if (!found.ok())
+    return reply_error(peer, rid, found.error());
+  // Which jobs match, counted by state; with a limit only the newest are sent.
+  std::vector<const Job*> matched;
+  std::map<JobState, std::uint64_t> counts;
+  for_each_selected(req.selector(), *found, [&](Job& j) {
     if (!states.empty() && !states.contains(static_cast<int>(j.state)))
       return;
-    fill_info(j, *list->add_jobs(), false);
+    ++counts[j.state];
+    matched.push_back(&j);
+  });
+  std::size_t from = req.limit() > 0 && matched.size() > req.limit() ? matched.size() - req.limit()
+                                                                     : 0;
+  pb::Envelope env;
+  auto* list = env.mutable_job_list();
+  for (std::size_t i = from; i < matched.size(); ++i) {
+    fill_info(*matched[i], *list->add_jobs(), false);
     if (static_cast<std::size_t>(list->jobs_size()) >= kListChunk) {
       send_to(peer, env, rid);
       list->Clear();
     }
-  };
+  }
+  list->set_last(true);
+  list->set_matched(matched.size());
+  for (auto [state, n] : counts) {
+    auto* c = list->add_counts();
+    c->set_state(to_pb(state));
+    c->set_count(n);
+  }
+  send_to(peer, env, rid);
+}
+
+template <typename Fn>
+void Hub::for_each_selected(const pb::JobSelector& sel, const std::vector<std::uint64_t>& named,
+                            Fn fn, std::uint64_t* missing) {
+  if (!sel.all() && sel.groups_size() == 0 && sel.group_names_size() == 0 && sel.ids_size() > 0) {
+    std::unordered_set<std::uint64_t> seen;
+    for (const auto& r : sel.ids()) {
+      std::uint64_t last = r.last() ? r.last() : r.first();
+      std::uint64_t existing_last = std::min<std::uint64_t>(last, jobs_.size());
+      for (std::uint64_t id = r.first(); id <= existing_last; ++id) {
+        Job* j = find_job(id);
+        if (!j) {
+          if (missing)
+            ++*missing;
+        } else if (seen.insert(id).second) {
+          fn(*j);
+        }
+      }
+      if (missing && last > existing_last)
+        *missing += last - std::max(existing_last, r.first() - 1);
+    }
+    return;
+  }
+  jobs_.for_each([&](Job& j) {
+    if (j.id && selected(sel, named, j))
+      fn(j);
+  });
+}
+
+void Hub::handle_forget(const std::shared_ptr<Peer>& peer,
+                        std::uint64_t rid,
+                        const pb::ForgetRequest& req) {
   const auto& sel = req.selector();
+  if (!sel.all() && sel.ids_size() == 0 && sel.groups_size() == 0 && sel.group_names_size() == 0)
+    return reply_error(peer, rid,
+                       make_error(ErrorCode::InvalidArgument,
+                                  "name the jobs to forget (ids, a group, or all)"));
+  for (const auto& r : sel.ids()) {
+    std::uint64_t last = r.last() ? r.last() : r.first();
+    if (r.first() == 0 || last < r.first())
+      return reply_error(peer, rid,
+                         make_error(ErrorCode::InvalidArgument,
+                                    fmt::format("invalid job range {}-{}", r.first(), last)));
+  }
   auto found = groups_named(sel);
   if (!found.ok())
     return reply_error(peer, rid, found.error());
-  const auto& named = *found;
-  if (!sel.all() && sel.groups_size() == 0 && sel.group_names_size() == 0 && sel.ids_size() > 0) {
-    for (const auto& r : sel.ids()) {
-      std::uint64_t last = std::min<std::uint64_t>(r.last() ? r.last() : r.first(), jobs_.size());
-      for (std::uint64_t id = r.first(); id <= last; ++id)
-        if (const Job* j = find_job(id))
-          emit(*j);
+  std::vector<std::uint64_t> ended;
+  std::uint64_t not_ended = 0, missing = 0;
+  for_each_selected(sel, *found, [&](Job& j) {
+    if (is_final(j.state))
+      ended.push_back(j.id);
+    else
+      ++not_ended;
+  }, &missing);
+  forget_jobs(ended);
+  // The reply once the rows are gone: a `job list` after it does not show them.
+  batch().on_commit.push_back([this, alive = alive_, peer, rid, n = ended.size(), not_ended,
+                               missing](const Result<void>& r) {
+    if (!*alive)
+      return;
+    if (!r.ok())
+      return reply_error(peer, rid, r.error());
+    pb::Envelope env;
+    auto* f = env.mutable_forget_reply();
+    f->set_forgotten(n);
+    f->set_not_ended(not_ended);
+    f->set_not_found(missing);
+    send_to(peer, env, rid);
+  });
+}
+
+void Hub::forget_jobs(const std::vector<std::uint64_t>& ids) {
+  if (ids.empty())
+    return;
+  store::WriteBatch& b = batch();
+  std::vector<std::size_t> chunks;
+  for (auto id : ids) {
+    Job* j = find_job(id);
+    if (!j || !is_final(j->state))
+      continue;
+    b.jobs_forgotten.push_back(id); // a pending row update is dropped by flush()
+    --state_counts_[j->state];
+    if (j->spec > 0 && j->spec <= specs_.size() && --specs_[j->spec - 1].jobs == 0) {
+      b.specs_forgotten.push_back(j->spec);
+      specs_[j->spec - 1] = Spec{};
     }
-  } else {
-    for (std::size_t i = 0; i < jobs_.size(); ++i)
-      if (jobs_[i].id && selected(sel, named, jobs_[i]))
-        emit(jobs_[i]);
+    if (j->group > 0 && j->group <= groups_.size() && --groups_[j->group - 1].live == 0) {
+      Group& g = groups_[j->group - 1];
+      b.groups_forgotten.push_back(g.id);
+      if (!g.name.empty())
+        if (auto it = groups_by_name_.find(g.name); it != groups_by_name_.end()) {
+          std::erase(it->second, g.id);
+          if (it->second.empty())
+            groups_by_name_.erase(it);
+        }
+      g = Group{};
+    }
+    followers_.erase(id);
+    *j = Job{};
+    std::size_t chunk = (id - 1) / 4096;
+    if (chunks.empty() || chunks.back() != chunk)
+      chunks.push_back(chunk);
   }
-  list->set_last(true);
-  send_to(peer, env, rid);
+  b.next_job_id = next_job_id_;
+  b.next_spec_id = next_spec_id_;
+  b.next_group_id = next_group_id_;
+  // Whole chunks of forgotten ids give their memory back.
+  for (auto c : chunks)
+    jobs_.release_if(c * 4096, [](const Job& e) { return e.id == 0; });
+  if (b.jobs_forgotten.size() >= 10'000)
+    ::malloc_trim(0);
+}
+
+void Hub::forget_expired() {
+  if (config_.job_retention_ms <= 0)
+    return;
+  std::int64_t before = clock_.now_ms() - config_.job_retention_ms;
+  std::vector<std::uint64_t> old;
+  jobs_.for_each([&](Job& j) {
+    if (j.id && is_final(j.state) && j.end_ms > 0 && j.end_ms < before && old.size() < 100'000)
+      old.push_back(j.id);
+  });
+  if (!old.empty()) {
+    log::info("forgetting {} jobs that ended more than {} ago (job_retention)", old.size(),
+              format_duration_ms(config_.job_retention_ms));
+    forget_jobs(old);
+  }
 }
 
 void Hub::handle_get(const std::shared_ptr<Peer>& peer, std::uint64_t rid, const pb::GetJobRequest& req) {
   const Job* j = find_job(req.job_id());
   if (!j)
     return reply_error(peer, rid,
-                       make_error(ErrorCode::NotFound,
-                                  fmt::format("job {} does not exist", req.job_id())));
+                       missing_job(req.job_id()));
   pb::Envelope env;
   fill_info(*j, *env.mutable_job_info(), true);
   send_to(peer, env, rid);
@@ -1409,7 +1581,7 @@ void Hub::handle_wait(const std::shared_ptr<Peer>& peer, std::uint64_t rid, cons
         break;
     if (id <= last)
       return reply_error(peer, rid,
-                         make_error(ErrorCode::NotFound, fmt::format("job {} does not exist", id)));
+                         missing_job(id));
   }
   auto found = groups_named(sel);
   if (!found.ok())
@@ -1428,9 +1600,10 @@ void Hub::handle_wait(const std::shared_ptr<Peer>& peer, std::uint64_t rid, cons
         if (seen.insert(id).second)
           count(*find_job(id));
   } else {
-    for (std::size_t i = 0; i < jobs_.size(); ++i)
-      if (jobs_[i].id && selected(sel, named, jobs_[i]))
-        count(jobs_[i]);
+    jobs_.for_each([&](Job& j) {
+      if (j.id && selected(sel, named, j))
+        count(j);
+    });
   }
   if (w->succeeded + w->failed + w->cancelled >= w->total) {
     waiter_send(*w, true);
@@ -1465,28 +1638,14 @@ void Hub::handle_cancel(const std::shared_ptr<Peer>& peer,
   if (!found.ok())
     return reply_error(peer, rid, found.error());
   const auto& named = *found;
-  if (!sel.all() && sel.groups_size() == 0 && sel.group_names_size() == 0) {
-    for (const auto& r : sel.ids()) {
-      std::uint64_t last = r.last() ? r.last() : r.first();
-      if (r.first() == 0 || last < r.first())
-        return reply_error(peer, rid,
-                           make_error(ErrorCode::InvalidArgument,
-                                      fmt::format("invalid job range {}-{}", r.first(), last)));
-      std::uint64_t existing_last = std::min<std::uint64_t>(last, jobs_.size());
-      for (std::uint64_t id = r.first(); id <= existing_last; ++id) {
-        if (Job* j = find_job(id))
-          one(*j);
-        else
-          ++missing;
-      }
-      if (last > existing_last)
-        missing += last - std::max(existing_last, r.first() - 1);
-    }
-  } else {
-    for (std::size_t i = 0; i < jobs_.size(); ++i)
-      if (jobs_[i].id && selected(sel, named, jobs_[i]))
-        one(jobs_[i]);
+  for (const auto& r : sel.ids()) {
+    std::uint64_t last = r.last() ? r.last() : r.first();
+    if (r.first() == 0 || last < r.first())
+      return reply_error(peer, rid,
+                         make_error(ErrorCode::InvalidArgument,
+                                    fmt::format("invalid job range {}-{}", r.first(), last)));
   }
+  for_each_selected(sel, named, one, &missing);
   pb::Envelope env;
   auto* c = env.mutable_cancel_reply();
   c->set_cancelled(cancelled);
@@ -1502,7 +1661,7 @@ void Hub::handle_logs(const std::shared_ptr<Peer>& peer, std::uint64_t rid, cons
   Job* job = find_job(req.job_id());
   if (!job)
     return reply_error(peer, rid,
-                       make_error(ErrorCode::NotFound, fmt::format("job {} does not exist", req.job_id())));
+                       missing_job(req.job_id()));
   if (req.attempt() > job->attempt)
     return reply_error(peer, rid,
                        make_error(ErrorCode::NotFound,

@@ -81,6 +81,7 @@ struct Spec {
   bool retry_on_failure = false;
   std::vector<std::uint64_t> after;
   std::uint32_t rank_slots = 1; ///< an MPI job's slots per rank
+  std::uint64_t jobs = 0;         ///< jobs that use it (forgotten when none is left)
 };
 
 struct Group {
@@ -90,6 +91,7 @@ struct Group {
   std::int64_t created_ms = 0;
   std::uint64_t first_job = 0;
   std::uint64_t count = 0;
+  std::uint64_t live = 0; ///< its jobs not yet forgotten
   /// The submission's exported environment (a serialized pb::EnvList; null: none), shared by
   /// every group that exported the same one.
   std::shared_ptr<const std::string> env;
@@ -220,6 +222,18 @@ private:
   void handle_get(const std::shared_ptr<Peer>& peer, std::uint64_t rid, const pb::GetJobRequest& req);
   void handle_wait(const std::shared_ptr<Peer>& peer, std::uint64_t rid, const pb::WaitRequest& req);
   void handle_cancel(const std::shared_ptr<Peer>& peer, std::uint64_t rid, const pb::CancelRequest& req);
+  void handle_forget(const std::shared_ptr<Peer>& peer, std::uint64_t rid, const pb::ForgetRequest& req);
+  /// Forgets these ended jobs: rows, output files, and the specs and groups left unused.
+  void forget_jobs(const std::vector<std::uint64_t>& ids);
+  /// job_retention: forgets jobs that ended longer ago (a bounded number per call).
+  void forget_expired();
+  /// "job N does not exist", saying when it may have been forgotten.
+  Error missing_job(std::uint64_t id) const;
+  /// Calls fn for each job the selector names (ids, groups, or all); ids that name no job are
+  /// counted in *missing when given.
+  template <typename Fn>
+  void for_each_selected(const pb::JobSelector& sel, const std::vector<std::uint64_t>& named,
+                         Fn fn, std::uint64_t* missing = nullptr);
   void handle_logs(const std::shared_ptr<Peer>& peer, std::uint64_t rid, const pb::LogsRequest& req);
   void handle_status(const std::shared_ptr<Peer>& peer, std::uint64_t rid);
   void handle_pilot_add(const std::shared_ptr<Peer>& peer, std::uint64_t rid, const pb::PilotAddRequest& req);
@@ -267,7 +281,9 @@ private:
   void job_final(Job& job);
   void cancel_job(Job& job, const std::string& reason);
   /// A queued job becomes schedulable (no dependencies left) or waits for them.
-  void make_ready(Job& job);
+  /// `at_load`: a dependency that no longer exists was forgotten after it succeeded (one that
+  /// failed would have cancelled this job in the same commit).
+  void make_ready(Job& job, bool at_load = false);
   /// Decodes what the hub needs of a spec; the group (for max_per_node) is bound by the caller.
   Spec make_spec(std::string bytes, const pb::JobSpec& spec);
   /// Takes a queued job out of the scheduler (it is there unless it waits for dependencies).
@@ -370,6 +386,7 @@ private:
   std::uint64_t next_job_id_ = 1;
   std::uint64_t next_spec_id_ = 1;
   std::uint64_t next_group_id_ = 1;
+  std::int64_t next_retention_sweep_ms_ = 0;
   std::uint64_t next_agent_id_ = 1;
   std::uint64_t next_pilot_id_ = 1;
 

@@ -75,9 +75,14 @@ ALTER TABLE pilots ADD COLUMN batch_id TEXT NOT NULL DEFAULT '';
 ALTER TABLE agents ADD COLUMN session_key BLOB NOT NULL DEFAULT x'';
 ALTER TABLE agents ADD COLUMN epoch INTEGER NOT NULL DEFAULT 0;
 )sql",
-      // 4 -> 5: each submission's exported environment (a serialized EnvList).
+      // 4 -> 5: each submission's exported environment (a serialized EnvList), and the next ids,
+      // which forgotten rows (job_retention) can no longer tell.
       R"sql(
 ALTER TABLE groups ADD COLUMN env BLOB NOT NULL DEFAULT x'';
+CREATE TABLE counters (
+  name TEXT PRIMARY KEY,             -- 'job', 'spec', 'group': the lowest id never used
+  next INTEGER NOT NULL
+);
 )sql",
   };
   return steps;

@@ -299,6 +299,7 @@ struct Store::Impl {
 
   log::RateLimited output_errors_;
   // Store-thread state: statements and open output files (a small LRU).
+  Statement delete_job, delete_spec, delete_group, upsert_counter;
   Statement insert_spec, insert_group, insert_job, update_job, upsert_agent, upsert_pilot,
       upsert_resource, delete_resource;
   std::list<std::pair<std::string, int>> open_files; // most recent first
@@ -333,6 +334,11 @@ struct Store::Impl {
                                  "ended_ms, reason, batch_id) VALUES(?1, ?2, ?3, ?4, ?5, ?6, ?7)");
     upsert_resource = Statement(db, "INSERT OR REPLACE INTO resources(name, spec) VALUES(?1, ?2)");
     delete_resource = Statement(db, "DELETE FROM resources WHERE name=?1");
+    delete_job = Statement(db, "DELETE FROM jobs WHERE id=?1");
+    delete_spec = Statement(db, "DELETE FROM specs WHERE id=?1");
+    delete_group = Statement(db, "DELETE FROM groups WHERE id=?1");
+    upsert_counter = Statement(db, "INSERT INTO counters(name, next) VALUES(?1, ?2) "
+                                   "ON CONFLICT(name) DO UPDATE SET next=max(next, ?2)");
   }
 
   int output_fd(std::uint64_t job, std::uint32_t attempt, int stream, bool create) {
@@ -465,7 +471,40 @@ struct Store::Impl {
     for (const auto& name : b.resources_removed)
       if (delete_resource.bind_text(1, name).run() != SQLITE_OK)
         return sqlite_error(db, fmt::format("removing resource {}", name));
+    for (auto id : b.jobs_forgotten)
+      if (delete_job.bind(1, id).run() != SQLITE_OK)
+        return sqlite_error(db, fmt::format("forgetting job {}", id));
+    for (auto id : b.specs_forgotten)
+      if (delete_spec.bind(1, id).run() != SQLITE_OK)
+        return sqlite_error(db, fmt::format("forgetting spec {}", id));
+    for (auto id : b.groups_forgotten)
+      if (delete_group.bind(1, id).run() != SQLITE_OK)
+        return sqlite_error(db, fmt::format("forgetting group {}", id));
+    for (auto [name, next] : {std::pair{"job", b.next_job_id}, std::pair{"spec", b.next_spec_id},
+                              std::pair{"group", b.next_group_id}})
+      if (next > 0 && upsert_counter.bind_text(1, name).bind(2, next).run() != SQLITE_OK)
+        return sqlite_error(db, "writing the next ids");
     return ok_result();
+  }
+
+  /// After the commit that forgot them: a forgotten job's output files go too.
+  void remove_output(std::uint64_t job) {
+    auto dir = options.output_dir / std::to_string(job);
+    std::string prefix = dir.string() + "/";
+    for (auto it = open_files.begin(); it != open_files.end();) {
+      if (it->first.starts_with(prefix)) {
+        ::close(it->second);
+        file_index.erase(it->first);
+        it = open_files.erase(it);
+      } else {
+        ++it;
+      }
+    }
+    std::error_code ec;
+    std::filesystem::remove_all(dir, ec);
+    if (ec)
+      log::warn("could not remove the output of forgotten job {} ({}): {}", job, dir.string(),
+                ec.message());
   }
 
   /// Applies a group of batches in one transaction and posts their completions.
@@ -490,6 +529,10 @@ struct Store::Impl {
         log::error("store transaction failed and was rolled back: {}", result.error().to_string());
       }
     }
+    if (result.ok())
+      for (auto& b : group)
+        for (auto id : b.jobs_forgotten)
+          remove_output(id);
     commits.fetch_add(1, std::memory_order_relaxed);
     std::vector<std::function<void(const Result<void>&)>> callbacks;
     for (auto& b : group)
@@ -660,7 +703,7 @@ Result<RecoveryReport> recover_store(const std::filesystem::path& damaged,
   sqlite3* db = *opened;
   RecoveryReport report;
   (void)exec(db, "BEGIN");
-  for (const char* table : {"specs", "groups", "jobs", "agents", "pilots", "resources"}) {
+  for (const char* table : {"specs", "groups", "jobs", "agents", "pilots", "resources", "counters"}) {
     RecoveryReport::Table t{table};
     auto new_cols = table_columns(db, "main", table);
     auto old_cols = table_columns(old, "main", table);
@@ -729,6 +772,16 @@ Result<LoadedState> Store::load() {
       s.specs.push_back({static_cast<std::uint64_t>(q.i64(0)), q.text(1)});
     if (q.failed())
       return damaged(impl_->options.db_path, fmt::format("reading the specs table: {}", sqlite3_errmsg(db)));
+  }
+  {
+    Statement q(db, "SELECT name, next FROM counters");
+    while (q.step()) {
+      auto next = static_cast<std::uint64_t>(q.i64(1));
+      std::string name = q.text(0);
+      (name == "job" ? s.next_job_id : name == "spec" ? s.next_spec_id : s.next_group_id) = next;
+    }
+    if (q.failed())
+      return damaged(impl_->options.db_path, fmt::format("reading the counters table: {}", sqlite3_errmsg(db)));
   }
   {
     Statement q(db, "SELECT id, name, created_ms, first_job, count, env FROM groups ORDER BY id");

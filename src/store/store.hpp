@@ -134,6 +134,13 @@ struct WriteBatch {
   std::vector<ResourceRow> resources;
   std::vector<std::string> resources_removed;
   std::vector<OutputWrite> output;
+  /// Rows to delete (job_retention, `job forget`); a forgotten job's output files are removed
+  /// once the deletion is committed.
+  std::vector<std::uint64_t> jobs_forgotten;
+  std::vector<std::uint64_t> specs_forgotten;
+  std::vector<std::uint64_t> groups_forgotten;
+  /// The next job, spec and group ids, written with forgotten rows (0: not written).
+  std::uint64_t next_job_id = 0, next_spec_id = 0, next_group_id = 0;
   /// Run on the loop after the commit (with its error if the transaction failed; the batch is
   /// then rolled back as a whole, output already written stays).
   std::vector<std::function<void(const Result<void>&)>> on_commit;
@@ -141,7 +148,8 @@ struct WriteBatch {
   bool empty() const {
     return specs.empty() && groups.empty() && job_runs.empty() && job_updates.empty() &&
            agents.empty() && pilots.empty() && resources.empty() && resources_removed.empty() &&
-           output.empty() && on_commit.empty();
+           output.empty() && on_commit.empty() && jobs_forgotten.empty() &&
+           specs_forgotten.empty() && groups_forgotten.empty();
   }
 };
 
@@ -153,6 +161,8 @@ struct LoadedState {
   std::vector<AgentRow> agents;
   std::vector<PilotRow> pilots;
   std::vector<ResourceRow> resources;
+  /// The lowest ids never used, as far as forgotten rows are concerned (0: none forgotten).
+  std::uint64_t next_job_id = 0, next_spec_id = 0, next_group_id = 0;
 };
 
 struct Options {
