@@ -311,7 +311,8 @@ struct Store::Impl {
       ::close(fd);
     // Statements must be finalized before the connection closes.
     for (auto* st : {&insert_spec, &insert_group, &insert_job, &update_job, &upsert_agent,
-                     &upsert_pilot, &upsert_resource, &delete_resource})
+                     &upsert_pilot, &upsert_resource, &delete_resource, &delete_job, &delete_spec,
+                     &delete_group, &upsert_counter})
       *st = Statement();
     if (db)
       sqlite3_close(db);

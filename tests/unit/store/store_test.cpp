@@ -62,6 +62,40 @@ protected:
   Completions completions_;
 };
 
+TEST_F(StoreTest, ForgottenRowsAndTheirOutputGoAndTheNextIdsStay) {
+  {
+    auto store = open();
+    store->start(completions_.poster());
+    WriteBatch b = submission(1, 3);
+    b.groups[0].env = "exported";
+    b.output.push_back({2, 0, 0, 0, "two", nullptr});
+    ASSERT_TRUE(commit(*store, std::move(b)).ok());
+    ASSERT_TRUE(std::filesystem::exists(dir_.path() / "output" / "2"));
+    WriteBatch forget;
+    forget.jobs_forgotten = {1, 2, 3};
+    forget.specs_forgotten = {1};
+    forget.groups_forgotten = {1};
+    forget.next_job_id = 4;
+    forget.next_spec_id = 2;
+    forget.next_group_id = 2;
+    ASSERT_TRUE(commit(*store, std::move(forget)).ok());
+    EXPECT_FALSE(std::filesystem::exists(dir_.path() / "output" / "2"));
+    WriteBatch lower; // counters only grow
+    lower.next_job_id = 2;
+    ASSERT_TRUE(commit(*store, std::move(lower)).ok());
+    store->stop();
+  }
+  auto store = open();
+  auto state = store->load();
+  ASSERT_TRUE(state.ok()) << state.error().to_string();
+  EXPECT_TRUE(state->jobs.empty());
+  EXPECT_TRUE(state->specs.empty());
+  EXPECT_TRUE(state->groups.empty());
+  EXPECT_EQ(state->next_job_id, 4u);
+  EXPECT_EQ(state->next_spec_id, 2u);
+  EXPECT_EQ(state->next_group_id, 2u);
+}
+
 TEST_F(StoreTest, CommitThenReload) {
   {
     auto store = open();
