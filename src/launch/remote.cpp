@@ -229,10 +229,14 @@ std::string sge_script(const BatchJob& job, const std::string& pe) {
     s += fmt::format("#$ -pe {} {}\n", pe, job.nodes * job.slots_per_node);
   std::string cmd = agent_command(job.agent_argv);
   if (job.nodes > 1) {
-    // One agent on every other host of the allocation, then ours.
+    // One agent on every other host of the allocation, then ours. qrsh -inherit hands its words
+    // to a shell on the other host: each is quoted for that shell, then for this script's.
+    std::string remote;
+    for (const auto& w : job.agent_argv)
+      remote += (remote.empty() ? "" : " ") + shell_quote(shell_quote(w));
     s += "me=$(hostname)\n";
     s += "while read -r host rest; do\n";
-    s += "  [ \"$host\" = \"$me\" ] || qrsh -inherit -nostdin \"$host\" " + cmd + " &\n";
+    s += "  [ \"$host\" = \"$me\" ] || qrsh -inherit -nostdin \"$host\" " + remote + " &\n";
     s += "done < \"$PE_HOSTFILE\"\n";
     s += cmd + "\nwait\n";
   } else {

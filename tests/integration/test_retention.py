@@ -26,7 +26,8 @@ def test_ended_jobs_are_forgotten_after_job_retention_and_ids_are_never_reused(s
     first, last = sortie.submit("echo", "hi", opts=("--array", "1-5"))
     waiting = sortie.submit("true", opts=("--label", "nowhere"))  # never runs: never forgotten
     sortie.run("job", "wait", f"{first}-{last}")
-    assert len(outputs(sortie)) == 5
+    # (The store writes output files with its next commit; `job logs` would have them already.)
+    wait_for(lambda: len(outputs(sortie)) == 5, 10, "the output files")
     wait_for(lambda: [j["id"] for j in sortie.jobs()] == [waiting], 20,
              "the ended jobs to be forgotten")
     wait_for(lambda: outputs(sortie) == [], 10, "their output files to go")

@@ -4,6 +4,14 @@
 // tests/integration/test_resources.py.
 #include <gtest/gtest.h>
 
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <filesystem>
+#include <fstream>
+
+#include "fakes/temp_dir.hpp"
+
 #include "launch/process.hpp"
 #include "common/text.hpp"
 #include "launch/remote.hpp"
@@ -108,6 +116,57 @@ TEST(Remote, SgeScript) {
   EXPECT_NE(s.find("#$ -pe mpi 6\n"), std::string::npos);
   EXPECT_NE(s.find("qrsh -inherit -nostdin \"$host\" /usr/bin/sortie agent &"), std::string::npos)
       << s;
+}
+
+// Grid Engine's qrsh -inherit runs its words through a shell on the other host. Here a stand-in
+// qrsh does the same (`sh -c "$*"`) on this host, since the test bed has one Grid Engine host; the
+// script's own shell and that second shell must both give back each word exactly.
+TEST(Remote, SgeScriptQuotesTheAgentsWordsForBothShells) {
+  testing::TempDir dir;
+  auto bin = dir.path() / "bin";
+  std::filesystem::create_directories(bin);
+  {
+    std::ofstream q(bin / "qrsh");
+    q << "#!/bin/sh\n# qrsh -inherit -nostdin HOST WORDS...\nshift 3\nexec sh -c \"$*\"\n";
+  }
+  std::filesystem::permissions(bin / "qrsh", std::filesystem::perms::owner_all);
+  {
+    std::ofstream h(dir.path() / "hosts");
+    h << "other-host 1 all.q@other-host UNDEFINED\n";
+  }
+  BatchJob job;
+  job.name = "sortie-pilot-9";
+  job.nodes = 2;
+  job.slots_per_node = 1;
+  std::vector<std::string> words = {"it's $(touch pwned) `touch pwned2`", "a  b", "semi;colon",
+                                    "\"dq\" \\ $HOME", "*"};
+  job.agent_argv = {"printf", "[%s]\n"};
+  job.agent_argv.insert(job.agent_argv.end(), words.begin(), words.end());
+  {
+    std::ofstream f(dir.path() / "pilot.sh");
+    f << sge_script(job, "smp");
+  }
+  auto child = spawn_piped({"env", "PATH=" + bin.string() + ":/usr/bin:/bin",
+                            "PE_HOSTFILE=" + (dir.path() / "hosts").string(), "sh", "-c",
+                            "cd \"$0\" && exec sh pilot.sh", dir.path().string()},
+                           false);
+  ASSERT_TRUE(child.ok()) << child.error().to_string();
+  std::string out;
+  char buf[4096];
+  ssize_t n;
+  while ((n = ::read(child->stdout_fd, buf, sizeof buf)) > 0)
+    out.append(buf, static_cast<std::size_t>(n));
+  ::close(child->stdout_fd);
+  if (child->stderr_fd >= 0)
+    ::close(child->stderr_fd);
+  int status = 0;
+  ::waitpid(child->pid, &status, 0);
+  std::string once;
+  for (const auto& w : words)
+    once += "[" + w + "]\n";
+  EXPECT_EQ(out, once + once) << "the agent on the other host and this one each print the words";
+  EXPECT_FALSE(std::filesystem::exists(dir.path() / "pwned"));
+  EXPECT_FALSE(std::filesystem::exists(dir.path() / "pwned2"));
 }
 
 TEST(Remote, BatchIdsAndStates) {
