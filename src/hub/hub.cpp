@@ -1891,7 +1891,10 @@ void Hub::update_pilot_state(Pilot& p) {
     if (p.state == "submitting")
       next = "pending";
   } else if (p.cancel_requested || stopping_) {
-    next = p.cancelled_by_user || stopping_ ? "cancelled" : "ended";
+    // `pilot cancel` cancels; a walltime or a hub stop ends it, whatever its kind.
+    next = p.cancelled_by_user ? "cancelled" : "ended";
+    if (stopping_ && !p.cancelled_by_user) // whatever its driver saw of its end
+      p.reason = "the hub stopped";
   } else if (p.state == "running" || p.state == "draining") {
     next = "ended";
     if (p.reason.empty() || waiting_in_queue)

@@ -264,12 +264,16 @@ label = "{label}"
     assert r.returncode != 0 and "defined in config.toml" in r.stderr
     job = sortie.submit("true", opts=["--label", label])
     sortie.run("job", "wait", job)
-    # Declared pilots start with every hub start (ssh pilots end with the hub).
+    local = sortie.add_pilot("--resource", "local", "--slots", "1")
+    # Declared pilots start with every hub start (ssh pilots end with the hub). A hub stop ends
+    # every kind of pilot the same way.
     sortie.run("hub", "stop")
     sortie.start()
-    sortie.run("pilot", "wait", "--all", "--timeout", "60s")
+    sortie.run("pilot", "wait", "--all", "--timeout", "60s", check=False)
     pilots = sortie.json("pilot", "list")
-    assert [q["state"] for q in pilots] == ["cancelled", "running"], pilots
+    assert [q["state"] for q in pilots] == ["ended", "ended", "running"], pilots
+    assert pilots[1]["id"] == local
+    assert [q["reason"] for q in pilots[:2]] == ["the hub stopped"] * 2, pilots
     sortie.run("hub", "stop")
     # A mistake in a [[pilots]] table names its place.
     text = (sortie.profile / "config.toml").read_text().replace("slots_per_node", "slotz")
