@@ -295,7 +295,10 @@ int hub_check(const Globals& g, bool recover) {
   auto fresh = path;
   fresh += ".recovered";
   std::filesystem::remove(fresh);
-  auto report = store::recover_store(path, fresh);
+  auto floors = store::read_id_reservation(profile->ids_file());
+  if (!floors.ok())
+    return fail(floors.error());
+  auto report = store::recover_store(path, fresh, *floors);
   if (!report.ok())
     return fail(report.error());
   auto left = store::check_store_file(fresh, 5);
@@ -325,7 +328,9 @@ int hub_check(const Globals& g, bool recover) {
     std::printf("  %-10s %llu rows copied, %llu unreadable\n", t.name.c_str(),
                 static_cast<unsigned long long>(t.copied),
                 static_cast<unsigned long long>(t.unreadable));
-  std::printf("Jobs whose rows were unreadable are gone; start the hub to carry on.\n");
+  std::printf("Jobs whose rows were unreadable are gone; start the hub to carry on. New jobs get "
+              "ids from %llu, past every id handed out before.\n",
+              static_cast<unsigned long long>(report->next_job_id));
   return kExitOk;
 }
 

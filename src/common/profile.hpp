@@ -20,6 +20,8 @@ struct Profile {
   std::filesystem::path tls_key_file() const { return dir / "hub.key"; }
   std::filesystem::path lock_file() const { return dir / "hub.lock"; }
   std::filesystem::path store_file() const { return dir / "store.db"; }
+  /// Job and group ids the hub may have handed out, kept apart from the store (store.hpp).
+  std::filesystem::path ids_file() const { return dir / "ids.reserved"; }
   std::filesystem::path log_file() const { return dir / "hub.log"; }
   std::filesystem::path config_file() const { return dir / "config.toml"; }
   std::filesystem::path output_dir() const { return dir / "output"; }

@@ -43,6 +43,8 @@ constexpr std::size_t kFollowerWindow = 4u << 20; // output queued for one follo
 constexpr std::uint64_t kMaxJobsPerSubmit = 10'000'000;
 // The exported environment of one submission (--export=ALL is typically a few KiB).
 constexpr std::size_t kMaxExportedEnvBytes = 1u << 20;
+// Ids reserved past the next one each time the reservation runs out (one file write).
+constexpr std::uint64_t kIdReservation = 100'000;
 constexpr std::int64_t kReconnectMarginMs = 5'000;
 // A stopping hub waits this long past kill_grace for its agents to end their jobs and leave.
 constexpr std::int64_t kShutdownMarginMs = 10'000;
@@ -386,6 +388,8 @@ Result<void> Hub::load(store::LoadedState state) {
   next_job_id_ = std::max<std::uint64_t>(next_job_id_, state.next_job_id);
   next_spec_id_ = std::max<std::uint64_t>(next_spec_id_, state.next_spec_id);
   next_group_id_ = std::max<std::uint64_t>(next_group_id_, state.next_group_id);
+  reserved_job_ids_ = state.reserved_job_ids;
+  reserved_group_ids_ = state.reserved_group_ids;
   for (auto& s : state.specs) {
     pb::JobSpec spec;
     if (!spec.ParseFromString(s.body))
@@ -1241,6 +1245,14 @@ void Hub::handle_submit(const std::shared_ptr<Peer>& peer,
                                                                : req.group_name());
 
   store::WriteBatch& b = batch();
+  // Ids are reserved ahead, in blocks, in a file of their own: even a store lost whole cannot
+  // make them be handed out twice (`hub check --recover` starts past the reservation).
+  if (next_job_id_ > reserved_job_ids_ || next_group_id_ > reserved_group_ids_) {
+    reserved_job_ids_ = std::max(reserved_job_ids_, next_job_id_ + kIdReservation);
+    reserved_group_ids_ = std::max(reserved_group_ids_, next_group_id_ + kIdReservation);
+    b.reserve_job_ids = reserved_job_ids_;
+    b.reserve_group_ids = reserved_group_ids_;
+  }
   auto exported_env = intern_env(env_blob);
   b.groups.push_back({group, req.group_name(), now, first, total, std::move(env_blob)});
   // A spec is stored once for a run of identical items (an array is one item); the store gets one

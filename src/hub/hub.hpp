@@ -387,6 +387,8 @@ private:
   std::uint64_t next_spec_id_ = 1;
   std::uint64_t next_group_id_ = 1;
   std::int64_t next_retention_sweep_ms_ = 0;
+  /// Ids below these are reserved in the profile's ids file (store.hpp, WriteBatch).
+  std::uint64_t reserved_job_ids_ = 0, reserved_group_ids_ = 0;
   std::uint64_t next_agent_id_ = 1;
   std::uint64_t next_pilot_id_ = 1;
 

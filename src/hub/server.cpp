@@ -15,6 +15,7 @@
 #include <boost/asio/signal_set.hpp>
 
 #include <deque>
+#include <filesystem>
 #include <set>
 
 #include <fmt/format.h>
@@ -416,8 +417,18 @@ int run_hub(RunOptions options) {
     if (auto r = parse_listen(options.listen, config); !r.ok())
       return fail(r.error());
 
+  // An empty store where a hub has run before was cut short, not made new: starting on it
+  // would lose every job it held.
+  if (std::error_code ec; std::filesystem::exists(config.profile.hub_file(), ec) &&
+                          std::filesystem::exists(config.profile.store_file(), ec) &&
+                          std::filesystem::file_size(config.profile.store_file(), ec) == 0 && !ec)
+    return fail(make_error(ErrorCode::FailedPrecondition,
+                           fmt::format("{} is empty, but a hub has run on this profile before: the "
+                                       "store was truncated. Restore it from a backup, or delete "
+                                       "it to start with no jobs",
+                                       config.profile.store_file().string())));
   auto store = store::Store::open({config.profile.store_file(), config.profile.output_dir(),
-                                   config.store_sync_full});
+                                   config.store_sync_full, config.profile.ids_file()});
   if (!store.ok())
     return fail(store.error());
   auto state = (*store)->load();

@@ -17,6 +17,7 @@
 #include <mutex>
 #include <optional>
 #include <thread>
+#include <tuple>
 #include <unordered_map>
 #include <variant>
 
@@ -25,6 +26,7 @@
 #include "common/assert.hpp"
 #include "common/files.hpp"
 #include "common/log.hpp"
+#include "common/text.hpp"
 #include "store/schema.hpp"
 
 namespace sortie::store {
@@ -513,8 +515,17 @@ struct Store::Impl {
     for (auto& b : group)
       for (auto& w : b.output)
         write_output(w);
-    Result<void> result = exec(db, "BEGIN");
-    if (result.ok()) {
+    // The id reservation before the rows that use the ids (a failure fails the transaction).
+    IdFloors reserve;
+    for (auto& b : group) {
+      reserve.job = std::max(reserve.job, b.reserve_job_ids);
+      reserve.group = std::max(reserve.group, b.reserve_group_ids);
+    }
+    Result<void> reserved = ok_result();
+    if ((reserve.job || reserve.group) && !options.ids_file.empty())
+      reserved = write_id_reservation(options.ids_file, reserve);
+    Result<void> result = reserved.ok() ? exec(db, "BEGIN") : reserved.error();
+    if (reserved.ok() && result.ok()) {
       for (auto& b : group) {
         result = apply(b);
         if (!result.ok())
@@ -624,10 +635,20 @@ Result<std::unique_ptr<Store>> Store::open(const Options& options) {
   // every commit, which group commit makes affordable; NORMAL survives process crashes (kill -9)
   // but may lose the last commits on power loss.
   auto wal = exec(db, "PRAGMA journal_mode=WAL");
-  if (!wal.ok())
+  if (!wal.ok()) {
+    const std::string& why = wal.error().message;
+    if (why.find("malformed") != std::string::npos) // the first page is readable, others not
+      return damaged(options.db_path, why);
+    if (why.find("not a database") != std::string::npos)
+      return make_error(ErrorCode::InvalidArgument,
+                        fmt::format("{} is not a sortie store (not an SQLite database: another "
+                                    "program's file, or its first page is damaged): restore it "
+                                    "from a backup, or move it away to start with no jobs",
+                                    options.db_path.string()));
     return make_error(ErrorCode::InvalidArgument,
                       fmt::format("{} cannot be opened as a sortie store: {}",
-                                  options.db_path.string(), wal.error().message));
+                                  options.db_path.string(), why));
+  }
   SORTIE_TRY(exec(db, options.synchronous_full ? "PRAGMA synchronous=FULL"
                                                : "PRAGMA synchronous=NORMAL"));
   // The hub is the only process that opens its store (it holds the profile lock), so SQLite may
@@ -681,8 +702,32 @@ std::optional<std::int64_t> query_int(sqlite3* db, const std::string& sql) {
 
 } // namespace
 
+Result<IdFloors> read_id_reservation(const std::filesystem::path& path) {
+  std::error_code ec;
+  if (!std::filesystem::exists(path, ec))
+    return IdFloors{};
+  SORTIE_ASSIGN_OR_RETURN(text, read_file(path));
+  IdFloors f;
+  for (const auto& line : split(text, '\n')) {
+    auto parts = split(trim(line), ' ');
+    if (parts.size() != 2)
+      continue;
+    auto v = parse_int(parts[1], 0, INT64_MAX);
+    if (!v.ok())
+      return make_error(ErrorCode::InvalidArgument,
+                        fmt::format("{}: '{}' is not 'job N' or 'group N'", path.string(), line));
+    (parts[0] == "job" ? f.job : f.group) = static_cast<std::uint64_t>(*v);
+  }
+  return f;
+}
+
+Result<void> write_id_reservation(const std::filesystem::path& path, const IdFloors& f) {
+  return write_file_atomic(path, fmt::format("job {}\ngroup {}\n", f.job, f.group), 0600);
+}
+
 Result<RecoveryReport> recover_store(const std::filesystem::path& damaged,
-                                     const std::filesystem::path& out) {
+                                     const std::filesystem::path& out,
+                                     const IdFloors& floors) {
   if (std::filesystem::exists(out))
     return make_error(ErrorCode::AlreadyExists,
                       fmt::format("{} exists already: move it away first", out.string()));
@@ -757,6 +802,19 @@ Result<RecoveryReport> recover_store(const std::filesystem::path& damaged,
     report.tables.push_back(t);
   }
   sqlite3_close(old);
+  // Ids the lost rows had must not come back: past every id seen and past the reservation.
+  for (auto [name, table, floor] : {std::tuple{"job", "jobs", floors.job},
+                                    std::tuple{"group", "groups", floors.group},
+                                    std::tuple{"spec", "specs", std::uint64_t{0}}}) {
+    auto seen = query_int(db, fmt::format("SELECT max(id) FROM {}", table));
+    std::uint64_t next = std::max<std::uint64_t>(floor, seen ? static_cast<std::uint64_t>(*seen) + 1 : 1);
+    std::string sql = fmt::format("INSERT INTO counters(name, next) VALUES('{}', {}) ON "
+                                  "CONFLICT(name) DO UPDATE SET next=max(next, {})",
+                                  name, next, next);
+    (void)exec(db, sql.c_str());
+    if (std::string_view(name) == "job")
+      report.next_job_id = next;
+  }
   auto committed = exec(db, "COMMIT");
   sqlite3_close(db);
   if (!committed.ok())
@@ -773,6 +831,11 @@ Result<LoadedState> Store::load() {
       s.specs.push_back({static_cast<std::uint64_t>(q.i64(0)), q.text(1)});
     if (q.failed())
       return damaged(impl_->options.db_path, fmt::format("reading the specs table: {}", sqlite3_errmsg(db)));
+  }
+  {
+    SORTIE_ASSIGN_OR_RETURN(reserved, read_id_reservation(impl_->options.ids_file));
+    s.reserved_job_ids = reserved.job;
+    s.reserved_group_ids = reserved.group;
   }
   {
     Statement q(db, "SELECT name, next FROM counters");

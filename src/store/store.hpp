@@ -139,6 +139,9 @@ struct WriteBatch {
   std::vector<std::uint64_t> jobs_forgotten;
   std::vector<std::uint64_t> specs_forgotten;
   std::vector<std::uint64_t> groups_forgotten;
+  /// Job and group ids below these may be handed out: written to Options::ids_file before the
+  /// transaction (0: unchanged), so ids survive even the loss of the whole store.
+  std::uint64_t reserve_job_ids = 0, reserve_group_ids = 0;
   /// The next job, spec and group ids, written with forgotten rows (0: not written).
   std::uint64_t next_job_id = 0, next_spec_id = 0, next_group_id = 0;
   /// Run on the loop after the commit (with its error if the transaction failed; the batch is
@@ -149,7 +152,8 @@ struct WriteBatch {
     return specs.empty() && groups.empty() && job_runs.empty() && job_updates.empty() &&
            agents.empty() && pilots.empty() && resources.empty() && resources_removed.empty() &&
            output.empty() && on_commit.empty() && jobs_forgotten.empty() &&
-           specs_forgotten.empty() && groups_forgotten.empty();
+           specs_forgotten.empty() && groups_forgotten.empty() && reserve_job_ids == 0 &&
+           reserve_group_ids == 0;
   }
 };
 
@@ -161,6 +165,8 @@ struct LoadedState {
   std::vector<AgentRow> agents;
   std::vector<PilotRow> pilots;
   std::vector<ResourceRow> resources;
+  /// The id reservation found in Options::ids_file (0: none).
+  std::uint64_t reserved_job_ids = 0, reserved_group_ids = 0;
   /// The lowest ids never used, as far as forgotten rows are concerned (0: none forgotten).
   std::uint64_t next_job_id = 0, next_spec_id = 0, next_group_id = 0;
 };
@@ -169,7 +175,16 @@ struct Options {
   std::filesystem::path db_path;
   std::filesystem::path output_dir;
   bool synchronous_full = true; ///< fsync every commit (survives power loss), else at checkpoints
+  std::filesystem::path ids_file; ///< the id reservation (WriteBatch::reserve_job_ids); "" none
 };
+
+/// The ids a hub may have handed out: from its reservation file (zeros when there is none).
+struct IdFloors {
+  std::uint64_t job = 0;
+  std::uint64_t group = 0;
+};
+Result<IdFloors> read_id_reservation(const std::filesystem::path& path);
+Result<void> write_id_reservation(const std::filesystem::path& path, const IdFloors& floors);
 
 /// Path of an attempt's output file: <output_dir>/<job>/<attempt>.out|.err
 std::filesystem::path output_path(const std::filesystem::path& output_dir,
@@ -189,12 +204,16 @@ struct RecoveryReport {
     std::uint64_t unreadable = 0;
   };
   std::vector<Table> tables;
+  std::uint64_t next_job_id = 1; ///< where the recovered store's job ids go on
 };
 
 /// Copies every readable row of a damaged store into a new store at `out` (created with the
 /// current schema; must not exist), row by row so that a damaged page costs only its own rows.
+/// `floors`: the next job and group ids start at least there (the hub's reservation), so that
+/// ids of lost rows are never handed out again.
 Result<RecoveryReport> recover_store(const std::filesystem::path& damaged,
-                                     const std::filesystem::path& out);
+                                     const std::filesystem::path& out,
+                                     const IdFloors& floors = {});
 
 class Store {
 public:

@@ -1,6 +1,7 @@
 # SPDX-License-Identifier: Apache-2.0
 """A damaged store is refused with a way to recover, never half-loaded."""
 import random
+import sqlite3
 
 
 
@@ -47,3 +48,64 @@ def test_a_damaged_store_is_refused_and_can_be_recovered(sortie):
     sortie.start()
     assert sortie.job(new)["state"] == "queued"
     assert sortie.run("hub", "status").returncode == 0
+
+
+def stopped_store_with_jobs(sortie, n=3000):
+    sortie.start()
+    sortie.submit("true", opts=("--array", f"1-{n}"))
+    sortie.run("hub", "stop")
+    return sortie.profile / "store.db"
+
+
+def refused(sortie, *words):
+    """hub start fails, names the store and says what to do; the store is left as it was."""
+    store = sortie.profile / "store.db"
+    before = store.read_bytes()
+    r = sortie.run("hub", "start", check=False)
+    assert r.returncode != 0, r.stdout
+    assert str(store) in r.stderr, r.stderr
+    for w in words:
+        assert w in r.stderr, r.stderr
+    assert store.read_bytes() == before, "a refused store must not be touched"
+    return r.stderr
+
+
+def test_a_truncated_store_is_refused_and_what_is_left_can_be_recovered(sortie):
+    store = stopped_store_with_jobs(sortie)
+    data = store.read_bytes()
+    store.write_bytes(data[: len(data) // 2])
+    refused(sortie, "damaged", "sortie hub check --recover")
+    r = sortie.run("hub", "check", "--recover")
+    assert "recovered into" in r.stdout, r.stdout
+    sortie.start()
+    ids = [j["id"] for j in sortie.jobs()]
+    assert len(ids) < 3000 and ids == sorted(ids)
+    # However many rows were lost, their ids are not handed out again (the ids file).
+    new = sortie.submit("true")
+    assert new > 3000 and f"New jobs get ids from {new}" in r.stdout, (new, r.stdout)
+
+
+def test_a_foreign_file_as_store_is_refused(sortie):
+    store = stopped_store_with_jobs(sortie, 10)
+    store.write_bytes(b"name,value\nnot,a database\n" * 200)
+    refused(sortie, "not a sortie store", "move it away")
+
+
+def test_a_store_from_a_newer_sortie_is_refused(sortie):
+    store = stopped_store_with_jobs(sortie, 10)
+    db = sqlite3.connect(store)
+    db.execute("PRAGMA user_version = 99")
+    db.commit()
+    db.close()
+    refused(sortie, "schema version 99", "newer than this sortie's")
+
+
+def test_a_store_cut_to_nothing_is_not_taken_for_a_new_one(sortie):
+    store = stopped_store_with_jobs(sortie, 10)
+    store.write_bytes(b"")
+    for leftover in sortie.profile.glob("store.db-*"):
+        leftover.unlink()
+    refused(sortie, "is empty, but a hub has run on this profile before", "delete it")
+    store.unlink()  # the user's way to start afresh on purpose
+    sortie.start()
+    assert sortie.jobs() == []
