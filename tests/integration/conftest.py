@@ -162,10 +162,22 @@ class Sortie:
 FAST = dict(heartbeat_interval="500ms", agent_reconnect_window="4s", kill_grace="1s")
 
 
+# A directory name every shell would misread unless sortie quotes it: `$(true)` and the
+# backquotes would vanish, the quotes and `;` end words. A profile under it works only if every
+# script and command line that names it quotes it.
+HOSTILE_DIR = "it's $(true) `true` a;b \"q\""
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "hostile_home: the profile lives under HOSTILE_DIR")
+
+
 @pytest.fixture
 def sortie(tmp_path, request):
     home = tmp_path / "home"
-    home.mkdir()
+    if request.node.get_closest_marker("hostile_home"):
+        home = tmp_path / HOSTILE_DIR / "home"
+    home.mkdir(parents=True)
     s = Sortie(home)
     s.configure(**FAST)
     yield s

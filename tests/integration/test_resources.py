@@ -377,6 +377,30 @@ def test_slurm_pilot_on_two_nodes_starts_an_agent_on_each(request, sortie):
     wait_for(lambda: not s.agent_pids(), 30, "its agents to exit")
 
 
+@pytest.mark.hostile_home
+@pytest.mark.parametrize("system", ["slurm", "sge"])
+def test_hostile_paths_reach_batch_scripts_and_ssh_lines_as_plain_words(request, sortie, system,
+                                                                         sshd, label, tmp_path):
+    """The profile directory (in the batch script's agent line) and an install dir (in the ssh
+    command line) hold quotes, `$(...)`, backquotes and `;`: the pilots run only if each is
+    passed as one word, unexpanded."""
+    assert "$(true)" in str(sortie.home)
+    s = batch_profile(request, sortie, system)
+    pid = run_pilot(s, "cluster", "--slots", "1", "--label", label, timeout="90s")
+    job = s.submit("sh", "-c", 'echo "$SORTIE_NODE"', opts=["--label", label])
+    s.run("job", "wait", job, timeout=120)
+    s.run("pilot", "cancel", pid)
+    opt = sortie.home.parent / "opt"
+    (opt / "bin").mkdir(parents=True)
+    shutil.copy(sortie.bin, opt / "bin" / "sortie")
+    add_ssh_resource(s, "lab", "root@127.0.0.1:2222", sshd, "--install-dir", opt)
+    pid = run_pilot(s, "lab", "--slots", "1", "--label", label)
+    job = s.submit("true", opts=["--label", label])
+    s.run("job", "wait", job)
+    s.run("pilot", "cancel", pid)
+    wait_for(lambda: pilot(s, pid)["state"] == "cancelled", 30, "the ssh pilot to end")
+
+
 def test_batch_pilot_runs_200_jobs_and_cancel_removes_its_batch_job(batch):
     s = batch
     pid = run_pilot(s, "cluster", "--slots", "2", timeout="90s")
