@@ -1,6 +1,8 @@
 # SPDX-License-Identifier: Apache-2.0
 """The examples in docs/ run as written."""
 import re
+import subprocess
+from pathlib import Path
 
 from conftest import ROOT
 
@@ -26,3 +28,25 @@ def test_the_job_file_example_in_docs_jobs_md(sortie, tmp_path):
     assert sorted(j["array_index"] for j in jobs if j["array_index"] is not None) == \
         list(range(1, 101))
     sortie.run("job", "cancel", "--all")
+
+
+def test_the_cpp_example_runs_its_job_where_and_as_it_was_called(sortie, tmp_path):
+    """examples/cpp/submit_and_wait.cpp is the README's C++ example, whole. Its job runs in the
+    caller's directory (JobSpec::cwd's default) with the caller's environment (export_env)."""
+    readme = (ROOT / "README.md").read_text()
+    [snippet] = re.findall(r"```cpp\n(.*?)```", readme, re.S)
+    source = (ROOT / "examples" / "cpp" / "submit_and_wait.cpp").read_text()
+    for call in ("sortie::Client::connect()", "client->submit(spec)",
+                 "client->wait(sortie::JobSelector::range(submitted->first_id))",
+                 "client->output(submitted->first_id, sortie::OutputStream::Stdout"):
+        assert call in snippet and call in source, call
+    example = Path(sortie.bin).parent / "sortie-example-submit"
+    sortie.start()
+    sortie.add_pilot("--slots", "1")
+    here = tmp_path / "the caller's dir"
+    here.mkdir()
+    p = subprocess.run([str(example), "sh", "-c", 'pwd; echo "$SX_FROM_CALLER"'],
+                       env=dict(sortie.env, SX_FROM_CALLER="yes"), cwd=here,
+                       capture_output=True, text=True, timeout=60)
+    assert p.returncode == 0, p.stderr
+    assert p.stdout == f"{here}\nyes\n", p.stdout
