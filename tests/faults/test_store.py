@@ -3,6 +3,8 @@
 import random
 import sqlite3
 
+import pytest
+
 
 
 def damage(path, nbytes=8192, seed=7):
@@ -85,12 +87,14 @@ def test_a_truncated_store_is_refused_and_what_is_left_can_be_recovered(sortie):
     assert new > 3000 and f"New jobs get ids from {new}" in r.stdout, (new, r.stdout)
 
 
+@pytest.mark.damages_store
 def test_a_foreign_file_as_store_is_refused(sortie):
     store = stopped_store_with_jobs(sortie, 10)
     store.write_bytes(b"name,value\nnot,a database\n" * 200)
     refused(sortie, "not a sortie store", "move it away")
 
 
+@pytest.mark.damages_store
 def test_a_store_from_a_newer_sortie_is_refused(sortie):
     store = stopped_store_with_jobs(sortie, 10)
     db = sqlite3.connect(store)

@@ -170,6 +170,7 @@ HOSTILE_DIR = "it's $(true) `true` a;b \"q\""
 
 def pytest_configure(config):
     config.addinivalue_line("markers", "hostile_home: the profile lives under HOSTILE_DIR")
+    config.addinivalue_line("markers", "damages_store: the test leaves a damaged store on purpose")
 
 
 @pytest.fixture
@@ -197,12 +198,20 @@ def sortie(tmp_path, request):
             os.kill(pid, signal.SIGKILL)
         except ProcessLookupError:
             pass
+    # Whatever the test did, the store it leaves is intact (tests that damage it on purpose say
+    # so with the damages_store marker).
+    intact = None
+    if (s.profile / "store.db").exists() and not request.node.get_closest_marker("damages_store"):
+        p = subprocess.run([s.bin, "hub", "check"], env=s.env, capture_output=True, text=True,
+                           timeout=120)
+        intact = p.returncode == 0 or "is running" in p.stderr, p.stdout + p.stderr
     failed = getattr(request.node, "rep_call", None) is not None and request.node.rep_call.failed
     if failed or leftover:
         for log in sorted(s.profile.glob("*.log")) + sorted((s.profile / "logs").glob("*.log")):
             print(f"===== {log.name} =====\n{log.read_text(errors='replace')[-6000:]}")
     shutil.rmtree(home, ignore_errors=True)
     assert not leftover, f"processes left behind: {leftover}"
+    assert intact is None or intact[0], f"the store is not intact: {intact[1]}"
 
 
 @pytest.hookimpl(tryfirst=True, hookwrapper=True)
