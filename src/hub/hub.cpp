@@ -111,6 +111,17 @@ std::vector<std::uint32_t> gpus_of(std::uint64_t mask) {
 }
 
 /// Validates a spec from a client and fills in defaults; errors say which job and what to do.
+/// A selector's id ranges: each first..last with 1 <= first <= last (last 0: just first).
+Result<void> check_ranges(const pb::JobSelector& sel) {
+  for (const auto& r : sel.ids()) {
+    std::uint64_t last = r.last() ? r.last() : r.first();
+    if (r.first() == 0 || last < r.first())
+      return make_error(ErrorCode::InvalidArgument,
+                        fmt::format("invalid job range {}-{}", r.first(), last));
+  }
+  return ok_result();
+}
+
 /// A variable of a job's environment: a name without '=' or NUL, a value without NUL.
 Result<void> check_env_var(const pb::EnvVar& e) {
   if (e.name().empty() || e.name().find('=') != std::string::npos ||
@@ -1439,13 +1450,8 @@ void Hub::handle_forget(const std::shared_ptr<Peer>& peer,
     return reply_error(peer, rid,
                        make_error(ErrorCode::InvalidArgument,
                                   "name the jobs to forget (ids, a group, or all)"));
-  for (const auto& r : sel.ids()) {
-    std::uint64_t last = r.last() ? r.last() : r.first();
-    if (r.first() == 0 || last < r.first())
-      return reply_error(peer, rid,
-                         make_error(ErrorCode::InvalidArgument,
-                                    fmt::format("invalid job range {}-{}", r.first(), last)));
-  }
+  if (auto r = check_ranges(sel); !r.ok())
+    return reply_error(peer, rid, r.error());
   auto found = groups_named(sel);
   if (!found.ok())
     return reply_error(peer, rid, found.error());
@@ -1581,19 +1587,17 @@ void Hub::handle_wait(const std::shared_ptr<Peer>& peer, std::uint64_t rid, cons
   w->max_id = next_job_id_ - 1;
   const auto& sel = req.selector();
   // Every named job must exist: waiting for a typo would never end.
+  if (auto r = check_ranges(sel); !r.ok())
+    return reply_error(peer, rid, r.error());
   for (const auto& r : sel.ids()) {
     std::uint64_t last = r.last() ? r.last() : r.first();
-    if (r.first() == 0 || last < r.first())
-      return reply_error(peer, rid, make_error(ErrorCode::InvalidArgument,
-                                               fmt::format("invalid job range {}-{}", r.first(), last)));
     // Bounded by the jobs that exist, so a huge range costs nothing before it is refused.
     std::uint64_t id = r.first();
     for (; id <= last && id <= jobs_.size(); ++id)
       if (!find_job(id))
         break;
     if (id <= last)
-      return reply_error(peer, rid,
-                         missing_job(id));
+      return reply_error(peer, rid, missing_job(id));
   }
   auto found = groups_named(sel);
   if (!found.ok())
@@ -1650,13 +1654,8 @@ void Hub::handle_cancel(const std::shared_ptr<Peer>& peer,
   if (!found.ok())
     return reply_error(peer, rid, found.error());
   const auto& named = *found;
-  for (const auto& r : sel.ids()) {
-    std::uint64_t last = r.last() ? r.last() : r.first();
-    if (r.first() == 0 || last < r.first())
-      return reply_error(peer, rid,
-                         make_error(ErrorCode::InvalidArgument,
-                                    fmt::format("invalid job range {}-{}", r.first(), last)));
-  }
+  if (auto r = check_ranges(sel); !r.ok())
+    return reply_error(peer, rid, r.error());
   for_each_selected(sel, named, one, &missing);
   pb::Envelope env;
   auto* c = env.mutable_cancel_reply();

@@ -8,77 +8,21 @@ import hmac
 import json
 import os
 import secrets
-import struct
 
-
-def varint(n):
-    out = b""
-    while True:
-        b = n & 0x7F
-        n >>= 7
-        if n:
-            out += bytes([b | 0x80])
-        else:
-            return out + bytes([b])
-
-
-def lenfield(num, payload):
-    return varint(num << 3 | 2) + varint(len(payload)) + payload
-
-
-def intfield(num, value):
-    return varint(num << 3) + varint(value)
-
-
-def fields(data):
-    """The fields of a protobuf message: {number: [values]} (bytes or ints)."""
-    out, i = {}, 0
-    while i < len(data):
-        key, i = read_varint(data, i)
-        num, kind = key >> 3, key & 7
-        if kind == 0:
-            value, i = read_varint(data, i)
-        elif kind == 2:
-            n, i = read_varint(data, i)
-            value, i = data[i:i + n], i + n
-        else:
-            raise AssertionError(f"unexpected wire type {kind}")
-        out.setdefault(num, []).append(value)
-    return out
-
-
-def read_varint(data, i):
-    shift = value = 0
-    while True:
-        b = data[i]
-        i += 1
-        value |= (b & 0x7F) << shift
-        shift += 7
-        if not b & 0x80:
-            return value, i
+from conftest import frame, pb_bytes, pb_fields, pb_int, read_frame
 
 
 def send(sock, envelope):
-    sock.sendall(struct.pack(">I", len(envelope)) + envelope)
+    sock.sendall(frame(envelope))
 
 
 def receive(sock):
     """The next frame's envelope fields, skipping heartbeats (field 15); None at end of stream."""
     while True:
-        head = b""
-        while len(head) < 4:
-            chunk = sock.recv(4 - len(head))
-            if not chunk:
-                return None
-            head += chunk
-        (n,) = struct.unpack(">I", head)
-        body = b""
-        while len(body) < n:
-            chunk = sock.recv(n - len(body))
-            if not chunk:
-                return None
-            body += chunk
-        env = fields(body)
+        body = read_frame(sock)
+        if body is None:
+            return None
+        env = pb_fields(body)
         if 15 not in env:
             return env
 
@@ -86,14 +30,14 @@ def receive(sock):
 def handshake_as_agent(sock, token_hex):
     key = bytes.fromhex(token_hex)
     nonce = secrets.token_bytes(32)
-    hello = intfield(1, 1) + intfield(2, 2) + lenfield(3, nonce) + lenfield(4, b"impostor")
-    send(sock, lenfield(10, hello))
-    challenge = fields(receive(sock)[11][0])
+    hello = pb_int(1, 1) + pb_int(2, 2) + pb_bytes(3, nonce) + pb_bytes(4, b"impostor")
+    send(sock, pb_bytes(10, hello))
+    challenge = pb_fields(receive(sock)[11][0])
     hub_nonce = challenge[2][0]
     expected = hmac.new(key, b"sortie-hub-v1" + nonce + hub_nonce, hashlib.sha256).digest()
     assert challenge[3][0] == expected, "the hub proved it knows the token"
     proof = hmac.new(key, b"sortie-peer-v1" + bytes([2]) + hub_nonce + nonce, hashlib.sha256).digest()
-    send(sock, lenfield(12, lenfield(1, proof)))
+    send(sock, pb_bytes(12, pb_bytes(1, proof)))
     assert 13 in receive(sock), "welcome"
 
 
@@ -107,13 +51,13 @@ def test_an_impostor_with_the_token_cannot_take_over_a_live_agent(sortie, tmp_pa
     for proof in (secrets.token_bytes(32), b""):  # a guessed session proof, and none
         with sortie.tls_connect() as s:
             handshake_as_agent(s, token)
-            register = (intfield(1, 1) + intfield(2, 1) + lenfield(3, b"local-1-1") +
-                        intfield(7, 1) + intfield(9, os.getpid()) +
-                        (lenfield(16, proof) if proof else b""))
-            send(s, intfield(1, 7) + lenfield(50, register))
+            register = (pb_int(1, 1) + pb_int(2, 1) + pb_bytes(3, b"local-1-1") +
+                        pb_int(7, 1) + pb_int(9, os.getpid()) +
+                        (pb_bytes(16, proof) if proof else b""))
+            send(s, pb_int(1, 7) + pb_bytes(50, register))
             reply = receive(s)
             assert reply is not None and 14 in reply, reply
-            error = fields(reply[14][0])
+            error = pb_fields(reply[14][0])
             assert b"registered to another session" in error[2][0], error
             assert receive(s) is None, "the impostor's link is closed"
     log = (sortie.profile / "hub.log").read_text()

@@ -12,6 +12,7 @@ import shutil
 import signal
 import socket
 import ssl
+import struct
 import subprocess
 import time
 from pathlib import Path
@@ -67,6 +68,77 @@ def wait_for(predicate, timeout=30.0, what="condition"):
         if time.monotonic() > deadline:
             pytest.fail(f"timed out after {timeout}s waiting for {what}")
         time.sleep(0.05)
+
+
+# Protobuf by hand, for tests that speak the protocol themselves (Debian's Python has no
+# protobuf in the test dependencies): varints, length-delimited and varint fields, frames.
+def varint(n):
+    out = b""
+    while True:
+        b = n & 0x7F
+        n >>= 7
+        if n:
+            out += bytes([b | 0x80])
+        else:
+            return out + bytes([b])
+
+
+def pb_bytes(field, payload: bytes) -> bytes:
+    return varint(field << 3 | 2) + varint(len(payload)) + payload
+
+
+def pb_int(field, value) -> bytes:
+    return varint(field << 3) + varint(value)
+
+
+def pb_fields(data):
+    """The fields of a protobuf message: {number: [values]} (bytes or ints)."""
+    out, i = {}, 0
+    while i < len(data):
+        key, i = _read_varint(data, i)
+        num, kind = key >> 3, key & 7
+        if kind == 0:
+            value, i = _read_varint(data, i)
+        elif kind == 2:
+            n, i = _read_varint(data, i)
+            value, i = data[i:i + n], i + n
+        else:
+            raise AssertionError(f"unexpected wire type {kind}")
+        out.setdefault(num, []).append(value)
+    return out
+
+
+def _read_varint(data, i):
+    shift = value = 0
+    while True:
+        b = data[i]
+        i += 1
+        value |= (b & 0x7F) << shift
+        shift += 7
+        if not b & 0x80:
+            return value, i
+
+
+def frame(payload: bytes) -> bytes:
+    return struct.pack(">I", len(payload)) + payload
+
+
+def read_frame(sock):
+    """The next frame's bytes, or None at the end of the stream."""
+    head = b""
+    while len(head) < 4:
+        chunk = sock.recv(4 - len(head))
+        if not chunk:
+            return None
+        head += chunk
+    (n,) = struct.unpack(">I", head)
+    body = b""
+    while len(body) < n:
+        chunk = sock.recv(n - len(body))
+        if not chunk:
+            return None
+        body += chunk
+    return body
 
 
 class Sortie:

@@ -6,13 +6,12 @@ import os
 import secrets
 import signal
 import socket
-import struct
 import subprocess
 from pathlib import Path
 
 import pytest
 
-from conftest import alive, processes_with_env, wait_for
+from conftest import alive, frame, pb_bytes, processes_with_env, read_frame, wait_for
 
 
 def test_array_of_1000_jobs_each_writes_its_index(sortie, tmp_path):
@@ -225,40 +224,6 @@ def test_a_client_with_the_wrong_token_is_refused_and_changes_nothing(sortie):
     assert p.returncode != 0
     assert "could not prove it knows this profile's token" in p.stderr
     assert len(sortie.jobs()) == 1
-
-
-def frame(fields: bytes) -> bytes:
-    return struct.pack(">I", len(fields)) + fields
-
-
-def pb_bytes(field, payload: bytes) -> bytes:
-    def varint(n):
-        out = b""
-        while True:
-            b = n & 0x7F
-            n >>= 7
-            if n:
-                out += bytes([b | 0x80])
-            else:
-                return out + bytes([b])
-    return varint(field << 3 | 2) + varint(len(payload)) + payload
-
-
-def read_frame(sock):
-    head = b""
-    while len(head) < 4:
-        chunk = sock.recv(4 - len(head))
-        if not chunk:
-            return None
-        head += chunk
-    (n,) = struct.unpack(">I", head)
-    body = b""
-    while len(body) < n:
-        chunk = sock.recv(n - len(body))
-        if not chunk:
-            return None
-        body += chunk
-    return body
 
 
 def test_the_hub_refuses_a_peer_that_fails_the_challenge(sortie):
