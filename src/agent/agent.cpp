@@ -1,4 +1,6 @@
 // SPDX-License-Identifier: Apache-2.0
+// The agent: registers with the hub, runs the job attempts it is given (launch queue, process trees,
+// output, timeouts), keeps its lease with its keeper, and reconnects after a drop.
 #include "agent/agent.hpp"
 
 #include <fcntl.h>

@@ -1,4 +1,5 @@
 // SPDX-License-Identifier: Apache-2.0
+// Memory limits for a job: cgroup v2, cgroup v1 or RLIMIT_AS, whichever the node allows.
 #include "agent/limits.hpp"
 
 #include <dirent.h>

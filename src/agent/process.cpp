@@ -1,4 +1,5 @@
 // SPDX-License-Identifier: Apache-2.0
+// Job processes on a node: spawning into their own session, finding and killing a whole tree.
 #include "agent/process.hpp"
 
 #include <dirent.h>

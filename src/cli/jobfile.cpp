@@ -1,4 +1,5 @@
 // SPDX-License-Identifier: Apache-2.0
+// Job files (`sortie submit --file job.toml`): TOML tables to JobSpecs, errors at file:line.
 #include "cli/jobfile.hpp"
 
 #include <toml++/toml.h>

@@ -1,4 +1,5 @@
 // SPDX-License-Identifier: Apache-2.0
+// What the CLI prints: job and pilot tables, details, JSON, progress lines.
 #include "cli/output.hpp"
 
 #include <algorithm>

@@ -1,4 +1,5 @@
 // SPDX-License-Identifier: Apache-2.0
+// Whole-file reads (regular files only) and atomic, fsynced replacement.
 #include "common/files.hpp"
 
 #include <fcntl.h>

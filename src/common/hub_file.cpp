@@ -1,4 +1,5 @@
 // SPDX-License-Identifier: Apache-2.0
+// hub.json: reading and validating it, and writing it atomically with mode 0600.
 #include "common/hub_file.hpp"
 
 #include <sys/stat.h>

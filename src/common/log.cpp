@@ -1,4 +1,5 @@
 // SPDX-License-Identifier: Apache-2.0
+// Logging through spdlog: per-process files, levels, and rate-limited repeated warnings.
 #include "common/log.hpp"
 
 #include <spdlog/sinks/basic_file_sink.h>

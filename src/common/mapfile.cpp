@@ -1,4 +1,5 @@
 // SPDX-License-Identifier: Apache-2.0
+// Map files in the LOFAR format (`host=[file, file]`): parsed with errors at file:line:col.
 #include "common/mapfile.hpp"
 
 #include <cctype>

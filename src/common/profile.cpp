@@ -1,4 +1,5 @@
 // SPDX-License-Identifier: Apache-2.0
+// Profiles: where a profile's directory and unix socket are, and making them private.
 #include "common/profile.hpp"
 
 #include <sys/stat.h>

@@ -1,4 +1,5 @@
 // SPDX-License-Identifier: Apache-2.0
+// Text helpers: durations, sizes, numbers, shell quoting, escaping for terminals.
 #include "common/text.hpp"
 
 #include <algorithm>

@@ -1,4 +1,5 @@
 // SPDX-License-Identifier: Apache-2.0
+// config.toml's [hub], [resources.NAME] and [[pilots]] tables, checked with file:line errors.
 #include "hub/config.hpp"
 
 #include "common/files.hpp"

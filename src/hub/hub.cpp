@@ -1,4 +1,6 @@
 // SPDX-License-Identifier: Apache-2.0
+// The hub's state machine: jobs, submissions, scheduling turns, agents, waiters, output and
+// pilots (to be split into rooms, issue 10).
 #include "hub/hub.hpp"
 #include "protocol/auth.hpp"
 

@@ -1,4 +1,5 @@
 // SPDX-License-Identifier: Apache-2.0
+// Pilot drivers: ssh (one ssh process per node), Slurm and Grid Engine (batch scripts, polling).
 #include "launch/drivers.hpp"
 
 #include <signal.h>

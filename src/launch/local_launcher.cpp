@@ -1,4 +1,5 @@
 // SPDX-License-Identifier: Apache-2.0
+// Local pilots: agents started on this machine with posix_spawn.
 #include "launch/local_launcher.hpp"
 
 #include <fcntl.h>

@@ -1,4 +1,5 @@
 // SPDX-License-Identifier: Apache-2.0
+// Child processes of the hub: spawning with pipes, running commands to their end, reaping.
 #include "launch/process.hpp"
 
 #include <fcntl.h>

@@ -1,4 +1,5 @@
 // SPDX-License-Identifier: Apache-2.0
+// The pure parts of remote pilots: ssh targets, machinefiles, command lines, batch scripts.
 #include "launch/remote.hpp"
 
 #include <fmt/format.h>

@@ -1,4 +1,5 @@
 // SPDX-License-Identifier: Apache-2.0
+// The handshake's cryptography: random bytes, HMAC-SHA256 proofs, constant-time comparison.
 #include "protocol/auth.hpp"
 
 #include <fmt/format.h>

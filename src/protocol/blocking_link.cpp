@@ -1,4 +1,5 @@
 // SPDX-License-Identifier: Apache-2.0
+// A blocking link for the client library: POSIX sockets, poll(), TLS on TCP.
 #include "protocol/blocking_link.hpp"
 
 #include <fcntl.h>

@@ -1,4 +1,5 @@
 // SPDX-License-Identifier: Apache-2.0
+// Errors to and from their protobuf form (ErrorReply).
 #include "protocol/errors.hpp"
 
 namespace sortie::net {

@@ -1,4 +1,5 @@
 // SPDX-License-Identifier: Apache-2.0
+// Framing (01-framing.md): length-prefixed protobuf envelopes, limits and decoding.
 #include "protocol/frame.hpp"
 
 #include <algorithm>

@@ -1,4 +1,5 @@
 // SPDX-License-Identifier: Apache-2.0
+// Both halves of the handshake (02-handshake.md) as coroutines over an event-loop Link.
 #include "protocol/handshake.hpp"
 
 #include <boost/asio/experimental/awaitable_operators.hpp>

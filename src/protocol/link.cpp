@@ -1,4 +1,5 @@
 // SPDX-License-Identifier: Apache-2.0
+// The event-loop Link: framed envelopes over a byte stream, batched writes, heartbeats.
 #include "protocol/link.hpp"
 
 #include <boost/asio/connect.hpp>

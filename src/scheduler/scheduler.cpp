@@ -1,4 +1,5 @@
 // SPDX-License-Identifier: Apache-2.0
+// The scheduler: classes of equal jobs, placement on nodes by slots, memory, GPUs and labels.
 #include "scheduler/scheduler.hpp"
 
 #include <algorithm>

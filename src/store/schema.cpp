@@ -1,4 +1,5 @@
 // SPDX-License-Identifier: Apache-2.0
+// The store's schema and its migrations, one step per version.
 #include "store/schema.hpp"
 
 namespace sortie::store {

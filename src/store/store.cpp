@@ -1,4 +1,5 @@
 // SPDX-License-Identifier: Apache-2.0
+// The durable store: SQLite in WAL mode, group commit on its own thread, output files, recovery.
 #include "store/store.hpp"
 
 #include <fcntl.h>
