@@ -39,8 +39,12 @@ public:
         return error(fmt::format("expected '[' to start the list of files of '{}'", host));
       int open_line = line_, open_col = col();
       next();
+      // Items are separated by commas only: a name may hold spaces, and an item followed by
+      // anything but ',' or ']' (a forgotten ']' before the next host's line) is an error.
+      std::string last_item;
+      bool need_separator = false;
       while (true) {
-        skip_space(/*commas=*/true);
+        skip_space();
         if (at_end())
           return error(fmt::format("the list of files of '{}' opened on line {} has no ']'", host,
                                    open_line),
@@ -49,6 +53,17 @@ public:
           next();
           break;
         }
+        if (peek() == ',') {
+          if (!need_separator)
+            return error(fmt::format("an empty item in the list of files of '{}'", host));
+          next();
+          need_separator = false;
+          continue;
+        }
+        if (need_separator)
+          return error(fmt::format("expected ',' or ']' after '{}' in the list of '{}' (opened on "
+                                   "line {}); a file's name ends at the end of its line",
+                                   last_item, host, open_line));
         int item_line = line_, item_col = col();
         std::string file;
         if (peek() == '"' || peek() == '\'') {
@@ -60,19 +75,21 @@ public:
                          item_col);
           next();
         } else {
-          while (!at_end() && !std::isspace(static_cast<unsigned char>(peek())) && peek() != ',' &&
-                 peek() != ']' && peek() != '[' && peek() != '#') {
+          while (!at_end() && peek() != '\n' && peek() != ',' && peek() != ']' && peek() != '#') {
             if (peek() == '"' || peek() == '\'')
               return error("a quote in the middle of a file name: quote the whole name");
+            if (peek() == '[')
+              return error(fmt::format("unexpected '[' in the list of files of '{}'", host));
             file.push_back(next());
           }
-          if (file.empty())
-            return error(fmt::format("unexpected '{}' in the list of files of '{}'", show(peek()),
-                                     host));
+          while (!file.empty() && (file.back() == ' ' || file.back() == '\t' || file.back() == '\r'))
+            file.pop_back();
         }
         if (file.empty())
           return error("an empty file name", item_line, item_col);
+        last_item = file;
         out.push_back({host, std::move(file), item_line});
+        need_separator = true;
       }
       // After the list, only the end of the line (or a comment) may follow.
       skip_blanks();

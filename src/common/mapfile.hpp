@@ -6,8 +6,10 @@
 //             "name with spaces.dat"]
 //   node-b=[run3/in.dat]
 //
-// Items are separated by commas and/or white space (line breaks included); quote an item with
-// "..." or '...' to put commas, spaces or brackets in it. A host may appear more than once.
+// Items are separated by commas only (a list may go on over several lines, after a comma); an
+// unquoted name runs to the next ',' or ']' or the end of its line, inner spaces included,
+// surrounding ones trimmed. Quote an item with "..." or '...' to put commas, brackets or a
+// '#' in it. A host may appear more than once.
 #pragma once
 
 #include <string>

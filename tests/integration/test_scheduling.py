@@ -265,6 +265,11 @@ def test_malformed_map_and_job_files_name_the_line(sortie, tmp_path):
     bad_map.write_text("a = [x.dat]\nb [y.dat]\n")
     p = sortie.run("map", "--mapfile", bad_map, "--", "echo", "{}", check=False)
     assert f"{bad_map}:2:3: expected '=' after the host name 'b'" in p.stderr
+    # A forgotten ']' and '=[': the next line is not taken for files of the first host.
+    bad_map.write_text("lce001=[ /a, /b\nlce002 /c ]\n")
+    p = sortie.run("map", "--mapfile", bad_map, "--", "echo", "{}", check=False)
+    assert p.returncode == 2 and f"{bad_map}:2:1: expected ',' or ']' after '/b'" in p.stderr
+    assert sortie.jobs() == []
     job = tmp_path / "job.toml"
     job.write_text('command = ["true"]\n\nrun_timeout = "forever"\n')
     p = sortie.run("submit", "--file", job, check=False)

@@ -33,10 +33,23 @@ TEST(MapFile, ParsesListsOverSeveralLines) {
   EXPECT_EQ((*r)[2].line, 3);
 }
 
-TEST(MapFile, WhitespaceSeparatesItemsToo) {
-  auto r = parse_mapfile("h=[a b\n c]", "m");
-  ASSERT_TRUE(r.ok());
-  EXPECT_EQ(r->size(), 3u);
+TEST(MapFile, OnlyCommasSeparateItems) {
+  auto r = parse_mapfile("h=[ a b.dat ,c\n, d ]", "m");
+  ASSERT_TRUE(r.ok()) << r.error().to_string();
+  using P = std::pair<std::string, std::string>;
+  EXPECT_EQ(pairs(*r), (std::vector<P>{{"h", "a b.dat"}, {"h", "c"}, {"h", "d"}}));
+}
+
+TEST(MapFile, AForgottenBracketIsAnErrorNotAFile) {
+  // A forgotten ']' (and '=['): the next host's line must not become files of the first.
+  auto r = parse_mapfile("lce001=[ /a, /b\nlce002 /c ]\n", "m");
+  ASSERT_FALSE(r.ok());
+  EXPECT_EQ(r.error().message,
+            "m:2:1: expected ',' or ']' after '/b' in the list of 'lce001' (opened on line 1); a "
+            "file's name ends at the end of its line");
+  r = parse_mapfile("a=[x,,y]", "m");
+  ASSERT_FALSE(r.ok());
+  EXPECT_EQ(r.error().message, "m:1:6: an empty item in the list of files of 'a'");
 }
 
 TEST(MapFile, ErrorsNameTheLineAndColumn) {
@@ -47,7 +60,7 @@ TEST(MapFile, ErrorsNameTheLineAndColumn) {
   for (const auto& c : std::vector<Case>{
            {"a = [x]\nb [y]\n", "m:2:3: expected '=' after the host name 'b'"},
            {"a = x\n", "m:1:5: expected '[' to start the list of files of 'a'"},
-           {"a = [x,\n y\n", "m:1:5: the list of files of 'a' opened on line 1 has no ']'"},
+           {"a = [x,\n y,\n", "m:1:5: the list of files of 'a' opened on line 1 has no ']'"},
            {"a = [\"x\n", "m:1:6: a quote (\") opened here is not closed"},
            {"= [x]\n", "m:1:1: expected a host name, found '='"},
            {"a = [x] b = [y]\n", "m:1:9: unexpected 'b' after the list of 'a': one host per line"},
