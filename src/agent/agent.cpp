@@ -193,15 +193,11 @@ public:
     reaper_.start([this](pid_t pid, int status, rusage ru) {
       asio::post(io_, [this, pid, status, ru] { on_child_exit(pid, status, ru); });
     });
-    asio::co_spawn(io_, sweep_loop(), asio::detached);
-    asio::co_spawn(io_, lease_loop(), asio::detached);
-    asio::co_spawn(io_, connection_loop(), [this](std::exception_ptr e) {
-      if (e) {
-        try {
-          std::rethrow_exception(e);
-        } catch (const std::exception& ex) {
-          log::error("agent connection loop failed: {}", ex.what());
-        }
+    auto ex = io_.get_executor();
+    spawn_root(ex, "the agent's sweep of orphans", sweep_loop());
+    spawn_root(ex, "the agent's lease loop", lease_loop());
+    spawn_root(ex, "the agent's connection loop", connection_loop(), [this](bool failed) {
+      if (failed) {
         exit_code_ = 1;
         kill_everything_and_stop();
       }
@@ -782,7 +778,8 @@ private:
       if (t.fds[s] >= 0) {
         t.pipes[s] = std::make_shared<asio::posix::stream_descriptor>(io_, t.fds[s]);
         t.fds[s] = -1;
-        asio::co_spawn(io_, read_stream(t.job, s, t.pipes[s]), asio::detached);
+        spawn_root(io_.get_executor(), fmt::format("reading job {}'s output", t.job),
+                   read_stream(t.job, s, t.pipes[s]));
       }
   }
 
@@ -1077,7 +1074,7 @@ private:
       link_->send(bye);
       link_->close_after_flush(make_error(ErrorCode::Cancelled, "agent shut down"));
     }
-    asio::co_spawn(io_, stop_when_flushed(), asio::detached);
+    spawn_root(io_.get_executor(), "the agent's last flush", stop_when_flushed());
   }
 
   Awaitable<void> stop_when_flushed() {

@@ -556,16 +556,7 @@ Result<void> Hub::load(store::LoadedState state) {
 void Hub::start() {
   resume_pilots();
   start_configured_pilots();
-  asio::co_spawn(executor_, [this] { return tick_loop(); },
-                 [alive = alive_](std::exception_ptr e) {
-                   if (e && *alive) {
-                     try {
-                       std::rethrow_exception(e);
-                     } catch (const std::exception& ex) {
-                       log::error("hub tick loop failed: {}", ex.what());
-                     }
-                   }
-                 });
+  spawn_root(executor_, "the hub's tick loop", [this] { return tick_loop(); });
   request_schedule();
 }
 

@@ -128,8 +128,8 @@ public:
       if (!stopping_)
         spawn_session(std::move(stream), std::move(key), std::move(failed));
     };
-    asio::co_spawn(io_, accept_tcp(), asio::detached);
-    asio::co_spawn(io_, accept_unix(), asio::detached);
+    spawn_root(io_.get_executor(), "accepting TCP connections", accept_tcp());
+    spawn_root(io_.get_executor(), "accepting unix-socket connections", accept_unix());
     watch_signals();
     watch_children();
   }
@@ -147,7 +147,7 @@ public:
       for (auto& w : links_)
         if (auto l = w.lock())
           l->close_after_flush(make_error(ErrorCode::Unavailable, "the hub stopped"));
-      asio::co_spawn(io_, drain(), asio::detached);
+      spawn_root(io_.get_executor(), "the hub's last flush", drain());
     }, restart);
   }
 
@@ -264,17 +264,11 @@ private:
     if (limited)
       admit(link);
     link->start();
-    asio::co_spawn(io_, session(link, std::move(stdio_key), std::move(failed)),
-                   [link](std::exception_ptr e) {
-      if (!e)
-        return;
-      try {
-        std::rethrow_exception(e);
-      } catch (const std::exception& ex) {
-        log::error("session {} failed: {}", link->peer(), ex.what());
-      }
-      link->close(make_error(ErrorCode::Internal, "internal error"));
-    });
+    spawn_root(io_.get_executor(), "session " + link->peer(),
+               session(link, std::move(stdio_key), std::move(failed)), [link](bool failed_) {
+                 if (failed_)
+                   link->close(make_error(ErrorCode::Internal, "internal error"));
+               });
   }
 
   Awaitable<void> session(std::shared_ptr<net::Link> link, std::string stdio_key,

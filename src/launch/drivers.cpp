@@ -267,13 +267,15 @@ public:
   ~BatchDriver() override { *alive_ = false; }
 
   void start() override {
-    asio::co_spawn(c_.executor, run(), asio::detached);
+    spawn_root(c_.executor, fmt::format("pilot {}'s {} driver", c_.pilot.value, system_name()),
+               run());
   }
 
   void cancel() override {
     cancel_requested_ = true;
     if (!batch_id_.empty() && !gone_)
-      asio::co_spawn(c_.executor, remove(), asio::detached);
+      spawn_root(c_.executor, fmt::format("cancelling pilot {}'s batch job", c_.pilot.value),
+                 remove());
   }
 
 private:

@@ -161,8 +161,10 @@ Awaitable<Result<CommandResult>> run_command(asio::any_io_executor ex,
     st->deadline.cancel();
     finish();
   });
-  asio::co_spawn(ex, read_all(st->out, st->result.out), [finish](std::exception_ptr) { finish(); });
-  asio::co_spawn(ex, read_all(st->err, st->result.err), [finish](std::exception_ptr) { finish(); });
+  spawn_root(ex, "reading a command's output", read_all(st->out, st->result.out),
+             [finish](bool) { finish(); });
+  spawn_root(ex, "reading a command's errors", read_all(st->err, st->result.err),
+             [finish](bool) { finish(); });
   if (spawned->stdin_fd >= 0) {
     st->in.assign(spawned->stdin_fd);
     auto data = std::make_shared<std::string>(std::move(input));

@@ -69,16 +69,8 @@ Link::~Link() {
 }
 
 void Link::start() {
-  asio::co_spawn(executor_, [self = shared_from_this()] { return self->write_loop(); },
-                 [](std::exception_ptr e) {
-                   if (e) {
-                     try {
-                       std::rethrow_exception(e);
-                     } catch (const std::exception& ex) {
-                       log::error("link writer failed: {}", ex.what());
-                     }
-                   }
-                 });
+  spawn_root(executor_, "the writer of link " + peer_,
+             [self = shared_from_this()] { return self->write_loop(); });
 }
 
 Awaitable<Result<pb::Envelope>> Link::receive() {
@@ -241,12 +233,10 @@ std::int64_t Link::silent_ms() const { return steady_ms() - last_received_ms_; }
 void Link::start_heartbeat(std::int64_t interval_ms, std::int64_t deadline_ms) {
   if (interval_ms <= 0)
     return;
-  asio::co_spawn(
-      executor_,
-      [self = shared_from_this(), interval_ms, deadline_ms] {
-        return self->heartbeat_loop(interval_ms, deadline_ms);
-      },
-      asio::detached);
+  spawn_root(executor_, "the heartbeats of link " + peer_,
+             [self = shared_from_this(), interval_ms, deadline_ms] {
+               return self->heartbeat_loop(interval_ms, deadline_ms);
+             });
 }
 
 Awaitable<void> Link::heartbeat_loop(std::int64_t interval_ms, std::int64_t deadline_ms) {
