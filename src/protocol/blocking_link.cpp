@@ -17,8 +17,8 @@
 
 #include <fmt/format.h>
 
-#include "common/version.hpp"
 #include "protocol/auth.hpp"
+#include "protocol/client_handshake.hpp"
 #include "protocol/errors.hpp"
 #include "protocol/tls.hpp"
 
@@ -252,46 +252,23 @@ Result<pb::Welcome> BlockingLink::handshake(const std::string& key,
                                             pb::Role role,
                                             const std::string& peer_name,
                                             std::int64_t timeout_ms) {
-  std::string nonce = protocol::random_bytes(protocol::kNonceSize);
-  pb::Envelope hello;
-  auto* h = hello.mutable_hello();
-  h->set_protocol_version(protocol::kProtocolVersion);
-  h->set_role(role);
-  h->set_nonce(nonce);
-  h->set_peer_name(peer_name);
-  h->set_software_version(kSortieVersion);
-  SORTIE_TRY(send(hello));
+  protocol::ClientHandshake steps(key, role, peer_name);
+  auto fail = [&](const Error& e) {
+    close();
+    return e.with_context(peer_);
+  };
+  SORTIE_TRY(send(steps.hello()));
   SORTIE_ASSIGN_OR_RETURN(challenge, receive(timeout_ms));
-  if (challenge.has_error())
-    return error_from_pb(challenge.error());
-  if (!challenge.has_challenge())
-    return make_error(ErrorCode::InvalidArgument,
-                      fmt::format("protocol error: expected challenge, got {}",
-                                  protocol::body_name(challenge)),
-                      peer_);
-  const auto& c = challenge.challenge();
-  if (!protocol::proofs_equal(c.proof(), protocol::hub_proof(key, nonce, c.nonce()))) {
-    close();
-    return make_error(ErrorCode::PermissionDenied,
-                      "the hub could not prove it knows this profile's token: hub.json belongs to "
-                      "another hub, or another program listens at its address",
-                      peer_);
-  }
-  pb::Envelope auth;
-  auth.mutable_auth()->set_proof(protocol::peer_proof(key, role, c.nonce(), nonce));
-  SORTIE_TRY(send(auth));
+  auto auth = steps.on_challenge(challenge);
+  if (!auth.ok())
+    return fail(auth.error());
+  SORTIE_TRY(send(*auth));
   SORTIE_ASSIGN_OR_RETURN(welcome, receive(timeout_ms));
-  if (welcome.has_error()) {
-    close();
-    return error_from_pb(welcome.error());
-  }
-  if (!welcome.has_welcome())
-    return make_error(ErrorCode::InvalidArgument,
-                      fmt::format("protocol error: expected welcome, got {}",
-                                  protocol::body_name(welcome)),
-                      peer_);
+  auto done = steps.on_welcome(welcome);
+  if (!done.ok())
+    return fail(done.error());
   decoder_.set_max_frame(protocol::kDefaultMaxFrame);
-  return welcome.welcome();
+  return *done;
 }
 
 } // namespace sortie::net

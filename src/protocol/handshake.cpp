@@ -8,6 +8,7 @@
 
 #include "common/version.hpp"
 #include "protocol/auth.hpp"
+#include "protocol/client_handshake.hpp"
 
 namespace sortie::net {
 namespace {
@@ -27,14 +28,6 @@ Awaitable<Result<pb::Envelope>> receive_within(std::shared_ptr<Link> link, std::
   co_return link->close_reason();
 }
 
-Error unexpected(const pb::Envelope& env, const char* expected) {
-  if (env.has_error())
-    return error_from_pb(env.error());
-  return make_error(ErrorCode::InvalidArgument,
-                    fmt::format("protocol error: expected {}, got {}", expected,
-                                protocol::body_name(env)));
-}
-
 } // namespace
 
 Awaitable<Result<pb::Welcome>> connect_handshake(std::shared_ptr<Link> link,
@@ -42,47 +35,28 @@ Awaitable<Result<pb::Welcome>> connect_handshake(std::shared_ptr<Link> link,
                                                  pb::Role role,
                                                  std::string peer_name,
                                                  std::int64_t timeout_ms) {
-  std::string nonce = protocol::random_bytes(protocol::kNonceSize);
-  pb::Envelope hello;
-  auto* h = hello.mutable_hello();
-  h->set_protocol_version(protocol::kProtocolVersion);
-  h->set_role(role);
-  h->set_nonce(nonce);
-  h->set_peer_name(peer_name);
-  h->set_software_version(kSortieVersion);
-  link->send(hello);
-
+  protocol::ClientHandshake steps(std::move(key), role, std::move(peer_name));
+  auto fail = [&](const Error& e) {
+    auto error = e.with_context(link->peer());
+    link->close(error);
+    return error;
+  };
+  link->send(steps.hello());
   auto challenge = co_await receive_within(link, timeout_ms);
   if (!challenge.ok())
     co_return challenge.error();
-  if (!challenge->has_challenge()) {
-    auto e = unexpected(*challenge, "challenge");
-    link->close(e);
-    co_return e;
-  }
-  const auto& c = challenge->challenge();
-  if (!protocol::proofs_equal(c.proof(), protocol::hub_proof(key, nonce, c.nonce()))) {
-    auto e = make_error(ErrorCode::PermissionDenied,
-                        "the hub could not prove it knows this profile's token: hub.json belongs "
-                        "to another hub, or another program listens at its address",
-                        link->peer());
-    link->close(e);
-    co_return e;
-  }
-  pb::Envelope auth;
-  auth.mutable_auth()->set_proof(protocol::peer_proof(key, role, c.nonce(), nonce));
-  link->send(auth);
-
+  auto auth = steps.on_challenge(*challenge);
+  if (!auth.ok())
+    co_return fail(auth.error());
+  link->send(*auth);
   auto welcome = co_await receive_within(link, timeout_ms);
   if (!welcome.ok())
     co_return welcome.error();
-  if (!welcome->has_welcome()) {
-    auto e = unexpected(*welcome, "welcome");
-    link->close(e);
-    co_return e;
-  }
+  auto done = steps.on_welcome(*welcome);
+  if (!done.ok())
+    co_return fail(done.error());
   link->set_max_frame(protocol::kDefaultMaxFrame);
-  co_return welcome->welcome();
+  co_return *done;
 }
 
 Awaitable<Result<Accepted>> accept_handshake(std::shared_ptr<Link> link,
@@ -93,7 +67,7 @@ Awaitable<Result<Accepted>> accept_handshake(std::shared_ptr<Link> link,
   if (!first.ok())
     co_return first.error();
   if (!first->has_hello()) {
-    auto e = unexpected(*first, "hello").with_context(link->peer());
+    auto e = protocol::unexpected_frame(*first, "hello").with_context(link->peer());
     link->close_with_error(e);
     co_return e;
   }
@@ -127,7 +101,7 @@ Awaitable<Result<Accepted>> accept_handshake(std::shared_ptr<Link> link,
   if (!auth.ok())
     co_return auth.error();
   if (!auth->has_auth()) {
-    auto e = unexpected(*auth, "auth").with_context(link->peer());
+    auto e = protocol::unexpected_frame(*auth, "auth").with_context(link->peer());
     link->close_with_error(e);
     co_return e;
   }
