@@ -57,7 +57,9 @@ std::string host_name() {
   return buf;
 }
 
-struct Task {
+/// One attempt of a job on this node, from its assignment to its FINISHED event. ("Task" is
+/// kept for one call to an engine.)
+struct JobAttempt {
   std::uint64_t job = 0;
   std::uint32_t attempt = 0;
   pb::JobSpec spec;
@@ -88,7 +90,7 @@ struct Task {
   std::string rsh_args; ///< an ssh pilot's ssh options for mpiexec (OMPI_MCA_plm_rsh_args)
   pb::EnvList base_env; ///< its submission's exported environment, under spec.env
   JobProcesses procs() const { return JobProcesses{pid, tag}; }
-  ~Task() {
+  ~JobAttempt() {
     if (!hostfile.empty())
       ::unlink(hostfile.c_str());
   }
@@ -216,7 +218,7 @@ private:
       bool registered = co_await connect_once();
       if (!stopping_) {
         log::error("the link to the hub ended ({}); killing {} jobs and exiting",
-                   last_error_.to_string(), tasks_.size());
+                   last_error_.to_string(), attempts_.size());
         exit_code_ = registered ? 2 : 3;
         kill_everything_and_stop();
       }
@@ -236,7 +238,7 @@ private:
       }
       if (net::steady_ms() >= give_up_at) {
         log::error("could not reach the hub in time ({}); killing {} jobs and exiting",
-                   last_error_.to_string(), tasks_.size());
+                   last_error_.to_string(), attempts_.size());
         exit_code_ = 2;
         kill_everything_and_stop();
         co_return;
@@ -403,7 +405,7 @@ private:
     r->set_label(options_.label);
     r->set_pid(::getpid());
     r->set_keeper_pid(keeper_pid_);
-    for (const auto& [id, t] : tasks_) {
+    for (const auto& [id, t] : attempts_) {
       auto* j = r->add_jobs();
       j->set_job_id(id);
       j->set_attempt(t->attempt);
@@ -428,8 +430,8 @@ private:
     case pb::Envelope::kKill: {
       const auto& k = env.kill();
       for (const auto& ref : k.jobs()) {
-        auto it = tasks_.find(ref.job_id());
-        if (it != tasks_.end() && it->second->attempt == ref.attempt())
+        auto it = attempts_.find(ref.job_id());
+        if (it != attempts_.end() && it->second->attempt == ref.attempt())
           cancel_task(ref.job_id(), k.grace_ms(), k.reason());
       }
       return;
@@ -458,7 +460,7 @@ private:
   // Launching
 
   void enqueue(pb::Assignment& a) {
-    if (auto old = tasks_.find(a.job_id()); old != tasks_.end()) {
+    if (auto old = attempts_.find(a.job_id()); old != attempts_.end()) {
       // The same attempt again (after a reconnect) is a duplicate. A new attempt while an old
       // one is still being killed (the hub ran it again after losing another node of it)
       // waits until the old one is gone.
@@ -466,7 +468,7 @@ private:
         next_attempts_[a.job_id()] = a;
       return;
     }
-    auto t = std::make_unique<Task>();
+    auto t = std::make_unique<JobAttempt>();
     t->job = a.job_id();
     t->attempt = a.attempt();
     if (!t->spec.ParseFromString(a.spec())) {
@@ -496,17 +498,17 @@ private:
     if (t->spec.mpi_ranks() > 0 && t->mpi_hosts.empty())
       t->mpi_hosts.emplace_back(address(), t->spec.mpi_ranks());
     launch_queue_.push_back(t->job);
-    tasks_.emplace(t->job, std::move(t));
+    attempts_.emplace(t->job, std::move(t));
   }
 
   void try_launch() {
     while (!launch_queue_.empty() && !stopping_) {
-      auto it = tasks_.find(launch_queue_.front());
-      if (it == tasks_.end()) {
+      auto it = attempts_.find(launch_queue_.front());
+      if (it == attempts_.end()) {
         launch_queue_.pop_front();
         continue;
       }
-      Task& t = *it->second;
+      JobAttempt& t = *it->second;
       if (used_slots_ + t.slots > options_.slots && used_slots_ > 0)
         break;
       launch_queue_.pop_front();
@@ -554,7 +556,7 @@ private:
       for (const auto& [pid, job] : by_pid_)
         known.push_back(pid);
       std::unordered_set<std::string> live;
-      for (const auto& [id, t] : tasks_)
+      for (const auto& [id, t] : attempts_)
         if (t->started && !t->exited)
           live.insert(t->tag);
       for (const auto& [pid, tag] : adopted_children(known))
@@ -569,7 +571,7 @@ private:
 
   /// mpiexec with the job's hostfile; across nodes, the job's variables go to the remote ranks
   /// too (mpiexec passes on only its own unless told with -x).
-  static std::vector<std::string> mpiexec_argv(const Task& t) {
+  static std::vector<std::string> mpiexec_argv(const JobAttempt& t) {
     std::vector<std::string> argv = {"mpiexec", "--hostfile", t.hostfile, "-np",
                                      std::to_string(t.spec.mpi_ranks())};
     if (t.mpi_hosts.size() > 1) {
@@ -590,7 +592,7 @@ private:
     return argv;
   }
 
-  std::vector<std::string> job_env(const Task& t) {
+  std::vector<std::string> job_env(const JobAttempt& t) {
     std::vector<std::string> env = base_env_;
     auto set = [&env](const std::string& name, const std::string& value) {
       std::string prefix = name + "=";
@@ -653,7 +655,7 @@ private:
     return env;
   }
 
-  void launch(Task& t) {
+  void launch(JobAttempt& t) {
     t.tag = fmt::format("{}.{}.{}", nonce_, t.job, t.attempt);
     int out[2], err[2];
     if (::pipe2(out, O_CLOEXEC) != 0) {
@@ -719,10 +721,10 @@ private:
       t.run_timer->async_wait([this, job = t.job](error_code ec) {
         if (ec)
           return;
-        auto it = tasks_.find(job);
-        if (it == tasks_.end() || it->second->exited)
+        auto it = attempts_.find(job);
+        if (it == attempts_.end() || it->second->exited)
           return;
-        it->second->why = Task::Why::Timeout;
+        it->second->why = JobAttempt::Why::Timeout;
         cancel_task(job, kill_grace_ms_, "run timeout");
       });
     }
@@ -757,8 +759,8 @@ private:
         return;
       auto now = net::steady_ms();
       while (!unwatched_.empty()) {
-        auto it = tasks_.find(unwatched_.front());
-        if (it != tasks_.end() && !it->second->watched && !it->second->exited) {
+        auto it = attempts_.find(unwatched_.front());
+        if (it != attempts_.end() && !it->second->watched && !it->second->exited) {
           if (now - it->second->spawned_mono < kWatchAfterMs)
             break; // the rest started later still
           watch(*it->second);
@@ -770,7 +772,7 @@ private:
   }
 
   /// Hands the job's pipes to the event loop: its output now streams as it is written.
-  void watch(Task& t) {
+  void watch(JobAttempt& t) {
     if (t.watched)
       return;
     t.watched = true;
@@ -785,7 +787,7 @@ private:
 
   /// After the leader exited: reads what its unwatched pipes hold, one poll() for both. Falls
   /// back to watching when a pipe is still open elsewhere or output credit is short.
-  void drain_unwatched(Task& t) {
+  void drain_unwatched(JobAttempt& t) {
     while (!t.watched && (t.fds[0] >= 0 || t.fds[1] >= 0)) {
       pollfd p[2];
       int n = 0, which[2];
@@ -824,7 +826,7 @@ private:
     }
   }
 
-  void emit_output(Task& t, int stream, std::string data) {
+  void emit_output(JobAttempt& t, int stream, std::string data) {
     pb::OutputChunk c;
     c.set_job_id(t.job);
     c.set_attempt(t.attempt);
@@ -853,10 +855,10 @@ private:
       // Wait for readiness, then read: a fresh pipe is empty, so reading first (what
       // async_read_some does) would only cost a failed system call per stream.
       auto [ec] = co_await pipe->async_wait(asio::posix::descriptor_base::wait_read, use_nothrow);
-      auto it = tasks_.find(job);
-      if (it == tasks_.end())
+      auto it = attempts_.find(job);
+      if (it == attempts_.end())
         co_return;
-      Task& t = *it->second;
+      JobAttempt& t = *it->second;
       ssize_t got = 0;
       if (!ec) {
         do
@@ -909,10 +911,10 @@ private:
         return; // an orphan of some job, reparented to us (subreaper), or the keeper
       std::uint64_t job = it->second;
       by_pid_.erase(it);
-      auto t_it = tasks_.find(job);
-      if (t_it == tasks_.end())
+      auto t_it = attempts_.find(job);
+      if (t_it == attempts_.end())
         return;
-      Task& t = *t_it->second;
+      JobAttempt& t = *t_it->second;
       t.exited = true;
       t.status = status;
       t.usage = ru;
@@ -938,7 +940,7 @@ private:
         t.drain_timer->async_wait([this, job](error_code e) {
           if (e)
             return;
-          if (auto i = tasks_.find(job); i != tasks_.end()) {
+          if (auto i = attempts_.find(job); i != attempts_.end()) {
             kill_job(i->second->procs());
             for (auto& p : i->second->pipes)
               if (p) {
@@ -953,7 +955,7 @@ private:
     try_launch();
   }
 
-  void maybe_finish(Task& t) {
+  void maybe_finish(JobAttempt& t) {
     if (!t.exited || t.streams_open > 0)
       return;
     pb::JobEvent ev;
@@ -966,8 +968,8 @@ private:
       ev.set_exit_code(WEXITSTATUS(t.status));
     else if (WIFSIGNALED(t.status))
       ev.set_signal(WTERMSIG(t.status));
-    ev.set_killed(t.kill_requested && t.why != Task::Why::Timeout);
-    ev.set_timed_out(t.why == Task::Why::Timeout);
+    ev.set_killed(t.kill_requested && t.why != JobAttempt::Why::Timeout);
+    ev.set_timed_out(t.why == JobAttempt::Why::Timeout);
     ev.set_memory_exceeded(!t.cgroup.empty() && limits_.oom_killed(t.cgroup));
     if (!t.cgroup.empty() && !limits_.release(t.cgroup))
       pending_cgroups_.push_back(t.cgroup); // stragglers still inside: the sweep retries
@@ -979,7 +981,7 @@ private:
     erase_task(t.job);
   }
 
-  void emit_finished(const Task& t, const std::string& error, std::optional<int> exit_code = {}) {
+  void emit_finished(const JobAttempt& t, const std::string& error, std::optional<int> exit_code = {}) {
     pb::JobEvent ev;
     ev.set_job_id(t.job);
     ev.set_attempt(t.attempt);
@@ -993,13 +995,13 @@ private:
   }
 
   void erase_task(std::uint64_t job) {
-    if (auto it = tasks_.find(job); it != tasks_.end())
+    if (auto it = attempts_.find(job); it != attempts_.end())
       for (int& fd : it->second->fds)
         if (fd >= 0) {
           ::close(fd);
           fd = -1;
         }
-    tasks_.erase(job);
+    attempts_.erase(job);
     if (auto next = next_attempts_.find(job); next != next_attempts_.end()) {
       asio::post(io_, [this, a = std::move(next->second)]() mutable {
         if (!stopping_) {
@@ -1009,7 +1011,7 @@ private:
       });
       next_attempts_.erase(next);
     }
-    if (stopping_ && tasks_.empty())
+    if (stopping_ && attempts_.empty())
       finish_shutdown();
   }
 
@@ -1017,15 +1019,15 @@ private:
   // Killing
 
   void cancel_task(std::uint64_t job, std::int64_t grace_ms, const std::string& reason) {
-    auto it = tasks_.find(job);
-    if (it == tasks_.end())
+    auto it = attempts_.find(job);
+    if (it == attempts_.end())
       return;
-    Task& t = *it->second;
+    JobAttempt& t = *it->second;
     if (t.kill_requested && grace_ms > 0)
       return;
     t.kill_requested = true;
-    if (t.why == Task::Why::None)
-      t.why = Task::Why::Cancel;
+    if (t.why == JobAttempt::Why::None)
+      t.why = JobAttempt::Why::Cancel;
     if (!t.started) {
       std::erase(launch_queue_, job);
       emit_finished(t, reason);
@@ -1044,7 +1046,7 @@ private:
     t.kill_timer->async_wait([this, job](error_code ec) {
       if (ec)
         return;
-      if (auto i = tasks_.find(job); i != tasks_.end() && !i->second->exited)
+      if (auto i = attempts_.find(job); i != attempts_.end() && !i->second->exited)
         kill_job(i->second->procs());
     });
   }
@@ -1055,11 +1057,11 @@ private:
     stopping_ = true;
     credit_wakeup_.cancel();
     std::vector<std::uint64_t> ids;
-    for (const auto& [id, t] : tasks_)
+    for (const auto& [id, t] : attempts_)
       ids.push_back(id);
     for (auto id : ids)
       cancel_task(id, kill_grace_ms_, reason);
-    if (tasks_.empty())
+    if (attempts_.empty())
       finish_shutdown();
   }
 
@@ -1091,7 +1093,7 @@ private:
 
   void kill_everything_and_stop() {
     stopping_ = true;
-    for (auto& [id, t] : tasks_)
+    for (auto& [id, t] : attempts_)
       if (t->started && !t->exited)
         kill_job(t->procs());
     ::close(keeper_fd_);
@@ -1198,7 +1200,7 @@ private:
   std::int64_t heartbeat_ms_ = 5000; ///< the hub's heartbeat interval
   Error last_error_;
 
-  std::unordered_map<std::uint64_t, std::unique_ptr<Task>> tasks_;
+  std::unordered_map<std::uint64_t, std::unique_ptr<JobAttempt>> attempts_;
   /// New attempts of jobs whose old attempt is still ending here.
   std::unordered_map<std::uint64_t, pb::Assignment> next_attempts_;
   std::deque<std::uint64_t> launch_queue_;
