@@ -28,10 +28,14 @@ public:
     return c ? &(*c)[i % ChunkSize] : nullptr;
   }
 
-  /// Frees the chunk holding `i` when `empty` holds for each of its elements (a released chunk's
-  /// elements are gone: find() returns null for them and operator[] must not be used).
+  /// Frees the chunk holding `i` when `empty` holds for each of its elements and the chunk holds
+  /// no place past size() (a released chunk's elements are gone: find() returns null for them and
+  /// operator[] must not be used; grow_to() never brings them back).
   template <typename Pred>
   bool release_if(std::size_t i, Pred empty) {
+    // A chunk that reaches past the last element also holds the elements still to come.
+    if ((i / ChunkSize + 1) * ChunkSize > size_)
+      return false;
     auto& c = chunks_[i / ChunkSize];
     if (!c)
       return false;

@@ -212,13 +212,33 @@ void Scheduler::requeue_front(JobId job, const Requirements& req) {
 }
 
 void Scheduler::remove_queued(JobId job) {
-  // Lazy: the job is skipped when it reaches the head of its class.
+  // Lazy: the job is skipped when it reaches the head of its class. When the removed outnumber
+  // the queued, they are dropped all at once (amortized O(1) per removal).
   if (removed_.insert(job).second) {
     SORTIE_ASSERT(queued_ > 0, "remove_queued is only called for queued jobs");
     --queued_;
     if (!gangs_.empty())
       gangs_dirty_ = true; // it may hold a reservation
+    if (removed_.size() > std::max<std::size_t>(4096, queued_))
+      compact_removed();
   }
+}
+
+void Scheduler::compact_removed() {
+  for (std::uint32_t idx = 0; idx < classes_.size(); ++idx) {
+    JobClass& c = classes_[idx];
+    if (!c.live)
+      continue;
+    std::erase_if(c.fifo, [&](JobId j) { return removed_.contains(j); });
+    c.fifo.shrink_to_fit();
+    if (c.fifo.empty())
+      drop_class(idx);
+    else
+      rekey(idx);
+  }
+  for (auto it = gangs_.begin(); it != gangs_.end();)
+    it = removed_.contains(JobId(it->first.job)) ? gangs_.erase(it) : std::next(it);
+  removed_ = {}; // its buckets too
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -203,6 +203,9 @@ private:
   bool skip_removed(std::uint32_t idx);
   /// The head of a class left: pops removed jobs, drops the class if empty, else re-sorts it.
   bool head_changed(std::uint32_t idx);
+  /// Drops every removed job from the classes and the gang jobs at once: lazy removal must not
+  /// keep jobs that will never reach a head (cancelled while no node can run them).
+  void compact_removed();
   bool fits(const Requirements& r, const Node& node, std::uint32_t slot_limit, std::int64_t now) const;
   /// The best class of `bucket` that fits `node`, if it beats `best`.
   void consider(Bucket& bucket, const Node& node, std::uint32_t slot_limit, std::int64_t now,

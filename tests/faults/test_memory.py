@@ -44,3 +44,29 @@ def test_followers_that_stop_reading_do_not_grow_the_hub(sortie):
         for f in followers:
             f.kill()
             f.wait()
+
+
+def test_forgotten_jobs_give_their_memory_back(sortie):
+    """docs/architecture.md §6: forgotten jobs' memory is freed (whole chunks of ids), so the
+    hub's memory follows the jobs it keeps, not every job ever submitted: cycles of 400,000
+    jobs submitted, ended and forgotten do not add up. (What stays after the first cycle is
+    mostly SQLite's page cache, bounded at 64 MiB.)"""
+    sortie.start()
+    hub = sortie.hub_pid()
+    before = hub_memory_kib(hub, "VmRSS")
+    after = []
+    for cycle in range(3):
+        sortie.run("submit", "--yes", "--array", "1-400000", "--", "true")
+        sortie.run("job", "cancel", "--all")  # ended, so they may be forgotten
+        full = hub_memory_kib(hub, "VmRSS")
+        assert full - before > 40_000, "400,000 jobs took almost nothing: the test measures nothing"
+        p = sortie.run("job", "forget", "--all")
+        assert "400000 jobs forgotten" in p.stdout, p.stdout
+        after.append(hub_memory_kib(hub, "VmRSS"))
+        print(f"cycle {cycle}: hub RSS {before} KiB at start, {full} KiB with 400,000 jobs, "
+              f"{after[-1]} KiB after forgetting them")
+    assert sortie.jobs() == []
+    new = sortie.submit("true")
+    assert new == 1_200_001  # ids go on past the forgotten ones
+    grown = after[-1] - after[0]
+    assert grown < 40_000, f"each cycle left memory behind: {after} KiB"

@@ -2,6 +2,8 @@
 // Scheduler rules, called directly with builders: no sockets, no clock (times are passed in).
 #include <gtest/gtest.h>
 
+#include <algorithm>
+
 #include <map>
 #include <random>
 #include <set>
@@ -163,6 +165,28 @@ TEST(Scheduler, CancelledJobsAreSkipped) {
   s.add_node(N(1), Node(s, "a", 1));
   EXPECT_EQ(jobs_of(s.schedule(100, kNow)), (std::vector<std::uint64_t>{2}));
   EXPECT_EQ(s.queued(), 0u);
+}
+
+TEST(Scheduler, RemovedJobsThatNeverReachAHeadAreDroppedAllAtOnce) {
+  // Jobs cancelled while no node can run them: the lazy removal must not keep them for ever.
+  Scheduler s;
+  Requirements other = Req(s);
+  other.slots = 2;
+  for (std::uint64_t j = 1; j <= 20'000; ++j)
+    s.enqueue(J(j), j % 2 ? Req(s) : other);
+  for (std::uint64_t j = 1; j <= 20'000; ++j)
+    if (j % 1000 != 0)
+      s.remove_queued(J(j));
+  EXPECT_EQ(s.queued(), 20u);
+  s.add_node(N(1), Node(s, "a", 64));
+  std::vector<std::uint64_t> want;
+  for (std::uint64_t j = 1000; j <= 20'000; j += 1000)
+    want.push_back(j);
+  auto got = jobs_of(s.schedule(100, kNow));
+  std::sort(got.begin(), got.end());
+  EXPECT_EQ(got, want);
+  EXPECT_EQ(s.queued(), 0u);
+  EXPECT_EQ(s.classes(), 0u);
 }
 
 TEST(Scheduler, RequeuedJobGoesFirst) {
