@@ -6,8 +6,10 @@
 #include <cstddef>
 #include <cstdint>
 #include <functional>
+#include <memory>
 #include <string>
 
+#include "protocol/errors.hpp"
 #include "protocol/sortie.pb.h"
 #include "sortie/result.hpp"
 
@@ -31,5 +33,25 @@ public:
   /// For logs: the transport and the peer's name.
   virtual std::string describe() const = 0;
 };
+
+/// Sends `env` as the reply to request `rid`.
+inline void reply(const std::shared_ptr<Peer>& peer, pb::Envelope& env, std::uint64_t rid) {
+  env.set_request_id(rid);
+  peer->send(env);
+}
+
+/// Answers request `rid` with an ErrorReply; the connection stays open.
+inline void reply_error(const std::shared_ptr<Peer>& peer, std::uint64_t rid, const Error& error) {
+  pb::Envelope env;
+  net::error_to_pb(error, *env.mutable_error());
+  reply(peer, env, rid);
+}
+
+/// Answers request `rid` with Ok.
+inline void reply_ok(const std::shared_ptr<Peer>& peer, std::uint64_t rid) {
+  pb::Envelope env;
+  env.mutable_ok();
+  reply(peer, env, rid);
+}
 
 } // namespace sortie::hub

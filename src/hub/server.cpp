@@ -64,7 +64,7 @@ void report(int fd, const std::string& line) {
   [[maybe_unused]] auto n = ::write(fd, s.data(), s.size());
 }
 
-class Server {
+class Server final : public HubHost {
 public:
   Server(asio::io_context& io, HubConfig config, std::string key, std::shared_ptr<SSL_CTX> tls)
       : io_(io), config_(std::move(config)), key_(std::move(key)), tls_(std::move(tls)), tcp_(io),
@@ -118,16 +118,20 @@ public:
   std::uint16_t port() const { return port_; }
   const std::string& socket_path() const { return socket_path_; }
 
-  launch::ChildWatch& child_watch() { return child_watch_; }
+  // HubHost
+  void request_stop(bool restart) override { stop(restart); }
+  void run_agent_session(std::unique_ptr<net::ByteStream> stream, std::string key,
+                         std::function<void(const Error&)> failed) override {
+    if (!stopping_)
+      spawn_session(std::move(stream), std::move(key), std::move(failed));
+  }
+  launch::ChildWatch* child_watch() override { return &child_watch_; }
+  std::string listen_address() const override {
+    return fmt::format("{}:{}", config_.listen_host, port_);
+  }
 
   void run(Hub& hub) {
     hub_ = &hub;
-    hub.on_stop_requested = [this](bool restart) { stop(restart); };
-    hub.on_agent_link = [this](std::unique_ptr<net::ByteStream> stream, std::string key,
-                               std::function<void(const Error&)> failed) {
-      if (!stopping_)
-        spawn_session(std::move(stream), std::move(key), std::move(failed));
-    };
     spawn_root(io_.get_executor(), "accepting TCP connections", accept_tcp());
     spawn_root(io_.get_executor(), "accepting unix-socket connections", accept_unix());
     watch_signals();
@@ -462,10 +466,7 @@ int run_hub(RunOptions options) {
 
   SystemClock clock;
   launch::LocalLauncher launcher(config.self_exe, config.profile);
-  Hub hub(io.get_executor(), config, **store, launcher, clock);
-  hub.child_watch = &server.child_watch();
-  hub.started_ms = clock.now_ms();
-  hub.listen_address = fmt::format("{}:{}", config.listen_host, server.port());
+  Hub hub(io.get_executor(), config, **store, launcher, clock, server);
   if (auto r = hub.load(std::move(*state)); !r.ok())
     return fail(r.error());
 
@@ -480,7 +481,7 @@ int run_hub(RunOptions options) {
   }
   hf.port = server.port();
   hf.socket = server.socket_path();
-  hf.started_ms = hub.started_ms;
+  hf.started_ms = hub.started_ms();
   if (auto r = write_hub_file(config.profile.hub_file(), hf); !r.ok())
     return fail(r.error());
 

@@ -9,6 +9,7 @@
 #include <fmt/format.h>
 
 #include "common/clock.hpp"
+#include "fakes/fake_host.hpp"
 #include "fakes/fake_launcher.hpp"
 #include "fakes/recording_peer.hpp"
 #include "fakes/temp_dir.hpp"
@@ -39,7 +40,7 @@ protected:
     store_ = std::move(*s);
     auto state = store_->load();
     ASSERT_TRUE(state.ok());
-    hub_ = std::make_unique<Hub>(io_.get_executor(), config_, *store_, launcher_, clock_);
+    hub_ = std::make_unique<Hub>(io_.get_executor(), config_, *store_, launcher_, clock_, host_);
     ASSERT_TRUE(hub_->load(std::move(*state)).ok());
     store_->start([this](std::function<void()> f) { asio::post(io_, std::move(f)); });
   }
@@ -189,6 +190,7 @@ protected:
   asio::executor_work_guard<asio::io_context::executor_type> work_;
   HubConfig config_;
   FakeLauncher launcher_;
+  testing::FakeHost host_;
   ManualClock clock_;
   std::unique_ptr<store::Store> store_;
   std::unique_ptr<Hub> hub_;
@@ -467,7 +469,7 @@ TEST_F(HubTest, ClientsCannotSendAgentMessages) {
   client_send(env);
   auto errors = client_->take(Body::kError);
   ASSERT_EQ(errors.size(), 1u);
-  EXPECT_NE(errors[0].error().message().find("not a request a client can send"), std::string::npos);
+  EXPECT_NE(errors[0].error().message().find("a client may not send 'assign'"), std::string::npos);
   EXPECT_FALSE(client_->closed());
 }
 
