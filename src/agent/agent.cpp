@@ -38,6 +38,7 @@
 #include "protocol/auth.hpp"
 #include "protocol/handshake.hpp"
 #include "protocol/link.hpp"
+#include "protocol/roles.hpp"
 
 extern char** environ;
 
@@ -421,6 +422,18 @@ private:
   }
 
   void handle(pb::Envelope& env) {
+    // The hub is trusted (it proved the token), but a message no hub may send is a bug or a
+    // stranger in the middle: say so rather than act on it.
+    if (!protocol::may_send(protocol::Role::Hub, env.body_case())) {
+      log::warn("ignoring the hub's '{}': {}", protocol::body_name(env),
+                protocol::not_allowed(protocol::Role::Hub, env).message);
+      return;
+    }
+    if (env.route_size() > 0) {
+      log::warn("ignoring the hub's '{}' routed to link {}: no engine runs behind this agent yet",
+                protocol::body_name(env), env.route(env.route_size() - 1));
+      return;
+    }
     switch (env.body_case()) {
     case pb::Envelope::kAssign:
       for (auto& a : *env.mutable_assign()->mutable_jobs())

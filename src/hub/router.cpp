@@ -6,6 +6,7 @@
 
 #include "common/assert.hpp"
 #include "protocol/frame.hpp"
+#include "protocol/route.hpp"
 
 namespace sortie::hub {
 
@@ -20,6 +21,15 @@ void Router::dispatch(const Sender& from, pb::Envelope& env) const {
   auto body = env.body_case();
   if (!protocol::may_send(from.role, body))
     return refuse(from, protocol::not_allowed(from.role, env));
+  if (auto r = protocol::check_route(from.role, env); !r.ok())
+    return refuse(from, r.error());
+  // Nothing routes through a peer yet (engines behind agents and agents behind relays come
+  // later): a routed frame names a peer this hub cannot know.
+  if (env.route_size() > 0)
+    return refuse(from, make_error(ErrorCode::NotFound,
+                                   fmt::format("protocol error: '{}' is routed through {} hops, "
+                                               "but no peer behind this link is known",
+                                               protocol::body_name(env), env.route_size())));
   auto it = handlers_.find(key(body, from.role));
   if (it == handlers_.end())
     return refuse(from, make_error(ErrorCode::InvalidArgument,
