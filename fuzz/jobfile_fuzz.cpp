@@ -4,10 +4,10 @@
 #include <cstdint>
 #include <string>
 
-#include "cli/jobfile.hpp"
+#include "sortie/job_files.hpp"
 
 extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size) {
   std::string text(reinterpret_cast<const char*>(data), size);
-  (void)sortie::cli::parse_job_file(text, "fuzz.toml", "/tmp");
+  (void)sortie::parse_job_file(text, "fuzz.toml", "/tmp");
   return 0;
 }

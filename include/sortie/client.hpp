@@ -29,11 +29,43 @@
 
 namespace sortie {
 
+/// A hub the library started (start_hub, or connect with start_if_needed).
+struct HubStarted {
+  std::string profile;
+  int pid = 0;
+  std::string address; ///< HOST:PORT it listens on (besides its unix socket)
+};
+
+struct StartHubOptions {
+  std::string profile;              ///< empty: $SORTIE_PROFILE, else "default"
+  std::filesystem::path sortie_exe; ///< the sortie program to run; empty: sortie_program()
+  std::string listen;               ///< HOST[:PORT]; empty: config.toml's hub.listen, or loopback
+  bool verbose = false;             ///< debug lines in hub.log
+  std::int64_t timeout_ms = 120'000;
+};
+
+/// Starts the hub of a profile as a daemon (`sortie hub start`) and returns once it listens.
+/// Errors: AlreadyExists when a hub runs for the profile already (the message names its pid);
+/// FailedPrecondition with the hub's own words when it refuses to start (a damaged store, a bad
+/// config.toml); Unavailable when it died starting (its hub.log says why).
+Result<HubStarted> start_hub(const StartHubOptions& options = {});
+
+/// The sortie program hubs are started with: $SORTIE_EXE, else this program if it is sortie,
+/// else a sortie beside it, else the installed one, else the first on PATH.
+Result<std::filesystem::path> sortie_program();
+
 struct ConnectOptions {
   std::string profile;            ///< empty: $SORTIE_PROFILE, else "default"
   std::filesystem::path hub_file; ///< a hub.json to use instead of the profile's
   std::int64_t timeout_ms = 10'000;
   std::string client_name = "client";
+  /// Connect-or-start: when no hub runs for the profile, start it (start_hub) and connect. Not
+  /// with hub_file (another machine's hub cannot be started from here).
+  bool start_if_needed = false;
+  /// The program start_if_needed runs; empty: sortie_program().
+  std::filesystem::path sortie_exe;
+  /// Called when start_if_needed started a hub (the CLI says so on stderr).
+  std::function<void(const HubStarted&)> on_hub_started;
 };
 
 /// Which jobs a call is about: the union of id ranges and groups, or every job.
@@ -147,8 +179,11 @@ Result<std::vector<std::pair<std::string, std::string>>> exported_environment(
 
 class Client {
 public:
-  /// Connects and authenticates to the hub of a profile.
+  /// Connects and authenticates to the hub of a profile (with start_if_needed, starting it
+  /// first when none runs). Without a hub: Unavailable, with the way to start one.
   static Result<Client> connect(const ConnectOptions& options = {});
+  /// The same for a named profile: `Client::connect("cluster", {.start_if_needed = true})`.
+  static Result<Client> connect(const std::string& profile, ConnectOptions options);
 
   Client(Client&&) noexcept;
   Client& operator=(Client&&) noexcept;
@@ -167,10 +202,7 @@ public:
                                  const std::string& group_name = {},
                                  bool confirmed = false);
   /// One item of a batch: a job, or an array of jobs (one per index).
-  struct BatchItem {
-    JobSpec spec;
-    std::optional<ArrayRange> array;
-  };
+  using BatchItem = SubmitItem;
   /// Submits jobs and arrays at once, as one group, in one transaction (job files).
   /// `confirmed`: more jobs than the hub's confirm_above are meant (else FailedPrecondition).
   Result<Submitted> submit_items(const std::vector<BatchItem>& items,
@@ -227,6 +259,7 @@ public:
 private:
   struct Impl;
   explicit Client(std::unique_ptr<Impl> impl);
+  static Result<Client> connect_once(const ConnectOptions& options);
   std::unique_ptr<Impl> impl_;
 };
 

@@ -79,6 +79,13 @@ struct ArrayRange {
   }
 };
 
+/// One item of a submission: a job, or an array of jobs (one per index, each seeing
+/// SORTIE_ARRAY_INDEX).
+struct SubmitItem {
+  JobSpec spec;
+  std::optional<ArrayRange> array;
+};
+
 /// Acknowledgement of a submission: the jobs are durable in the hub's store and have the
 /// consecutive ids first_id .. first_id + count - 1.
 struct Submitted {

@@ -289,7 +289,32 @@ Client::~Client() = default;
 
 std::int64_t Client::heartbeat_interval_ms() const { return impl_->heartbeat_ms; }
 
+Result<Client> Client::connect(const std::string& profile, ConnectOptions options) {
+  options.profile = profile;
+  return connect(options);
+}
+
 Result<Client> Client::connect(const ConnectOptions& options) {
+  auto client = connect_once(options);
+  if (client.ok() || !options.start_if_needed || !options.hub_file.empty() ||
+      client.error().code != ErrorCode::Unavailable)
+    return client;
+  StartHubOptions start;
+  start.profile = options.profile;
+  start.sortie_exe = options.sortie_exe;
+  auto started = start_hub(start);
+  if (!started.ok()) {
+    // Another process may have started it meanwhile (AlreadyExists): then connecting works.
+    if (started.error().code == ErrorCode::AlreadyExists)
+      return connect_once(options);
+    return started.error();
+  }
+  if (options.on_hub_started)
+    options.on_hub_started(*started);
+  return connect_once(options);
+}
+
+Result<Client> Client::connect_once(const ConnectOptions& options) {
   std::filesystem::path hub_file = options.hub_file;
   std::string profile_name = options.profile;
   if (hub_file.empty()) {

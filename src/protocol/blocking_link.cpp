@@ -152,7 +152,9 @@ Result<BlockingLink> BlockingLink::connect_tcp(const std::string& host,
 
 Result<void> BlockingLink::send(const pb::Envelope& env) {
   if (fd_ < 0)
-    return make_error(ErrorCode::FailedPrecondition, "not connected");
+    return make_error(ErrorCode::Unavailable,
+                        "not connected to the hub (the connection was lost or closed): connect "
+                        "again");
   out_.clear();
   protocol::encode_frame(env, out_);
   if (tls_) {
@@ -187,7 +189,9 @@ Result<pb::Envelope> BlockingLink::receive(std::int64_t timeout_ms, std::int64_t
   pb::Envelope env;
   while (true) {
     if (fd_ < 0)
-      return make_error(ErrorCode::FailedPrecondition, "not connected");
+      return make_error(ErrorCode::Unavailable,
+                        "not connected to the hub (the connection was lost or closed): connect "
+                        "again");
     Error error;
     switch (decoder_.next(env, error)) {
     case protocol::FrameDecoder::Status::Frame:

@@ -35,7 +35,10 @@ def test_kill_9_of_the_hub_during_a_submission_storm(sortie):
             hub = sortie.hub_pid()
             os.kill(hub, signal.SIGKILL)
             wait_for(lambda: not alive(hub), 10, "the hub to die")
-            sortie.run("hub", "start")
+            # The storm's own submissions may have started it again already (submit starts the
+            # hub when none runs): either way one hub runs after this.
+            p = sortie.run("hub", "start", check=False)
+            assert p.returncode == 0 or "already running" in p.stderr, p.stderr
     finally:
         stop.set()
         for t in threads:

@@ -323,3 +323,17 @@ def test_follow_streams_output_while_the_job_runs(sortie, tmp_path):
     assert rest == "third\n"
     assert follow.returncode == 0
     assert sortie.run("job", "logs", "--stderr", job).stdout == "second\n"
+
+
+def test_commands_that_create_work_start_the_hub_when_none_runs(sortie):
+    # README, "Starting the hub": submit (and map, pilot add, resource add) start it.
+    assert sortie.run("hub", "status", check=False).returncode == 3
+    p = sortie.run("submit", "--", "true")
+    assert "started the hub for profile 'default'" in p.stderr, p.stderr
+    job = p.stdout.strip()
+    assert sortie.json("hub", "status")["pid"] == sortie.hub_pid()
+    assert sortie.job(job)["state"] == "queued"
+    # A second command finds it running and starts nothing.
+    p = sortie.run("pilot", "add", "--resource", "local", "--slots", "1")
+    assert "started the hub" not in p.stderr
+    sortie.run("job", "wait", job)

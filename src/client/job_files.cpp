@@ -1,16 +1,18 @@
 // SPDX-License-Identifier: Apache-2.0
-// Job files (`sortie submit --file job.toml`): TOML tables to JobSpecs, errors at file:line.
-#include "cli/jobfile.hpp"
+// Jobs from files and ranges: job files (TOML tables to JobSpecs, errors at file:line), map
+// files, lists of lines and arrays with "{}" substitution.
+#include "sortie/job_files.hpp"
 
 #include <toml++/toml.h>
 
 #include <fmt/format.h>
 
 #include "common/files.hpp"
+#include "common/mapfile.hpp"
 #include "common/text.hpp"
 #include "common/toml.hpp"
 
-namespace sortie::cli {
+namespace sortie {
 namespace {
 
 const char* const kJobKeys[] = {"command", "argv", "env", "export", "cwd", "slots", "memory", "gpus", "label",
@@ -70,7 +72,7 @@ public:
   }
 
   /// Applies one table's keys to `entry`.
-  Result<void> apply(const toml::table& table, JobFileEntry& entry, bool top) const {
+  Result<void> apply(const toml::table& table, SubmitItem& entry, bool top) const {
     JobSpec& spec = entry.spec;
     for (auto&& [k, node] : table) {
       std::string key(k.str());
@@ -214,14 +216,14 @@ Result<JobFile> parse_job_file(const std::string& text,
       return reader.err(*g, "group", "must be a string");
     file.group = *v;
   }
-  JobFileEntry defaults;
+  SubmitItem defaults;
   SORTIE_TRY(reader.apply(doc, defaults, true));
   if (auto* jobs = doc.get("job")) {
     const auto* arr = jobs->as_array();
     if (!arr || !arr->is_array_of_tables())
       return reader.err(*jobs, "job", "must be [[job]] tables");
     for (const auto& t : *arr) {
-      JobFileEntry e = defaults;
+      SubmitItem e = defaults;
       SORTIE_TRY(reader.apply(*t.as_table(), e, false));
       if (e.spec.argv.empty())
         return reader.err(t, "job", "has no command: set command = [\"program\", \"args\"...]");
@@ -244,4 +246,89 @@ Result<JobFile> read_job_file(const std::filesystem::path& path) {
   return parse_job_file(text, path.string(), base);
 }
 
-} // namespace sortie::cli
+std::vector<std::string> substitute_item(const std::vector<std::string>& command,
+                                         const std::string& item) {
+  std::vector<std::string> out;
+  bool used = false;
+  for (const auto& arg : command) {
+    std::string a;
+    for (std::size_t i = 0; i < arg.size();) {
+      if (arg.compare(i, 2, "{}") == 0) {
+        a += item;
+        i += 2;
+        used = true;
+      } else {
+        a += arg[i++];
+      }
+    }
+    out.push_back(std::move(a));
+  }
+  if (!used)
+    out.push_back(item);
+  return out;
+}
+
+namespace {
+
+/// One job of a list: the template with its item, on `host` when given.
+JobSpec job_for_item(const JobSpec& tmpl, const std::string& item, const std::string& host) {
+  JobSpec s = tmpl;
+  s.argv = substitute_item(tmpl.argv, item);
+  if (s.name.empty()) // named after its item, as listings show it
+    s.name = item.substr(0, 256);
+  if (!host.empty())
+    s.hosts = {host};
+  return s;
+}
+
+Result<void> check_template(const JobSpec& tmpl) {
+  if (tmpl.argv.empty())
+    return make_error(ErrorCode::InvalidArgument,
+                      "no command given: PROGRAM [ARGS...], with {} where each item goes");
+  return ok_result();
+}
+
+} // namespace
+
+Result<std::vector<JobSpec>> jobs_from_map_text(const JobSpec& tmpl, std::string_view text,
+                                                const std::string& name) {
+  SORTIE_TRY(check_template(tmpl));
+  SORTIE_ASSIGN_OR_RETURN(entries, parse_mapfile(text, name));
+  std::vector<JobSpec> out;
+  out.reserve(entries.size());
+  for (const auto& e : entries)
+    out.push_back(job_for_item(tmpl, e.file, e.host));
+  return out;
+}
+
+Result<std::vector<JobSpec>> jobs_from_map_file(const JobSpec& tmpl,
+                                                const std::filesystem::path& path) {
+  SORTIE_ASSIGN_OR_RETURN(text, read_file(path));
+  return jobs_from_map_text(tmpl, text, path.string());
+}
+
+Result<std::vector<JobSpec>> jobs_from_lines(const JobSpec& tmpl,
+                                             const std::filesystem::path& path) {
+  SORTIE_TRY(check_template(tmpl));
+  SORTIE_ASSIGN_OR_RETURN(text, read_file(path));
+  std::vector<JobSpec> out;
+  for (const auto& raw : split(text, '\n')) {
+    std::string line(trim(raw)); // surrounding spaces (and a CR) are not part of the item
+    if (!line.empty())
+      out.push_back(job_for_item(tmpl, line, ""));
+  }
+  return out;
+}
+
+Result<std::vector<JobSpec>> jobs_from_range(const JobSpec& tmpl, const ArrayRange& range) {
+  SORTIE_TRY(check_template(tmpl));
+  if (range.count() > 1'000'000)
+    return make_error(ErrorCode::InvalidArgument, "--array: at most 1,000,000 jobs");
+  std::vector<JobSpec> out;
+  out.reserve(static_cast<std::size_t>(range.count()));
+  for (std::int64_t i = range.first; i <= range.last; i += range.step)
+    out.push_back(job_for_item(tmpl, std::to_string(i), ""));
+  return out;
+}
+
+} // namespace sortie

@@ -1,9 +1,9 @@
 // SPDX-License-Identifier: Apache-2.0
 #include <gtest/gtest.h>
 
-#include "cli/jobfile.hpp"
+#include "sortie/job_files.hpp"
 
-namespace sortie::cli {
+namespace sortie {
 namespace {
 
 TEST(JobFile, OneJobAtTheTopLevel) {
@@ -93,4 +93,4 @@ TEST(JobFile, ErrorsNameTheLineAndKey) {
 }
 
 } // namespace
-} // namespace sortie::cli
+} // namespace sortie

@@ -1,0 +1,174 @@
+// SPDX-License-Identifier: Apache-2.0
+// The client library against a real hub: the built `sortie` binary, started by the library
+// itself (connect-or-start) in a throw-away SORTIE_HOME, with a real local pilot. Each test ends
+// every process it started (the hub, its agents and their keepers and jobs).
+#include <signal.h>
+#include <unistd.h>
+
+#include <gtest/gtest.h>
+
+#include <chrono>
+#include <cstdlib>
+#include <fstream>
+#include <string>
+#include <thread>
+
+#include "common/hub_file.hpp"
+#include "common/profile.hpp"
+#include "fakes/temp_dir.hpp"
+#include "sortie/client.hpp"
+
+namespace sortie {
+namespace {
+
+/// Every process whose command line names `dir` (the hub and agents of this home).
+std::vector<pid_t> processes_under(const std::string& dir) {
+  std::vector<pid_t> out;
+  for (const auto& e : std::filesystem::directory_iterator("/proc")) {
+    std::string name = e.path().filename();
+    if (name.find_first_not_of("0123456789") != std::string::npos)
+      continue;
+    std::ifstream f(e.path() / "cmdline");
+    std::string cmdline((std::istreambuf_iterator<char>(f)), std::istreambuf_iterator<char>());
+    if (cmdline.find(dir) != std::string::npos && std::stoi(name) != ::getpid())
+      out.push_back(std::stoi(name));
+  }
+  return out;
+}
+
+class ClientTest : public ::testing::Test {
+protected:
+  ClientTest() {
+    ::setenv("SORTIE_HOME", home_.path().c_str(), 1);
+    ::unsetenv("SORTIE_PROFILE");
+    options_.sortie_exe = SORTIE_TEST_EXE;
+    options_.start_if_needed = true;
+    options_.on_hub_started = [this](const HubStarted& h) { started_.push_back(h); };
+  }
+  ~ClientTest() override {
+    // The hub first (it stops its agents, which end their jobs); then anything left, by force.
+    if (auto c = Client::connect(ConnectOptions{}); c.ok())
+      (void)c->stop_hub();
+    auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(30);
+    for (auto left = processes_under(home_.path().string()); !left.empty();
+         left = processes_under(home_.path().string())) {
+      bool late = std::chrono::steady_clock::now() > deadline;
+      for (pid_t p : left)
+        if (late)
+          ::kill(p, SIGKILL);
+      std::this_thread::sleep_for(std::chrono::milliseconds(20)); // polling process exit
+    }
+  }
+
+  int hub_pid() {
+    auto hf = read_hub_file(home_.path() / "default" / "hub.json");
+    return hf.ok() ? hf->pid : 0;
+  }
+
+  Client connected() {
+    auto c = Client::connect(options_);
+    EXPECT_TRUE(c.ok()) << c.error().to_string();
+    return std::move(*c);
+  }
+
+  void add_pilot(Client& c) {
+    PilotSpec p;
+    p.slots_per_node = 2;
+    ASSERT_TRUE(c.add_pilot(p).ok());
+  }
+
+  testing::TempDir home_;
+  ConnectOptions options_;
+  std::vector<HubStarted> started_;
+};
+
+TEST_F(ClientTest, ConnectOrStartStartsTheHubOnce) {
+  ConnectOptions plain;
+  auto none = Client::connect(plain);
+  ASSERT_FALSE(none.ok());
+  EXPECT_EQ(none.error().code, ErrorCode::Unavailable);
+  EXPECT_NE(none.error().message.find("sortie hub start"), std::string::npos);
+
+  Client c = connected();
+  ASSERT_EQ(started_.size(), 1u);
+  EXPECT_EQ(started_[0].profile, "default");
+  EXPECT_EQ(started_[0].pid, hub_pid());
+  auto status = c.hub_status();
+  ASSERT_TRUE(status.ok());
+  EXPECT_EQ(status->pid, hub_pid());
+
+  Client again = connected(); // a hub runs: nothing is started
+  EXPECT_EQ(started_.size(), 1u);
+  auto second = start_hub(StartHubOptions{.sortie_exe = SORTIE_TEST_EXE});
+  ASSERT_FALSE(second.ok());
+  EXPECT_EQ(second.error().code, ErrorCode::AlreadyExists);
+  EXPECT_NE(second.error().message.find(std::to_string(hub_pid())), std::string::npos);
+}
+
+TEST_F(ClientTest, SubmitWaitAndReadOutput) {
+  Client c = connected();
+  add_pilot(c);
+  JobSpec spec;
+  spec.argv = {"sh", "-c", "echo hello; echo oops >&2; exit 0"};
+  auto s = c.submit(spec);
+  ASSERT_TRUE(s.ok()) << s.error().to_string();
+  auto done = c.wait(JobSelector::one(s->first_id), {}, 60'000);
+  ASSERT_TRUE(done.ok()) << done.error().to_string();
+  EXPECT_TRUE(done->all_succeeded());
+  std::string out, err;
+  ASSERT_TRUE(c.output(s->first_id, OutputStream::Stdout, false,
+                       [&](std::string_view d) { out += d; return true; }).ok());
+  ASSERT_TRUE(c.output(s->first_id, OutputStream::Stderr, false,
+                       [&](std::string_view d) { err += d; return true; }).ok());
+  EXPECT_EQ(out, "hello\n");
+  EXPECT_EQ(err, "oops\n");
+}
+
+TEST_F(ClientTest, FollowingOutputSeesItAsItComes) {
+  Client c = connected();
+  add_pilot(c);
+  // The job prints a line, then waits for a file the test makes once it has seen that line.
+  auto flag = home_.path() / "go";
+  JobSpec spec;
+  spec.argv = {"sh", "-c", "echo first; while [ ! -e \"$1\" ]; do sleep 0.05; done; echo second",
+               "sh", flag.string()};
+  auto s = c.submit(spec);
+  ASSERT_TRUE(s.ok());
+  std::string seen;
+  auto r = c.output(s->first_id, OutputStream::Stdout, true, [&](std::string_view d) {
+    seen += d;
+    if (seen == "first\n")
+      std::ofstream(flag).put('x');
+    return true;
+  });
+  ASSERT_TRUE(r.ok()) << r.error().to_string();
+  EXPECT_EQ(seen, "first\nsecond\n");
+}
+
+TEST_F(ClientTest, AHubThatGoesAwayMidCallIsAClearErrorNotAHang) {
+  Client c = connected();
+  JobSpec spec;
+  spec.argv = {"true"};
+  auto s = c.submit(spec); // no pilot: it stays queued, so the wait below lasts
+  ASSERT_TRUE(s.ok());
+  int pid = hub_pid();
+  auto t0 = std::chrono::steady_clock::now();
+  // The first progress frame means the hub has taken the wait: then it dies.
+  auto r = c.wait(JobSelector::one(s->first_id), [&](const WaitProgress&) { ::kill(pid, SIGKILL); });
+  ASSERT_FALSE(r.ok());
+  EXPECT_EQ(r.error().code, ErrorCode::Unavailable) << r.error().to_string();
+  EXPECT_LT(std::chrono::steady_clock::now() - t0, std::chrono::seconds(30));
+  // And the next call says so at once.
+  auto status = c.hub_status();
+  ASSERT_FALSE(status.ok());
+  EXPECT_EQ(status.error().code, ErrorCode::Unavailable);
+  // The library starts it again when asked to; the job is still there.
+  Client back = connected();
+  EXPECT_EQ(started_.size(), 2u);
+  auto job = back.job(s->first_id);
+  ASSERT_TRUE(job.ok()) << job.error().to_string();
+  EXPECT_EQ(job->state, JobState::Queued);
+}
+
+} // namespace
+} // namespace sortie
