@@ -145,6 +145,18 @@ private:
 
 namespace {
 
+/// An event of the attempt, now.
+pb::JobEvent event_of(const JobAttempt& t, pb::JobEvent::Kind kind) {
+  pb::JobEvent ev;
+  ev.set_job_id(t.job);
+  ev.set_attempt(t.attempt);
+  ev.set_kind(kind);
+  ev.set_time_ms(wall_ms());
+  if (t.pid > 0)
+    ev.set_pid(t.pid);
+  return ev;
+}
+
 /// mpiexec with the job's hostfile; across nodes, the job's variables go to the remote ranks
 /// too (mpiexec passes on only its own unless told with -x).
 std::vector<std::string> mpiexec_argv(const JobAttempt& t) {
@@ -454,12 +466,7 @@ void JobRunner::launch(JobAttempt& t) {
   used_slots_ += t.slots;
   by_pid_[t.pid] = t.job;
   keeper_pending_ += keeper_add(t.procs());
-  pb::JobEvent ev;
-  ev.set_job_id(t.job);
-  ev.set_attempt(t.attempt);
-  ev.set_kind(pb::JobEvent::STARTED);
-  ev.set_time_ms(wall_ms());
-  ev.set_pid(t.pid);
+  pb::JobEvent ev = event_of(t, pb::JobEvent::STARTED);
   ev.set_limits(limited_by);
   hooks_.event(std::move(ev), /*urgent=*/false);
   t.streams_open = 2;
@@ -657,12 +664,7 @@ void JobRunner::on_child_exit(pid_t pid, int status, const rusage& ru) {
 void JobRunner::maybe_finish(JobAttempt& t) {
   if (!t.exited || t.streams_open > 0)
     return;
-  pb::JobEvent ev;
-  ev.set_job_id(t.job);
-  ev.set_attempt(t.attempt);
-  ev.set_kind(pb::JobEvent::FINISHED);
-  ev.set_time_ms(wall_ms());
-  ev.set_pid(t.pid);
+  pb::JobEvent ev = event_of(t, pb::JobEvent::FINISHED);
   if (WIFEXITED(t.status))
     ev.set_exit_code(WEXITSTATUS(t.status));
   else if (WIFSIGNALED(t.status))
@@ -682,11 +684,7 @@ void JobRunner::maybe_finish(JobAttempt& t) {
 
 void JobRunner::emit_finished(const JobAttempt& t, const std::string& error,
                               std::optional<int> exit_code) {
-  pb::JobEvent ev;
-  ev.set_job_id(t.job);
-  ev.set_attempt(t.attempt);
-  ev.set_kind(pb::JobEvent::FINISHED);
-  ev.set_time_ms(wall_ms());
+  pb::JobEvent ev = event_of(t, pb::JobEvent::FINISHED);
   ev.set_error(error);
   if (exit_code)
     ev.set_exit_code(*exit_code);

@@ -366,14 +366,17 @@ int job_list(const Globals& g, const SelectArgs& a, const std::vector<std::strin
   return kExitOk;
 }
 
+/// Calls `call` with the jobs the arguments name (which must name some) on a connected client.
+template <typename Call>
+auto on_selected(const Globals& g, const SelectArgs& a, Call call)
+    -> decltype(call(std::declval<Client&>(), std::declval<const JobSelector&>())) {
+  SORTIE_ASSIGN_OR_RETURN(sel, selector_from(a, false));
+  SORTIE_ASSIGN_OR_RETURN(client, connect(g));
+  return call(client, sel);
+}
+
 int job_forget(const Globals& g, const SelectArgs& a) {
-  auto sel = selector_from(a, false);
-  if (!sel.ok())
-    return fail(sel.error());
-  auto client = connect(g);
-  if (!client.ok())
-    return fail(client.error());
-  auto r = client->forget(*sel);
+  auto r = on_selected(g, a, [](Client& c, const JobSelector& sel) { return c.forget(sel); });
   if (!r.ok())
     return fail(r.error());
   std::printf("%s forgotten", count_of(r->forgotten, "job").c_str());
@@ -508,13 +511,7 @@ int job_logs(const Globals& g, const SelectArgs& a, bool follow, bool use_stderr
 }
 
 int job_cancel(const Globals& g, const SelectArgs& a) {
-  auto sel = selector_from(a, false);
-  if (!sel.ok())
-    return fail(sel.error());
-  auto client = connect(g);
-  if (!client.ok())
-    return fail(client.error());
-  auto r = client->cancel(*sel);
+  auto r = on_selected(g, a, [](Client& c, const JobSelector& sel) { return c.cancel(sel); });
   if (!r.ok())
     return fail(r.error());
   std::printf("%llu cancelled, %llu already finished", static_cast<unsigned long long>(r->cancelled),

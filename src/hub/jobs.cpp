@@ -394,19 +394,22 @@ void Jobs::tick() {
 // -------------------------------------------------------------------------------------------
 // Cancel and forget
 
+Result<std::vector<std::uint64_t>> Jobs::named_for(const pb::JobSelector& sel,
+                                                   const char* verb) const {
+  if (!sel.all() && sel.ids_size() == 0 && sel.groups_size() == 0 && sel.group_names_size() == 0)
+    return make_error(ErrorCode::InvalidArgument,
+                      fmt::format("name the jobs to {} (ids, a group, or all)", verb));
+  SORTIE_TRY(check_ranges(sel));
+  return groups_named(sel);
+}
+
 void Jobs::handle_cancel(const Sender& from, const pb::CancelRequest& req) {
   const auto& sel = req.selector();
-  if (!sel.all() && sel.ids_size() == 0 && sel.groups_size() == 0 && sel.group_names_size() == 0)
-    return reply_error(from.peer, from.rid,
-                       make_error(ErrorCode::InvalidArgument,
-                                  "name the jobs to cancel (ids, a group, or all)"));
-  std::string reason = req.reason().empty() ? fmt::format("cancelled by {}", from.peer->describe())
-                                            : req.reason();
-  auto named = groups_named(sel);
+  auto named = named_for(sel, "cancel");
   if (!named.ok())
     return reply_error(from.peer, from.rid, named.error());
-  if (auto r = check_ranges(sel); !r.ok())
-    return reply_error(from.peer, from.rid, r.error());
+  std::string reason = req.reason().empty() ? fmt::format("cancelled by {}", from.peer->describe())
+                                            : req.reason();
   std::uint64_t cancelled = 0, finished = 0, missing = 0;
   for_each_selected(sel, *named, [&](Job& j) {
     if (is_terminal(j.state)) {
@@ -426,13 +429,7 @@ void Jobs::handle_cancel(const Sender& from, const pb::CancelRequest& req) {
 
 void Jobs::handle_forget(const Sender& from, const pb::ForgetRequest& req) {
   const auto& sel = req.selector();
-  if (!sel.all() && sel.ids_size() == 0 && sel.groups_size() == 0 && sel.group_names_size() == 0)
-    return reply_error(from.peer, from.rid,
-                       make_error(ErrorCode::InvalidArgument,
-                                  "name the jobs to forget (ids, a group, or all)"));
-  if (auto r = check_ranges(sel); !r.ok())
-    return reply_error(from.peer, from.rid, r.error());
-  auto named = groups_named(sel);
+  auto named = named_for(sel, "forget");
   if (!named.ok())
     return reply_error(from.peer, from.rid, named.error());
   std::vector<JobId> ended;

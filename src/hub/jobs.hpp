@@ -80,6 +80,9 @@ public:
   std::string output_loss_note(const Job& job) const;
 
 private:
+  /// What a request that acts on jobs (`verb` them) selects: its groups by name, after checking
+  /// that it names some jobs and that its ranges are valid.
+  Result<std::vector<std::uint64_t>> named_for(const pb::JobSelector& sel, const char* verb) const;
   void handle_cancel(const Sender& from, const pb::CancelRequest& req);
   void handle_forget(const Sender& from, const pb::ForgetRequest& req);
   /// Dependents of a job that reached a final state: released, or cancelled if it failed.
