@@ -93,6 +93,16 @@ def timed(cmd, **kw):
     return time.perf_counter() - t0
 
 
+def average_running(hub, ids):
+    """Jobs running at once on average over a run: the sum of the jobs' run times (their own
+    start and end, in ms) over the span from the first start to the last end."""
+    jobs = json.loads(hub.run("job", "list", ids, "--json", "--limit", "0").stdout)
+    jobs = jobs["jobs"] if isinstance(jobs, dict) else jobs
+    busy = sum(j["end_ms"] - j["start_ms"] for j in jobs)
+    span = max(j["end_ms"] for j in jobs) - min(j["start_ms"] for j in jobs)
+    return busy / span if span > 0 else float("nan")
+
+
 def bench_short_jobs(bin_dir, runs, n):
     hub = Hub(bin_dir)
     try:
@@ -100,6 +110,7 @@ def bench_short_jobs(bin_dir, runs, n):
         seq = "".join(f"{i}\n" for i in range(1, n + 1)).encode()
         quiet = dict(stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         times = {"floor": [], "sortie": [], "xargs": [], "parallel": []}
+        running = []  # sortie's average jobs running, from the jobs' own start and end times
         for _ in range(runs):
             out = subprocess.run([str(bin_dir / "bench" / "bench_spawn_floor"), str(n), "2",
                                   "/bin/true"], check=True, capture_output=True, text=True)
@@ -108,6 +119,7 @@ def bench_short_jobs(bin_dir, runs, n):
             ids = hub.run("submit", "--array", f"1-{n}", "--", "/bin/true").stdout.strip()
             hub.run("job", "wait", ids, "--quiet")
             times["sortie"].append(time.perf_counter() - t0)
+            running.append(average_running(hub, ids))
             times["xargs"].append(timed(["xargs", "-P2", "-n1", "/bin/true"], input=seq, **quiet))
             times["parallel"].append(timed(["parallel", "--will-cite", "-j2", "/bin/true", "{}"],
                                            input=seq, **quiet))
@@ -118,6 +130,8 @@ def bench_short_jobs(bin_dir, runs, n):
         # drifts between runs (other tenants of the machine): report its median too.
         medians["ratio"] = {k: statistics.median(f / t for f, t in zip(times["floor"], v))
                             for k, v in times.items()}
+        medians["running"] = statistics.median(running)
+        times["running"] = running
         return medians, times
     finally:
         hub.close()
@@ -216,6 +230,7 @@ def print_a(a, args):
         print(f"    {label:<26}{t:>9.3f}{args.jobs / t:>9.0f}{a['floor'] / t:>9.2f}x"
               f"{t / a['sortie']:>13.2f}x{a['ratio'][name]:>18.2f}x")
     print("    (seconds: median per runner; last column: median over runs of floor / runner time)")
+    print(f"    sortie's jobs running at once, on average (of 2 slots): {a['running']:.2f}")
 
 
 def print_b(b, args):

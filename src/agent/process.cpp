@@ -261,7 +261,6 @@ bool environ_has(pid_t pid, const std::string& entry) {
 }
 
 /// Children of this process.
-std::vector<pid_t> own_children() { return children_of(::getpid()); }
 
 } // namespace
 
@@ -318,6 +317,8 @@ void kill_job(const JobProcesses& job) {
       ::kill(p, SIGKILL);
   }
 }
+
+std::vector<pid_t> own_children() { return children_of(::getpid()); }
 
 std::vector<std::pair<pid_t, std::string>> adopted_children(const std::vector<pid_t>& known) {
   std::vector<std::pair<pid_t, std::string>> out;

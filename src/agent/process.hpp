@@ -58,6 +58,9 @@ void kill_job(const JobProcesses& job);
 /// this process's children list and their environments.
 std::vector<std::pair<pid_t, std::string>> adopted_children(const std::vector<pid_t>& known);
 
+/// This process's children.
+std::vector<pid_t> own_children();
+
 /// Makes this process the subreaper of its descendants (PR_SET_CHILD_SUBREAPER).
 void become_subreaper();
 

@@ -5,6 +5,7 @@
 #include <fcntl.h>
 #include <poll.h>
 #include <sys/resource.h>
+#include <sys/syscall.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -190,9 +191,14 @@ JobRunner::JobRunner(asio::io_context& io, RunnerConfig config, MemoryLimits& li
 JobRunner::~JobRunner() { reaper_->stop(); }
 
 void JobRunner::start() {
-  reaper_->start([this](pid_t pid, int status, rusage ru) {
-    asio::post(io_, [this, pid, status, ru] { on_child_exit(pid, status, ru); });
-  });
+  // A job's exit wakes the loop itself through the leader's pidfd (Linux 5.3): no thread to wake
+  // first. Older kernels get a thread blocked in wait4 that posts each exit to the loop.
+  int self = config_.pidfds ? static_cast<int>(::syscall(SYS_pidfd_open, ::getpid(), 0)) : -1;
+  pidfds_ = self >= 0;
+  if (self >= 0)
+    ::close(self);
+  else
+    start_reaper_thread();
   spawn_root(io_.get_executor(), "the agent's sweep of orphans", sweep_loop());
 }
 
@@ -324,6 +330,7 @@ Awaitable<void> JobRunner::sweep_loop() {
       if (!tag.empty() && !live.contains(tag) && tag.rfind(config_.nonce + ".", 0) == 0)
         kill_job(JobProcesses{pid, tag});
     std::erase_if(pending_cgroups_, [this](const std::string& dir) { return limits_.release(dir); });
+    reap_strays();
   }
 }
 
@@ -438,7 +445,10 @@ void JobRunner::launch(JobAttempt& t) {
   }
   t.pid = *pid;
   t.started = true;
-  reaper_->child_started();
+  if (!watch_exit(t.pid)) {
+    start_reaper_thread();
+    reaper_->child_started();
+  }
   std::string limited_by;
   if (t.spec.memory_bytes() > 0 && limits_.mode() != LimitMode::None) {
     auto handle = limits_.apply(t.pid, fmt::format("job-{}-{}", t.job, t.attempt),
@@ -610,6 +620,62 @@ Awaitable<void> JobRunner::read_stream(std::uint64_t job,
 }
 
 /// A child exited (from the reaper thread, posted to the loop).
+void JobRunner::reap_strays() {
+  if (!pidfds_ || reaper_started_)
+    return; // the reaper thread reaps every child
+  for (pid_t child : own_children())
+    if (!by_pid_.contains(child))
+      ::waitpid(child, nullptr, WNOHANG);
+}
+
+void JobRunner::start_reaper_thread() {
+  if (reaper_started_)
+    return;
+  reaper_started_ = true;
+  reaper_->start([this](pid_t pid, int status, rusage ru) {
+    asio::post(io_, [this, pid, status, ru] { on_child_exit(pid, status, ru); });
+  });
+}
+
+bool JobRunner::watch_exit(pid_t pid) {
+  if (!pidfds_)
+    return false;
+  int fd = static_cast<int>(::syscall(SYS_pidfd_open, pid, 0));
+  if (fd < 0) {
+    // Out of descriptors: the reaper thread takes this one. Each exit is still reaped once, by
+    // one or the other, and reported once.
+    log::warn("job process {}: no pidfd ({}); waiting for it on a thread", pid, errno_text(errno));
+    return false;
+  }
+  auto d = std::make_shared<asio::posix::stream_descriptor>(io_, fd);
+  d->async_wait(asio::posix::descriptor_base::wait_read,
+                [this, pid, d](error_code ec) mutable {
+                  if (!ec)
+                    reap(pid, std::move(d));
+                });
+  return true;
+}
+
+void JobRunner::reap(pid_t pid, std::shared_ptr<asio::posix::stream_descriptor> pidfd) {
+  int status = 0;
+  rusage ru{};
+  pid_t r;
+  do
+    r = ::wait4(pid, &status, WNOHANG, &ru);
+  while (r < 0 && errno == EINTR);
+  if (r == 0) { // not yet (readable only once it has exited): wait again
+    pidfd->async_wait(asio::posix::descriptor_base::wait_read,
+                      [this, pid, pidfd](error_code ec) {
+                        if (!ec)
+                          reap(pid, pidfd);
+                      });
+    return;
+  }
+  if (r == pid)
+    on_child_exit(pid, status, ru);
+  // ECHILD: the reaper thread (started for a child that got no pidfd) reaped it and posts it.
+}
+
 void JobRunner::on_child_exit(pid_t pid, int status, const rusage& ru) {
   {
     auto it = by_pid_.find(pid);
@@ -628,10 +694,12 @@ void JobRunner::on_child_exit(pid_t pid, int status, const rusage& ru) {
     // The job is over when its leader exits: what it left behind in its process group goes
     // too (as Slurm does at the end of a step). Stragglers elsewhere are found below.
     // What the job left running outside its group is found by the periodic sweep.
-    if (t.kill_requested)
-      kill_job(t.procs());
-    else
+    if (t.kill_requested) {
+      kill_job(t.procs()); // returns once every process of it is dead (zombies at most)
+      reap_strays();       // so that none is even a zombie when its end is reported
+    } else {
       ::kill(-t.pid, SIGKILL);
+    }
     keeper_pending_ += keeper_remove(t.procs());
     if (t.kill_timer)
       t.kill_timer->cancel();

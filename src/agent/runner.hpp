@@ -41,6 +41,9 @@ struct RunnerConfig {
   std::string nonce;               ///< makes job tags unique to this agent process
   std::vector<std::string> base_env; ///< the node's environment, "NAME=VALUE"
   std::int64_t kill_grace_ms = 3000; ///< SIGTERM to SIGKILL at a run timeout
+  /// Watch exits on pidfds where the kernel has them (false: always the reaper thread, as on
+  /// kernels before 5.3; tests use it to run that path here).
+  bool pidfds = true;
 };
 
 /// What the runner tells its owner.
@@ -101,6 +104,15 @@ private:
   void emit_output(JobAttempt& t, int stream, std::string data);
   Awaitable<void> read_stream(std::uint64_t job, int stream,
                               std::shared_ptr<asio::posix::stream_descriptor> pipe);
+  /// Waits for the leader's exit on a pidfd, on the loop (false: none to be had: this kernel has
+  /// no pidfds, or the descriptors ran out).
+  bool watch_exit(pid_t pid);
+  /// With pidfds, children that are not job leaders (orphans of jobs, which this process
+  /// adopts as their subreaper) are reaped here: after a kill, and by the sweep.
+  void reap_strays();
+  /// The fallback: a thread blocked in wait4 that posts each exit to the loop.
+  void start_reaper_thread();
+  void reap(pid_t pid, std::shared_ptr<asio::posix::stream_descriptor> pidfd);
   void on_child_exit(pid_t pid, int status, const rusage& ru);
   void maybe_finish(JobAttempt& t);
   void emit_finished(const JobAttempt& t, const std::string& error,
@@ -127,6 +139,8 @@ private:
   std::int64_t budget_ = 0;             ///< output credit left
   asio::steady_timer credit_wakeup_;
   bool stopping_ = false;
+  bool pidfds_ = false; ///< exits are watched on pidfds; else the reaper thread waits for them
+  bool reaper_started_ = false;
   std::unique_ptr<Reaper> reaper_; // its thread must stop before what it posts about goes away
 };
 

@@ -18,7 +18,7 @@
 #include "agent/runner.hpp"
 #include "protocol/auth.hpp"
 #include "fakes/temp_dir.hpp"
-#include "launch/local_launcher.hpp"
+#include "launch/process.hpp"
 
 namespace sortie::agent {
 namespace {
@@ -27,12 +27,13 @@ using Kind = pb::JobEvent::Kind;
 
 class RunnerTest : public ::testing::Test {
 protected:
-  void make(std::uint32_t slots) {
+  void make(std::uint32_t slots, bool pidfds = true) {
     limits_ = MemoryLimits::detect("none");
     RunnerConfig c;
     c.node_name = "n1";
     c.address = "n1";
     c.slots = slots;
+    c.pidfds = pidfds;
     c.keeper_fd = ::open("/dev/null", O_WRONLY | O_CLOEXEC);
     keeper_fd_ = c.keeper_fd;
     // Unique like an agent's: tags are how kills find a job's processes, across the machine.
@@ -131,6 +132,24 @@ TEST_F(RunnerTest, TheLaunchQueueStartsJobsInOrderAsSlotsFree) {
     EXPECT_EQ(event(j, pb::JobEvent::FINISHED)->exit_code(), 0);
   EXPECT_EQ(runner_->used_slots(), 0u);
   EXPECT_EQ(runner_->held(), 0u);
+}
+
+// Kernels before 5.3 have no pidfds: a thread blocked in wait4 reports the exits instead.
+TEST_F(RunnerTest, WithoutPidfdsAThreadReapsTheJobs) {
+  make(1, /*pidfds=*/false);
+  for (std::uint64_t j = 1; j <= 3; ++j)
+    assign(j, {"sh", "-c", "exit " + std::to_string(j)});
+  runner_->start_queued();
+  run_until([&] { return finished() == 3; }, "three jobs");
+  for (std::uint64_t j = 1; j <= 3; ++j)
+    EXPECT_EQ(event(j, pb::JobEvent::FINISHED)->exit_code(), static_cast<int>(j));
+  EXPECT_EQ(max_used_, 1u);
+  assign(4, {"sleep", "300"});
+  runner_->start_queued();
+  run_until([&] { return event(4, pb::JobEvent::STARTED) != nullptr; }, "job 4 to start");
+  runner_->cancel(4, 0, 0, "by the test");
+  run_until([&] { return finished() == 4; }, "the cancelled job to end");
+  EXPECT_TRUE(event(4, pb::JobEvent::FINISHED)->killed());
 }
 
 TEST_F(RunnerTest, AJobThatNeedsMoreSlotsWaitsAndNothingOvertakesIt) {
