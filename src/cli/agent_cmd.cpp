@@ -32,7 +32,7 @@
 #include "common/text.hpp"
 #include "common/version.hpp"
 #include "hub/server.hpp"
-#include "launch/local_launcher.hpp"
+#include "launch/process.hpp"
 #include "sortie/client.hpp"
 #include "store/store.hpp"
 

@@ -12,6 +12,7 @@
 #include "common/files.hpp"
 #include "common/log.hpp"
 #include "common/text.hpp"
+#include "launch/process.hpp"
 #include "protocol/auth.hpp"
 
 namespace sortie::hub {
@@ -402,7 +403,7 @@ void Agents::on_closed(const std::shared_ptr<Peer>& peer, const Error& reason, b
   a.peer.reset();
   core_.scheduler.remove_node(id);
   bool process_dead =
-      a.local && (st.dead_pids.contains(a.pid) || !launcher_.process_alive(a.pid));
+      a.local && (st.dead_pids.contains(a.pid) || !launch::pid_alive(a.pid));
   if (process_dead && !goodbye && !st.stopping)
     return local_agent_died(id, "its process died");
   if (goodbye || st.stopping || process_dead || (a.stdio && a.jobs.empty() && a.held.empty())) {

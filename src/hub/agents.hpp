@@ -14,7 +14,6 @@
 #include "hub/placement.hpp"
 #include "hub/room.hpp"
 #include "hub/router.hpp"
-#include "launch/launcher.hpp"
 
 namespace sortie::hub {
 
@@ -24,8 +23,8 @@ inline constexpr std::int64_t kReconnectMarginMs = 5'000;
 
 class Agents {
 public:
-  Agents(Core& core, Jobs& jobs, Placement& placement, launch::Launcher& launcher)
-      : core_(core), jobs_(jobs), placement_(placement), launcher_(launcher) {}
+  Agents(Core& core, Jobs& jobs, Placement& placement)
+      : core_(core), jobs_(jobs), placement_(placement) {}
   void register_with(Router& router);
 
   /// An agent's first frame after the handshake. Replies (after a commit) with AgentRegistered.
@@ -58,7 +57,6 @@ private:
   Core& core_;
   Jobs& jobs_;
   Placement& placement_;
-  launch::Launcher& launcher_;
 };
 
 } // namespace sortie::hub

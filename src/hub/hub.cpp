@@ -7,6 +7,7 @@
 
 #include "common/log.hpp"
 #include "common/text.hpp"
+#include "launch/process.hpp"
 #include "protocol/frame.hpp"
 
 namespace sortie::hub {
@@ -17,16 +18,15 @@ constexpr std::int64_t kShutdownMarginMs = 10'000;
 
 } // namespace
 
-Hub::Hub(asio::any_io_executor executor, HubConfig config, store::Store& store,
-         launch::Launcher& launcher, const Clock& clock, HubHost& host)
-    : executor_(executor), config_(std::move(config)), launcher_(launcher), clock_(clock),
+Hub::Hub(asio::any_io_executor executor, HubConfig config, store::Store& store, const Clock& clock,
+         HubHost& host)
+    : executor_(executor), config_(std::move(config)), clock_(clock),
       host_(host), durable_(executor, store, state_, alive_),
       core_{executor, config_, clock_, state_, durable_, events_, scheduler_, alive_},
       identity_{host.listen_address(), clock.now_ms()}, jobs_(core_), resources_(core_),
       placement_(core_, jobs_, resources_), submit_(core_, jobs_), output_(core_, jobs_),
       waits_(core_, jobs_), queries_(core_, jobs_, identity_),
-      agents_(core_, jobs_, placement_, launcher), pilots_(core_, agents_, resources_, launcher,
-                                                            host),
+      agents_(core_, jobs_, placement_), pilots_(core_, agents_, resources_, host),
       tick_timer_(executor) {
   jobs_.register_with(router_);
   resources_.register_with(router_);
@@ -205,10 +205,6 @@ void Hub::on_agent_closed(const std::shared_ptr<Peer>& peer, const Error& reason
   agents_.on_closed(peer, reason, goodbye);
 }
 
-void Hub::on_local_process_exit(int pid, int status) {
-  pilots_.on_local_process_exit(pid, status);
-}
-
 // -------------------------------------------------------------------------------------------
 // The tick
 
@@ -271,11 +267,11 @@ void Hub::shutdown(std::function<void()> done, bool restart) {
 
 bool Hub::agents_stopped() const {
   for (const auto& [id, a] : state_.agents)
-    if (a.peer || (a.local && !state_.dead_pids.contains(a.pid) && launcher_.process_alive(a.pid)))
+    if (a.peer || (a.local && !state_.dead_pids.contains(a.pid) && launch::pid_alive(a.pid)))
       return false;
   for (const auto& [id, p] : state_.pilots)
     for (int pid : p.pids)
-      if (!state_.dead_pids.contains(pid) && launcher_.process_alive(pid))
+      if (!state_.dead_pids.contains(pid) && launch::pid_alive(pid))
         return false;
   return true;
 }

@@ -35,15 +35,14 @@
 #include "hub/state.hpp"
 #include "hub/submit.hpp"
 #include "hub/waits.hpp"
-#include "launch/launcher.hpp"
 #include "store/store.hpp"
 
 namespace sortie::hub {
 
 class Hub {
 public:
-  Hub(asio::any_io_executor executor, HubConfig config, store::Store& store,
-      launch::Launcher& launcher, const Clock& clock, HubHost& host);
+  Hub(asio::any_io_executor executor, HubConfig config, store::Store& store, const Clock& clock,
+      HubHost& host);
   ~Hub();
 
   /// Rebuilds state from the store. Call once, before start().
@@ -65,8 +64,6 @@ public:
   void on_agent_frame(const std::shared_ptr<Peer>& peer, pb::Envelope& env);
   /// The agent's link ended: `goodbye` when the agent said it is leaving.
   void on_agent_closed(const std::shared_ptr<Peer>& peer, const Error& reason, bool goodbye);
-  /// A process started by the local launcher exited (from the server's SIGCHLD handler).
-  void on_local_process_exit(int pid, int status);
 
   HubStats stats() const { return queries_.stats(); }
   const HubConfig& config() const { return config_; }
@@ -89,7 +86,6 @@ private:
 
   asio::any_io_executor executor_;
   HubConfig config_;
-  launch::Launcher& launcher_;
   const Clock& clock_;
   HubHost& host_;
   std::shared_ptr<bool> alive_ = std::make_shared<bool>(true);

@@ -44,9 +44,8 @@ private:
 
 } // namespace
 
-Pilots::Pilots(Core& core, Agents& agents, Resources& resources, launch::Launcher& launcher,
-               HubHost& host)
-    : core_(core), agents_(agents), resources_(resources), launcher_(launcher), host_(host) {
+Pilots::Pilots(Core& core, Agents& agents, Resources& resources, HubHost& host)
+    : core_(core), agents_(agents), resources_(resources), host_(host) {
   auto& ev = core_.events;
   ev.agent_up.subscribe([this](Agent& a, bool) { on_agent_up(a); });
   ev.agent_away.subscribe([this](Agent& a) {
@@ -248,26 +247,10 @@ void Pilots::add_local(const Sender& from, pb::PilotSpec spec) {
   Pilot p;
   p.id = id;
   p.spec = spec;
-  store(std::move(p), from, [this, id](Pilot& pilot) -> Result<void> {
-    launch::PilotRequest lr;
-    lr.pilot = id;
-    for (const auto& n : pilot.spec.node_names()) {
-      launch::AgentRequest ar{n, pilot.spec.slots_per_node(), pilot.spec.label()};
-      for (std::uint32_t g = 0; g < pilot.spec.gpus_per_node(); ++g)
-        ar.gpus.push_back(g);
-      ar.memory = pilot.spec.memory_per_node();
-      ar.walltime_end_ms = pilot.end_ms;
-      lr.agents.push_back(std::move(ar));
-    }
-    auto alloc = launcher_.submit(lr);
-    if (!alloc.ok()) {
-      set_state(pilot, PilotState::Failed, alloc.error().to_string());
-      return alloc.error().with_context(fmt::format("pilot {}", id));
-    }
-    pilot.pids = alloc->pids;
-    for (int pid : pilot.pids)
-      core_.state.pilot_by_pid[pid] = id;
-    set_state(pilot, PilotState::Pending);
+  store(std::move(p), from, [this](Pilot& pilot) -> Result<void> {
+    start_driver(pilot);
+    if (pilot.state == PilotState::Failed) // its agents could not be started: say so now
+      return make_error(ErrorCode::Io, pilot.reason, fmt::format("pilot {}", pilot.id));
     return ok_result();
   });
 }
@@ -328,28 +311,21 @@ void Pilots::stop(Pilot& p, const std::string& reason) {
       a->peer->send(env);
     }
   }
-  // Agents that never registered (or hang) get SIGTERM from the launcher as well; a remote
-  // pilot's batch job is cancelled.
-  launcher_.cancel(launch::Allocation{p.pids});
+  // Agents that never registered (or hang) get SIGTERM from the driver as well; a batch
+  // pilot's job is cancelled.
   cancel_driver(p);
   update_state(p);
 }
 
 void Pilots::stop_all() {
-  for (auto& [id, p] : core_.state.pilots) {
-    launcher_.cancel(launch::Allocation{p.pids});
+  for (auto& [id, p] : core_.state.pilots)
     cancel_driver(p);
-  }
 }
 
-void Pilots::on_local_process_exit(int pid, int status) {
+void Pilots::local_process_exit(Pilot& p, int pid, int status) {
   auto& st = core_.state;
   st.dead_pids.insert(pid);
-  auto pit = st.pilot_by_pid.find(pid);
-  if (pit == st.pilot_by_pid.end())
-    return;
-  PilotId pilot_id = pit->second;
-  st.pilot_by_pid.erase(pit);
+  st.pilot_by_pid.erase(pid);
   std::string how = launch::exit_text(status);
   // An agent process of ours is gone: if its link already closed, its jobs are lost now (no
   // point waiting for a reconnect that cannot come).
@@ -359,17 +335,13 @@ void Pilots::on_local_process_exit(int pid, int status) {
       dead.push_back(id);
   for (auto id : dead)
     agents_.local_agent_died(id, fmt::format("its process exited ({})", how));
-  Pilot* p = st.find_pilot(pilot_id);
-  if (!p)
-    return;
   bool registered = false;
-  for (auto aid : p->agents)
+  for (auto aid : p.agents)
     if (const Agent* a = st.find_agent(aid); a && a->pid == pid)
       registered = true;
-  if (!registered && !p->cancel_requested && !st.stopping && p->reason.empty())
-    p->reason = fmt::format("an agent exited ({}) before registering; see {}", how,
-                            core_.config.profile.agent_log_dir().string());
-  update_state(*p);
+  if (!registered && !p.cancel_requested && !st.stopping && p.reason.empty())
+    p.reason = fmt::format("an agent exited ({}) before registering; see {}", how,
+                           core_.config.profile.agent_log_dir().string());
 }
 
 // -------------------------------------------------------------------------------------------
@@ -470,6 +442,7 @@ void Pilots::start_driver(Pilot& p) {
   ctx.poll_interval_ms = config.batch_poll_interval_ms;
   ctx.kill_grace_ms = config.kill_grace_ms;
   ctx.batch_id = p.batch_id;
+  ctx.walltime_end_ms = p.end_ms;
   launch::DriverHooks hooks;
   hooks.report = [this, alive = core_.alive](PilotId id, const launch::PilotReport& r) {
     if (*alive)
@@ -518,6 +491,9 @@ void Pilots::on_report(PilotId id, const launch::PilotReport& r) {
   case Kind::Submitted:
     if (!r.batch_id.empty())
       p.batch_id = r.batch_id;
+    p.pids = r.pids;
+    for (int pid : r.pids)
+      core_.state.pilot_by_pid[pid] = id;
     p.batch_alive = true;
     if (p.state == PilotState::Submitting) {
       p.state = PilotState::Pending;
@@ -541,6 +517,11 @@ void Pilots::on_report(PilotId id, const launch::PilotReport& r) {
     }
     break;
   case Kind::NodeGone:
+    if (r.pid > 0) { // a local agent's process
+      local_process_exit(p, r.pid, r.status);
+      update_state(p);
+      break;
+    }
     log::warn("pilot {}: {}", p.id, r.detail);
     if (p.reason.find(r.detail) == std::string::npos)
       p.reason = p.reason.empty() ? r.detail : p.reason + "; " + r.detail;
@@ -551,6 +532,11 @@ void Pilots::on_report(PilotId id, const launch::PilotReport& r) {
     break;
   case Kind::Gone:
     p.batch_alive = false;
+    if (r.pid > 0) { // the last of a local pilot's agent processes
+      local_process_exit(p, r.pid, r.status);
+      update_state(p);
+      break;
+    }
     if (p.reason.starts_with(kPendingPrefix))
       p.reason.clear(); // it waits no more
     if (p.reason.empty() && !p.cancel_requested)

@@ -1,6 +1,7 @@
 // SPDX-License-Identifier: Apache-2.0
 // Pilots, the whole state machine in one place: local pilots (agents started on this machine)
-// and remote ones (a driver per pilot: ssh, Slurm, Grid Engine), their states from what their
+// and remote ones, each followed by its driver (local processes, ssh, Slurm, Grid Engine), their
+// states from what their
 // drivers report and what their agents do, walltimes (draining, then the end), cancellation,
 // config.toml's pilots, and following batch pilots again after a restart. Takes PilotAddRequest
 // and PilotCancelRequest.
@@ -16,21 +17,17 @@
 #include "hub/room.hpp"
 #include "hub/router.hpp"
 #include "launch/drivers.hpp"
-#include "launch/launcher.hpp"
 
 namespace sortie::hub {
 
 class Pilots {
 public:
-  Pilots(Core& core, Agents& agents, Resources& resources, launch::Launcher& launcher,
-         HubHost& host);
+  Pilots(Core& core, Agents& agents, Resources& resources, HubHost& host);
   void register_with(Router& router);
 
   /// After a restart: batch pilots are followed again; ssh pilots ended with the old hub; pilots
   /// that were starting have no agents coming back. Then config.toml's pilots that do not run.
   void resume();
-  /// A process started by the local launcher exited (from the hub's SIGCHLD handler).
-  void on_local_process_exit(int pid, int status);
   /// Walltimes: draining as the end nears, then the end.
   void tick();
   /// Shuts a pilot's agents down (their running jobs are requeued).
@@ -54,6 +51,8 @@ private:
   /// Creates the pilot's driver and starts it (or, with a batch id, resumes following it).
   void start_driver(Pilot& pilot);
   void on_report(PilotId id, const launch::PilotReport& report);
+  /// A local pilot's agent process exited: if its link already closed, its jobs are lost now.
+  void local_process_exit(Pilot& pilot, int pid, int status);
   /// An ssh link of the pilot ended before its agent registered: the pilot says why, and fails
   /// when none of its agents is up.
   void link_failed(PilotId id, const std::string& link, const Error& error);
@@ -68,7 +67,6 @@ private:
   Core& core_;
   Agents& agents_;
   Resources& resources_;
-  launch::Launcher& launcher_;
   HubHost& host_;
   std::unordered_map<PilotId, std::unique_ptr<launch::Driver>> drivers_;
 };

@@ -25,7 +25,6 @@
 #include "common/log.hpp"
 #include "common/version.hpp"
 #include "hub/hub.hpp"
-#include "launch/local_launcher.hpp"
 #include "protocol/auth.hpp"
 #include "protocol/handshake.hpp"
 #include "protocol/socket_stream.hpp"
@@ -191,7 +190,7 @@ private:
       pid_t pid;
       while ((pid = ::waitpid(-1, &status, WNOHANG)) > 0)
         if (!child_watch_.dispatch(pid, status))
-          hub_->on_local_process_exit(pid, status);
+          log::debug("reaped process {} that no driver waited for", pid);
       watch_children();
     });
   }
@@ -465,8 +464,7 @@ int run_hub(RunOptions options) {
     return fail(r.error());
 
   SystemClock clock;
-  launch::LocalLauncher launcher(config.self_exe, config.profile);
-  Hub hub(io.get_executor(), config, **store, launcher, clock, server);
+  Hub hub(io.get_executor(), config, **store, clock, server);
   if (auto r = hub.load(std::move(*state)); !r.ok())
     return fail(r.error());
 

@@ -14,6 +14,7 @@
 
 #include "common/files.hpp"
 #include "common/log.hpp"
+#include "launch/local_driver.hpp"
 #include "launch/remote.hpp"
 #include "protocol/auth.hpp"
 
@@ -497,6 +498,8 @@ Result<void> check_resource(const pb::ResourceSpec& spec) {
 
 Result<std::unique_ptr<Driver>> make_driver(DriverContext ctx, DriverHooks hooks) {
   const std::string type = ctx.resource.type();
+  if (type == "local")
+    return make_local_driver(std::move(ctx), std::move(hooks));
   if (type == "ssh")
     return std::unique_ptr<Driver>(std::make_unique<SshDriver>(std::move(ctx), std::move(hooks)));
   if (type == "slurm")

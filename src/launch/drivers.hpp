@@ -5,7 +5,8 @@
 // node, poll the batch system for the job's state, and cancel it. They tell the hub what happened
 // through DriverHooks; the hub decides the pilot's state from that and from its agents.
 //
-// Local pilots (agents on this machine) are LocalLauncher's (local_launcher.hpp).
+// Local pilots (agents on this machine) have a driver too (local_driver.hpp): every pilot is
+// started, followed and cancelled the same way.
 #pragma once
 
 #include <cstdint>
@@ -36,6 +37,9 @@ struct PilotReport {
   Kind kind;
   std::string detail;
   std::string batch_id;
+  std::vector<int> pids; ///< Submitted, local pilots: the agent processes started
+  int pid = 0;           ///< NodeGone/Gone, local pilots: the agent process that exited
+  int status = 0;        ///< and its wait status
 };
 
 struct DriverHooks {
@@ -58,6 +62,7 @@ struct DriverContext {
   std::int64_t command_timeout_ms = 60'000;
   std::int64_t kill_grace_ms = 3000;
   std::string batch_id;                   ///< resuming after a hub restart
+  std::int64_t walltime_end_ms = 0;       ///< local pilots: when the agents' walltime ends
 };
 
 class Driver {
@@ -70,7 +75,7 @@ public:
   virtual void cancel() = 0;
 };
 
-/// A driver for the resource's type (ssh, slurm, sge), or an error naming what is wrong.
+/// A driver for the resource's type (local, ssh, slurm, sge), or an error naming what is wrong.
 Result<std::unique_ptr<Driver>> make_driver(DriverContext ctx, DriverHooks hooks);
 
 /// Checks a resource definition (type, location, gateway names are the caller's).

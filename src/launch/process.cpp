@@ -12,6 +12,8 @@
 #include <boost/asio/posix/stream_descriptor.hpp>
 #include <boost/asio/write.hpp>
 
+#include <fstream>
+
 #include <fmt/format.h>
 
 #include "common/files.hpp"
@@ -184,6 +186,21 @@ Awaitable<Result<CommandResult>> run_command(asio::any_io_executor ex,
   while (st->pending > 0)
     co_await st->done.async_wait(use_nothrow);
   co_return std::move(st->result);
+}
+
+bool pid_alive(int pid) {
+  if (pid <= 0)
+    return false;
+  std::ifstream f(fmt::format("/proc/{}/stat", pid));
+  std::string line;
+  if (!std::getline(f, line))
+    return false;
+  // The state follows the command name in parentheses, which may itself contain ')'.
+  auto close = line.rfind(')');
+  if (close == std::string::npos || close + 2 >= line.size())
+    return false;
+  char state = line[close + 2];
+  return state != 'Z' && state != 'X';
 }
 
 } // namespace sortie::launch

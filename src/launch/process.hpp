@@ -67,5 +67,9 @@ Awaitable<Result<CommandResult>> run_command(asio::any_io_executor ex,
 /// "exit status 3", "SIGKILL".
 std::string exit_text(int status);
 
+/// True while `pid` exists and is not a zombie (reads /proc/PID/stat: `kill -0` succeeds on
+/// zombies, which linger where PID 1 reaps slowly).
+bool pid_alive(int pid);
+
 
 } // namespace sortie::launch

@@ -10,7 +10,7 @@
 
 #include "common/clock.hpp"
 #include "fakes/fake_host.hpp"
-#include "fakes/fake_launcher.hpp"
+#include "fakes/manual_clock.hpp"
 #include "fakes/recording_peer.hpp"
 #include "fakes/temp_dir.hpp"
 #include "hub/hub.hpp"
@@ -19,7 +19,6 @@
 namespace sortie::hub {
 namespace {
 
-using testing::FakeLauncher;
 using testing::ManualClock;
 using testing::RecordingPeer;
 using testing::TempDir;
@@ -40,7 +39,7 @@ protected:
     store_ = std::move(*s);
     auto state = store_->load();
     ASSERT_TRUE(state.ok());
-    hub_ = std::make_unique<Hub>(io_.get_executor(), config_, *store_, launcher_, clock_, host_);
+    hub_ = std::make_unique<Hub>(io_.get_executor(), config_, *store_, clock_, host_);
     ASSERT_TRUE(hub_->load(std::move(*state)).ok());
     store_->start([this](std::function<void()> f) { asio::post(io_, std::move(f)); });
   }
@@ -189,7 +188,6 @@ protected:
   asio::io_context io_;
   asio::executor_work_guard<asio::io_context::executor_type> work_;
   HubConfig config_;
-  FakeLauncher launcher_;
   testing::FakeHost host_;
   ManualClock clock_;
   std::unique_ptr<store::Store> store_;
