@@ -63,7 +63,13 @@ def test_a_program_builds_against_the_installed_tree_and_runs(sortie, tmp_path):
     app.mkdir()
     (app / "CMakeLists.txt").write_text(CMAKELISTS)
     (app / "main.cpp").write_text(MAIN)
-    run(["cmake", "-S", app, "-B", app / "build", "-G", "Ninja", f"-DCMAKE_PREFIX_PATH={prefix}"])
+    configure = ["cmake", "-S", app, "-B", app / "build", "-G", "Ninja",
+                 f"-DCMAKE_PREFIX_PATH={prefix}"]
+    if "SORTIE_SANITIZE:BOOL=ON" in (build / "CMakeCache.txt").read_text():
+        # A library built with AddressSanitizer needs its runtime in the program too.
+        flags = "-fsanitize=address,undefined"
+        configure += [f"-DCMAKE_CXX_FLAGS={flags}", f"-DCMAKE_EXE_LINKER_FLAGS={flags}"]
+    run(configure)
     run(["cmake", "--build", app / "build"])
 
     # No hub runs for the profile yet: the program starts one (from the installed sortie).

@@ -13,6 +13,8 @@
 #include <string>
 #include <thread>
 
+#include <fmt/format.h>
+
 #include "common/hub_file.hpp"
 #include "common/profile.hpp"
 #include "fakes/temp_dir.hpp"
@@ -103,6 +105,33 @@ TEST_F(ClientTest, ConnectOrStartStartsTheHubOnce) {
   ASSERT_FALSE(second.ok());
   EXPECT_EQ(second.error().code, ErrorCode::AlreadyExists);
   EXPECT_NE(second.error().message.find(std::to_string(hub_pid())), std::string::npos);
+}
+
+// README, "Connect-or-start": which sortie a library user's hub is started with.
+TEST_F(ClientTest, TheSortieProgramIsFoundThroughSortieExeOrPath) {
+  auto saved_path = std::string(std::getenv("PATH") ? std::getenv("PATH") : "");
+  ::setenv("SORTIE_EXE", SORTIE_TEST_EXE, 1);
+  auto named = sortie_program();
+  ASSERT_TRUE(named.ok()) << named.error().to_string();
+  EXPECT_EQ(*named, std::filesystem::path(SORTIE_TEST_EXE));
+  ::setenv("SORTIE_EXE", "/no/such/sortie", 1);
+  auto wrong = sortie_program();
+  ASSERT_FALSE(wrong.ok());
+  EXPECT_NE(wrong.error().message.find("/no/such/sortie"), std::string::npos);
+  ::unsetenv("SORTIE_EXE");
+  ::setenv("PATH", std::filesystem::path(SORTIE_TEST_EXE).parent_path().c_str(), 1);
+  auto on_path = sortie_program();
+  ::setenv("PATH", saved_path.c_str(), 1);
+  ASSERT_TRUE(on_path.ok()) << on_path.error().to_string();
+  EXPECT_EQ(std::filesystem::canonical(*on_path), std::filesystem::canonical(SORTIE_TEST_EXE));
+  // And a hub started without naming the program finds it the same way.
+  ::setenv("SORTIE_EXE", SORTIE_TEST_EXE, 1);
+  options_.sortie_exe.clear();
+  Client c = connected();
+  ::unsetenv("SORTIE_EXE");
+  ASSERT_EQ(started_.size(), 1u);
+  EXPECT_EQ(std::filesystem::canonical(fmt::format("/proc/{}/exe", hub_pid())),
+            std::filesystem::canonical(SORTIE_TEST_EXE));
 }
 
 TEST_F(ClientTest, SubmitWaitAndReadOutput) {
