@@ -337,3 +337,17 @@ def test_commands_that_create_work_start_the_hub_when_none_runs(sortie):
     p = sortie.run("pilot", "add", "--resource", "local", "--slots", "1")
     assert "started the hub" not in p.stderr
     sortie.run("job", "wait", job)
+
+
+def test_each_command_that_creates_work_starts_the_hub(sortie, tmp_path):
+    # README, "Starting the hub": map, pilot add and resource add too, each on its own.
+    items = tmp_path / "items"
+    items.write_text("a\nb\n")
+    for cmd in (["map", "--each-line", items, "--", "true"],
+                ["pilot", "add", "--resource", "local", "--slots", "1"],
+                ["resource", "add", "cluster", "--type", "slurm"]):
+        assert sortie.run("hub", "status", check=False).returncode == 3
+        p = sortie.run(*cmd)
+        assert "started the hub for profile 'default'" in p.stderr, (cmd, p.stderr)
+        assert sortie.json("hub", "status")["pid"] == sortie.hub_pid()
+        sortie.run("hub", "stop")
