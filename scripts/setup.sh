@@ -9,12 +9,13 @@ export DEBIAN_FRONTEND=noninteractive
 
 build_pkgs=(g++ cmake ninja-build pkgconf libboost1.81-dev libprotobuf-dev protobuf-compiler
   libsqlite3-dev libspdlog-dev libfmt-dev libcli11-dev libtomlplusplus-dev libssl-dev
-  nlohmann-json3-dev)
+  nlohmann-json3-dev pybind11-dev python3-dev python3-cloudpickle)
 # clang and its runtime (libFuzzer, sanitizers) build the fuzz targets (scripts/fuzz.sh).
 fuzz_pkgs=(clang libclang-rt-14-dev)
 test_pkgs=(libgtest-dev libgmock-dev libbenchmark-dev python3-pytest python3-pytest-xdist
   python3-pytest-timeout parallel procps openssh-server openssh-client munge slurm-wlm iproute2
-  gridengine-master gridengine-exec gridengine-client openmpi-bin libopenmpi-dev)
+  gridengine-master gridengine-exec gridengine-client openmpi-bin libopenmpi-dev python3-numpy
+  python3-mpi4py python3-distributed python3-ipyparallel)
 
 want=("${build_pkgs[@]}")
 if [ "${1:-}" = "--test" ]; then want+=("${test_pkgs[@]}" "${fuzz_pkgs[@]}"); fi

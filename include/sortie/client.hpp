@@ -259,7 +259,6 @@ public:
 private:
   struct Impl;
   explicit Client(std::unique_ptr<Impl> impl);
-  static Result<Client> connect_once(const ConnectOptions& options);
   std::unique_ptr<Impl> impl_;
 };
 

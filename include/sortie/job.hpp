@@ -62,6 +62,9 @@ struct JobSpec {
   /// slots, over a hostfile of the slots it was given. 0: not MPI.
   std::uint32_t mpi_ranks = 0;
   std::uint32_t ranks_per_node = 0; ///< 0: all ranks on one node
+  /// "engine": a worker serving tasks (docs/engines.md); "" or "command": runs to completion.
+  std::string kind;
+  bool restart = false; ///< an engine: started again whenever it ends, until cancelled
 };
 
 /// first..last inclusive, every step-th value: `--array 1-1000:2`.

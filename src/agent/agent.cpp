@@ -29,6 +29,7 @@
 
 #include <fmt/format.h>
 
+#include "agent/engines.hpp"
 #include "agent/limits.hpp"
 #include "agent/process.hpp"
 #include "agent/runner.hpp"
@@ -65,13 +66,27 @@ public:
       : io_(io), options_(std::move(options)), keeper_fd_(keeper.fd), keeper_pid_(keeper.pid),
         limits_(std::move(limits)),
         hostname_(host_name()), lazy_flush_(io), signals_(io, SIGTERM, SIGINT),
+        engines_(io,
+                 [this](pb::Envelope& env) {
+                   if (!link_ || link_->closed() || agent_id_ == 0)
+                     return false;
+                   link_->send(env);
+                   return true;
+                 }),
         runner_(io, runner_config(), limits_,
-                RunnerHooks{[this](pb::JobEvent ev, bool urgent) { push(std::move(ev), urgent); },
+                RunnerHooks{[this](pb::JobEvent ev, bool urgent) {
+                              if (ev.kind() == pb::JobEvent::FINISHED)
+                                engines_.ended(ev.job_id());
+                              push(std::move(ev), urgent);
+                            },
                             [this](pb::OutputChunk c) {
                               outbox_bytes_ += static_cast<std::int64_t>(c.data().size());
                               push(std::move(c));
                             },
-                            [this] { finish_shutdown(); }}) {
+                            [this] { finish_shutdown(); },
+                            [this](std::uint64_t job, std::uint32_t attempt) {
+                              return engines_.prepare(job, attempt);
+                            }}) {
     if (options_.node_name.empty())
       options_.node_name = hostname_;
     cores_ = static_cast<std::uint32_t>(std::max(1L, ::sysconf(_SC_NPROCESSORS_ONLN)));
@@ -249,6 +264,7 @@ private:
       link->send(env);
     }
     post_flush();
+    engines_.rejoin(); // engines announce themselves to this hub
 
     while (true) {
       auto frame = co_await link->receive();
@@ -319,11 +335,8 @@ private:
                 protocol::not_allowed(protocol::Role::Hub, env).message);
       return;
     }
-    if (env.route_size() > 0) {
-      log::warn("ignoring the hub's '{}' routed to link {}: no engine runs behind this agent yet",
-                protocol::body_name(env), env.route(env.route_size() - 1));
-      return;
-    }
+    if (env.route_size() > 0) // for one of our engines
+      return engines_.down(env);
     switch (env.body_case()) {
     case pb::Envelope::kAssign:
       for (auto& a : *env.mutable_assign()->mutable_jobs())
@@ -430,12 +443,14 @@ private:
     ::close(keeper_fd_);
     signals_.cancel();
     runner_.stop_reaper();
+    engines_.close_all();
     io_.stop();
   }
 
   void kill_everything_and_stop() {
     stopping_ = true;
     runner_.kill_all();
+    engines_.close_all();
     ::close(keeper_fd_);
     io_.stop();
   }
@@ -564,6 +579,7 @@ private:
   std::int64_t outbox_bytes_ = 0;
 
   asio::signal_set signals_;
+  EngineBridge engines_;
   JobRunner runner_; // after everything its hooks use
   bool stopping_ = false;
   bool shut_down_ = false;

@@ -387,6 +387,11 @@ std::vector<std::string> JobRunner::job_env(const JobAttempt& t) const {
   }
   if (t.array_index)
     set("SORTIE_ARRAY_INDEX", std::to_string(*t.array_index));
+  if (t.spec.kind() == "engine" && hooks_.engine_env)
+    for (const auto& e : hooks_.engine_env(t.job, t.attempt)) {
+      auto eq = e.find('=');
+      set(e.substr(0, eq), e.substr(eq + 1));
+    }
   // The GPUs it was given, and no others on a node that has some.
   if (!t.gpus.empty() || !config_.gpus.empty()) {
     std::string list;

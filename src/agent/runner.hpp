@@ -54,6 +54,8 @@ struct RunnerHooks {
   std::function<void(pb::OutputChunk)> output;
   /// After stop_all(): the last attempt has ended.
   std::function<void()> all_ended;
+  /// An engine job is about to start: what its environment needs to reach its agent.
+  std::function<std::vector<std::string>(std::uint64_t job, std::uint32_t attempt)> engine_env;
 };
 
 class JobRunner {

@@ -13,6 +13,7 @@
 
 #include "common/hub_file.hpp"
 #include "common/profile.hpp"
+#include "client/connect.hpp"
 #include "protocol/blocking_link.hpp"
 #include "protocol/errors.hpp"
 
@@ -50,6 +51,8 @@ pb::JobSpec to_pb(const JobSpec& s) {
     out.add_after(id.value);
   out.set_mpi_ranks(s.mpi_ranks);
   out.set_ranks_per_node(s.ranks_per_node);
+  out.set_kind(s.kind);
+  out.set_restart(s.restart);
   return out;
 }
 
@@ -78,6 +81,8 @@ JobSpec from_pb(const pb::JobSpec& s) {
     out.after.push_back(JobId(id));
   out.mpi_ranks = s.mpi_ranks();
   out.ranks_per_node = s.ranks_per_node();
+  out.kind = s.kind();
+  out.restart = s.restart();
   return out;
 }
 
@@ -295,26 +300,19 @@ Result<Client> Client::connect(const std::string& profile, ConnectOptions option
 }
 
 Result<Client> Client::connect(const ConnectOptions& options) {
-  auto client = connect_once(options);
-  if (client.ok() || !options.start_if_needed || !options.hub_file.empty() ||
-      client.error().code != ErrorCode::Unavailable)
-    return client;
-  StartHubOptions start;
-  start.profile = options.profile;
-  start.sortie_exe = options.sortie_exe;
-  auto started = start_hub(start);
-  if (!started.ok()) {
-    // Another process may have started it meanwhile (AlreadyExists): then connecting works.
-    if (started.error().code == ErrorCode::AlreadyExists)
-      return connect_once(options);
-    return started.error();
-  }
-  if (options.on_hub_started)
-    options.on_hub_started(*started);
-  return connect_once(options);
+  SORTIE_ASSIGN_OR_RETURN(opened, detail::open_hub_link(options));
+  auto impl = std::make_unique<Impl>();
+  impl->link = std::move(opened.link);
+  impl->timeout_ms = options.timeout_ms;
+  if (opened.welcome.heartbeat_interval_ms())
+    impl->heartbeat_ms = opened.welcome.heartbeat_interval_ms();
+  return Client(std::move(impl));
 }
 
-Result<Client> Client::connect_once(const ConnectOptions& options) {
+namespace detail {
+namespace {
+
+Result<HubLink> open_once(const ConnectOptions& options) {
   std::filesystem::path hub_file = options.hub_file;
   std::string profile_name = options.profile;
   if (hub_file.empty()) {
@@ -346,15 +344,36 @@ Result<Client> Client::connect_once(const ConnectOptions& options) {
                                   "`sortie hub start`",
                                   profile_name.empty() ? hf.profile : profile_name,
                                   link.error().message));
-  auto impl = std::make_unique<Impl>();
-  impl->link = std::move(*link);
-  impl->timeout_ms = options.timeout_ms;
-  SORTIE_ASSIGN_OR_RETURN(welcome, impl->link.handshake(key, pb::ROLE_CLIENT, options.client_name,
-                                                        options.timeout_ms));
-  if (welcome.heartbeat_interval_ms())
-    impl->heartbeat_ms = welcome.heartbeat_interval_ms();
-  return Client(std::move(impl));
+  HubLink out{std::move(*link), {}};
+  SORTIE_ASSIGN_OR_RETURN(welcome, out.link.handshake(key, pb::ROLE_CLIENT, options.client_name,
+                                                      options.timeout_ms));
+  out.welcome = std::move(welcome);
+  return out;
 }
+
+} // namespace
+
+Result<HubLink> open_hub_link(const ConnectOptions& options) {
+  auto opened = open_once(options);
+  if (opened.ok() || !options.start_if_needed || !options.hub_file.empty() ||
+      opened.error().code != ErrorCode::Unavailable)
+    return opened;
+  StartHubOptions start;
+  start.profile = options.profile;
+  start.sortie_exe = options.sortie_exe;
+  auto started = start_hub(start);
+  if (!started.ok()) {
+    // Another process may have started it meanwhile (AlreadyExists): then connecting works.
+    if (started.error().code == ErrorCode::AlreadyExists)
+      return open_once(options);
+    return started.error();
+  }
+  if (options.on_hub_started)
+    options.on_hub_started(*started);
+  return open_once(options);
+}
+
+} // namespace detail
 
 Result<Submitted> Client::submit(const JobSpec& spec, const std::string& group_name) {
   return submit_batch({spec}, group_name);

@@ -331,6 +331,11 @@ Result<void> parse_config(const std::string& content, const std::filesystem::pat
                           fmt::format("{}: hub.batch_poll_interval must be at least 100ms", at));
     } else if (key == "job_retention") {
       SORTIE_TRY(want_duration(config.job_retention_ms));
+    } else if (key == "task_retention") {
+      SORTIE_TRY(want_duration(config.task_retention_ms));
+    } else if (key == "engine_prefetch") {
+      SORTIE_ASSIGN_OR_RETURN(v, want_int(1, 1000));
+      config.engine_prefetch = static_cast<std::uint32_t>(v);
     } else if (key == "confirm_above") {
       SORTIE_ASSIGN_OR_RETURN(v, want_int(0, 10'000'000));
       config.confirm_above = static_cast<std::uint64_t>(v);
@@ -345,7 +350,7 @@ Result<void> parse_config(const std::string& content, const std::filesystem::pat
                         fmt::format("{}: unknown key hub.{}: known keys are listen, "
                                     "heartbeat_interval, agent_reconnect_window, kill_grace, output_retry, "
                                     "launch_queue, lost_retries, output_credit, store_sync, batch_poll_interval, "
-                                    "job_retention, confirm_above",
+                                    "job_retention, task_retention, engine_prefetch, confirm_above",
                                     at, key));
     }
   }

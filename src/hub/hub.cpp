@@ -27,6 +27,7 @@ Hub::Hub(asio::any_io_executor executor, HubConfig config, store::Store& store, 
       placement_(core_, jobs_, resources_), submit_(core_, jobs_), output_(core_, jobs_),
       waits_(core_, jobs_), queries_(core_, jobs_, identity_),
       agents_(core_, jobs_, placement_), pilots_(core_, agents_, resources_, host),
+      tasks_(core_, jobs_),
       tick_timer_(executor) {
   jobs_.register_with(router_);
   resources_.register_with(router_);
@@ -36,6 +37,7 @@ Hub::Hub(asio::any_io_executor executor, HubConfig config, store::Store& store, 
   queries_.register_with(router_);
   agents_.register_with(router_);
   pilots_.register_with(router_);
+  tasks_.register_with(router_);
   router_.add(pb::Envelope::kGoodbye, Role::Client, [](const Sender&, pb::Envelope&) {});
   router_.add(pb::Envelope::kHubStop, Role::Client, [this](const Sender& from, pb::Envelope& env) {
     reply_ok(from.peer, from.rid);
@@ -81,6 +83,7 @@ Result<void> Hub::load(store::LoadedState state) {
   std::int64_t deadline = clock_.monotonic_ms() + agents_.lease_ms(false) + kReconnectMarginMs;
   load_agents_and_pilots(state, deadline);
   SORTIE_TRY(load_jobs(state.jobs, deadline));
+  tasks_.load(state);
   // Pilots that were still starting when the hub stopped have no agents coming back.
   for (auto& [id, p] : state_.pilots)
     pilots_.update_state(p);
@@ -225,6 +228,7 @@ void Hub::tick() {
   output_.tick();   // output writes to try again
   agents_.tick();   // agents that did not come back in time
   pilots_.tick();   // walltimes
+  tasks_.tick();    // task timeouts, task_retention
 }
 
 // -------------------------------------------------------------------------------------------

@@ -34,6 +34,7 @@
 #include "hub/router.hpp"
 #include "hub/state.hpp"
 #include "hub/submit.hpp"
+#include "hub/tasks.hpp"
 #include "hub/waits.hpp"
 #include "store/store.hpp"
 
@@ -105,6 +106,7 @@ private:
   Queries queries_;
   Agents agents_;
   Pilots pilots_;
+  Tasks tasks_;
   Router router_;
 
   asio::steady_timer tick_timer_;

@@ -156,6 +156,8 @@ Spec Jobs::make_spec(std::string bytes, const pb::JobSpec& p) {
   s.queue_timeout_ms = p.queue_timeout_ms();
   s.retries = p.has_retries() ? static_cast<std::int32_t>(p.retries()) : -1;
   s.retry_on_failure = p.retry_on_failure();
+  s.engine = p.kind() == "engine";
+  s.restart = s.engine && p.restart();
   for (auto dep : p.after())
     s.after.push_back(JobId(dep));
   return s;
@@ -202,6 +204,8 @@ void Jobs::transition(Job& job, JobState to, std::int64_t now_ms) {
 
 bool Jobs::may_retry(const Job& job, bool failure) const {
   const Spec& spec = core_.state.spec_of(job);
+  if (spec.restart) // an engine started with restart: again whenever it ends, until cancelled
+    return true;
   std::uint32_t used = job.lost_count + job.fail_count;
   if (failure)
     return spec.retry_on_failure && spec.retries > 0 &&

@@ -23,8 +23,11 @@ using protocol::Role;
 struct Sender {
   std::shared_ptr<Peer> peer;
   Role role = Role::Client;
-  Agent* agent = nullptr; ///< the registered agent, for role Agent
+  Agent* agent = nullptr; ///< the registered agent: for role Agent, and Engine (its agent)
   std::uint64_t rid = 0;  ///< the request id to echo in replies
+  /// Role Engine: the frame came routed through `agent` from the engine behind its link `via`
+  /// (the engine's job id, 04-routing.md); replies go back down that route.
+  std::uint64_t via = 0;
 };
 
 class Router {
@@ -33,7 +36,8 @@ public:
   /// `role` may send `body` (the protocol's table says so: checked) and `handler` takes it.
   void add(pb::Envelope::BodyCase body, Role role, Handler handler);
   void dispatch(const Sender& from, pb::Envelope& env) const;
-  /// Refuses a message: an ErrorReply for a client, a closed link for anyone else.
+  /// Refuses a message: an ErrorReply for a client or an engine (routed back to it), a closed
+  /// link for anyone else.
   static void refuse(const Sender& from, const Error& error);
 
 private:

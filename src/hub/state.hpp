@@ -71,6 +71,8 @@ struct Spec {
   std::int64_t queue_timeout_ms = 0;
   std::int32_t retries = -1; ///< -1: the hub's lost_retries, no retry on failure
   bool retry_on_failure = false;
+  bool engine = false;  ///< kind "engine": serves tasks (tasks room)
+  bool restart = false; ///< an engine started again whenever it ends, until cancelled
   std::vector<JobId> after;
   std::uint32_t rank_slots = 1; ///< an MPI job's slots per rank
   std::uint64_t jobs = 0;       ///< jobs that use it (forgotten when none is left)

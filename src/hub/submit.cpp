@@ -110,6 +110,17 @@ Result<void> check_spec(pb::JobSpec& spec, std::size_t item) {
   if (spec.retry_on_failure() && !spec.has_retries())
     return make_error(ErrorCode::InvalidArgument,
                       "retrying on failure needs a number of retries: add --retries N", ctx);
+  if (!spec.kind().empty() && spec.kind() != "command" && spec.kind() != "engine")
+    return make_error(ErrorCode::InvalidArgument,
+                      fmt::format("unknown job kind '{}': a job is a \"command\" (the default) or "
+                                  "an \"engine\"",
+                                  spec.kind()),
+                      ctx);
+  if (spec.restart() && spec.kind() != "engine")
+    return make_error(ErrorCode::InvalidArgument,
+                      "only engines restart when they end: use --retries N with "
+                      "--retry-on-failure for a command",
+                      ctx);
   // Sorted and unique, so that equal requirements compare equal.
   for (auto* list : {spec.mutable_hosts(), spec.mutable_prefer_hosts()}) {
     std::sort(list->begin(), list->end());

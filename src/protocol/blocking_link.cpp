@@ -12,6 +12,7 @@
 #include <unistd.h>
 
 #include <cerrno>
+#include <cstddef>
 #include <chrono>
 #include <cstring>
 
@@ -99,11 +100,15 @@ Result<BlockingLink> BlockingLink::connect_unix(const std::string& path, std::in
     return make_error(ErrorCode::InvalidArgument,
                       fmt::format("unix socket path is too long: {}", path));
   std::memcpy(addr.sun_path, path.c_str(), path.size() + 1);
+  socklen_t len = sizeof addr;
+  if (!path.empty() && path[0] == '@') { // abstract: a leading NUL, and exactly its length
+    addr.sun_path[0] = '\0';
+    len = static_cast<socklen_t>(offsetof(sockaddr_un, sun_path) + path.size());
+  }
   int fd = ::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
   if (fd < 0)
     return make_error(ErrorCode::Io, fmt::format("socket(): {}", std::strerror(errno)));
-  auto r = connect_with_timeout(fd, reinterpret_cast<sockaddr*>(&addr), sizeof addr, timeout_ms,
-                                path);
+  auto r = connect_with_timeout(fd, reinterpret_cast<sockaddr*>(&addr), len, timeout_ms, path);
   if (!r.ok()) {
     ::close(fd);
     return r.error();
@@ -229,12 +234,14 @@ Result<pb::Envelope> BlockingLink::receive(std::int64_t timeout_ms, std::int64_t
         return make_error(ErrorCode::Timeout, "no answer from the hub in time", peer_);
       wait = static_cast<int>(left);
     }
-    pollfd p{fd_, POLLIN, 0};
-    int n = ::poll(&p, 1, wait);
+    pollfd p[2] = {{fd_, POLLIN, 0}, {wake_fd_, POLLIN, 0}};
+    int n = ::poll(p, wake_fd_ >= 0 ? 2 : 1, wait);
     if (n < 0 && errno == EINTR)
       continue;
     if (n == 0)
       return make_error(ErrorCode::Timeout, "no answer from the hub in time", peer_);
+    if (wake_fd_ >= 0 && (p[1].revents & POLLIN) && !(p[0].revents & (POLLIN | POLLHUP | POLLERR)))
+      return make_error(ErrorCode::Cancelled, "woken");
     if (tls_)
       continue;
     ssize_t got = ::recv(fd_, span.data(), span.size(), 0);

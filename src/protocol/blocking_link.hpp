@@ -21,6 +21,7 @@ public:
   BlockingLink(BlockingLink&& other) noexcept;
   BlockingLink& operator=(BlockingLink&& other) noexcept;
 
+  /// `path` starting with '@' names an abstract socket (Linux: no file).
   static Result<BlockingLink> connect_unix(const std::string& path, std::int64_t timeout_ms);
   /// TCP, then TLS: the hub's certificate must have `fingerprint` (hub.json's tls_fingerprint).
   static Result<BlockingLink> connect_tcp(const std::string& host,
@@ -42,6 +43,10 @@ public:
   /// the whole call, heartbeats or not.
   Result<pb::Envelope> receive(std::int64_t timeout_ms, std::int64_t total_ms = -1);
 
+  /// While receive() waits, `fd` becoming readable ends the wait with Cancelled ("woken"), so
+  /// that one thread can both wait for frames and send what others queued (-1: none).
+  void set_wake_fd(int fd) { wake_fd_ = fd; }
+
   void close();
   bool is_open() const { return fd_ >= 0; }
   const std::string& peer() const { return peer_; }
@@ -49,6 +54,7 @@ public:
 private:
   BlockingLink(int fd, std::string peer);
   int fd_ = -1;
+  int wake_fd_ = -1;
   std::unique_ptr<BlockingTls> tls_; ///< TCP links; none on the unix socket
   std::string peer_;
   protocol::FrameDecoder decoder_;

@@ -90,6 +90,30 @@ std::uint32_t senders_of(pb::Envelope::BodyCase body) {
   case B::kOutputCredit:
   case B::kShutdown:
     return kHub;
+  // Engines (05-tasks.md): an engine's frames reach the hub through its agent, and the hub's
+  // through the agent to it; EngineRejoin is the agent's own word to its engines.
+  case B::kEngineReady:
+  case B::kTaskDone:
+    return kEngine;
+  case B::kEngineWelcome:
+  case B::kTaskRun:
+  case B::kTaskDoneAck:
+    return kHub;
+  case B::kEngineRejoin:
+    return kAgent;
+  // Task requests of clients and their replies.
+  case B::kTaskSubmit:
+  case B::kTaskWatch:
+  case B::kTaskList:
+  case B::kTaskForget:
+  case B::kEngineList:
+    return kClient;
+  case B::kTaskSubmitReply:
+  case B::kTaskResults:
+  case B::kTaskListReply:
+  case B::kTaskForgetReply:
+  case B::kEngineListReply:
+    return kHub;
   case B::BODY_NOT_SET:
     return 0;
   }

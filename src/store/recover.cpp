@@ -104,7 +104,8 @@ Result<RecoveryReport> recover_store(const std::filesystem::path& damaged,
   sqlite3* db = *opened;
   RecoveryReport report;
   (void)exec(db, "BEGIN");
-  for (const char* table : {"specs", "groups", "jobs", "agents", "pilots", "resources", "counters"}) {
+  for (const char* table : {"specs", "groups", "jobs", "agents", "pilots", "resources", "counters",
+                            "tasks", "engines"}) {
     RecoveryReport::Table t{table};
     auto new_cols = table_columns(db, "main", table);
     auto old_cols = table_columns(old, "main", table);
@@ -160,7 +161,9 @@ Result<RecoveryReport> recover_store(const std::filesystem::path& damaged,
   // Ids the lost rows had must not come back: past every id seen and past the reservation.
   for (auto [name, table, floor] : {std::tuple{"job", "jobs", floors.job},
                                     std::tuple{"group", "groups", floors.group},
-                                    std::tuple{"spec", "specs", std::uint64_t{0}}}) {
+                                    std::tuple{"spec", "specs", std::uint64_t{0}},
+                                    std::tuple{"task", "tasks", std::uint64_t{0}},
+                                    std::tuple{"engine", "engines", std::uint64_t{0}}}) {
     auto seen = query_int(db, fmt::format("SELECT max(id) FROM {}", table));
     std::uint64_t next = std::max<std::uint64_t>(floor, seen ? static_cast<std::uint64_t>(*seen) + 1 : 1);
     std::string sql = fmt::format("INSERT INTO counters(name, next) VALUES('{}', {}) ON "

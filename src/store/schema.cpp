@@ -85,6 +85,38 @@ CREATE TABLE counters (
   next INTEGER NOT NULL
 );
 )sql",
+      // 5 -> 6: function tasks and the engines that ran them (docs/engines.md). A task's payload
+      // is dropped once it ended; its result stays until forgotten.
+      R"sql(
+CREATE TABLE tasks (
+  id INTEGER PRIMARY KEY,
+  state INTEGER NOT NULL,            -- 0 queued, 1 running, 2 done, 3 failed, 4 lost
+  handler TEXT NOT NULL DEFAULT '',
+  label TEXT NOT NULL DEFAULT '',
+  payload BLOB,                      -- NULL once ended
+  target_engine INTEGER NOT NULL DEFAULT 0,
+  engine_id INTEGER NOT NULL DEFAULT 0,
+  retries INTEGER NOT NULL DEFAULT 0,
+  attempts INTEGER NOT NULL DEFAULT 0,
+  timeout_ms INTEGER NOT NULL DEFAULT 0,
+  priority INTEGER NOT NULL DEFAULT 0,
+  submit_ms INTEGER NOT NULL,
+  start_ms INTEGER NOT NULL DEFAULT 0,
+  end_ms INTEGER NOT NULL DEFAULT 0,
+  result BLOB,
+  error_type TEXT NOT NULL DEFAULT '',
+  error_message TEXT NOT NULL DEFAULT '',
+  traceback TEXT NOT NULL DEFAULT '',
+  output BLOB
+);
+CREATE TABLE engines (
+  id INTEGER PRIMARY KEY,
+  job_id INTEGER NOT NULL,
+  attempt INTEGER NOT NULL,
+  rank INTEGER NOT NULL,
+  size INTEGER NOT NULL
+);
+)sql",
   };
   return steps;
 }

@@ -29,7 +29,7 @@
 namespace sortie::store {
 
 /// The newest schema this build writes (PRAGMA user_version).
-inline constexpr int kSchemaVersion = 5;
+inline constexpr int kSchemaVersion = 6;
 
 struct SpecRow {
   std::uint64_t id = 0;
@@ -108,6 +108,45 @@ struct ResourceRow {
   std::string spec; ///< a serialized pb::ResourceSpec
 };
 
+/// A function task (docs/engines.md). Payloads and results are shared, not copied, between the
+/// hub's memory and the batch: they may be large.
+struct TaskRow {
+  enum class Write : std::uint8_t {
+    Insert, ///< a new task: every column
+    Update, ///< state, engine, attempts, start (the payload stays)
+    Finish, ///< state, end, result, error; the payload is dropped
+  };
+  Write write = Write::Insert;
+  std::uint64_t id = 0;
+  int state = 0; ///< 0 queued, 1 running, 2 done, 3 failed, 4 lost
+  std::string handler;
+  std::string label;
+  std::shared_ptr<const std::string> payload;
+  std::uint64_t target_engine = 0;
+  std::uint64_t engine_id = 0;
+  std::uint32_t retries = 0;
+  std::uint32_t attempts = 0;
+  std::int64_t timeout_ms = 0;
+  std::int32_t priority = 0;
+  std::int64_t submit_ms = 0;
+  std::int64_t start_ms = 0;
+  std::int64_t end_ms = 0;
+  std::shared_ptr<const std::string> result;
+  std::string error_type;
+  std::string error_message;
+  std::string traceback;
+  std::shared_ptr<const std::string> output;
+};
+
+/// An engine: which job (attempt, MPI rank) it is.
+struct EngineRow {
+  std::uint64_t id = 0;
+  std::uint64_t job_id = 0;
+  std::uint32_t attempt = 0;
+  std::uint32_t rank = 0;
+  std::uint32_t size = 1;
+};
+
 /// What became of an output write, filled in by the store thread before the batch's
 /// completions run: on failure, the error and the data back (so the hub can try again).
 struct OutputStatus {
@@ -134,6 +173,11 @@ struct WriteBatch {
   std::vector<ResourceRow> resources;
   std::vector<std::string> resources_removed;
   std::vector<OutputWrite> output;
+  std::vector<TaskRow> tasks;
+  std::vector<std::uint64_t> tasks_forgotten;
+  std::vector<EngineRow> engines;
+  /// The next task and engine ids (0: not written).
+  std::uint64_t next_task_id = 0, next_engine_id = 0;
   /// Rows to delete (job_retention, `job forget`); a forgotten job's output files are removed
   /// once the deletion is committed.
   std::vector<std::uint64_t> jobs_forgotten;
@@ -152,7 +196,9 @@ struct WriteBatch {
     return specs.empty() && groups.empty() && job_runs.empty() && job_updates.empty() &&
            agents.empty() && pilots.empty() && resources.empty() && resources_removed.empty() &&
            output.empty() && on_commit.empty() && jobs_forgotten.empty() &&
-           specs_forgotten.empty() && groups_forgotten.empty() && reserve_job_ids == 0 &&
+           specs_forgotten.empty() && groups_forgotten.empty() && tasks.empty() &&
+           tasks_forgotten.empty() && engines.empty() && next_task_id == 0 &&
+           next_engine_id == 0 && reserve_job_ids == 0 &&
            reserve_group_ids == 0;
   }
 };
@@ -165,6 +211,9 @@ struct LoadedState {
   std::vector<AgentRow> agents;
   std::vector<PilotRow> pilots;
   std::vector<ResourceRow> resources;
+  std::vector<TaskRow> tasks; ///< ordered by id
+  std::vector<EngineRow> engines;
+  std::uint64_t next_task_id = 0, next_engine_id = 0; ///< from the counters (0: none)
   /// The id reservation found in Options::ids_file (0: none).
   std::uint64_t reserved_job_ids = 0, reserved_group_ids = 0;
   /// The lowest ids never used, as far as forgotten rows are concerned (0: none forgotten).

@@ -22,12 +22,18 @@ protected:
     });
     router_.add(Body::kJobEvents, Role::Agent,
                 [this](const Sender&, pb::Envelope&) { ++events_; });
+    router_.add(Body::kTaskDone, Role::Engine, [this](const Sender& from, pb::Envelope& env) {
+      ++engine_frames_;
+      EXPECT_EQ(from.via, 4u);
+      EXPECT_EQ(from.agent, &agent_state_);
+      EXPECT_EQ(env.route_size(), 0); // consumed by the router
+    });
   }
   Sender client() { return Sender{client_, Role::Client, nullptr, 9}; }
   Sender agent() { return Sender{agent_, Role::Agent, &agent_state_, 0}; }
 
   Router router_;
-  int submits_ = 0, events_ = 0;
+  int submits_ = 0, events_ = 0, engine_frames_ = 0;
   Agent agent_state_;
   std::shared_ptr<RecordingPeer> client_ = std::make_shared<RecordingPeer>("client");
   std::shared_ptr<RecordingPeer> agent_ = std::make_shared<RecordingPeer>("agent");
@@ -73,7 +79,16 @@ TEST_F(RouterTest, AMessageNoRoomTakesIsRefused) {
   EXPECT_NE(errors[0].error().message().find("'hub_status' is not taken"), std::string::npos);
 }
 
-TEST_F(RouterTest, RoutedFramesAreRefused) {
+TEST_F(RouterTest, AFrameRoutedThroughAnAgentComesFromItsEngine) {
+  pb::Envelope env;
+  env.mutable_task_done();
+  env.add_route(4);
+  router_.dispatch(agent(), env);
+  EXPECT_EQ(engine_frames_, 1);
+  EXPECT_FALSE(agent_->closed());
+}
+
+TEST_F(RouterTest, ForgedAndUnknownRoutesAreRefused) {
   // A client never routes: its route is forged.
   pb::Envelope env;
   env.mutable_submit();
@@ -83,14 +98,26 @@ TEST_F(RouterTest, RoutedFramesAreRefused) {
   auto errors = client_->take(Body::kError);
   ASSERT_EQ(errors.size(), 1u);
   EXPECT_NE(errors[0].error().message().find("forged route"), std::string::npos);
-  // An agent may route, but no peer is behind any agent yet.
-  pb::Envelope routed;
-  routed.mutable_job_events();
-  routed.add_route(4);
-  router_.dispatch(agent(), routed);
-  EXPECT_EQ(events_, 0);
+  // An engine behind an agent sends only what engines may: the agent should have stopped it.
+  pb::Envelope submit;
+  submit.mutable_submit();
+  submit.add_route(4);
+  router_.dispatch(agent(), submit);
+  EXPECT_EQ(submits_, 0);
   EXPECT_TRUE(agent_->closed());
-  EXPECT_NE(agent_->error.message.find("no peer behind this link"), std::string::npos);
+  EXPECT_EQ(agent_->error.message, "protocol error: an engine may not send 'submit'");
+}
+
+TEST_F(RouterTest, RoutesDeeperThanOneHopAreRefused) {
+  // Agents behind relays come later: two hops name a peer this hub cannot know.
+  pb::Envelope routed;
+  routed.mutable_task_done();
+  routed.add_route(4);
+  routed.add_route(5);
+  router_.dispatch(agent(), routed);
+  EXPECT_EQ(engine_frames_, 0);
+  EXPECT_TRUE(agent_->closed());
+  EXPECT_NE(agent_->error.message.find("only engines behind their agent"), std::string::npos);
 }
 
 } // namespace

@@ -1,0 +1,142 @@
+// SPDX-License-Identifier: Apache-2.0
+// Tasks and engines in the client library (docs/engines.md): a Session submits calls to engines
+// and receives their results as the hub pushes them; an EngineLink is the engine's side, used by
+// an engine process to take tasks from its agent and give back results.
+//
+//   auto session = sortie::Session::connect({.start_if_needed = true});
+//   auto ids = (*session)->submit({{.handler = "evolve", .payload = bytes}});   // durable now
+//   auto results = (*session)->next_results(1000);                               // as they end
+//
+// A Session is thread-safe: any thread may submit, watch or query while one thread takes
+// results (next_results). One thread of its own does all the I/O.
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "sortie/client.hpp"
+#include "sortie/result.hpp"
+
+namespace sortie {
+
+/// One call to an engine.
+struct TaskCall {
+  std::string handler;        ///< what to run ("" for a Python engine: a pickled call)
+  std::string payload;        ///< its argument bytes
+  std::uint64_t engine = 0;   ///< direct: only this engine (0: load-balanced)
+  std::string label;          ///< load-balanced: only engines with this label ("": any)
+  std::uint32_t retries = 0;  ///< times it runs again elsewhere if its engine dies
+  std::int64_t timeout_ms = 0; ///< fails with TaskTimeout after running this long (0: none)
+  std::int32_t priority = 0;  ///< higher first
+};
+
+enum class TaskOutcome { Done, Failed, Lost, Unknown };
+
+struct TaskResult {
+  std::uint64_t id = 0;
+  TaskOutcome state = TaskOutcome::Unknown;
+  std::string value;          ///< Done: the returned bytes; Failed: the error, if serialized
+  std::string error_type;     ///< Failed/Lost: "TaskTimeout", "EngineLost", or the remote type
+  std::string error_message;
+  std::string traceback;
+  std::string output;         ///< what the task printed
+  std::uint64_t engine = 0;
+  std::int64_t start_ms = 0, end_ms = 0;
+};
+
+struct EngineInfo {
+  std::uint64_t id = 0;
+  JobId job;
+  std::string node;
+  std::string label;
+  bool busy = false;
+  std::uint32_t rank = 0, size = 1;
+  int pid = 0;
+  std::uint64_t tasks_done = 0;
+  std::uint32_t running = 0;
+  std::int64_t started_ms = 0;
+  std::string kind;
+};
+
+struct TaskInfo {
+  std::uint64_t id = 0;
+  std::string state; ///< queued, running, done, failed, lost
+  std::uint64_t engine = 0;
+  std::string label;
+  std::string handler;
+  std::int64_t submit_ms = 0, start_ms = 0, end_ms = 0;
+  std::string error_type, error_message;
+  std::uint32_t attempts = 0;
+  std::uint64_t payload_bytes = 0, result_bytes = 0;
+};
+
+struct TaskForgetSummary {
+  std::uint64_t forgotten = 0, not_ended = 0, not_found = 0;
+};
+
+const char* task_outcome_name(TaskOutcome outcome);
+
+class Session {
+public:
+  /// Connects (or, with start_if_needed, starts and connects) as Client::connect does.
+  static Result<std::unique_ptr<Session>> connect(const ConnectOptions& options = {});
+  ~Session();
+  Session(const Session&) = delete;
+  Session& operator=(const Session&) = delete;
+
+  /// Submits calls; returns their ids once they are durable in the hub's store. With `watch`,
+  /// their results come through next_results().
+  Result<std::vector<std::uint64_t>> submit(std::vector<TaskCall> calls, bool watch = true);
+  /// The results of these tasks (ended already or later) come through next_results(); ids the
+  /// hub does not know come back as Unknown.
+  Result<void> watch(const std::vector<std::uint64_t>& ids);
+  /// Results pushed so far, waiting up to `timeout_ms` (< 0: for ever) for the first; empty on
+  /// timeout. Unavailable once the link to the hub ended.
+  Result<std::vector<TaskResult>> next_results(std::int64_t timeout_ms);
+  Result<std::vector<EngineInfo>> engines(const std::string& label = {});
+  /// These tasks (none: the newest `limit`, 0: 1000).
+  Result<std::vector<TaskInfo>> tasks(const std::vector<std::uint64_t>& ids, std::uint64_t limit = 0);
+  Result<TaskForgetSummary> forget(const std::vector<std::uint64_t>& ids);
+  void close();
+
+private:
+  struct Impl;
+  explicit Session(std::unique_ptr<Impl> impl);
+  std::unique_ptr<Impl> impl_;
+};
+
+/// The engine's side: an engine process connects to the socket its agent made for it (from
+/// SORTIE_ENGINE_SOCKET, with SORTIE_ENGINE_KEY), takes tasks and gives back results. Results
+/// are kept until the hub has stored them and sent again if the hub restarted meanwhile. One
+/// thread uses it.
+class EngineLink {
+public:
+  struct Task {
+    std::uint64_t id = 0;
+    std::string handler;
+    std::string payload;
+    std::int64_t timeout_ms = 0;
+  };
+  static Result<std::unique_ptr<EngineLink>> connect(const std::string& socket,
+                                                     const std::string& key, std::uint32_t rank,
+                                                     std::uint32_t size, const std::string& kind,
+                                                     std::int64_t timeout_ms = 30'000);
+  ~EngineLink();
+  std::uint64_t id() const;
+  const std::string& label() const;
+  /// Tasks to run, waiting up to `timeout_ms` for some (empty on timeout). Unavailable when the
+  /// agent is gone or ended the engine; an error the hub sent (it does not want this engine)
+  /// as that error.
+  Result<std::vector<Task>> next(std::int64_t timeout_ms);
+  /// Results of tasks it ran (id, state Done or Failed, value, error, output).
+  Result<void> send(std::vector<TaskResult> results);
+
+private:
+  struct Impl;
+  explicit EngineLink(std::unique_ptr<Impl> impl);
+  std::unique_ptr<Impl> impl_;
+};
+
+} // namespace sortie

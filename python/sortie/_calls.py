@@ -1,0 +1,101 @@
+# SPDX-License-Identifier: Apache-2.0
+"""What a function task is on the wire, made on the client side before anything is sent.
+
+A task's payload is ``cloudpickle.dumps((fn, args, kwargs))`` with handler "" (the engine's
+Python call). A call that cannot be pickled is refused here with a TypeError naming the part that
+would not pickle. ``TaskOptions`` checks the keywords that configure a task (label, engine,
+retries, timeout, priority) and makes the tuples ``Session.submit_tasks`` takes.
+"""
+import operator
+import pickle
+
+import cloudpickle
+
+from ._units import duration_ms
+
+PYTHON_CALL = ""  # the handler of a Python call
+
+
+class Prepickled:
+    """A function pickled once for many calls (``map``): it unpickles as the function itself,
+    so each call's payload holds the same bytes without pickling the function again."""
+
+    __slots__ = ("data", "name")
+
+    def __init__(self, fn):
+        self.name = describe(fn)
+        try:
+            self.data = cloudpickle.dumps(fn)
+        except Exception as e:
+            raise TypeError(f"cannot send {self.name} to an engine: it cannot be pickled: "
+                            f"{e}") from e
+
+    def __reduce__(self):
+        return (pickle.loads, (self.data,))
+
+
+def describe(fn):
+    """A short name for `fn` in error messages."""
+    name = getattr(fn, "__qualname__", None) or getattr(fn, "__name__", None)
+    return f"function {name}" if name else repr(fn)
+
+
+def check_callable(fn):
+    if not callable(fn):
+        raise TypeError(f"{fn!r} is not callable: pass the function first, then its arguments")
+
+
+def pack(fn, args, kwargs, item=None):
+    """The payload of the call ``fn(*args, **kwargs)``. On failure, a TypeError naming the
+    function or argument that cannot be pickled (and `item`, the call's index in a map)."""
+    try:
+        return cloudpickle.dumps((fn, args, kwargs))
+    except Exception as error:
+        raise _unpicklable(fn, args, kwargs, item, error) from error
+
+
+def _unpicklable(fn, args, kwargs, item, error):
+    name = fn.name if isinstance(fn, Prepickled) else describe(fn)
+    parts = [("", fn)] + [(f"positional argument {i + 1} ", a) for i, a in enumerate(args)] + \
+        [(f"keyword argument {k!r} ", v) for k, v in kwargs.items()]
+    where = f" (item {item} of the map)" if item is not None else ""
+    for what, value in parts:
+        try:
+            cloudpickle.dumps(value)
+        except Exception as e:
+            subject = f"{what}of the call to {name}" if what else name
+            kind = type(value)
+            return TypeError(f"cannot send {subject}{where} to an engine: "
+                             f"{kind.__module__}.{kind.__qualname__} cannot be pickled: {e}")
+    return TypeError(f"cannot send the call to {name}{where} to an engine: {error}")
+
+
+class TaskOptions:
+    """The keywords that configure a task, checked once:
+
+    label     only engines with this label run it (None: any engine)
+    engine    the id of the one engine that runs it (None: load-balanced)
+    retries   how many times it runs again elsewhere when its engine dies (default 0)
+    timeout   seconds (or "10m", ...) it may run before the hub fails it with TaskTimeout
+    priority  higher runs first among waiting tasks (default 0)
+    """
+
+    def __init__(self, label=None, engine=None, retries=0, timeout=None, priority=0):
+        if label is not None and not isinstance(label, str):
+            raise TypeError(f"label must be a string, not {type(label).__name__}")
+        self.label = label or ""
+        self.engine = 0 if engine is None else operator.index(engine)
+        if engine is not None and self.engine <= 0:
+            raise ValueError(f"engine must be an engine id (a positive number), not {engine}")
+        self.retries = operator.index(retries)
+        if self.retries < 0:
+            raise ValueError(f"retries must not be negative, not {retries}")
+        self.timeout_ms = 0 if timeout is None else duration_ms(timeout, "timeout")
+        if timeout is not None and self.timeout_ms <= 0:
+            raise ValueError(f"timeout must be positive, not {timeout!r}")
+        self.priority = operator.index(priority)
+
+    def call(self, payload, engine=None):
+        """The tuple Session.submit_tasks takes for one task; `engine` overrides the option."""
+        return (PYTHON_CALL, payload, self.engine if engine is None else engine, self.label,
+                self.retries, self.timeout_ms, self.priority)

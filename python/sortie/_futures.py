@@ -1,0 +1,153 @@
+# SPDX-License-Identifier: Apache-2.0
+"""Futures of function tasks, how a task's result becomes a value or an exception, and the
+helpers that wait on several futures.
+
+``Future`` is a ``concurrent.futures.Future``, so ``concurrent.futures.wait`` and
+``as_completed`` work on it as on any other; the client's result thread resolves it.
+``AsyncResult`` is the ipyparallel-style handle of a call on a view's engines.
+"""
+import concurrent.futures
+import pickle
+import time
+
+from ._errors import EngineLost, RemoteError, SortieError, TaskTimeout
+
+__all__ = ["Future", "AsyncResult", "as_completed", "wait", "FIRST_COMPLETED",
+           "FIRST_EXCEPTION", "ALL_COMPLETED"]
+
+FIRST_COMPLETED = concurrent.futures.FIRST_COMPLETED
+FIRST_EXCEPTION = concurrent.futures.FIRST_EXCEPTION
+ALL_COMPLETED = concurrent.futures.ALL_COMPLETED
+
+
+class Future(concurrent.futures.Future):
+    """The result of one function task, which has a durable id.
+
+    ``id`` is the task id (give it to ``Client.future`` in any process, later, to collect the
+    result); ``engine`` is the id of the engine that ran it, once done (0 when it never ran);
+    ``stdout()`` is what the task printed. Tasks cannot be cancelled: ``cancel()`` returns False.
+    """
+
+    def __init__(self, task_id):
+        super().__init__()
+        self.id = task_id
+        self.engine = 0
+        self._stdout = b""
+
+    def stdout(self, timeout=None):
+        """What the task wrote to sys.stdout and sys.stderr, once it is done (blocks until
+        then; TimeoutError after `timeout` seconds)."""
+        done, _ = concurrent.futures.wait([self], timeout)
+        if not done:
+            raise TimeoutError(f"task {self.id} is not done after {timeout}s")
+        return self._stdout.decode("utf-8", "replace")
+
+    def cancel(self):
+        """Tasks cannot be cancelled: always False (as for a running concurrent.futures task)."""
+        return False
+
+    def finish(self, result):
+        """Resolves the future from a result of Session.next_results (the result thread)."""
+        self.engine = result.get("engine") or 0
+        self._stdout = result.get("stdout") or b""
+        ok, value = outcome(result)
+        if ok:
+            self.set_result(value)
+        else:
+            self.set_exception(value)
+
+    def __repr__(self):
+        return super().__repr__().replace(" state=", f" task {self.id} state=", 1)
+
+
+def outcome(result):
+    """(True, value) or (False, exception) for one task's result."""
+    task = result["id"]
+    state = result["state"]
+    if state == "done":
+        try:
+            return True, pickle.loads(result["value"])
+        except Exception as e:
+            error = SortieError(f"the result of task {task} cannot be unpickled here: "
+                                f"{type(e).__name__}: {e}", "internal")
+            error.__cause__ = e
+            return False, error
+    if state == "unknown":
+        return False, SortieError(f"task {task} does not exist: it was never submitted or has "
+                                  "been forgotten", "not_found")
+    original = None
+    if result.get("value"):
+        try:
+            original = pickle.loads(result["value"])
+        except Exception:
+            original = None
+    type_name = result.get("error_type") or ""
+    if state == "lost":
+        kind = EngineLost
+    elif type_name == "TaskTimeout":
+        kind = TaskTimeout
+    else:
+        kind = RemoteError
+    return False, kind(type_name or "Error", result.get("error_message") or "",
+                       result.get("traceback") or "", original, result.get("engine") or 0, task)
+
+
+class AsyncResult:
+    """The pending results of one call on a view's engines (``View.apply_async``,
+    ``View.map_async``). ``get()`` returns them in engine order, or a single value for a view of
+    one engine; ``futures`` are the tasks' futures."""
+
+    def __init__(self, futures, single=False):
+        self.futures = list(futures)
+        self._single = single
+
+    @property
+    def ids(self):
+        """The task ids."""
+        return [f.id for f in self.futures]
+
+    def ready(self):
+        return all(f.done() for f in self.futures)
+
+    def wait(self, timeout=None):
+        """Waits until every task is done or `timeout` seconds pass; True if all are done."""
+        _, pending = concurrent.futures.wait(self.futures, timeout)
+        return not pending
+
+    def successful(self):
+        """True if every task returned (raises ValueError while some are not done)."""
+        if not self.ready():
+            raise ValueError("the tasks are not all done yet")
+        return all(f.exception() is None for f in self.futures)
+
+    def get(self, timeout=None):
+        """The values, once all tasks are done; the first error (in engine order) is raised.
+        TimeoutError after `timeout` seconds."""
+        if not self.wait(timeout):
+            waiting = sum(not f.done() for f in self.futures)
+            raise TimeoutError(f"{waiting} of {len(self.futures)} tasks not done after "
+                               f"{timeout}s")
+        values = [f.result() for f in self.futures]
+        return values[0] if self._single else values
+
+    def stdout(self, timeout=None):
+        """What each task printed (a single string for a view of one engine)."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        out = [f.stdout(None if deadline is None else max(0.0, deadline - time.monotonic()))
+               for f in self.futures]
+        return out[0] if self._single else out
+
+    def __repr__(self):
+        done = sum(f.done() for f in self.futures)
+        return f"<sortie.AsyncResult: {done} of {len(self.futures)} tasks done>"
+
+
+def as_completed(futures, timeout=None):
+    """Yields the futures as they finish (``concurrent.futures.as_completed``); TimeoutError if
+    some are not done after `timeout` seconds."""
+    return concurrent.futures.as_completed(futures, timeout)
+
+
+def wait(futures, timeout=None, return_when=ALL_COMPLETED):
+    """``concurrent.futures.wait``: (done, not_done) sets of futures."""
+    return concurrent.futures.wait(futures, timeout, return_when)

@@ -1,0 +1,169 @@
+# SPDX-License-Identifier: Apache-2.0
+"""The engine: the Python process of a job of kind "engine" (``python3 -m sortie.engine``,
+started by its agent; docs/engines.md).
+
+It runs the setup function it was started with (``SORTIE_ENGINE_SETUP``), registers with its
+agent, then runs the tasks it is given, one at a time, until the agent tells it to stop. A task
+is a Python call: its payload is ``cloudpickle.dumps((fn, args, kwargs))``. Functions that
+travelled by value (defined in ``__main__``, lambdas, nested functions) run with the engine's
+namespace as their globals, so what one call defines the next one sees, as in ipyparallel.
+
+In a task, this module tells where it runs: ``sortie.engine.rank`` and ``size`` (the MPI rank
+and size, 0 and 1 outside MPI), ``id`` (the engine id; None during setup), ``label`` and
+``job_id``. Outside an engine they are 0, 1, None, None and None.
+"""
+import base64
+import builtins
+import io
+import os
+import pickle
+import sys
+import traceback
+import types
+
+import cloudpickle
+
+from . import _sortie
+
+rank = 0
+size = 1
+id = None  # the engine id (this module uses no builtin id())
+label = None
+job_id = None
+
+
+def main():
+    """Runs the engine; its exit status: 0 when told to stop, 1 when the setup failed, 2 when
+    not started by an agent."""
+    global rank, size, id, label, job_id
+    env = os.environ
+    if "SORTIE_ENGINE_SOCKET" not in env:
+        print("sortie.engine: this is the program of sortie's engine jobs, which an agent "
+              "starts (client.start_engines)", file=sys.stderr)
+        return 2
+    key = env.pop("SORTIE_ENGINE_KEY", "")  # kept from the environment tasks' children inherit
+    rank = int(env.get("OMPI_COMM_WORLD_RANK", "0"))
+    size = int(env.get("OMPI_COMM_WORLD_SIZE", "1"))
+    job_id = int(env["SORTIE_JOB_ID"])
+    label = env.get("SORTIE_ENGINE_LABEL") or None
+    namespace = {"__builtins__": builtins, "__name__": "__main__"}
+    setup = env.get("SORTIE_ENGINE_SETUP")
+    if setup:
+        try:
+            _bind(pickle.loads(base64.b64decode(setup)), namespace)()
+        except Exception as e:
+            print(f"sortie.engine: the setup function raised:\n{_traceback(e)}", end="",
+                  file=sys.stderr)
+            return 1
+    link = _sortie.EngineLink(env["SORTIE_ENGINE_SOCKET"], key, job_id,
+                              int(env["SORTIE_ATTEMPT"]), rank, size)
+    id = link.engine_id
+    label = link.label or label
+    try:
+        _serve(link, namespace)
+    except EOFError:
+        pass
+    finally:
+        link.close()
+    return 0
+
+
+def _serve(link, namespace):
+    """Takes tasks and sends their results (those of one batch together) until EOFError."""
+    while True:
+        results = []
+        try:
+            for task_id, handler, payload in link.next_tasks(1.0):
+                results.append((task_id,) + _run(handler, payload, namespace))
+        finally:
+            # Also when a task ends the engine (sys.exit): the others of the batch are done.
+            if results:
+                link.send_results(results)
+
+
+def _run(handler, payload, namespace):
+    """Runs one task: (ok, value, error_type, error_message, traceback, stdout)."""
+    raw = io.BytesIO()
+    captured = io.TextIOWrapper(raw, encoding="utf-8", errors="backslashreplace",
+                                write_through=True)
+    saved = sys.stdout, sys.stderr
+    sys.stdout = sys.stderr = captured
+    try:
+        if handler:
+            raise ValueError(f"this engine has no handler {handler!r}")
+        fn, args, kwargs = pickle.loads(payload)
+        value = _bind(fn, namespace)(*args, **kwargs)
+        try:
+            data = cloudpickle.dumps(value)
+        except Exception as e:
+            raise TypeError(f"the task's return value ({_type_name(value)}) cannot be "
+                            f"pickled: {e}") from e
+        outcome = (True, data, "", "", "")
+    except Exception as e:
+        outcome = (False, _pickled(e), _type_name(e), str(e), _traceback(e))
+    finally:
+        sys.stdout, sys.stderr = saved
+        captured.flush()
+    return outcome + (raw.getvalue(),)
+
+
+def _bind(fn, namespace):
+    """`fn` with the engine's namespace as its globals, if it travelled by value. The names its
+    own globals hold that the namespace lacks are copied in first (names the engine defines
+    win); functions among them that travelled with it get the namespace as globals too.
+    Functions of importable modules, and other callables, are returned as they are."""
+    if not isinstance(fn, types.FunctionType) or fn.__globals__ is namespace:
+        return fn
+    module = sys.modules.get(fn.__module__ or "")
+    if module is not None and getattr(module, "__dict__", None) is fn.__globals__:
+        return fn
+    brought = fn.__globals__  # cloudpickle gives the functions of one pickle one such dict
+    for name, value in brought.items():
+        if name in namespace or (name.startswith("__") and name.endswith("__")):
+            continue
+        if isinstance(value, types.FunctionType) and value.__globals__ is brought:
+            value = _rebuilt(value, namespace)
+        namespace[name] = value
+    return _rebuilt(fn, namespace)
+
+
+def _rebuilt(fn, namespace):
+    """A copy of the function `fn` whose globals are `namespace`."""
+    bound = types.FunctionType(fn.__code__, namespace, fn.__name__, fn.__defaults__,
+                               fn.__closure__)
+    bound.__kwdefaults__ = fn.__kwdefaults__
+    bound.__qualname__ = fn.__qualname__
+    bound.__module__ = fn.__module__
+    bound.__doc__ = fn.__doc__
+    bound.__dict__.update(fn.__dict__)
+    return bound
+
+
+def _pickled(error):
+    """The exception pickled for the client, or b"" when it does not pickle."""
+    try:
+        return cloudpickle.dumps(error)
+    except Exception:
+        return b""
+
+
+def _type_name(obj):
+    """The qualified name of obj's type: "ValueError", "mypackage.errors.Bad"."""
+    kind = type(obj)
+    return kind.__qualname__ if kind.__module__ == "builtins" else \
+        f"{kind.__module__}.{kind.__qualname__}"
+
+
+def _traceback(error):
+    """The formatted traceback, without the engine's own frames at its top."""
+    tb = error.__traceback__
+    while tb is not None and tb.tb_frame.f_code.co_filename == __file__:
+        tb = tb.tb_next
+    return "".join(traceback.format_exception(type(error), error, tb))
+
+
+if __name__ == "__main__":
+    # Run as `python3 -m sortie.engine`, this file is __main__; the attributes tasks read are
+    # those of the module `sortie.engine`, so that one runs the engine.
+    from sortie import engine as _engine
+    sys.exit(_engine.main())

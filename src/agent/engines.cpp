@@ -1,0 +1,180 @@
+// SPDX-License-Identifier: Apache-2.0
+// The agent's engine sockets: accept, authenticate with the engine's key, route both ways.
+#include "agent/engines.hpp"
+
+#include <unistd.h>
+
+#include <filesystem>
+
+#include <fmt/format.h>
+
+#include "common/log.hpp"
+#include "protocol/auth.hpp"
+#include "protocol/frame.hpp"
+#include "protocol/handshake.hpp"
+#include "protocol/roles.hpp"
+#include "protocol/socket_stream.hpp"
+
+namespace sortie::agent {
+namespace {
+
+/// The directory holding the `sortie` Python package beside this program: <build>/python in a
+/// build tree (the program is <build>/apps/sortie), <prefix>/lib/sortie/python installed.
+std::string find_python_path() {
+  std::error_code ec;
+  auto exe = std::filesystem::read_symlink("/proc/self/exe", ec);
+  if (ec)
+    return {};
+  auto dir = exe.parent_path();
+  for (auto candidate : {dir.parent_path() / "python", dir.parent_path() / "lib/sortie/python"})
+    if (std::filesystem::exists(candidate / "sortie" / "__init__.py", ec))
+      return candidate.string();
+  return {};
+}
+
+} // namespace
+
+struct EngineBridge::Listener {
+  std::uint64_t job = 0;
+  std::uint32_t attempt = 0;
+  std::string key;
+  std::string name; ///< "@sortie-engine-...": an abstract socket name
+  asio::local::stream_protocol::acceptor acceptor;
+  bool closed = false;
+  explicit Listener(asio::io_context& io) : acceptor(io) {}
+};
+
+EngineBridge::EngineBridge(asio::io_context& io, std::function<bool(pb::Envelope&)> up)
+    : io_(io), up_(std::move(up)), python_path_(find_python_path()) {}
+
+EngineBridge::~EngineBridge() { close_all(); }
+
+std::vector<std::string> EngineBridge::prepare(std::uint64_t job, std::uint32_t attempt) {
+  ended(job); // an earlier attempt's, if any
+  auto l = std::make_shared<Listener>(io_);
+  l->job = job;
+  l->attempt = attempt;
+  l->key = protocol::to_hex(protocol::random_bytes(32));
+  l->name = "@sortie-engine-" + protocol::to_hex(protocol::random_bytes(12));
+  std::string abstract = l->name;
+  abstract[0] = '\0';
+  error_code ec;
+  l->acceptor.open(asio::local::stream_protocol(), ec);
+  if (!ec)
+    l->acceptor.bind(asio::local::stream_protocol::endpoint(abstract), ec);
+  if (!ec)
+    l->acceptor.listen(asio::socket_base::max_listen_connections, ec);
+  std::vector<std::string> env;
+  if (ec) {
+    // The engine starts without a socket and says so when it cannot connect.
+    log::error("job {}: cannot make its engine socket: {}", job, ec.message());
+  } else {
+    listeners_[job] = l;
+    spawn_root(io_.get_executor(), fmt::format("engine socket of job {}", job), accept_loop(l));
+  }
+  env.push_back("SORTIE_ENGINE_SOCKET=" + l->name);
+  env.push_back("SORTIE_ENGINE_KEY=" + l->key);
+  if (!python_path_.empty()) {
+    const char* old = std::getenv("PYTHONPATH");
+    env.push_back("PYTHONPATH=" + python_path_ + (old && *old ? std::string(":") + old : ""));
+  }
+  return env;
+}
+
+Awaitable<void> EngineBridge::accept_loop(std::shared_ptr<Listener> l) {
+  while (!l->closed) {
+    auto [ec, socket] = co_await l->acceptor.async_accept(use_nothrow);
+    if (ec || l->closed)
+      break;
+    auto link = std::make_shared<net::Link>(
+        io_.get_executor(), net::make_socket_stream(std::move(socket), "engine"));
+    link->start();
+    std::uint64_t id = next_link_++;
+    spawn_root(io_.get_executor(), fmt::format("engine link {} of job {}", id, l->job),
+               serve(id, link, l));
+  }
+}
+
+Awaitable<void> EngineBridge::serve(std::uint64_t id, std::shared_ptr<net::Link> link,
+                                    std::shared_ptr<Listener> l) {
+  pb::Welcome welcome;
+  welcome.set_heartbeat_interval_ms(0);
+  auto accepted = co_await net::accept_handshake(link, l->key, welcome, 10'000);
+  if (!accepted.ok()) {
+    log::warn("job {}: an engine connection failed to authenticate: {}", l->job,
+              accepted.error().to_string());
+    co_return;
+  }
+  if (accepted->hello.role() != pb::ROLE_ENGINE || l->closed) {
+    link->close_with_error(make_error(ErrorCode::PermissionDenied,
+                                      "only the job's engine may use this socket"));
+    co_return;
+  }
+  links_[id] = EngineLink{l->job, l->attempt, link};
+  routes_.add(id, protocol::Role::Engine);
+  while (true) {
+    auto frame = co_await link->receive();
+    if (!frame.ok())
+      break;
+    auto& env = *frame;
+    if (env.has_heartbeat() || env.has_goodbye())
+      continue;
+    if (!protocol::may_send(protocol::Role::Engine, env.body_case())) {
+      link->close_with_error(protocol::not_allowed(protocol::Role::Engine, env));
+      break;
+    }
+    if (env.has_engine_ready()) { // which job it is, the agent says
+      env.mutable_engine_ready()->set_job_id(l->job);
+      env.mutable_engine_ready()->set_attempt(l->attempt);
+    }
+    if (auto r = routes_.up(id, env); !r.ok()) {
+      link->close_with_error(r.error());
+      break;
+    }
+    up_(env); // dropped without a hub: the engine sends it again after EngineRejoin
+  }
+  routes_.remove(id);
+  links_.erase(id);
+}
+
+void EngineBridge::down(pb::Envelope& env) {
+  auto id = routes_.down(env);
+  if (!id.ok()) {
+    log::debug("dropping the hub's '{}' for an engine that is gone: {}", protocol::body_name(env),
+               id.error().to_string());
+    return;
+  }
+  if (auto it = links_.find(*id); it != links_.end())
+    it->second.link->send(env);
+}
+
+void EngineBridge::rejoin() {
+  pb::Envelope env;
+  env.mutable_engine_rejoin();
+  for (auto& [id, e] : links_)
+    e.link->send(env);
+}
+
+void EngineBridge::ended(std::uint64_t job) {
+  if (auto it = listeners_.find(job); it != listeners_.end()) {
+    it->second->closed = true;
+    error_code ignored;
+    it->second->acceptor.close(ignored);
+    listeners_.erase(it);
+  }
+  for (auto& [id, e] : links_)
+    if (e.job == job)
+      e.link->close(make_error(ErrorCode::Cancelled, "the engine's job ended"));
+}
+
+void EngineBridge::close_all() {
+  std::vector<std::uint64_t> jobs;
+  for (auto& [job, l] : listeners_)
+    jobs.push_back(job);
+  for (auto job : jobs)
+    ended(job);
+  for (auto& [id, e] : links_)
+    e.link->close(make_error(ErrorCode::Cancelled, "the agent is stopping"));
+}
+
+} // namespace sortie::agent

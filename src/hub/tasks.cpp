@@ -1,0 +1,822 @@
+// SPDX-License-Identifier: Apache-2.0
+// Engines and tasks in the hub: registration through agents, dispatch after commit, results,
+// losses, timeouts, retention, and pushes of results to watching clients.
+#include "hub/tasks.hpp"
+
+#include <algorithm>
+
+#include <fmt/format.h>
+#include <fmt/ranges.h>
+
+#include "common/log.hpp"
+#include "common/text.hpp"
+#include "protocol/errors.hpp"
+
+namespace sortie::hub {
+namespace {
+
+constexpr std::size_t kMaxCalls = 100'000;       // per TaskSubmit
+constexpr std::size_t kPushQueueLimit = 8u << 20; // bytes queued on a client before pushes wait
+constexpr std::size_t kFrameBudget = 16u << 20;  // bytes of results per TaskResults frame
+constexpr std::uint32_t kMaxRanks = 4096;
+
+pb::TaskResult::State wire_state(TaskState s) {
+  switch (s) {
+  case TaskState::Done:
+    return pb::TaskResult::DONE;
+  case TaskState::Failed:
+    return pb::TaskResult::FAILED;
+  case TaskState::Lost:
+    return pb::TaskResult::LOST;
+  default:
+    return pb::TaskResult::STATE_UNSPECIFIED;
+  }
+}
+
+std::shared_ptr<const std::string> share(std::string* s) {
+  if (s->empty())
+    return nullptr;
+  return std::make_shared<const std::string>(std::move(*s));
+}
+
+} // namespace
+
+Tasks::Tasks(Core& core, Jobs& jobs) : core_(core), jobs_(jobs) {
+  core_.events.final.subscribe([this](Job& job) { job_ended(job); });
+  core_.events.attempt_ended.subscribe([this](Job& job) { job_ended(job); });
+  core_.events.agent_away.subscribe([this](Agent& agent) {
+    // Its engines keep running; they take nothing new until they are back (EngineReady).
+    for (auto& [id, e] : engines_)
+      if (e.agent == agent.id && e.up) {
+        e.up = false;
+        chooser_.close_engine(id);
+      }
+  });
+  core_.events.client_closed.subscribe(
+      [this](const std::shared_ptr<Peer>& peer) { pushes_.erase(peer.get()); });
+}
+
+void Tasks::register_with(Router& router) {
+  router.add(pb::Envelope::kEngineReady, Role::Engine, [this](const Sender& from, pb::Envelope& env) {
+    handle_ready(from, *env.mutable_engine_ready());
+  });
+  router.add(pb::Envelope::kTaskDone, Role::Engine, [this](const Sender& from, pb::Envelope& env) {
+    handle_done(from, *env.mutable_task_done());
+  });
+  router.add(pb::Envelope::kTaskSubmit, Role::Client, [this](const Sender& from, pb::Envelope& env) {
+    handle_submit(from, *env.mutable_task_submit());
+  });
+  router.add(pb::Envelope::kTaskWatch, Role::Client, [this](const Sender& from, pb::Envelope& env) {
+    handle_watch(from, env.task_watch());
+  });
+  router.add(pb::Envelope::kTaskList, Role::Client, [this](const Sender& from, pb::Envelope& env) {
+    handle_list(from, env.task_list());
+  });
+  router.add(pb::Envelope::kTaskForget, Role::Client, [this](const Sender& from, pb::Envelope& env) {
+    handle_forget(from, env.task_forget());
+  });
+  router.add(pb::Envelope::kEngineList, Role::Client, [this](const Sender& from, pb::Envelope& env) {
+    handle_engines(from, env.engine_list());
+  });
+}
+
+std::size_t Tasks::engines_up() const {
+  return static_cast<std::size_t>(
+      std::count_if(engines_.begin(), engines_.end(), [](const auto& e) { return e.second.up; }));
+}
+
+// -------------------------------------------------------------------------------------------
+// Loading
+
+void Tasks::load(store::LoadedState& state) {
+  next_task_id_ = std::max<std::uint64_t>(1, state.next_task_id);
+  next_engine_id_ = std::max<std::uint64_t>(1, state.next_engine_id);
+  // Engines of jobs that still run as that attempt may come back (their agents reconnect).
+  for (const auto& row : state.engines) {
+    next_engine_id_ = std::max(next_engine_id_, row.id + 1);
+    const Job* job = jobs_.find(JobId(row.job_id));
+    if (!job || job->attempt != row.attempt ||
+        (job->state != JobState::Assigned && job->state != JobState::Running))
+      continue;
+    Engine e;
+    e.id = row.id;
+    e.job = job->id;
+    e.attempt = row.attempt;
+    e.rank = row.rank;
+    e.size = row.size;
+    e.agent = job->agent;
+    e.started_ms = job->start_ms;
+    pb::JobSpec spec;
+    spec.ParseFromString(core_.state.spec_of(*job).bytes);
+    e.label = spec.label();
+    engines_of_job_[e.job].push_back(e.id);
+    engines_.emplace(e.id, std::move(e));
+  }
+  std::vector<std::uint64_t> orphans;
+  for (auto& row : state.tasks) {
+    next_task_id_ = std::max(next_task_id_, row.id + 1);
+    Task t;
+    t.id = row.id;
+    t.state = static_cast<TaskState>(row.state);
+    t.handler = std::move(row.handler);
+    t.label = std::move(row.label);
+    t.payload = std::move(row.payload);
+    t.target = row.target_engine;
+    t.engine = row.engine_id;
+    t.retries = row.retries;
+    t.attempts = row.attempts;
+    t.timeout_ms = row.timeout_ms;
+    t.priority = row.priority;
+    t.submit_ms = row.submit_ms;
+    t.start_ms = row.start_ms;
+    t.end_ms = row.end_ms;
+    t.result = std::move(row.result);
+    t.output = std::move(row.output);
+    t.error_type = std::move(row.error_type);
+    t.error_message = std::move(row.error_message);
+    t.traceback = std::move(row.traceback);
+    auto& task = tasks_.emplace(t.id, std::move(t)).first->second;
+    if (task.ended()) {
+      ended_.emplace_back(task.end_ms, task.id);
+    } else if (task.state == TaskState::Queued) {
+      enqueue(task);
+    } else if (auto it = engines_.find(task.engine); it != engines_.end()) {
+      it->second.running.insert(task.id); // waits for its engine to say whether it still has it
+      if (task.timeout_ms > 0)
+        deadlines_.emplace(task.start_ms + task.timeout_ms, task.id);
+    } else {
+      orphans.push_back(task.id);
+    }
+  }
+  std::sort(ended_.begin(), ended_.end());
+  for (auto& [id, e] : engines_)
+    chooser_.add_engine(id, e.label, core_.config.engine_prefetch,
+                        static_cast<std::uint32_t>(e.running.size()));
+  for (auto& [id, e] : engines_)
+    chooser_.close_engine(id); // until it says it is there
+  for (auto id : orphans) {
+    Task& t = tasks_.at(id);
+    requeue(t, true, fmt::format("its engine {} ended while the hub was down", t.engine));
+  }
+}
+
+// -------------------------------------------------------------------------------------------
+// Engines
+
+void Tasks::send_to(const Engine& e, pb::Envelope& env) {
+  Agent* agent = core_.state.find_agent(e.agent);
+  if (!agent || !agent->peer || e.link == 0)
+    return; // it resends what it holds when its agent is back (EngineReady)
+  env.clear_route();
+  env.add_route(e.link);
+  agent->peer->send(env);
+}
+
+void Tasks::handle_ready(const Sender& from, pb::EngineReady& r) {
+  Agent* agent = from.agent;
+  auto refuse = [&](ErrorCode code, std::string message) {
+    log::warn("engine of job {} on {} refused: {}", from.via, agent->node, message);
+    Router::refuse(from, make_error(code, std::move(message)));
+  };
+  // The agent wrote job_id and attempt: those of the job whose key the engine proved.
+  Job* job = jobs_.find(JobId(r.job_id()));
+  if (!job || job->agent != agent->id || job->attempt != r.attempt() ||
+      (job->state != JobState::Assigned && job->state != JobState::Running))
+    return refuse(ErrorCode::FailedPrecondition,
+                  fmt::format("job {} attempt {} is not running on node {}: this engine is "
+                              "not wanted any more",
+                              r.job_id(), r.attempt(), agent->node));
+  if (!core_.state.spec_of(*job).engine)
+    return refuse(ErrorCode::FailedPrecondition,
+                  fmt::format("job {} is a command, not an engine: submit engines with `sortie "
+                              "engine start` (kind \"engine\")",
+                              r.job_id()));
+  std::uint32_t size = std::max<std::uint32_t>(1, r.size());
+  if (size > kMaxRanks || r.rank() >= size)
+    return refuse(ErrorCode::InvalidArgument,
+                  fmt::format("engine rank {} of {} is not a valid rank", r.rank(), size));
+
+  Engine* e = nullptr;
+  for (auto id : engines_of_job_[job->id]) {
+    Engine& cand = engines_.at(id);
+    if (cand.attempt == r.attempt() && cand.rank == r.rank())
+      e = &cand;
+  }
+  std::int64_t now = core_.clock.now_ms();
+  auto& batch = core_.durable.batch();
+  if (!e) {
+    std::uint64_t id = next_engine_id_++;
+    Engine fresh;
+    fresh.id = id;
+    fresh.job = job->id;
+    fresh.attempt = r.attempt();
+    fresh.rank = r.rank();
+    fresh.size = size;
+    fresh.started_ms = now;
+    pb::JobSpec spec;
+    spec.ParseFromString(core_.state.spec_of(*job).bytes);
+    fresh.label = spec.label();
+    engines_of_job_[job->id].push_back(id);
+    e = &engines_.emplace(id, std::move(fresh)).first->second;
+    batch.engines.push_back({id, job->id.value, r.attempt(), r.rank(), size});
+    batch.next_engine_id = next_engine_id_;
+    log::info("engine {} up: job {} rank {}/{} on {} (pid {})", id, job->id, r.rank(), size,
+              agent->node, r.pid());
+  }
+  if (e->link != 0)
+    links_.erase({e->agent.value, e->link});
+  e->agent = agent->id;
+  e->link = from.via;
+  links_[{agent->id.value, from.via}] = e->id;
+  e->node = agent->node;
+  e->pid = r.pid();
+  e->kind = r.kind();
+
+  // What it holds against what the hub sent it: a task sent but never received (its agent was
+  // away) is queued again; one it holds that the hub no longer gives it is dropped there.
+  std::unordered_set<std::uint64_t> holds(r.running().begin(), r.running().end());
+  for (const auto& res : r.unacked())
+    holds.insert(res.task_id());
+  std::vector<std::uint64_t> missing;
+  for (auto id : e->running)
+    if (!holds.contains(id))
+      missing.push_back(id);
+  for (auto id : missing)
+    if (Task* t = find(id))
+      requeue(*t, false, fmt::format("engine {} never received it", e->id));
+  pb::Envelope welcome;
+  auto* w = welcome.mutable_engine_welcome();
+  for (auto id : r.running())
+    if (!e->running.contains(id))
+      w->add_drop(id);
+  std::vector<std::uint64_t> acked, finished;
+  for (auto& res : *r.mutable_unacked()) {
+    acked.push_back(res.task_id());
+    if (accept_result(*e, res))
+      finished.push_back(res.task_id());
+  }
+  w->set_engine_id(e->id);
+  w->set_prefetch(core_.config.engine_prefetch);
+  w->set_label(e->label);
+  e->up = true;
+  chooser_.add_engine(e->id, e->label, core_.config.engine_prefetch,
+                      static_cast<std::uint32_t>(e->running.size()));
+  std::uint64_t engine_id = e->id;
+  welcome.set_request_id(from.rid);
+  core_.durable.after_commit([this, engine_id, welcome = std::move(welcome),
+                              acked = std::move(acked), finished = std::move(finished)](
+                                 const Result<void>& committed) mutable {
+    auto it = engines_.find(engine_id);
+    if (!committed.ok() || it == engines_.end())
+      return;
+    send_to(it->second, welcome);
+    if (!acked.empty()) {
+      pb::Envelope ack;
+      for (auto id : acked)
+        ack.mutable_task_done_ack()->add_task_ids(id);
+      send_to(it->second, ack);
+    }
+    notify(finished);
+    request_dispatch();
+  });
+}
+
+bool Tasks::accept_result(Engine& e, pb::TaskResult& r) {
+  Task* t = find(r.task_id());
+  if (!t || t->state != TaskState::Running || t->engine != e.id)
+    return false; // timed out, forgotten, or a resend of one already finished: just acked
+  e.running.erase(t->id);
+  ++e.tasks_done;
+  chooser_.finished(e.id);
+  TaskState to = r.state() == pb::TaskResult::DONE ? TaskState::Done : TaskState::Failed;
+  finish(*t, to, &r);
+  return true;
+}
+
+void Tasks::handle_done(const Sender& from, pb::TaskDone& done) {
+  auto link = links_.find({from.agent->id.value, from.via});
+  auto it = link == links_.end() ? engines_.end() : engines_.find(link->second);
+  if (it == engines_.end())
+    return Router::refuse(from, make_error(ErrorCode::FailedPrecondition,
+                                           "protocol error: task results from an engine that "
+                                           "is not registered: send EngineReady first"));
+  Engine& e = it->second;
+  std::vector<std::uint64_t> acked, finished;
+  for (auto& r : *done.mutable_results()) {
+    acked.push_back(r.task_id());
+    if (accept_result(e, r))
+      finished.push_back(r.task_id());
+  }
+  std::uint64_t engine_id = e.id;
+  core_.durable.after_commit([this, engine_id, acked = std::move(acked),
+                              finished = std::move(finished)](const Result<void>& committed) {
+    if (!committed.ok())
+      return;
+    if (auto it2 = engines_.find(engine_id); it2 != engines_.end()) {
+      pb::Envelope ack;
+      auto* a = ack.mutable_task_done_ack();
+      for (auto id : acked)
+        a->add_task_ids(id);
+      send_to(it2->second, ack);
+    }
+    notify(finished);
+  });
+  request_dispatch();
+}
+
+void Tasks::job_ended(const Job& job) {
+  auto it = engines_of_job_.find(job.id);
+  if (it == engines_of_job_.end())
+    return;
+  std::vector<std::uint64_t> ids = std::move(it->second);
+  engines_of_job_.erase(it);
+  std::string why = job.reason.empty()
+                        ? fmt::format("its job {} ended ({})", job.id, job_state_name(job.state))
+                        : fmt::format("its job {} ended: {}", job.id, job.reason);
+  for (auto id : ids)
+    engine_gone(id, why);
+}
+
+void Tasks::engine_gone(std::uint64_t id, const std::string& why) {
+  auto it = engines_.find(id);
+  if (it == engines_.end())
+    return;
+  Engine e = std::move(it->second);
+  engines_.erase(it);
+  links_.erase({e.agent.value, e.link});
+  log::info("engine {} gone: {}", id, why);
+  for (auto task : chooser_.remove_engine(id))
+    if (Task* t = find(task))
+      finish(*t, TaskState::Lost, nullptr, "EngineLost",
+             fmt::format("engine {} is gone ({}) and the task was sent to it alone", id, why));
+  for (auto task : e.running) {
+    Task* t = find(task);
+    if (!t || t->state != TaskState::Running)
+      continue;
+    if (t->target == 0 && t->attempts <= t->retries) {
+      requeue(*t, true, fmt::format("engine {} died while running it", id));
+    } else {
+      finish(*t, TaskState::Lost, nullptr, "EngineLost",
+             fmt::format("engine {} (job {} on {}) died while running it: {}", id, e.job, e.node,
+                         why));
+    }
+  }
+}
+
+// -------------------------------------------------------------------------------------------
+// Tasks
+
+Task* Tasks::find(std::uint64_t id) {
+  auto it = tasks_.find(id);
+  return it == tasks_.end() ? nullptr : &it->second;
+}
+
+void Tasks::write(const Task& t, store::TaskRow::Write how) {
+  store::TaskRow row;
+  row.write = how;
+  row.id = t.id;
+  row.state = static_cast<int>(t.state);
+  row.engine_id = t.engine;
+  row.attempts = t.attempts;
+  row.start_ms = t.start_ms;
+  if (how == store::TaskRow::Write::Insert) {
+    row.handler = t.handler;
+    row.label = t.label;
+    row.payload = t.payload;
+    row.target_engine = t.target;
+    row.retries = t.retries;
+    row.timeout_ms = t.timeout_ms;
+    row.priority = t.priority;
+    row.submit_ms = t.submit_ms;
+  } else if (how == store::TaskRow::Write::Finish) {
+    row.end_ms = t.end_ms;
+    row.result = t.result;
+    row.output = t.output;
+    row.error_type = t.error_type;
+    row.error_message = t.error_message;
+    row.traceback = t.traceback;
+  }
+  core_.durable.batch().tasks.push_back(std::move(row));
+}
+
+void Tasks::enqueue(Task& t) { chooser_.enqueue(t.id, t.label, t.target, t.priority); }
+
+void Tasks::requeue(Task& t, bool charge, const std::string& why) {
+  if (auto it = engines_.find(t.engine); it != engines_.end() && it->second.running.erase(t.id))
+    chooser_.finished(t.engine);
+  if (!charge && t.attempts > 0)
+    --t.attempts; // it never ran there
+  log::debug("task {} queued again: {}", t.id, why);
+  t.state = TaskState::Queued;
+  t.engine = 0;
+  t.start_ms = 0;
+  write(t, store::TaskRow::Write::Update);
+  enqueue(t);
+  request_dispatch();
+}
+
+void Tasks::finish(Task& t, TaskState to, pb::TaskResult* r, std::string error_type,
+                   std::string message) {
+  if (t.state == TaskState::Queued)
+    chooser_.dequeue(t.id);
+  t.state = to;
+  t.end_ms = core_.clock.now_ms();
+  t.payload.reset();
+  if (r) {
+    t.result = share(r->mutable_payload());
+    t.output = share(r->mutable_stdout());
+    t.error_type = std::move(*r->mutable_error_type());
+    t.error_message = std::move(*r->mutable_error_message());
+    t.traceback = std::move(*r->mutable_traceback());
+    if (r->start_ms() > 0)
+      t.start_ms = r->start_ms();
+  } else {
+    t.error_type = std::move(error_type);
+    t.error_message = std::move(message);
+  }
+  write(t, store::TaskRow::Write::Finish);
+  ended_.emplace_back(t.end_ms, t.id);
+  if (!r) { // the hub ended it: tell its watchers once that is durable
+    core_.durable.after_commit([this, id = t.id](const Result<void>& committed) {
+      if (committed.ok())
+        notify({id});
+    });
+  }
+}
+
+void Tasks::handle_submit(const Sender& from, pb::TaskSubmit& req) {
+  auto refuse = [&](ErrorCode code, std::string msg, std::string context = {}) {
+    reply_error(from.peer, from.rid, make_error(code, std::move(msg), std::move(context)));
+  };
+  if (core_.state.stopping)
+    return refuse(ErrorCode::Unavailable, "the hub is stopping: submit again once it is back");
+  if (req.calls_size() == 0)
+    return refuse(ErrorCode::InvalidArgument, "a task submission needs at least one call");
+  if (static_cast<std::size_t>(req.calls_size()) > kMaxCalls)
+    return refuse(ErrorCode::InvalidArgument,
+                  fmt::format("{} calls in one submission: at most {} (split it)",
+                              req.calls_size(), kMaxCalls));
+  for (int i = 0; i < req.calls_size(); ++i) {
+    const auto& c = req.calls(i);
+    std::string ctx = fmt::format("call {} of the submission", i + 1);
+    if (c.handler().size() > 256)
+      return refuse(ErrorCode::InvalidArgument, "a handler name is at most 256 bytes", ctx);
+    if (!c.label().empty() && !valid_label(c.label()))
+      return refuse(ErrorCode::InvalidArgument,
+                    fmt::format("invalid label '{}': letters, digits, '-', '_' and '.'",
+                                c.label()),
+                    ctx);
+    if (c.retries() > 1000)
+      return refuse(ErrorCode::InvalidArgument, "at most 1000 retries", ctx);
+    if (c.timeout_ms() < 0)
+      return refuse(ErrorCode::InvalidArgument, "a timeout cannot be negative", ctx);
+    if (c.engine_id() != 0 && !engines_.contains(c.engine_id())) {
+      std::vector<std::uint64_t> live;
+      for (const auto& [id, e] : engines_)
+        live.push_back(id);
+      std::sort(live.begin(), live.end());
+      return refuse(ErrorCode::NotFound,
+                    fmt::format("engine {} does not exist; engines now: {}", c.engine_id(),
+                                live.empty() ? std::string("none (start some with `sortie "
+                                                           "engine start`)")
+                                             : fmt::format("{}", fmt::join(live, ", "))),
+                    ctx);
+    }
+  }
+  std::int64_t now = core_.clock.now_ms();
+  std::uint64_t first = next_task_id_;
+  for (auto& c : *req.mutable_calls()) {
+    Task t;
+    t.id = next_task_id_++;
+    t.handler = std::move(*c.mutable_handler());
+    t.label = std::move(*c.mutable_label());
+    t.payload = std::make_shared<const std::string>(std::move(*c.mutable_payload()));
+    t.target = c.engine_id();
+    t.retries = c.retries();
+    t.timeout_ms = c.timeout_ms();
+    t.priority = c.priority();
+    t.submit_ms = now;
+    auto& task = tasks_.emplace(t.id, std::move(t)).first->second;
+    write(task, store::TaskRow::Write::Insert);
+  }
+  core_.durable.batch().next_task_id = next_task_id_;
+  auto count = static_cast<std::uint32_t>(req.calls_size());
+  bool watch = req.watch();
+  core_.durable.after_commit([this, peer = from.peer, rid = from.rid, first, count,
+                              watch](const Result<void>& committed) {
+    if (!committed.ok()) {
+      for (std::uint64_t id = first; id < first + count; ++id)
+        tasks_.erase(id);
+      reply_error(peer, rid,
+                  make_error(ErrorCode::Io, fmt::format("the hub could not store the tasks: {}",
+                                                        committed.error().message)));
+      return;
+    }
+    pb::Envelope env;
+    env.mutable_task_submit_reply()->set_first_id(first);
+    env.mutable_task_submit_reply()->set_count(count);
+    reply(peer, env, rid);
+    for (std::uint64_t id = first; id < first + count; ++id) {
+      Task* t = find(id);
+      if (!t)
+        continue;
+      if (watch)
+        watchers_[id].push_back(peer);
+      if (t->state == TaskState::Queued)
+        enqueue(*t);
+    }
+    request_dispatch();
+  });
+}
+
+void Tasks::handle_watch(const Sender& from, const pb::TaskWatch& req) {
+  reply_ok(from.peer, from.rid);
+  std::vector<std::uint64_t> now;
+  for (auto id : req.task_ids()) {
+    Task* t = find(id);
+    if (!t || t->ended())
+      push_later(from.peer, id); // its result, or UNKNOWN
+    else
+      watchers_[id].push_back(from.peer);
+  }
+  flush_pushes(from.peer.get());
+}
+
+void Tasks::handle_list(const Sender& from, const pb::TaskListRequest& req) {
+  pb::Envelope env;
+  auto* list = env.mutable_task_list_reply();
+  auto add = [&](const Task& t) {
+    auto* i = list->add_tasks();
+    i->set_id(t.id);
+    i->set_state(wire_state(t.state));
+    i->set_running(t.state == TaskState::Running);
+    i->set_engine_id(t.engine ? t.engine : t.target);
+    i->set_label(t.label);
+    i->set_handler(t.handler);
+    i->set_submit_ms(t.submit_ms);
+    i->set_start_ms(t.start_ms);
+    i->set_end_ms(t.end_ms);
+    i->set_error_type(t.error_type);
+    i->set_error_message(t.error_message);
+    i->set_attempts(t.attempts);
+    i->set_payload_bytes(t.payload ? t.payload->size() : 0);
+    i->set_result_bytes(t.result ? t.result->size() : 0);
+  };
+  if (req.ids_size() > 0) {
+    for (auto id : req.ids())
+      if (const Task* t = find(id))
+        add(*t);
+    list->set_matched(static_cast<std::uint64_t>(list->tasks_size()));
+  } else {
+    std::uint64_t limit = req.limit() ? req.limit() : 1000;
+    std::vector<const Task*> newest;
+    for (auto it = tasks_.rbegin(); it != tasks_.rend() && newest.size() < limit; ++it)
+      newest.push_back(&it->second);
+    for (auto it = newest.rbegin(); it != newest.rend(); ++it)
+      add(**it);
+    list->set_matched(tasks_.size());
+  }
+  reply(from.peer, env, from.rid);
+}
+
+void Tasks::handle_forget(const Sender& from, const pb::TaskForget& req) {
+  pb::Envelope env;
+  auto* r = env.mutable_task_forget_reply();
+  auto& batch = core_.durable.batch();
+  for (auto id : req.ids()) {
+    auto it = tasks_.find(id);
+    if (it == tasks_.end()) {
+      r->set_not_found(r->not_found() + 1);
+    } else if (!it->second.ended()) {
+      r->set_not_ended(r->not_ended() + 1);
+    } else {
+      tasks_.erase(it);
+      watchers_.erase(id);
+      batch.tasks_forgotten.push_back(id);
+      r->set_forgotten(r->forgotten() + 1);
+    }
+  }
+  core_.durable.after_commit([peer = from.peer, rid = from.rid,
+                              env = std::move(env)](const Result<void>& committed) mutable {
+    if (committed.ok())
+      reply(peer, env, rid);
+    else
+      reply_error(peer, rid, committed.error());
+  });
+}
+
+void Tasks::handle_engines(const Sender& from, const pb::EngineListRequest& req) {
+  std::vector<const Engine*> list;
+  for (const auto& [id, e] : engines_)
+    if (e.up && (req.label().empty() || e.label == req.label()))
+      list.push_back(&e);
+  std::sort(list.begin(), list.end(), [](auto* a, auto* b) { return a->id < b->id; });
+  pb::Envelope env;
+  auto* out = env.mutable_engine_list_reply();
+  for (const Engine* e : list) {
+    auto* i = out->add_engines();
+    i->set_id(e->id);
+    i->set_job_id(e->job.value);
+    i->set_node(e->node);
+    i->set_label(e->label);
+    i->set_busy(!e->running.empty());
+    i->set_rank(e->rank);
+    i->set_size(e->size);
+    i->set_pid(e->pid);
+    i->set_tasks_done(e->tasks_done);
+    i->set_running(static_cast<std::uint32_t>(e->running.size()));
+    i->set_started_ms(e->started_ms);
+    i->set_kind(e->kind);
+  }
+  reply(from.peer, env, from.rid);
+}
+
+// -------------------------------------------------------------------------------------------
+// Dispatch
+
+void Tasks::request_dispatch() {
+  if (dispatch_posted_)
+    return;
+  dispatch_posted_ = true;
+  core_.post([this] {
+    dispatch_posted_ = false;
+    dispatch();
+  });
+}
+
+void Tasks::dispatch() {
+  if (core_.state.stopping)
+    return;
+  auto picks = chooser_.choose();
+  if (picks.empty())
+    return;
+  std::int64_t now = core_.clock.now_ms();
+  std::unordered_map<std::uint64_t, std::vector<std::uint64_t>> by_engine;
+  for (const auto& p : picks) {
+    Task* t = find(p.task);
+    auto e = engines_.find(p.engine);
+    if (!t || t->state != TaskState::Queued || e == engines_.end()) {
+      chooser_.finished(p.engine);
+      continue;
+    }
+    t->state = TaskState::Running;
+    t->engine = p.engine;
+    ++t->attempts;
+    t->start_ms = now;
+    e->second.running.insert(t->id);
+    if (t->timeout_ms > 0)
+      deadlines_.emplace(now + t->timeout_ms, t->id);
+    write(*t, store::TaskRow::Write::Update);
+    by_engine[p.engine].push_back(t->id);
+  }
+  // Sent once "running there" is durable: a restarted hub knows where every task went.
+  core_.durable.after_commit([this, by_engine = std::move(by_engine)](const Result<void>& committed) {
+    if (!committed.ok())
+      return;
+    for (const auto& [engine, ids] : by_engine) {
+      auto e = engines_.find(engine);
+      if (e == engines_.end())
+        continue;
+      pb::Envelope env;
+      auto* run = env.mutable_task_run();
+      for (auto id : ids) {
+        Task* t = find(id);
+        if (!t || t->state != TaskState::Running || t->engine != engine || !t->payload)
+          continue;
+        auto* task = run->add_tasks();
+        task->set_task_id(id);
+        task->set_handler(t->handler);
+        task->set_payload(*t->payload);
+        task->set_timeout_ms(t->timeout_ms);
+      }
+      if (run->tasks_size() > 0)
+        send_to(e->second, env);
+    }
+  });
+}
+
+// -------------------------------------------------------------------------------------------
+// Periodic work
+
+void Tasks::tick() {
+  std::int64_t now = core_.clock.now_ms();
+  while (!deadlines_.empty() && deadlines_.top().first <= now) {
+    auto id = deadlines_.top().second;
+    deadlines_.pop();
+    Task* t = find(id);
+    if (!t || t->state != TaskState::Running || t->timeout_ms <= 0 ||
+        t->start_ms + t->timeout_ms > now)
+      continue;
+    std::uint64_t engine = t->engine;
+    if (auto e = engines_.find(engine); e != engines_.end())
+      e->second.running.erase(id); // its engine may still be busy with it; its result is dropped
+    chooser_.finished(engine);
+    finish(*t, TaskState::Failed, nullptr, "TaskTimeout",
+           fmt::format("ran longer than its timeout of {} on engine {}",
+                       format_duration_ms(t->timeout_ms), engine));
+  }
+  if (core_.config.task_retention_ms > 0) {
+    auto& batch = core_.durable.batch();
+    while (!ended_.empty() && ended_.front().first + core_.config.task_retention_ms < now) {
+      auto id = ended_.front().second;
+      ended_.pop_front();
+      auto it = tasks_.find(id);
+      if (it != tasks_.end() && it->second.ended()) {
+        tasks_.erase(it);
+        watchers_.erase(id);
+        batch.tasks_forgotten.push_back(id);
+      }
+    }
+  }
+}
+
+// -------------------------------------------------------------------------------------------
+// Results to clients
+
+void Tasks::fill_result(const Task& t, pb::TaskResult& r) {
+  r.set_task_id(t.id);
+  r.set_state(wire_state(t.state));
+  if (t.result)
+    r.set_payload(*t.result);
+  if (t.output)
+    r.set_stdout(*t.output);
+  r.set_error_type(t.error_type);
+  r.set_error_message(t.error_message);
+  r.set_traceback(t.traceback);
+  r.set_engine_id(t.engine);
+  r.set_start_ms(t.start_ms);
+  r.set_end_ms(t.end_ms);
+}
+
+void Tasks::notify(const std::vector<std::uint64_t>& ids) {
+  std::unordered_set<const Peer*> touched;
+  for (auto id : ids) {
+    auto it = watchers_.find(id);
+    if (it == watchers_.end())
+      continue;
+    for (const auto& w : it->second)
+      if (auto peer = w.lock(); peer && !peer->closed()) {
+        push_later(peer, id);
+        touched.insert(peer.get());
+      }
+    watchers_.erase(it);
+  }
+  for (const Peer* p : touched)
+    flush_pushes(p);
+}
+
+void Tasks::push_later(const std::shared_ptr<Peer>& peer, std::uint64_t id) {
+  auto& p = pushes_[peer.get()];
+  p.peer = peer;
+  p.ids.push_back(id);
+}
+
+void Tasks::flush_pushes(const Peer* key) {
+  auto it = pushes_.find(key);
+  if (it == pushes_.end())
+    return;
+  Pushes& p = it->second;
+  auto peer = p.peer.lock();
+  if (!peer || peer->closed()) {
+    pushes_.erase(it);
+    return;
+  }
+  // A slow reader gets its results as its link drains: what waits here is ids, not copies.
+  while (!p.ids.empty() && peer->queued_bytes() < kPushQueueLimit) {
+    pb::Envelope env;
+    auto* results = env.mutable_task_results();
+    std::size_t bytes = 0;
+    while (!p.ids.empty() && (bytes < kFrameBudget || results->results_size() == 0)) {
+      auto id = p.ids.front();
+      p.ids.pop_front();
+      auto* r = results->add_results();
+      if (const Task* t = find(id)) {
+        fill_result(*t, *r);
+      } else {
+        r->set_task_id(id);
+        r->set_state(pb::TaskResult::UNKNOWN);
+        r->set_error_type("TaskUnknown");
+        r->set_error_message(fmt::format("there is no task {} (never submitted, or forgotten)", id));
+      }
+      bytes += r->payload().size() + r->stdout().size() + 64;
+    }
+    peer->send(env);
+  }
+  if (p.ids.empty()) {
+    pushes_.erase(it);
+    return;
+  }
+  if (!p.waiting) {
+    p.waiting = true;
+    peer->when_drained([this, key, alive = core_.alive] {
+      if (!*alive)
+        return;
+      if (auto again = pushes_.find(key); again != pushes_.end()) {
+        again->second.waiting = false;
+        flush_pushes(key);
+      }
+    });
+  }
+}
+
+} // namespace sortie::hub

@@ -1,0 +1,137 @@
+// SPDX-License-Identifier: Apache-2.0
+// Engines and their tasks (docs/engines.md, docs/protocol/05-tasks.md). An engine is a job of
+// kind "engine" that, once running, registers through its agent (EngineReady, routed); tasks are
+// calls clients submit (TaskSubmit), kept in the store from their acknowledgement to their
+// forgetting. The chooser (scheduler/chooser.hpp) decides which engine runs what; a task is sent
+// only after "running on engine E" is committed, so a restarted hub knows where each one is and
+// none runs on two engines at once. An engine whose job ends loses its tasks: run again
+// elsewhere while the call's retries allow, else LOST (EngineLost). Results are pushed to the
+// clients watching them once they are durable. Takes EngineReady and TaskDone from engines,
+// TaskSubmit, TaskWatch, TaskListRequest, TaskForget and EngineListRequest from clients.
+#pragma once
+
+#include <deque>
+#include <map>
+#include <memory>
+#include <queue>
+#include <unordered_map>
+#include <unordered_set>
+#include <vector>
+
+#include "hub/jobs.hpp"
+#include "hub/room.hpp"
+#include "hub/router.hpp"
+#include "scheduler/chooser.hpp"
+#include "store/store.hpp"
+
+namespace sortie::hub {
+
+enum class TaskState : std::uint8_t { Queued = 0, Running = 1, Done = 2, Failed = 3, Lost = 4 };
+
+/// One task in memory (its payload until it ended, its result until it is forgotten).
+struct Task {
+  std::uint64_t id = 0;
+  TaskState state = TaskState::Queued;
+  std::string handler;
+  std::string label;
+  std::shared_ptr<const std::string> payload;
+  std::uint64_t target = 0; ///< direct: the only engine that may run it
+  std::uint64_t engine = 0; ///< running on, or ran on
+  std::uint32_t retries = 0;
+  std::uint32_t attempts = 0;
+  std::int64_t timeout_ms = 0;
+  std::int32_t priority = 0;
+  std::int64_t submit_ms = 0, start_ms = 0, end_ms = 0;
+  std::shared_ptr<const std::string> result;
+  std::shared_ptr<const std::string> output;
+  std::string error_type, error_message, traceback;
+  bool ended() const { return state >= TaskState::Done; }
+};
+
+/// An engine the hub knows: up (its link through its agent is there) or waiting to come back.
+struct Engine {
+  std::uint64_t id = 0;
+  JobId job;
+  std::uint32_t attempt = 0, rank = 0, size = 1;
+  AgentId agent;
+  std::uint64_t link = 0; ///< its link at its agent: the route to it (0: not known yet)
+  std::string label, node, kind;
+  int pid = 0;
+  std::int64_t started_ms = 0;
+  std::uint64_t tasks_done = 0;
+  std::unordered_set<std::uint64_t> running; ///< tasks sent (or being sent) to it
+  bool up = false;
+};
+
+class Tasks {
+public:
+  Tasks(Core& core, Jobs& jobs);
+  void register_with(Router& router);
+  /// From the store, after the jobs were loaded.
+  void load(store::LoadedState& state);
+  /// Task timeouts and the task_retention sweep.
+  void tick();
+  std::size_t engines_up() const;
+
+private:
+  // Engines
+  void handle_ready(const Sender& from, pb::EngineReady& ready);
+  void handle_done(const Sender& from, pb::TaskDone& done);
+  /// Sends `env` down to the engine through its agent (dropped if that link is gone).
+  void send_to(const Engine& e, pb::Envelope& env);
+  /// The engine's job ended or was requeued: its tasks are run again or lost.
+  void engine_gone(std::uint64_t id, const std::string& why);
+  void job_ended(const Job& job);
+  /// One result from an engine: finishes the task if it runs there. True if it did.
+  bool accept_result(Engine& e, pb::TaskResult& r);
+
+  // Tasks
+  void handle_submit(const Sender& from, pb::TaskSubmit& req);
+  void handle_watch(const Sender& from, const pb::TaskWatch& req);
+  void handle_list(const Sender& from, const pb::TaskListRequest& req);
+  void handle_forget(const Sender& from, const pb::TaskForget& req);
+  void handle_engines(const Sender& from, const pb::EngineListRequest& req);
+  Task* find(std::uint64_t id);
+  void enqueue(Task& t);
+  /// A running task goes back to the queue; `charge`: its engine died while it ran.
+  void requeue(Task& t, bool charge, const std::string& why);
+  void finish(Task& t, TaskState to, pb::TaskResult* r, std::string error_type = {},
+              std::string message = {});
+  void write(const Task& t, store::TaskRow::Write how);
+  /// Runs the chooser once this turn.
+  void request_dispatch();
+  void dispatch();
+
+  // Results to clients
+  void notify(const std::vector<std::uint64_t>& ids);
+  void push_later(const std::shared_ptr<Peer>& peer, std::uint64_t id);
+  void flush_pushes(const Peer* peer);
+  static void fill_result(const Task& t, pb::TaskResult& r);
+
+  Core& core_;
+  Jobs& jobs_;
+  scheduler::TaskChooser chooser_;
+  std::map<std::uint64_t, Task> tasks_;
+  std::unordered_map<std::uint64_t, Engine> engines_;
+  std::unordered_map<JobId, std::vector<std::uint64_t>> engines_of_job_;
+  /// (agent, its link to the engine) -> engine: who sent a routed frame.
+  std::map<std::pair<std::uint64_t, std::uint64_t>, std::uint64_t> links_;
+  std::uint64_t next_task_id_ = 1, next_engine_id_ = 1;
+  bool dispatch_posted_ = false;
+  /// Running tasks with a timeout, earliest deadline first (monotonic... wall ms, task).
+  std::priority_queue<std::pair<std::int64_t, std::uint64_t>,
+                      std::vector<std::pair<std::int64_t, std::uint64_t>>, std::greater<>>
+      deadlines_;
+  /// Ended tasks in the order they ended, for task_retention.
+  std::deque<std::pair<std::int64_t, std::uint64_t>> ended_;
+  /// Clients waiting for tasks' results.
+  std::unordered_map<std::uint64_t, std::vector<std::weak_ptr<Peer>>> watchers_;
+  struct Pushes {
+    std::weak_ptr<Peer> peer;
+    std::deque<std::uint64_t> ids;
+    bool waiting = false; ///< for its link to drain
+  };
+  std::unordered_map<const Peer*, Pushes> pushes_;
+};
+
+} // namespace sortie::hub

@@ -1,0 +1,367 @@
+# SPDX-License-Identifier: Apache-2.0
+"""The Python package with a real hub, agents and engines: each test runs a script with Debian's
+/usr/bin/python3, which starts the profile's hub (`sortie.Client()`), adds a local pilot and
+engines, checks with asserts and prints OK at the end (docs/python.md, docs/engines.md)."""
+import subprocess
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from conftest import sortie_binary
+
+PYTHON = "/usr/bin/python3"
+
+PRELUDE = """\
+import concurrent.futures
+import os
+import signal
+import sys
+import threading
+import time
+
+import sortie
+
+client = sortie.Client()
+client.add_pilot(resource="local", slots_per_node=4, label="cpu")
+client.wait_for_pilots(timeout=60)
+"""
+
+
+def run_script(sortie, tmp_path, body, *args, name="script.py", prelude=PRELUDE, timeout=100):
+    """Runs `prelude` + `body` as a script in `tmp_path`; its stdout, which ends with OK."""
+    path = tmp_path / name
+    path.write_text(prelude + textwrap.dedent(body) + '\nprint("OK")\n')
+    env = dict(sortie.env, PYTHONPATH=str(Path(sortie_binary()).parents[1] / "python"),
+               SORTIE_EXE=sortie.bin)
+    p = subprocess.run([PYTHON, str(path), *map(str, args)], env=env, cwd=str(tmp_path),
+                       capture_output=True, text=True, timeout=timeout)
+    assert p.returncode == 0 and p.stdout.endswith("OK\n"), \
+        f"{name} exited {p.returncode}\nstdout:\n{p.stdout}\nstderr:\n{p.stderr}"
+    return p.stdout
+
+
+@pytest.mark.timeout(120)
+def test_connect_only_without_a_hub_is_a_clear_error(sortie, tmp_path):
+    run_script(sortie, tmp_path, """
+        for profile in (None, "other"):
+            try:
+                sortie.Client(profile=profile, start=False)
+            except sortie.SortieError as e:
+                assert e.code == "unavailable", e.code
+                assert "hub" in str(e), str(e)
+            else:
+                raise AssertionError("Client(start=False) connected to no hub")
+    """, prelude="import sortie\n")
+    assert not (sortie.profile / "hub.json").exists()
+    assert not (sortie.home / "other" / "hub.json").exists()
+
+
+@pytest.mark.timeout(120)
+def test_command_jobs_pilots_and_resources(sortie, tmp_path):
+    run_script(sortie, tmp_path, """
+        job = client.submit_job(["sh", "-c", "echo out; echo err >&2; exit 3"], label="cpu",
+                                name="three")
+        assert job.wait(timeout=60) is job
+        assert job.state() == "failed" and job.exit_code == 3, job.info()
+        assert job.stdout() == "out\\n" and job.stderr() == "err\\n"
+
+        ok = client.submit_job([sys.executable, "-c", "print(6 * 7)"], memory="512M", slots=2)
+        assert ok.wait(timeout=60).state() == "succeeded" and ok.exit_code == 0
+        assert ok.stdout() == "42\\n"
+
+        sleeper = client.submit_job(["sleep", "300"])
+        try:
+            sleeper.wait(timeout=0.5)
+        except TimeoutError as e:
+            assert str(sleeper.id) in str(e)
+        else:
+            raise AssertionError("a job of 300 s ended within 0.5 s")
+        assert sleeper.exit_code is None
+        assert sleeper.cancel()
+        assert sleeper.wait(timeout=60).state() == "cancelled"
+
+        [pilot] = client.pilots()
+        assert pilot.label == "cpu" and pilot.state == "running" and pilot.slots_total == 4
+        assert "local" in [r.name for r in client.resources()]
+
+        hub_json = os.path.join(os.environ["SORTIE_HOME"], "default", "hub.json")
+        with sortie.Client(connection_file=hub_json) as other:
+            assert other.status()["pid"] == client.status()["pid"]
+    """)
+
+
+@pytest.mark.timeout(120)
+def test_views_keep_engine_state_between_calls(sortie, tmp_path):
+    run_script(sortie, tmp_path, """
+        def setup():
+            global greeting
+            greeting = "hello"
+
+        view = client.start_engines(2, label="cpu", setup=setup, timeout=60)
+        assert len(view) == 2 and len(set(view.ids)) == 2
+        assert view.pull("greeting") == ["hello", "hello"]
+
+        view.execute("import math\\ncounter = 0")
+        view.push({"a": 10})
+        assert view.pull("a") == [10, 10]
+        assert view.apply(lambda x: a + x, 1) == [11, 11]   # `a` is the engine's
+
+        def bump():
+            global counter
+            counter += 1
+            return counter
+
+        assert view.apply(bump) == [1, 1]
+        assert view.apply(bump) == [2, 2]
+        assert view.pull(["a", "counter"]) == [[10, 2], [10, 2]]
+
+        # One engine: single values. `math` exists on the engines only (execute above).
+        assert view[0].apply(lambda: math.pi) == 3.141592653589793
+        assert view[1].pull("a") == 10
+        assert view.apply(lambda: sortie.engine.id) == view.ids
+        assert [one.apply(lambda: sortie.engine.id) for one in view] == view.ids
+        assert set(view.apply(lambda: sortie.engine.label)) == {"cpu"}
+
+        pids = view.apply_async(os.getpid).get(timeout=60)
+        assert len(set(pids)) == 2 and os.getpid() not in pids
+        assert view.map(lambda x: x * 2, range(10)) == [x * 2 for x in range(10)]
+        printed = view.apply_async(print, "hi")
+        printed.get(timeout=60)
+        assert printed.stdout() == ["hi\\n", "hi\\n"]
+        assert client.engines(label="cpu").ids == sorted(view.ids)
+    """)
+
+
+@pytest.mark.timeout(120)
+def test_futures_map_gather_as_completed_and_executor(sortie, tmp_path):
+    run_script(sortie, tmp_path, """
+        view = client.start_engines(2, label="cpu", timeout=60)
+
+        def square(x):
+            return x * x
+
+        fut = client.submit(lambda: print("hello from a task") or 7)
+        assert isinstance(fut, concurrent.futures.Future) and isinstance(fut.id, int)
+        assert fut.result(timeout=60) == 7
+        assert fut.stdout() == "hello from a task\\n"
+        assert fut.engine in view.ids
+        assert client.submit(lambda x, *, scale: x * scale, 3, scale=5).result(timeout=60) == 15
+
+        futs = client.map(square, range(200), label="cpu")
+        assert len({f.id for f in futs}) == 200
+        assert client.gather(futs) == [i * i for i in range(200)]
+
+        futs = client.map(pow, range(20), [2] * 20)
+        assert set(sortie.as_completed(futs, timeout=60)) == set(futs)
+        assert [f.result() for f in futs] == [i ** 2 for i in range(20)]
+        done, not_done = sortie.wait(futs, timeout=60)
+        assert len(done) == 20 and not not_done
+
+        with client.executor(label="cpu") as ex:
+            assert list(ex.map(square, range(50), timeout=60)) == [i * i for i in range(50)]
+            assert ex.submit(square, 9).result(timeout=60) == 81
+    """)
+
+
+@pytest.mark.timeout(120)
+def test_remote_errors_carry_type_message_traceback_and_original(sortie, tmp_path):
+    run_script(sortie, tmp_path, """
+        view = client.start_engines(2, label="cpu", timeout=60)
+
+        class Boom(Exception):
+            pass
+
+        def fails(x):
+            raise Boom(f"bad value {x}")
+
+        try:
+            client.submit(fails, 7).result(timeout=60)
+        except sortie.RemoteError as e:
+            assert e.type_name == "__main__.Boom" and e.message == "bad value 7", e
+            assert "in fails" in e.traceback and "Boom: bad value 7" in e.traceback, e.traceback
+            assert isinstance(e.original, Boom) and str(e.original) == "bad value 7"
+            assert e.engine in view.ids
+            assert "__main__.Boom" in str(e) and "bad value 7" in str(e) and "in fails" in str(e)
+        else:
+            raise AssertionError("no RemoteError")
+
+        try:
+            view.apply(lambda: 1 / 0)
+        except sortie.RemoteError as e:
+            assert e.type_name == "ZeroDivisionError" and isinstance(e.original, ZeroDivisionError)
+        else:
+            raise AssertionError("no RemoteError")
+
+        class Unpicklable(Exception):
+            def __init__(self):
+                super().__init__("cannot travel")
+                self.lock = threading.Lock()
+
+        def raise_unpicklable():
+            raise Unpicklable()
+
+        try:
+            client.submit(raise_unpicklable).result(timeout=60)
+        except sortie.RemoteError as e:
+            assert e.type_name == "__main__.Unpicklable" and e.message == "cannot travel"
+            assert e.original is None
+        else:
+            raise AssertionError("no RemoteError")
+
+        try:
+            view[0].pull("never_defined")
+        except sortie.RemoteError as e:
+            assert e.type_name == "NameError" and "never_defined" in e.message
+        else:
+            raise AssertionError("no RemoteError")
+
+        try:
+            client.submit(time.sleep, 30, timeout=0.5).result(timeout=60)
+        except sortie.TaskTimeout as e:
+            assert isinstance(e, TimeoutError) and isinstance(e, sortie.RemoteError)
+        else:
+            raise AssertionError("no TaskTimeout")
+    """)
+
+
+@pytest.mark.timeout(120)
+def test_another_process_collects_results_by_task_id(sortie, tmp_path):
+    id_file = tmp_path / "task_id"
+    run_script(sortie, tmp_path, """
+        client.start_engines(1, label="cpu", timeout=60)
+
+        def slow_square(x):
+            print("working on", x)
+            time.sleep(0.5)  # likely still running when this process exits
+            return x * x
+
+        fut = client.submit(slow_square, 12, label="cpu")
+        with open(sys.argv[1], "w") as f:
+            f.write(str(fut.id))
+    """, id_file, name="submitter.py")
+    run_script(sortie, tmp_path, """
+        task = int(open(sys.argv[1]).read())
+        client = sortie.Client()
+        fut = client.future(task)
+        assert fut.id == task
+        assert fut.result(timeout=60) == 144
+        assert fut.stdout() == "working on 12\\n"
+        assert fut.engine > 0
+
+        assert client.forget([fut]) == 1
+        for gone in (task, 10 ** 9):
+            try:
+                client.future(gone).result(timeout=60)
+            except sortie.SortieError as e:
+                assert e.code == "not_found", e
+            else:
+                raise AssertionError(f"task {gone} has a result")
+    """, id_file, name="collector.py", prelude="import sys\nimport sortie\n")
+
+
+@pytest.mark.timeout(120)
+def test_bad_input_is_refused_in_the_client(sortie, tmp_path):
+    run_script(sortie, tmp_path, """
+        def expect(kind, words, fn, *args, **kwargs):
+            try:
+                fn(*args, **kwargs)
+            except kind as e:
+                for word in words:
+                    assert word in str(e), f"{word!r} not in {e}"
+                return e
+            raise AssertionError(f"{fn} did not raise {kind.__name__}")
+
+        empty = client.engines(label="nope")
+        assert len(empty) == 0
+        expect(ValueError, ["no engines", "nope"], empty.apply, os.getpid)
+
+        view = client.start_engines(1, label="cpu", timeout=60)
+        [live] = view.ids
+        expect(ValueError, [str(live + 1000), str(live)], client.submit, os.getpid,
+               engine=live + 1000)
+        expect(TypeError, ["positional argument 1", "lock"], client.submit, len,
+               threading.Lock())
+        expect(TypeError, ["item 1", "lock"], client.map, len, [[1], threading.Lock()])
+        expect(TypeError, ["not callable"], client.submit, 42)
+        expect(SyntaxError, [], view.execute, "def (")
+        expect(TypeError, ["list"], client.submit_job, "echo hi")
+        expect(ValueError, ["duration"], client.add_pilot, time="soon")
+        expect(ValueError, ["size"], client.submit_job, ["true"], memory="lots")
+
+        big = b"x" * 100_000
+        expect(ValueError, ["64 KiB"], client.start_engines, 1, setup=lambda: big)
+
+        def broken_setup():
+            raise RuntimeError("no model file")
+
+        expect(sortie.SortieError, ["no model file"], client.start_engines, 1, label="cpu",
+               setup=broken_setup, timeout=60)
+        assert view.apply(lambda: 1 + 1) == [2]   # the engine that was up still works
+    """)
+
+
+@pytest.mark.timeout(120)
+def test_an_engine_killed_mid_task_is_engine_lost_and_retries_run_elsewhere(sortie, tmp_path):
+    run_script(sortie, tmp_path, """
+        view = client.start_engines(3, label="cpu", timeout=60)
+        pids = view.apply(os.getpid)
+
+        def hold(marker):
+            # The first attempt says where it runs and waits to be killed; a retry returns.
+            if os.path.exists(marker):
+                return os.getpid()
+            with open(marker + ".tmp", "w") as f:
+                f.write(str(os.getpid()))
+            os.rename(marker + ".tmp", marker)
+            time.sleep(300)
+
+        def started(marker):
+            deadline = time.monotonic() + 60
+            while not os.path.exists(marker):
+                assert time.monotonic() < deadline, f"the task of {marker} did not start"
+                time.sleep(0.05)
+            return int(open(marker).read())
+
+        first = os.path.abspath("first")
+        lost = client.submit(hold, first)
+        killed = started(first)
+        assert killed in pids
+        os.kill(killed, signal.SIGKILL)
+        try:
+            lost.result(timeout=60)
+        except sortie.EngineLost as e:
+            assert isinstance(e, sortie.RemoteError) and e.message, e
+        else:
+            raise AssertionError("the task of a killed engine did not fail")
+
+        second = os.path.abspath("second")
+        retried = client.submit(hold, second, retries=1)
+        killed_too = started(second)
+        os.kill(killed_too, signal.SIGKILL)
+        survivor = retried.result(timeout=60)
+        assert survivor in pids and survivor not in (killed, killed_too)
+    """)
+
+
+@pytest.mark.timeout(120)
+def test_labels_keep_engines_apart(sortie, tmp_path):
+    run_script(sortie, tmp_path, """
+        client.add_pilot(resource="local", slots_per_node=2, label="gpu", gpus_per_node=1)
+        client.wait_for_pilots(timeout=60)
+        cpu = client.start_engines(2, label="cpu", timeout=60)
+        gpu = client.start_engines(1, label="gpu", gpus=1, timeout=60)
+        assert client.engines(label="gpu").ids == gpu.ids
+        assert client.engines(label="cpu").ids == sorted(cpu.ids)
+
+        node = lambda *_: os.environ["SORTIE_NODE"]
+        cpu_nodes, gpu_nodes = set(cpu.apply(node)), set(gpu.apply(node))
+        assert not cpu_nodes & gpu_nodes
+        assert gpu[0].apply(lambda: os.environ.get("CUDA_VISIBLE_DEVICES"))
+
+        where = lambda _: (sortie.engine.label, os.environ["SORTIE_NODE"])
+        on_gpu = client.gather(client.map(where, range(20), label="gpu"))
+        assert {w[0] for w in on_gpu} == {"gpu"} and {w[1] for w in on_gpu} <= gpu_nodes
+        on_cpu = client.gather(client.map(where, range(20), label="cpu"))
+        assert {w[0] for w in on_cpu} == {"cpu"} and {w[1] for w in on_cpu} <= cpu_nodes
+    """)
