@@ -312,6 +312,48 @@ int run(int argc, char** argv) {
   jf->add_option("--group", forget_sel.groups, "the jobs of a group (id or name)");
   jf->callback([&] { action = [&] { return job_forget(g, forget_sel); }; });
 
+  // --- engines and tasks (docs/engines.md)
+  auto* engine = app.add_subcommand("engine", "start, list and stop engines (workers for tasks)");
+  engine->require_subcommand(1);
+  EngineStartArgs eargs;
+  auto* es = engine->add_subcommand("start", "start engines: jobs of kind engine, placed as "
+                                             "jobs are; prints their job ids");
+  es->add_option("--count,-n", eargs.count, "how many engines (default 1)");
+  es->add_option("--label", eargs.label, "run on pilots with this label");
+  es->add_option("--slots", eargs.slots, "slots each engine holds (default 1)");
+  es->add_option("--memory", eargs.memory, "memory each engine may use, e.g. 4G (enforced)");
+  es->add_flag("--restart", eargs.restart, "start an engine again whenever it ends");
+  es->add_option("--name", eargs.name, "the engine jobs' name (default: engine)");
+  es->add_option("command", eargs.command,
+                 "an engine program and its arguments, after -- (default: the Python engine)");
+  es->callback([&] { action = [&] { return engine_start(g, eargs); }; });
+  std::string elist_label;
+  bool elist_json = false;
+  auto* el = engine->add_subcommand("list", "list the engines that are up");
+  el->add_option("--label", elist_label, "only engines with this label");
+  el->add_flag("--json", elist_json, "print JSON");
+  el->callback([&] { action = [&] { return engine_list(g, elist_label, elist_json); }; });
+  std::vector<std::uint64_t> estop_ids;
+  bool estop_all = false;
+  auto* est = engine->add_subcommand("stop", "stop engines (cancels their jobs)");
+  est->add_option("ids", estop_ids, "engine ids");
+  est->add_flag("--all", estop_all, "every engine");
+  est->callback([&] { action = [&] { return engine_stop(g, estop_ids, estop_all); }; });
+  auto* task = app.add_subcommand("task", "list and inspect tasks (calls to engines)");
+  task->require_subcommand(1);
+  std::uint64_t tlist_limit = 100;
+  bool tlist_json = false;
+  auto* tl = task->add_subcommand("list", "list tasks (the newest 100 by default)");
+  tl->add_option("--limit", tlist_limit, "how many of the newest (0: 1000)");
+  tl->add_flag("--json", tlist_json, "print JSON");
+  tl->callback([&] { action = [&] { return task_list(g, tlist_limit, tlist_json); }; });
+  std::uint64_t tshow_id = 0;
+  bool tshow_json = false;
+  auto* ts = task->add_subcommand("show", "one task: state, engine, times, error");
+  ts->add_option("id", tshow_id, "task id")->required();
+  ts->add_flag("--json", tshow_json, "print JSON");
+  ts->callback([&] { action = [&] { return task_show(g, tshow_id, tshow_json); }; });
+
   // --- agent (internal: started by pilots)
   AgentArgs aargs;
   auto* ag = app.add_subcommand("agent", "run an agent (started by pilots)");

@@ -106,6 +106,16 @@ struct JobOptions {
   }
 };
 
+struct EngineStartArgs {
+  std::uint32_t count = 1;
+  std::string label;
+  std::uint32_t slots = 1;
+  std::string memory;
+  bool restart = false;
+  std::string name;
+  std::vector<std::string> command; ///< empty: the Python engine
+};
+
 struct SelectArgs {
   std::vector<std::string> ids;
   bool all = false;
@@ -171,5 +181,10 @@ int job_logs(const Globals& g, const SelectArgs& a, bool follow, bool use_stderr
              std::uint32_t attempt);
 int job_cancel(const Globals& g, const SelectArgs& a);
 int agent_main(const Globals& g, const AgentArgs& a);
+int engine_start(const Globals& g, const EngineStartArgs& a);
+int engine_list(const Globals& g, const std::string& label, bool as_json);
+int engine_stop(const Globals& g, const std::vector<std::uint64_t>& ids, bool all);
+int task_list(const Globals& g, std::uint64_t limit, bool as_json);
+int task_show(const Globals& g, std::uint64_t id, bool as_json);
 
 } // namespace sortie::cli

@@ -88,7 +88,9 @@ json job_to_json(const JobInfo& j) {
   return o;
 }
 
-/// Left-aligned columns sized to their widest cell.
+
+} // namespace
+
 std::string table(const std::vector<std::vector<std::string>>& rows) {
   std::vector<std::size_t> width;
   for (const auto& r : rows)
@@ -111,8 +113,6 @@ std::string table(const std::vector<std::vector<std::string>>& rows) {
   }
   return out;
 }
-
-} // namespace
 
 std::string jobs_table(const std::vector<JobInfo>& jobs) {
   std::vector<std::vector<std::string>> rows = {

@@ -9,6 +9,8 @@
 
 namespace sortie::cli {
 
+/// Left-aligned columns sized to their widest cell (the first row is the header).
+std::string table(const std::vector<std::vector<std::string>>& rows);
 std::string jobs_table(const std::vector<JobInfo>& jobs);
 std::string jobs_json(const std::vector<JobInfo>& jobs);
 std::string job_details(const JobInfo& job);

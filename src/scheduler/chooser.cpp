@@ -65,7 +65,10 @@ void TaskChooser::enqueue(std::uint64_t task, const std::string& label, std::uin
                           std::int32_t priority) {
   Key key{-static_cast<std::int64_t>(priority), task};
   if (engine != 0) {
-    engines_[engine].direct.insert(key); // an engine not up yet keeps its queue until it is
+    auto [it, fresh] = engines_.try_emplace(engine);
+    if (fresh)
+      it->second.open = false; // not up yet: its queue waits for add_engine
+    it->second.direct.insert(key);
     direct_waiting_.insert(engine);
     where_[task] = Where{key, engine, {}};
   } else {
