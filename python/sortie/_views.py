@@ -74,8 +74,8 @@ class View:
 
     @property
     def ids(self):
-        """The engines' current ids, in view order."""
-        return self._engine_ids()
+        """The engines' current ids, in view order ([] for a view with no engines)."""
+        return self._engine_ids() if self._members else []
 
     def apply_async(self, fn, *args, **kwargs):
         """Calls ``fn(*args, **kwargs)`` once on every engine of the view; an AsyncResult."""

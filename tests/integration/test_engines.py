@@ -1,0 +1,185 @@
+# SPDX-License-Identifier: Apache-2.0
+"""Engines as jobs and the promises of docs/engines.md that need more than one process: the CLI's
+engine and task commands, a hub killed with -9 while thousands of tasks are queued or running
+(none lost, none run twice), engines that restart with their setup, a memory cap, and engines on
+the ssh and Slurm test beds."""
+import json
+import os
+import signal
+import subprocess
+
+import pytest
+
+from conftest import alive, wait_for
+from test_python import BUILD, PYTHON, run_script
+from test_resources import (add_ssh_resource, label, netns, run_pilot, slurm,  # noqa: F401
+                            sshd)
+
+
+def python_env(sortie):
+    return dict(sortie.env, PYTHONPATH=str(BUILD / "python"), SORTIE_EXE=sortie.bin)
+
+
+@pytest.mark.timeout(120)
+def test_engine_commands_start_list_and_stop_engines(sortie, tmp_path):
+    sortie.start()
+    sortie.run("pilot", "add", "--slots", "3", "--label", "cpu")
+    jobs = sortie.run("engine", "start", "--count", "2", "--label", "cpu").stdout.strip()
+    first, last = map(int, jobs.split("-"))
+    assert last == first + 1
+    engines = wait_for(lambda: len(e := sortie.json("engine", "list")) == 2 and e, 60,
+                       "two engines to come up")
+    assert sorted(e["job"] for e in engines) == [first, last]
+    assert {e["label"] for e in engines} == {"cpu"} and {e["state"] for e in engines} == {"idle"}
+    # Engines are jobs: `job list` shows them running.
+    listed = {j["id"]: j for j in sortie.jobs()}
+    assert listed[first]["state"] == "running" and listed[last]["state"] == "running"
+    table = sortie.run("engine", "list").stdout
+    assert table.splitlines()[0].split()[:3] == ["ID", "JOB", "NODE"]
+
+    out = run_script(sortie, tmp_path, """
+        futs = client.map(lambda x: x + 1, range(20), label="cpu")
+        assert client.gather(futs) == list(range(1, 21))
+        print("IDS", futs[0].id, futs[-1].id)
+    """, prelude="import sortie\nclient = sortie.Client()\n")
+    lo, hi = map(int, out.split("IDS ")[1].split()[:2])
+    tasks = sortie.json("task", "list")
+    done = [t for t in tasks if lo <= t["id"] <= hi]
+    assert len(done) == 20 and {t["state"] for t in done} == {"done"}
+    assert sum(e["tasks_done"] for e in sortie.json("engine", "list")) == 20
+    shown = sortie.json("task", "show", lo)
+    assert shown["state"] == "done" and shown["engine"] in {e["id"] for e in engines}
+    r = sortie.run("task", "show", "999999", check=False)
+    assert r.returncode == 1 and "task 999999 does not exist" in r.stderr
+
+    r = sortie.run("engine", "stop", "424242", check=False)
+    assert r.returncode == 1 and "engine 424242 does not exist" in r.stderr
+    sortie.run("engine", "stop", engines[0]["id"])
+    wait_for(lambda: len(sortie.json("engine", "list")) == 1, 30, "one engine to stop")
+    assert sortie.job(engines[0]["job"])["state"] == "cancelled"
+    sortie.run("engine", "stop", "--all")
+    wait_for(lambda: not sortie.json("engine", "list"), 30, "every engine to stop")
+    r = sortie.run("engine", "start", "--count", "0", check=False)
+    assert r.returncode == 2 and "--count: between 1 and 10000" in r.stderr
+
+
+@pytest.mark.timeout(240)
+def test_a_hub_killed_with_tasks_in_flight_loses_none_and_runs_none_twice(sortie, tmp_path):
+    """10,000 tasks submitted; the submitting process exits; the hub is killed with -9 while they
+    run; engines carry on through the restart. Another process collects every result by id, and
+    each task ran exactly once (the engines' own record of what they ran)."""
+    log_dir = tmp_path / "ran"
+    log_dir.mkdir()
+    out = run_script(sortie, tmp_path, f"""
+        view = client.start_engines(2, label="cpu", timeout=60)
+        def work(i):
+            import os, time
+            with open(os.path.join({str(log_dir)!r}, str(os.getpid())), "a") as f:
+                f.write(f"{{i}}\\n")
+            time.sleep(0.0005)
+            return i * 3
+        futs = client.map(work, range(10000), label="cpu")
+        print("IDS", futs[0].id, futs[-1].id)
+    """, name="submit.py")
+    lo, hi = map(int, out.split("IDS ")[1].split()[:2])
+    assert hi - lo + 1 == 10000
+    # Some have run, many have not: kill the hub in the middle.
+    wait_for(lambda: sum(len(p.read_text().splitlines()) for p in log_dir.iterdir()) > 1000, 60,
+             "a thousand tasks to have run")
+    hub = sortie.hub_pid()
+    os.kill(hub, signal.SIGKILL)
+    wait_for(lambda: not alive(hub), 10, "the hub to die")
+    engines_before = sortie.agent_pids()
+    sortie.start()
+    run_script(sortie, tmp_path, f"""
+        futs = client.futures(range({lo}, {hi} + 1))
+        results = client.gather(futs)
+        assert results == [i * 3 for i in range(10000)], "wrong or missing results"
+    """, prelude="import sortie\nclient = sortie.Client(start=False)\n", name="collect.py",
+        timeout=200)
+    ran = [int(line) for p in log_dir.iterdir() for line in p.read_text().splitlines()]
+    assert len(ran) == 10000 and sorted(ran) == list(range(10000)), \
+        f"{len(ran)} runs of {len(set(ran))} tasks"
+    # The same agents (and engines) carried on through the restart.
+    assert set(sortie.agent_pids()) == set(engines_before)
+
+
+@pytest.mark.timeout(120)
+def test_a_restarting_engine_comes_back_with_its_setup_run_again(sortie, tmp_path):
+    marker = tmp_path / "setups"
+    run_script(sortie, tmp_path, f"""
+        def setup():
+            global mode
+            mode = "ready"
+            with open({str(marker)!r}, "a") as f:
+                f.write("setup\\n")
+        [engine] = client.start_engines(1, label="cpu", restart=True, setup=setup, timeout=60).ids
+        pid = client.engines().apply(os.getpid)[0]
+        os.kill(pid, signal.SIGKILL)
+        # The engine job runs again, as a new engine with its setup run again.
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            ids = client.engines().ids
+            if ids and ids != [engine]:
+                break
+            time.sleep(0.05)
+        else:
+            raise AssertionError("the engine did not come back")
+        assert client.engines().apply(lambda: mode) == ["ready"]
+        assert client.submit(lambda: 7, label="cpu").result(timeout=30) == 7
+    """)
+    assert marker.read_text().splitlines() == ["setup", "setup"]
+
+
+@pytest.mark.timeout(120)
+def test_an_engine_over_its_memory_is_killed_and_says_so(sortie, tmp_path):
+    run_script(sortie, tmp_path, """
+        client.start_engines(1, label="cpu", memory="200M", timeout=60)
+        def hog():
+            block = bytearray(800 * 1024 * 1024)
+            for i in range(0, len(block), 4096):
+                block[i] = 1
+            return len(block)
+        try:
+            client.submit(hog, label="cpu").result(timeout=60)
+        except sortie.EngineLost as e:
+            assert "memory" in str(e), str(e)
+        else:
+            raise AssertionError("an engine used 800 MB with a 200M cap")
+    """)
+
+
+def engines_on(sortie, tmp_path, label, hosts_expected):
+    """Two engines on the pilot labelled `label`: their host names, their results."""
+    run_script(sortie, tmp_path, f"""
+        view = client.start_engines(2, label={label!r}, timeout=90)
+        hosts = sorted(view.apply(lambda: __import__("socket").gethostname()))
+        assert hosts == {sorted(hosts_expected)!r}, hosts
+        view.push({{"k": 5}})
+        assert view.apply(lambda x: k * x, 2) == [10, 10]
+        assert client.gather(client.map(lambda x: -x, range(50), label={label!r})) == \\
+            [-x for x in range(50)]
+        view.stop()
+    """, prelude="import sortie\nclient = sortie.Client(start=False)\n", timeout=150)
+
+
+@pytest.mark.timeout(240)
+def test_engines_on_a_two_node_ssh_pilot(sortie, tmp_path, netns, label):
+    sortie.start()
+    add_ssh_resource(sortie, "login", "root@10.201.0.11", netns)
+    add_ssh_resource(sortie, "cluster", "root@10.201.0.129,root@10.201.0.130", netns,
+                     "--gateway", "login")
+    pid = run_pilot(sortie, "cluster", "--slots-per-node", "1", "--label", label)
+    engines_on(sortie, tmp_path, label, ["sx-compute", "sx-login"])
+    sortie.run("pilot", "cancel", pid)
+
+
+@pytest.mark.timeout(240)
+def test_engines_on_a_slurm_pilot(sortie, tmp_path, slurm, label):
+    sortie.start()
+    sortie.run("resource", "add", "cluster", "--type", "slurm")
+    pid = run_pilot(sortie, "cluster", "--nodes", "2", "--slots-per-node", "1", "--label", label,
+                    timeout="90s")
+    host = subprocess.run(["hostname"], capture_output=True, text=True).stdout.strip()
+    engines_on(sortie, tmp_path, label, [host, host])  # the test bed's two nodes are this host
+    sortie.run("pilot", "cancel", pid)
