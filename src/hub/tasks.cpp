@@ -19,6 +19,8 @@ constexpr std::size_t kMaxCalls = 100'000;       // per TaskSubmit
 constexpr std::size_t kPushQueueLimit = 8u << 20; // bytes queued on a client before pushes wait
 constexpr std::size_t kFrameBudget = 16u << 20;  // bytes of results per TaskResults frame
 constexpr std::uint32_t kMaxRanks = 4096;
+// After a restart, engines have their agents' reconnect window and this much more to come back.
+constexpr std::int64_t kRejoinMarginMs = 5'000;
 
 pb::TaskResult::State wire_state(TaskState s) {
   switch (s) {
@@ -158,6 +160,27 @@ void Tasks::load(store::LoadedState& state) {
     Task& t = tasks_.at(id);
     requeue(t, true, fmt::format("its engine {} ended while the hub was down", t.engine));
   }
+  // Engines that may come back may hold tasks stored as queued (sent just before the old hub
+  // died): nothing is handed out until they are back or gone, or their agents' time is up.
+  for (const auto& [id, e] : engines_)
+    awaited_.insert(id);
+  if (!awaited_.empty())
+    hold_dispatch_until_ =
+        core_.clock.monotonic_ms() + core_.config.agent_reconnect_window_ms + kRejoinMarginMs;
+}
+
+bool Tasks::holding() {
+  if (hold_dispatch_until_ == 0)
+    return false;
+  if (awaited_.empty() || core_.clock.monotonic_ms() >= hold_dispatch_until_) {
+    if (!awaited_.empty())
+      log::warn("{} engines did not come back after the restart; handing out tasks anyway",
+                awaited_.size());
+    hold_dispatch_until_ = 0;
+    awaited_.clear();
+    return false;
+  }
+  return true;
 }
 
 // -------------------------------------------------------------------------------------------
@@ -246,9 +269,16 @@ void Tasks::handle_ready(const Sender& from, pb::EngineReady& r) {
       requeue(*t, false, fmt::format("engine {} never received it", e->id));
   pb::Envelope welcome;
   auto* w = welcome.mutable_engine_welcome();
-  for (auto id : r.running())
-    if (!e->running.contains(id))
-      w->add_drop(id);
+  for (auto id : r.running()) {
+    if (e->running.contains(id))
+      continue;
+    Task* t = find(id);
+    if (t && t->state == TaskState::Queued && (t->target == 0 || t->target == e->id)) {
+      claim(*t, *e); // sent to it by a hub that died before storing so
+      continue;
+    }
+    w->add_drop(id);
+  }
   std::vector<std::uint64_t> acked, finished;
   for (auto& res : *r.mutable_unacked()) {
     acked.push_back(res.task_id());
@@ -259,6 +289,7 @@ void Tasks::handle_ready(const Sender& from, pb::EngineReady& r) {
   w->set_prefetch(core_.config.engine_prefetch);
   w->set_label(e->label);
   e->up = true;
+  awaited_.erase(e->id);
   chooser_.add_engine(e->id, e->label, core_.config.engine_prefetch,
                       static_cast<std::uint32_t>(e->running.size()));
   std::uint64_t engine_id = e->id;
@@ -281,8 +312,20 @@ void Tasks::handle_ready(const Sender& from, pb::EngineReady& r) {
   });
 }
 
+void Tasks::claim(Task& t, Engine& e) {
+  chooser_.dequeue(t.id);
+  t.state = TaskState::Running;
+  t.engine = e.id;
+  ++t.attempts;
+  t.start_ms = core_.clock.now_ms();
+  e.running.insert(t.id);
+  write(t, store::TaskRow::Write::Update);
+}
+
 bool Tasks::accept_result(Engine& e, pb::TaskResult& r) {
   Task* t = find(r.task_id());
+  if (t && t->state == TaskState::Queued && (t->target == 0 || t->target == e.id))
+    claim(*t, e);
   if (!t || t->state != TaskState::Running || t->engine != e.id)
     return false; // timed out, forgotten, or a resend of one already finished: just acked
   e.running.erase(t->id);
@@ -345,6 +388,7 @@ void Tasks::engine_gone(std::uint64_t id, const std::string& why) {
   engines_.erase(it);
   links_.erase({e.agent.value, e.link});
   log::info("engine {} gone: {}", id, why);
+  awaited_.erase(id);
   for (auto task : chooser_.remove_engine(id))
     if (Task* t = find(task))
       finish(*t, TaskState::Lost, nullptr, "EngineLost",
@@ -645,7 +689,7 @@ void Tasks::request_dispatch() {
 }
 
 void Tasks::dispatch() {
-  if (core_.state.stopping)
+  if (core_.state.stopping || holding())
     return;
   auto picks = chooser_.choose();
   if (picks.empty())
@@ -655,7 +699,7 @@ void Tasks::dispatch() {
   for (const auto& p : picks) {
     Task* t = find(p.task);
     auto e = engines_.find(p.engine);
-    if (!t || t->state != TaskState::Queued || e == engines_.end()) {
+    if (!t || t->state != TaskState::Queued || e == engines_.end() || !t->payload) {
       chooser_.finished(p.engine);
       continue;
     }
@@ -669,30 +713,25 @@ void Tasks::dispatch() {
     write(*t, store::TaskRow::Write::Update);
     by_engine[p.engine].push_back(t->id);
   }
-  // Sent once "running there" is durable: a restarted hub knows where every task went.
-  core_.durable.after_commit([this, by_engine = std::move(by_engine)](const Result<void>& committed) {
-    if (!committed.ok())
-      return;
-    for (const auto& [engine, ids] : by_engine) {
-      auto e = engines_.find(engine);
-      if (e == engines_.end())
-        continue;
-      pb::Envelope env;
-      auto* run = env.mutable_task_run();
-      for (auto id : ids) {
-        Task* t = find(id);
-        if (!t || t->state != TaskState::Running || t->engine != engine || !t->payload)
-          continue;
-        auto* task = run->add_tasks();
-        task->set_task_id(id);
-        task->set_handler(t->handler);
-        task->set_payload(*t->payload);
-        task->set_timeout_ms(t->timeout_ms);
-      }
-      if (run->tasks_size() > 0)
-        send_to(e->second, env);
+  // Sent at once, with "running there" in this turn's batch: a hub that dies before that commit
+  // finds the task queued, and hears from the engine that it holds it (EngineReady) before it
+  // gives queued tasks to anyone (hold_dispatch_until_).
+  for (const auto& [engine, ids] : by_engine) {
+    auto e = engines_.find(engine);
+    if (e == engines_.end())
+      continue;
+    pb::Envelope env;
+    auto* run = env.mutable_task_run();
+    for (auto id : ids) {
+      const Task& t = *find(id);
+      auto* task = run->add_tasks();
+      task->set_task_id(id);
+      task->set_handler(t.handler);
+      task->set_payload(*t.payload);
+      task->set_timeout_ms(t.timeout_ms);
     }
-  });
+    send_to(e->second, env);
+  }
 }
 
 // -------------------------------------------------------------------------------------------
@@ -715,6 +754,8 @@ void Tasks::tick() {
            fmt::format("ran longer than its timeout of {} on engine {}",
                        format_duration_ms(t->timeout_ms), engine));
   }
+  if (hold_dispatch_until_ != 0 && !holding())
+    request_dispatch();
   if (core_.config.task_retention_ms > 0) {
     auto& batch = core_.durable.batch();
     while (!ended_.empty() && ended_.front().first + core_.config.task_retention_ms < now) {

@@ -3,7 +3,8 @@
 // kind "engine" that, once running, registers through its agent (EngineReady, routed); tasks are
 // calls clients submit (TaskSubmit), kept in the store from their acknowledgement to their
 // forgetting. The chooser (scheduler/chooser.hpp) decides which engine runs what; a task is sent
-// only after "running on engine E" is committed, so a restarted hub knows where each one is and
+// at once, with "running on engine E" in the same turn's batch; a restarted hub hands out no
+// queued task until the engines from before are back (and have said what they hold) or gone, so
 // none runs on two engines at once. An engine whose job ends loses its tasks: run again
 // elsewhere while the call's retries allow, else LOST (EngineLost). Results are pushed to the
 // clients watching them once they are durable. Takes EngineReady and TaskDone from engines,
@@ -101,6 +102,10 @@ private:
   /// Runs the chooser once this turn.
   void request_dispatch();
   void dispatch();
+  /// After a restart: true while engines that may hold tasks are not back yet.
+  bool holding();
+  /// A queued task an engine says it holds (or has a result for) runs there.
+  void claim(Task& t, Engine& e);
 
   // Results to clients
   void notify(const std::vector<std::uint64_t>& ids);
@@ -118,6 +123,8 @@ private:
   std::map<std::pair<std::uint64_t, std::uint64_t>, std::uint64_t> links_;
   std::uint64_t next_task_id_ = 1, next_engine_id_ = 1;
   bool dispatch_posted_ = false;
+  std::unordered_set<std::uint64_t> awaited_; ///< engines from before a restart, not back yet
+  std::int64_t hold_dispatch_until_ = 0;      ///< monotonic ms; 0: not holding
   /// Running tasks with a timeout, earliest deadline first (monotonic... wall ms, task).
   std::priority_queue<std::pair<std::int64_t, std::uint64_t>,
                       std::vector<std::pair<std::int64_t, std::uint64_t>>, std::greater<>>

@@ -96,8 +96,6 @@ struct ReadRequest {
 };
 using WorkItem = std::variant<WriteBatch, ReadRequest>;
 
-constexpr auto kCommitSpacing = std::chrono::microseconds(10000);
-
 } // namespace
 
 std::filesystem::path output_path(const std::filesystem::path& output_dir,
@@ -485,7 +483,6 @@ struct Store::Impl {
   void run() {
     thread_id = std::this_thread::get_id();
     std::vector<WriteBatch> group;
-    auto last_commit = std::chrono::steady_clock::now() - kCommitSpacing;
     while (true) {
       std::deque<WorkItem> work;
       {
@@ -493,14 +490,11 @@ struct Store::Impl {
         cv.wait(lock, [&] { return stopping || !queue.empty(); });
         if (queue.empty() && stopping)
           return;
-        // Group commit under load: at most one transaction per kCommitSpacing, so a busy hub
-        // commits many changes per fsync; after a quiet spell the first commit is immediate.
-        auto next = last_commit + kCommitSpacing;
-        if (!stopping && std::chrono::steady_clock::now() < next)
-          cv.wait_until(lock, next, [&] { return stopping; });
+        // Group commit: a transaction takes every batch queued while the previous one was
+        // being written and synced, so a busy hub commits many changes per fsync while a quiet
+        // one commits each change at once (a task's round trip waits for two commits).
         work.swap(queue);
       }
-      last_commit = std::chrono::steady_clock::now();
       // Consecutive writes form one transaction; a read ends the group so that it sees them.
       for (auto& item : work) {
         if (auto* b = std::get_if<WriteBatch>(&item)) {
