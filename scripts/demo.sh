@@ -9,6 +9,12 @@ scripts/setup.sh
 cmake --preset release >/dev/null
 cmake --build build/release -j "$(nproc)"
 sortie() { build/release/apps/sortie --profile demo "$@"; }
+# `import sortie` for Debian's python3: a .pth file naming the build's package directory, in the
+# system site directory as root (/usr/local/lib/python3.X/dist-packages), else the user's.
+site=$(/usr/bin/python3 -c 'import os, site
+print(site.getsitepackages()[0] if os.geteuid() == 0 else site.getusersitepackages())')
+mkdir -p "$site"
+printf '%s\n' "$PWD/build/release/python" > "$site/sortie.pth"
 
 sortie hub stop >/dev/null
 sortie hub start
@@ -23,5 +29,8 @@ for id in $(seq "${range%-*}" "${range#*-}"); do
 done
 echo "pi is about $(/usr/bin/python3 -c "print(4 * $inside / $total)") ($total samples in 40 jobs)"
 sortie job list --state succeeded | tail -n 3
+# The same from Python, with engines: long-lived workers that take function calls.
+SORTIE_PROFILE=demo /usr/bin/python3 examples/engines_pi.py
 sortie hub stop
-echo "explore with: build/release/apps/sortie --help (the demo's profile is ~/.sortie/demo)"
+echo "explore with: build/release/apps/sortie --help (the demo's profile is ~/.sortie/demo);"
+echo "/usr/bin/python3 -c 'import sortie' works now ($site/sortie.pth)"

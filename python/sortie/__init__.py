@@ -13,14 +13,32 @@
 what engines do.
 """
 import importlib
+import os
+from pathlib import Path
 
-from ._client import Client
-from ._errors import EngineLost, RemoteError, SortieError, TaskTimeout
-from ._executor import Executor
-from ._futures import (ALL_COMPLETED, FIRST_COMPLETED, FIRST_EXCEPTION, AsyncResult, Future,
-                       as_completed, wait)
-from ._jobs import Job, Pilot, Resource
-from ._views import View
+
+def _sortie_beside_this_package():
+    """The sortie program of the tree this package belongs to: <build>/apps/sortie beside
+    <build>/python/sortie, or <prefix>/bin/sortie beside <prefix>/lib/sortie/python/sortie."""
+    here = Path(__file__).resolve().parent
+    for candidate in (here.parents[1] / "apps" / "sortie", here.parents[3] / "bin" / "sortie"):
+        if os.access(candidate, os.X_OK):
+            return str(candidate)
+    return None
+
+
+# The hub a Client starts (connect-or-start) is this tree's sortie, unless SORTIE_EXE says
+# otherwise: the C++ library would otherwise look beside /usr/bin/python3 and on PATH.
+if "SORTIE_EXE" not in os.environ and (_exe := _sortie_beside_this_package()):
+    os.environ["SORTIE_EXE"] = _exe
+
+from ._client import Client  # noqa: E402
+from ._errors import EngineLost, RemoteError, SortieError, TaskTimeout  # noqa: E402
+from ._executor import Executor  # noqa: E402
+from ._futures import (ALL_COMPLETED, FIRST_COMPLETED, FIRST_EXCEPTION, AsyncResult,  # noqa: E402
+                       Future, as_completed, wait)
+from ._jobs import Job, Pilot, Resource  # noqa: E402
+from ._views import View  # noqa: E402
 
 __all__ = ["Client", "Job", "Pilot", "Resource", "View", "Future", "AsyncResult", "Executor",
            "as_completed", "wait", "FIRST_COMPLETED", "FIRST_EXCEPTION", "ALL_COMPLETED",

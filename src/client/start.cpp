@@ -8,10 +8,14 @@
 #include <chrono>
 #include <cstdlib>
 
+#include <thread>
+
 #include <fmt/format.h>
 
 #include "common/files.hpp"
+#include "common/hub_file.hpp"
 #include "common/profile.hpp"
+#include "protocol/blocking_link.hpp"
 #include "common/spawn.hpp"
 #include "common/text.hpp"
 #include "sortie/client.hpp"
@@ -122,10 +126,17 @@ Result<HubStarted> start_hub(const StartHubOptions& options) {
     return HubStarted{profile.name, pid, line.substr(6)};
   if (line.starts_with("error ")) {
     std::string message = line.substr(6);
-    return make_error(message.find("already running") != std::string::npos
-                          ? ErrorCode::AlreadyExists
-                          : ErrorCode::FailedPrecondition,
-                      message);
+    if (message.find("already running") == std::string::npos)
+      return make_error(ErrorCode::FailedPrecondition, message);
+    // Another start holds the profile: it may not listen yet (it takes the lock first). Say
+    // "already running" once it answers, so that what follows can connect.
+    while (std::chrono::steady_clock::now() < deadline) {
+      auto hf = read_hub_file(profile.hub_file());
+      if (hf.ok() && !hf->socket.empty() && net::BlockingLink::connect_unix(hf->socket, 1000).ok())
+        break;
+      std::this_thread::sleep_for(std::chrono::milliseconds(20));
+    }
+    return make_error(ErrorCode::AlreadyExists, message);
   }
   return make_error(ErrorCode::Unavailable,
                     fmt::format("the hub exited during start-up (or did not say it was ready "

@@ -50,3 +50,24 @@ def test_the_cpp_example_runs_its_job_where_and_as_it_was_called(sortie, tmp_pat
                        capture_output=True, text=True, timeout=60)
     assert p.returncode == 0, p.stderr
     assert p.stdout == f"{here}\nyes\n", p.stdout
+
+
+def test_the_python_example_runs_as_the_readme_shows_it(sortie, tmp_path):
+    """examples/engines_pi.py is the README's Python example and the demo's second part."""
+    import pytest
+    from test_python import BUILD, PYTHON
+    if "SORTIE_SANITIZE:BOOL=ON" in (BUILD / "CMakeCache.txt").read_text(errors="replace"):
+        pytest.skip("the sanitizer build has no Python module")
+    readme = (ROOT / "README.md").read_text()
+    [snippet] = re.findall(r"```python\n(.*?)```", readme, re.S)
+    source = (ROOT / "examples" / "engines_pi.py").read_text()
+    for line in snippet.strip().splitlines():
+        assert line in source, line
+    # Without SORTIE_EXE: the package finds the sortie of its own tree to start the hub with.
+    env = dict(sortie.env, PYTHONPATH=str(BUILD / "python"))
+    env.pop("SORTIE_EXE", None)
+    p = subprocess.run([PYTHON, str(ROOT / "examples" / "engines_pi.py")], env=env, cwd=tmp_path,
+                       capture_output=True, text=True, timeout=120)
+    assert p.returncode == 0, p.stderr
+    estimate = float(p.stdout.split("pi is about ")[1].split()[0])
+    assert abs(estimate - 3.1416) < 0.02 and "4000000 samples in 40 tasks on 2 engines" in p.stdout
