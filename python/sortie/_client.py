@@ -31,7 +31,8 @@ __all__ = ["Client"]
 
 ENGINE_PYTHON = "/usr/bin/python3"  # the interpreter engine jobs run (`-m sortie.engine`)
 SETUP_LIMIT = 64 * 1024  # bytes of base64 the setup function may take in the job's environment
-SUBMIT_BATCH = 1000      # calls per submit_tasks request
+SUBMIT_BATCH = 1000      # calls per submit_tasks request, at most
+SUBMIT_BYTES = 32 << 20  # and at most this many bytes of arguments (one call may be larger)
 POLL = 0.05              # seconds between looks while waiting for engines to come up
 PILOT_POLL = 0.2         # seconds between looks while waiting for pilots
 ENDED_PILOT_STATES = frozenset({"ended", "failed", "cancelled"})
@@ -379,9 +380,16 @@ class Client:
 
     def _submit_calls(self, calls):
         """Submits task tuples in batches; their futures, in order."""
-        futures = []
-        for first in range(0, len(calls), SUBMIT_BATCH):
-            futures += self._results_link().submit(calls[first:first + SUBMIT_BATCH])
+        futures, batch, size = [], [], 0
+        for call in calls:
+            payload = len(call[1])
+            if batch and (len(batch) == SUBMIT_BATCH or size + payload > SUBMIT_BYTES):
+                futures += self._results_link().submit(batch)
+                batch, size = [], 0
+            batch.append(call)
+            size += payload
+        if batch:
+            futures += self._results_link().submit(batch)
         return futures
 
     def _check_engine(self, engine_id):

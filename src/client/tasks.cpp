@@ -233,8 +233,9 @@ Result<std::vector<std::uint64_t>> Session::submit(std::vector<TaskCall> calls, 
   }
   if (bytes > (60u << 20))
     return make_error(ErrorCode::InvalidArgument,
-                      fmt::format("{} MiB of arguments in one submission: at most 60 MiB (submit "
-                                  "in parts)",
+                      fmt::format("{} MiB of arguments in one submission: at most 60 MiB in all "
+                                  "(submit in parts; a larger value goes in a shared file whose "
+                                  "path the task gets)",
                                   bytes >> 20));
   SORTIE_ASSIGN_OR_RETURN(reply, impl_->call(std::move(env)));
   if (!reply.has_task_submit_reply())
@@ -456,11 +457,31 @@ Result<std::vector<EngineLink::Task>> EngineLink::next(std::int64_t timeout_ms) 
 }
 
 Result<void> EngineLink::send(std::vector<TaskResult> results) {
+  // Frames stay below the protocol's limit: results are sent in several when large, and one
+  // result too large to send at all fails its task saying so.
+  constexpr std::size_t kFrameBudget = 16u << 20;
+  constexpr std::size_t kMaxValue = 60u << 20;
   pb::Envelope env;
-  auto* done = env.mutable_task_done();
+  std::size_t bytes = 0;
   for (auto& r : results) {
+    if (r.value.size() + r.output.size() > kMaxValue) {
+      std::size_t size = r.value.size() + r.output.size();
+      r = TaskResult{r.id, TaskOutcome::Failed, {}, "ValueTooLarge",
+                     fmt::format("the task's result and output are {} MiB: at most {} MiB go "
+                                 "back in one result (write larger values to a shared file "
+                                 "and return its path)",
+                                 size >> 20, kMaxValue >> 20),
+                     {}, {}, 0, r.start_ms, r.end_ms};
+    }
+    std::size_t size = r.value.size() + r.output.size() + r.traceback.size() + 64;
+    if (bytes > 0 && bytes + size > kFrameBudget) {
+      SORTIE_TRY(impl_->link.send(env));
+      env.Clear();
+      bytes = 0;
+    }
+    bytes += size;
     impl_->running.erase(r.id);
-    auto* d = done->add_results();
+    auto* d = env.mutable_task_done()->add_results();
     d->set_task_id(r.id);
     d->set_state(r.state == TaskOutcome::Done ? pb::TaskResult::DONE : pb::TaskResult::FAILED);
     d->set_payload(r.value);
@@ -474,7 +495,7 @@ Result<void> EngineLink::send(std::vector<TaskResult> results) {
     r.engine = impl_->id;
     impl_->unacked.emplace(r.id, std::move(r));
   }
-  return impl_->link.send(env);
+  return env.has_task_done() ? impl_->link.send(env) : ok_result();
 }
 
 } // namespace sortie

@@ -544,13 +544,19 @@ void Tasks::handle_submit(const Sender& from, pb::TaskSubmit& req) {
     write(task, store::TaskRow::Write::Insert);
   }
   core_.durable.batch().next_task_id = next_task_id_;
+  // Queued (and sent) at once: the commit and the first run overlap. A hub that dies before the
+  // commit acknowledged nothing; an engine that ran such a task reports a task the next hub does
+  // not know, which is dropped.
+  for (std::uint64_t id = first; id < next_task_id_; ++id)
+    enqueue(tasks_.at(id));
+  request_dispatch();
   auto count = static_cast<std::uint32_t>(req.calls_size());
   bool watch = req.watch();
   core_.durable.after_commit([this, peer = from.peer, rid = from.rid, first, count,
                               watch](const Result<void>& committed) {
     if (!committed.ok()) {
       for (std::uint64_t id = first; id < first + count; ++id)
-        tasks_.erase(id);
+        drop_unstored(id);
       reply_error(peer, rid,
                   make_error(ErrorCode::Io, fmt::format("the hub could not store the tasks: {}",
                                                         committed.error().message)));
@@ -560,17 +566,24 @@ void Tasks::handle_submit(const Sender& from, pb::TaskSubmit& req) {
     env.mutable_task_submit_reply()->set_first_id(first);
     env.mutable_task_submit_reply()->set_count(count);
     reply(peer, env, rid);
-    for (std::uint64_t id = first; id < first + count; ++id) {
-      Task* t = find(id);
-      if (!t)
-        continue;
-      if (watch)
-        watchers_[id].push_back(peer);
-      if (t->state == TaskState::Queued)
-        enqueue(*t);
-    }
-    request_dispatch();
+    if (watch) // before any result of theirs is pushed: those come after a later commit
+      for (std::uint64_t id = first; id < first + count; ++id)
+        if (tasks_.contains(id))
+          watchers_[id].push_back(peer);
   });
+}
+
+void Tasks::drop_unstored(std::uint64_t id) {
+  Task* t = find(id);
+  if (!t)
+    return;
+  if (t->state == TaskState::Queued) {
+    chooser_.dequeue(id);
+  } else if (t->state == TaskState::Running) {
+    if (auto e = engines_.find(t->engine); e != engines_.end() && e->second.running.erase(id))
+      chooser_.finished(t->engine);
+  }
+  tasks_.erase(id);
 }
 
 void Tasks::handle_watch(const Sender& from, const pb::TaskWatch& req) {
@@ -721,14 +734,20 @@ void Tasks::dispatch() {
     if (e == engines_.end())
       continue;
     pb::Envelope env;
-    auto* run = env.mutable_task_run();
+    std::size_t bytes = 0;
     for (auto id : ids) {
       const Task& t = *find(id);
-      auto* task = run->add_tasks();
+      if (bytes > 0 && bytes + t.payload->size() > kFrameBudget) { // frames stay below the limit
+        send_to(e->second, env);
+        env.Clear();
+        bytes = 0;
+      }
+      auto* task = env.mutable_task_run()->add_tasks();
       task->set_task_id(id);
       task->set_handler(t.handler);
       task->set_payload(*t.payload);
       task->set_timeout_ms(t.timeout_ms);
+      bytes += t.payload->size() + t.handler.size() + 32;
     }
     send_to(e->second, env);
   }

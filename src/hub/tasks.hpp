@@ -94,6 +94,8 @@ private:
   void handle_engines(const Sender& from, const pb::EngineListRequest& req);
   Task* find(std::uint64_t id);
   void enqueue(Task& t);
+  /// A task whose submission failed to commit: gone, wherever it was.
+  void drop_unstored(std::uint64_t id);
   /// A running task goes back to the queue; `charge`: its engine died while it ran.
   void requeue(Task& t, bool charge, const std::string& why);
   void finish(Task& t, TaskState to, pb::TaskResult* r, std::string error_type = {},

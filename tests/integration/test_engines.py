@@ -185,3 +185,56 @@ def test_engines_on_a_slurm_pilot(sortie, tmp_path, slurm, label):
     host = subprocess.run(["hostname"], capture_output=True, text=True).stdout.strip()
     engines_on(sortie, tmp_path, label, [host, host])  # the test bed's two nodes are this host
     sortie.run("pilot", "cancel", pid)
+
+
+@pytest.mark.timeout(120)
+def test_ended_tasks_are_forgotten_after_task_retention(sortie, tmp_path):
+    from conftest import FAST
+    sortie.configure(task_retention="2s", **FAST)
+    run_script(sortie, tmp_path, """
+        client.start_engines(1, label="cpu", timeout=60)
+        fut = client.submit(lambda: 42, label="cpu")
+        assert fut.result(timeout=30) == 42
+        assert client.future(fut.id).result(timeout=30) == 42   # kept: another look gets it
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            try:
+                client.future(fut.id).result(timeout=30)
+            except sortie.SortieError as e:
+                assert e.code == "not_found", e.code
+                break
+            time.sleep(0.2)
+        else:
+            raise AssertionError("a task outlived task_retention")
+    """)
+
+
+@pytest.mark.timeout(180)
+def test_large_values_arrive_intact_and_too_large_ones_are_refused_clearly(sortie, tmp_path):
+    run_script(sortie, tmp_path, """
+        import hashlib
+        view = client.start_engines(2, label="cpu", timeout=60)
+        big = os.urandom(40 << 20)
+        digest = hashlib.sha256(big).hexdigest()
+        # 40 MB in, its digest out; 40 MB out; small tasks meanwhile go on.
+        fut_in = client.submit(lambda b: __import__("hashlib").sha256(b).hexdigest(), big)
+        fut_out = client.submit(lambda n: bytes(range(256)) * (n // 256), 40 << 20)
+        small = client.map(lambda x: x + 1, range(100))
+        assert client.gather(small) == list(range(1, 101))
+        assert fut_in.result(timeout=120) == digest
+        assert fut_out.result(timeout=120) == bytes(range(256)) * ((40 << 20) // 256)
+        # Over the limit: refused in the client, or failed with a message that says what to do.
+        try:
+            client.submit(len, os.urandom(70 << 20))
+        except sortie.SortieError as e:
+            assert "60 MiB" in str(e), str(e)
+        else:
+            raise AssertionError("a 70 MB argument was accepted")
+        try:
+            client.submit(lambda: b"x" * (70 << 20)).result(timeout=120)
+        except sortie.RemoteError as e:
+            assert e.type_name == "ValueTooLarge" and "shared file" in str(e), str(e)
+        else:
+            raise AssertionError("a 70 MB result came back")
+        assert client.submit(lambda: "still here").result(timeout=60) == "still here"
+    """)
