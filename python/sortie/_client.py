@@ -224,14 +224,15 @@ class Client:
     # ---- engines and views ---------------------------------------------------------------
 
     def start_engines(self, n, label=None, slots=1, memory=None, restart=False, setup=None,
-                      timeout=None, gpus=0):
+                      timeout=None, gpus=0, queue_timeout=None):
         """Starts `n` engines (each a job of kind "engine", placed like a command job with
         `label`, `slots`, `memory` and `gpus`) and waits until each is up; returns a View of
         them. `setup` is a function called with no arguments on each engine before it takes
         tasks (again after a restart), with the engine's namespace as its globals. With
         `restart`, an engine that dies is started again. Raises SortieError if an engine's
-        job ends before its engine is up (its reason and stderr in the message), and
-        TimeoutError after `timeout` seconds (the jobs are left as they are)."""
+        job ends before its engine is up (its reason and stderr in the message; with
+        `queue_timeout`, an engine job not placed that soon ends timed out, saying why it
+        waited), and TimeoutError after `timeout` seconds (the jobs are left as they are)."""
         n = operator.index(n)
         if n < 1:
             raise ValueError(f"start at least one engine, not {n}")
@@ -258,6 +259,8 @@ class Client:
             env["SORTIE_ENGINE_LABEL"] = label
         if memory is not None:
             spec["memory"] = size_bytes(memory, "memory")
+        if queue_timeout is not None:
+            spec["queue_timeout_ms"] = duration_ms(queue_timeout, "queue_timeout")
         jobs = [self._hub_call("submit_job", spec) for _ in range(n)]
         return self._wait_for_engines(jobs, timeout)
 

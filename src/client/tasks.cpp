@@ -51,6 +51,13 @@ TaskResult from_pb(pb::TaskResult& r) {
   return out;
 }
 
+// Values over kInlineValue travel in pieces of kValueChunk (05-tasks.md §5.5), at most
+// kValueWindow bytes unacknowledged from an engine; none over kMaxValueBytes.
+constexpr std::size_t kInlineValue = 4u << 20;
+constexpr std::size_t kValueChunk = 1u << 20;
+constexpr std::uint64_t kValueWindow = 4u << 20;
+constexpr std::size_t kMaxValueBytes = std::size_t{4} << 30;
+
 Error unexpected(const char* what) {
   return make_error(ErrorCode::Internal, fmt::format("unexpected reply from the hub to {}", what));
 }
@@ -85,6 +92,7 @@ struct Session::Impl {
   std::deque<pb::Envelope> outgoing;
   std::unordered_map<std::uint64_t, std::optional<Result<pb::Envelope>>> replies;
   std::deque<TaskResult> results;
+  std::unordered_map<std::uint64_t, std::pair<TaskResult, std::uint64_t>> partial; ///< large
   bool ended = false;
   Error end_error;
   std::uint64_t next_rid = 1;
@@ -159,9 +167,29 @@ struct Session::Impl {
       }
       std::lock_guard lock(mu);
       if (frame->request_id() == 0) {
-        if (frame->has_task_results())
-          for (auto& r : *frame->mutable_task_results()->mutable_results())
-            results.push_back(from_pb(r));
+        if (frame->has_task_results()) {
+          for (auto& r : *frame->mutable_task_results()->mutable_results()) {
+            std::uint64_t size = r.payload_size();
+            if (size == 0) {
+              results.push_back(from_pb(r));
+            } else { // its value follows in pieces
+              auto& [res, want] = partial[r.task_id()];
+              res = from_pb(r);
+              res.value.reserve(size);
+              want = size;
+            }
+          }
+        } else if (frame->has_value_chunk()) {
+          auto& c = *frame->mutable_value_chunk();
+          auto it = partial.find(c.task_id());
+          if (it != partial.end() && c.offset() == it->second.first.value.size()) {
+            it->second.first.value += c.data();
+            if (it->second.first.value.size() >= it->second.second) {
+              results.push_back(std::move(it->second.first));
+              partial.erase(it);
+            }
+          }
+        }
       } else if (auto it = replies.find(frame->request_id()); it != replies.end()) {
         if (frame->has_error())
           it->second = Result<pb::Envelope>(net::error_from_pb(frame->error()));
@@ -220,11 +248,21 @@ Result<std::vector<std::uint64_t>> Session::submit(std::vector<TaskCall> calls, 
   auto* req = env.mutable_task_submit();
   req->set_watch(watch);
   std::size_t bytes = 0;
+  std::vector<std::pair<std::size_t, std::string>> large; // (call index, argument)
   for (auto& c : calls) {
     auto* call = req->add_calls();
-    bytes += c.payload.size();
+    if (c.payload.size() > kMaxValueBytes)
+      return make_error(ErrorCode::InvalidArgument,
+                        fmt::format("an argument of {} MiB: at most {} MiB", c.payload.size() >> 20,
+                                    kMaxValueBytes >> 20));
     call->set_handler(std::move(c.handler));
-    call->set_payload(std::move(c.payload));
+    if (c.payload.size() > kInlineValue) { // sent in pieces once the task has its id
+      call->set_payload_size(c.payload.size());
+      large.emplace_back(static_cast<std::size_t>(req->calls_size() - 1), std::move(c.payload));
+    } else {
+      bytes += c.payload.size();
+      call->set_payload(std::move(c.payload));
+    }
     call->set_engine_id(c.engine);
     call->set_label(std::move(c.label));
     call->set_retries(c.retries);
@@ -233,9 +271,8 @@ Result<std::vector<std::uint64_t>> Session::submit(std::vector<TaskCall> calls, 
   }
   if (bytes > (60u << 20))
     return make_error(ErrorCode::InvalidArgument,
-                      fmt::format("{} MiB of arguments in one submission: at most 60 MiB in all "
-                                  "(submit in parts; a larger value goes in a shared file whose "
-                                  "path the task gets)",
+                      fmt::format("{} MiB of small arguments in one submission: at most 60 MiB "
+                                  "(submit in parts)",
                                   bytes >> 20));
   SORTIE_ASSIGN_OR_RETURN(reply, impl_->call(std::move(env)));
   if (!reply.has_task_submit_reply())
@@ -243,6 +280,22 @@ Result<std::vector<std::uint64_t>> Session::submit(std::vector<TaskCall> calls, 
   std::vector<std::uint64_t> ids;
   for (std::uint32_t i = 0; i < reply.task_submit_reply().count(); ++i)
     ids.push_back(reply.task_submit_reply().first_id() + i);
+  // Large arguments, a piece at a time: each is stored before the next goes (the hub holds no
+  // more than a piece of it in memory).
+  for (const auto& [index, value] : large) {
+    for (std::size_t offset = 0; offset < value.size(); offset += kValueChunk) {
+      pb::Envelope piece;
+      auto* c = piece.mutable_value_chunk();
+      c->set_task_id(ids.at(index));
+      c->set_part(pb::ValueChunk::ARGUMENT);
+      c->set_offset(offset);
+      c->set_total(value.size());
+      c->set_data(value.data() + offset, std::min(kValueChunk, value.size() - offset));
+      SORTIE_ASSIGN_OR_RETURN(ack, impl_->call(std::move(piece)));
+      if (!ack.has_value_chunk_ack())
+        return unexpected("a piece of an argument");
+    }
+  }
   return ids;
 }
 
@@ -333,6 +386,26 @@ Result<TaskForgetSummary> Session::forget(const std::vector<std::uint64_t>& ids)
 // -------------------------------------------------------------------------------------------
 // EngineLink
 
+namespace {
+
+void to_pb(const TaskResult& r, std::uint64_t engine, bool inline_value, pb::TaskResult& d) {
+  d.set_task_id(r.id);
+  d.set_state(r.state == TaskOutcome::Done ? pb::TaskResult::DONE : pb::TaskResult::FAILED);
+  if (inline_value)
+    d.set_payload(r.value);
+  else
+    d.set_payload_size(r.value.size()); // sent in pieces before this
+  d.set_error_type(r.error_type);
+  d.set_error_message(r.error_message);
+  d.set_traceback(r.traceback);
+  d.set_stdout(r.output);
+  d.set_engine_id(engine);
+  d.set_start_ms(r.start_ms);
+  d.set_end_ms(r.end_ms);
+}
+
+} // namespace
+
 struct EngineLink::Impl {
   net::BlockingLink link;
   std::uint64_t id = 0;
@@ -341,6 +414,16 @@ struct EngineLink::Impl {
   std::string kind;
   std::unordered_set<std::uint64_t> running;        ///< taken, not yet answered
   std::unordered_map<std::uint64_t, TaskResult> unacked; ///< answered, not yet stored
+  /// Tasks received, in order; one with a large argument is complete once all its pieces came.
+  struct Incoming {
+    Task task;
+    std::uint64_t size = 0; ///< a large argument's size (0: complete on arrival)
+  };
+  std::deque<Incoming> incoming;
+  std::unordered_map<std::uint64_t, std::uint64_t> acked; ///< pieces of results the hub stored
+  std::optional<Error> failed;                             ///< what the hub said, or the link
+
+  bool large(const TaskResult& r) const { return r.value.size() > kInlineValue; }
 
   Result<void> send_ready() {
     pb::Envelope env;
@@ -352,20 +435,21 @@ struct EngineLink::Impl {
     r->set_kind(kind);
     for (auto t : running)
       r->add_running(t);
+    std::vector<std::uint64_t> resend;
     for (const auto& [tid, res] : unacked) {
-      auto* u = r->add_unacked();
-      u->set_task_id(tid);
-      u->set_state(res.state == TaskOutcome::Done ? pb::TaskResult::DONE : pb::TaskResult::FAILED);
-      u->set_payload(res.value);
-      u->set_error_type(res.error_type);
-      u->set_error_message(res.error_message);
-      u->set_traceback(res.traceback);
-      u->set_stdout(res.output);
-      u->set_engine_id(id);
-      u->set_start_ms(res.start_ms);
-      u->set_end_ms(res.end_ms);
+      if (large(res)) { // held as running, and sent again in pieces below
+        r->add_running(tid);
+        resend.push_back(tid);
+      } else {
+        to_pb(res, id, true, *r->add_unacked());
+      }
     }
-    return link.send(env);
+    // Tasks whose argument was still arriving are gone with the old hub: it sends them again.
+    std::erase_if(incoming, [](const Incoming& i) { return i.size > 0; });
+    SORTIE_TRY(link.send(env));
+    for (auto tid : resend)
+      SORTIE_TRY(upload(unacked.at(tid)));
+    return ok_result();
   }
 
   void welcomed(const pb::EngineWelcome& w) {
@@ -373,6 +457,90 @@ struct EngineLink::Impl {
     label = w.label();
     for (auto t : w.drop())
       running.erase(t);
+  }
+
+  /// Whatever comes from the hub (or the agent), while waiting for tasks or for acks.
+  Result<void> handle(pb::Envelope& env) {
+    switch (env.body_case()) {
+    case pb::Envelope::kTaskRun:
+      for (auto& t : *env.mutable_task_run()->mutable_tasks()) {
+        if (unacked.contains(t.task_id()) || running.contains(t.task_id()))
+          continue; // ran here already; the hub will hear of it again
+        Incoming in;
+        in.task = {t.task_id(), std::move(*t.mutable_handler()), std::move(*t.mutable_payload()),
+                   t.timeout_ms()};
+        in.size = t.payload_size();
+        if (in.size > 0)
+          in.task.payload.reserve(in.size);
+        incoming.push_back(std::move(in));
+      }
+      return ok_result();
+    case pb::Envelope::kValueChunk: {
+      auto& c = *env.mutable_value_chunk();
+      for (auto& in : incoming)
+        if (in.task.id == c.task_id() && in.size > 0 && c.offset() == in.task.payload.size()) {
+          in.task.payload += c.data();
+          pb::Envelope ack;
+          ack.mutable_value_chunk_ack()->set_task_id(c.task_id());
+          ack.mutable_value_chunk_ack()->set_received(in.task.payload.size());
+          if (in.task.payload.size() >= in.size)
+            in.size = 0; // complete
+          return link.send(ack);
+        }
+      return ok_result();
+    }
+    case pb::Envelope::kValueChunkAck:
+      acked[env.value_chunk_ack().task_id()] = env.value_chunk_ack().received();
+      return ok_result();
+    case pb::Envelope::kTaskDoneAck:
+      for (auto tid : env.task_done_ack().task_ids()) {
+        unacked.erase(tid);
+        acked.erase(tid);
+      }
+      return ok_result();
+    case pb::Envelope::kEngineRejoin:
+      return send_ready();
+    case pb::Envelope::kEngineWelcome:
+      welcomed(env.engine_welcome());
+      return ok_result();
+    case pb::Envelope::kError:
+      return net::error_from_pb(env.error());
+    default:
+      return ok_result();
+    }
+  }
+
+  /// Receives and handles one frame (Timeout when none came in time).
+  Result<void> pump(std::int64_t timeout_ms) {
+    SORTIE_ASSIGN_OR_RETURN(env, link.receive(timeout_ms));
+    return handle(env);
+  }
+
+  /// A large result's pieces, at most kValueWindow bytes unacknowledged.
+  Result<void> upload(const TaskResult& r) {
+    const std::string& v = r.value;
+    std::uint64_t sent = 0;
+    acked[r.id] = 0;
+    while (sent < v.size()) {
+      while (sent - acked[r.id] >= kValueWindow) {
+        auto got = pump(60'000);
+        if (!got.ok())
+          return got.error();
+      }
+      std::size_t n = std::min<std::size_t>(kValueChunk, v.size() - sent);
+      pb::Envelope env;
+      auto* c = env.mutable_value_chunk();
+      c->set_task_id(r.id);
+      c->set_part(pb::ValueChunk::RESULT);
+      c->set_offset(sent);
+      c->set_total(v.size());
+      c->set_data(v.data() + sent, n);
+      SORTIE_TRY(link.send(env));
+      sent += n;
+    }
+    pb::Envelope done;
+    to_pb(r, id, false, *done.mutable_task_done()->add_results());
+    return link.send(done);
   }
 };
 
@@ -398,14 +566,9 @@ Result<std::unique_ptr<EngineLink>> EngineLink::connect(const std::string& socke
   impl->size = size;
   impl->kind = kind;
   SORTIE_TRY(impl->send_ready());
-  while (true) {
+  while (impl->id == 0) {
     SORTIE_ASSIGN_OR_RETURN(env, impl->link.receive(timeout_ms));
-    if (env.has_error())
-      return net::error_from_pb(env.error());
-    if (env.has_engine_welcome()) {
-      impl->welcomed(env.engine_welcome());
-      break;
-    }
+    SORTIE_TRY(impl->handle(env));
   }
   return std::unique_ptr<EngineLink>(new EngineLink(std::move(impl)));
 }
@@ -413,89 +576,71 @@ Result<std::unique_ptr<EngineLink>> EngineLink::connect(const std::string& socke
 Result<std::vector<EngineLink::Task>> EngineLink::next(std::int64_t timeout_ms) {
   std::vector<Task> out;
   auto deadline = std::chrono::steady_clock::now() + std::chrono::milliseconds(timeout_ms);
-  while (out.empty()) {
-    std::int64_t left = timeout_ms < 0 ? -1
-                                       : std::max<std::int64_t>(
-                                             0, std::chrono::duration_cast<std::chrono::milliseconds>(
-                                                    deadline - std::chrono::steady_clock::now())
-                                                    .count());
-    auto env = impl_->link.receive(left);
-    if (!env.ok()) {
-      if (env.error().code == ErrorCode::Timeout)
+  while (true) {
+    // Complete tasks, in the order they came.
+    while (!impl_->incoming.empty() && impl_->incoming.front().size == 0) {
+      impl_->running.insert(impl_->incoming.front().task.id);
+      out.push_back(std::move(impl_->incoming.front().task));
+      impl_->incoming.pop_front();
+    }
+    if (!out.empty())
+      return out;
+    std::int64_t left = -1;
+    if (timeout_ms >= 0) {
+      left = std::chrono::duration_cast<std::chrono::milliseconds>(
+                 deadline - std::chrono::steady_clock::now())
+                 .count();
+      if (left <= 0)
         return out;
-      return env.error();
     }
-    switch (env->body_case()) {
-    case pb::Envelope::kTaskRun:
-      for (auto& t : *env->mutable_task_run()->mutable_tasks()) {
-        if (impl_->unacked.contains(t.task_id()) || impl_->running.contains(t.task_id()))
-          continue; // ran here already; the hub will hear of it again
-        impl_->running.insert(t.task_id());
-        out.push_back({t.task_id(), std::move(*t.mutable_handler()), std::move(*t.mutable_payload()),
-                       t.timeout_ms()});
-      }
-      break;
-    case pb::Envelope::kTaskDoneAck:
-      for (auto id : env->task_done_ack().task_ids())
-        impl_->unacked.erase(id);
-      break;
-    case pb::Envelope::kEngineRejoin:
-      SORTIE_TRY(impl_->send_ready());
-      break;
-    case pb::Envelope::kEngineWelcome:
-      impl_->welcomed(env->engine_welcome());
-      break;
-    case pb::Envelope::kError:
-      return net::error_from_pb(env->error());
-    default:
-      break;
+    auto got = impl_->pump(left);
+    if (!got.ok()) {
+      if (got.error().code == ErrorCode::Timeout)
+        return out;
+      return got.error();
     }
-    if (timeout_ms >= 0 && std::chrono::steady_clock::now() >= deadline)
-      break;
   }
-  return out;
 }
 
 Result<void> EngineLink::send(std::vector<TaskResult> results) {
-  // Frames stay below the protocol's limit: results are sent in several when large, and one
-  // result too large to send at all fails its task saying so.
+  // Frames stay below the protocol's limit: small results go many per frame, each large one in
+  // pieces the hub acknowledges, then its TaskDone.
   constexpr std::size_t kFrameBudget = 16u << 20;
-  constexpr std::size_t kMaxValue = 60u << 20;
   pb::Envelope env;
   std::size_t bytes = 0;
+  auto flush = [&]() -> Result<void> {
+    if (!env.has_task_done())
+      return ok_result();
+    auto r = impl_->link.send(env);
+    env.Clear();
+    bytes = 0;
+    return r;
+  };
   for (auto& r : results) {
-    if (r.value.size() + r.output.size() > kMaxValue) {
+    if (r.value.size() + r.output.size() > kMaxValueBytes) {
       std::size_t size = r.value.size() + r.output.size();
       r = TaskResult{r.id, TaskOutcome::Failed, {}, "ValueTooLarge",
-                     fmt::format("the task's result and output are {} MiB: at most {} MiB go "
-                                 "back in one result (write larger values to a shared file "
-                                 "and return its path)",
-                                 size >> 20, kMaxValue >> 20),
+                     fmt::format("the task's result and output are {} MiB: at most {} MiB (write "
+                                 "larger values to a shared file and return its path)",
+                                 size >> 20, kMaxValueBytes >> 20),
                      {}, {}, 0, r.start_ms, r.end_ms};
     }
-    std::size_t size = r.value.size() + r.output.size() + r.traceback.size() + 64;
-    if (bytes > 0 && bytes + size > kFrameBudget) {
-      SORTIE_TRY(impl_->link.send(env));
-      env.Clear();
-      bytes = 0;
-    }
-    bytes += size;
     impl_->running.erase(r.id);
-    auto* d = env.mutable_task_done()->add_results();
-    d->set_task_id(r.id);
-    d->set_state(r.state == TaskOutcome::Done ? pb::TaskResult::DONE : pb::TaskResult::FAILED);
-    d->set_payload(r.value);
-    d->set_error_type(r.error_type);
-    d->set_error_message(r.error_message);
-    d->set_traceback(r.traceback);
-    d->set_stdout(r.output);
-    d->set_engine_id(impl_->id);
-    d->set_start_ms(r.start_ms);
-    d->set_end_ms(r.end_ms);
     r.engine = impl_->id;
+    if (impl_->large(r)) {
+      SORTIE_TRY(flush()); // in the order they ended
+      auto& kept = impl_->unacked[r.id] = std::move(r);
+      SORTIE_TRY(impl_->upload(kept));
+      continue;
+    }
+    std::size_t size = r.value.size() + r.output.size() + r.traceback.size() + 64;
+    if (bytes > 0 && bytes + size > kFrameBudget)
+      SORTIE_TRY(flush());
+    bytes += size;
+    to_pb(r, impl_->id, true, *env.mutable_task_done()->add_results());
     impl_->unacked.emplace(r.id, std::move(r));
   }
-  return env.has_task_done() ? impl_->link.send(env) : ok_result();
+  return flush();
 }
 
 } // namespace sortie

@@ -19,6 +19,10 @@ constexpr std::size_t kMaxCalls = 100'000;       // per TaskSubmit
 constexpr std::size_t kPushQueueLimit = 8u << 20; // bytes queued on a client before pushes wait
 constexpr std::size_t kFrameBudget = 16u << 20;  // bytes of results per TaskResults frame
 constexpr std::uint32_t kMaxRanks = 4096;
+// Large values travel in pieces of this size, at most kWindow bytes unacknowledged.
+constexpr std::size_t kChunk = 1u << 20;
+constexpr std::uint64_t kWindow = 4u << 20;
+constexpr std::uint64_t kMaxValue = 4ull << 30; // 4 GiB
 // After a restart, engines have their agents' reconnect window and this much more to come back.
 constexpr std::int64_t kRejoinMarginMs = 5'000;
 
@@ -54,8 +58,20 @@ Tasks::Tasks(Core& core, Jobs& jobs) : core_(core), jobs_(jobs) {
         chooser_.close_engine(id);
       }
   });
-  core_.events.client_closed.subscribe(
-      [this](const std::shared_ptr<Peer>& peer) { pushes_.erase(peer.get()); });
+  core_.events.client_closed.subscribe([this](const std::shared_ptr<Peer>& peer) {
+    pushes_.erase(peer.get());
+    std::vector<std::uint64_t> cut;
+    for (const auto& [task, up] : uploaders_)
+      if (auto p = up.lock(); !p || p == peer)
+        cut.push_back(task);
+    for (auto id : cut) {
+      uploaders_.erase(id);
+      if (Task* t = find(id); t && t->state == TaskState::Uploading)
+        finish(*t, TaskState::Failed, nullptr, "ArgumentIncomplete",
+               fmt::format("its client left after sending {} of its argument's {} bytes",
+                           t->received, t->payload_size));
+    }
+  });
 }
 
 void Tasks::register_with(Router& router) {
@@ -80,6 +96,14 @@ void Tasks::register_with(Router& router) {
   router.add(pb::Envelope::kEngineList, Role::Client, [this](const Sender& from, pb::Envelope& env) {
     handle_engines(from, env.engine_list());
   });
+  for (Role role : {Role::Client, Role::Engine})
+    router.add(pb::Envelope::kValueChunk, role, [this](const Sender& from, pb::Envelope& env) {
+      handle_chunk(from, *env.mutable_value_chunk());
+    });
+  router.add(pb::Envelope::kValueChunkAck, Role::Engine,
+             [this](const Sender& from, pb::Envelope& env) {
+               handle_chunk_ack(from, env.value_chunk_ack());
+             });
 }
 
 std::size_t Tasks::engines_up() const {
@@ -137,8 +161,13 @@ void Tasks::load(store::LoadedState& state) {
     t.error_type = std::move(row.error_type);
     t.error_message = std::move(row.error_message);
     t.traceback = std::move(row.traceback);
+    t.payload_size = row.payload_size;
+    t.result_size = row.result_size;
     auto& task = tasks_.emplace(t.id, std::move(t)).first->second;
-    if (task.ended()) {
+    if (task.state == TaskState::Uploading) {
+      finish(task, TaskState::Failed, nullptr, "ArgumentIncomplete",
+             "the hub restarted while its client was sending its argument: submit it again");
+    } else if (task.ended()) {
       ended_.emplace_back(task.end_ms, task.id);
     } else if (task.state == TaskState::Queued) {
       enqueue(task);
@@ -331,7 +360,17 @@ bool Tasks::accept_result(Engine& e, pb::TaskResult& r) {
   e.running.erase(t->id);
   ++e.tasks_done;
   chooser_.finished(e.id);
+  downloads_.erase(t->id);
   TaskState to = r.state() == pb::TaskResult::DONE ? TaskState::Done : TaskState::Failed;
+  if (r.payload_size() > 0) { // its pieces came first (handle_chunk)
+    if (t->received != r.payload_size()) {
+      finish(*t, TaskState::Failed, nullptr, "ValueIncomplete",
+             fmt::format("engine {} sent {} of its result's {} bytes", e.id, t->received,
+                         r.payload_size()));
+      return true;
+    }
+    t->result_size = r.payload_size();
+  }
   finish(*t, to, &r);
   return true;
 }
@@ -432,7 +471,9 @@ void Tasks::write(const Task& t, store::TaskRow::Write how) {
     row.timeout_ms = t.timeout_ms;
     row.priority = t.priority;
     row.submit_ms = t.submit_ms;
+    row.payload_size = t.payload_size;
   } else if (how == store::TaskRow::Write::Finish) {
+    row.result_size = t.result_size;
     row.end_ms = t.end_ms;
     row.result = t.result;
     row.output = t.output;
@@ -451,6 +492,10 @@ void Tasks::requeue(Task& t, bool charge, const std::string& why) {
   if (!charge && t.attempts > 0)
     --t.attempts; // it never ran there
   log::debug("task {} queued again: {}", t.id, why);
+  downloads_.erase(t.id);
+  if (t.received > 0 && t.result_size == 0)
+    core_.durable.batch().values_removed.emplace_back(t.id, 1); // a partial result of that run
+  t.received = 0;
   t.state = TaskState::Queued;
   t.engine = 0;
   t.start_ms = 0;
@@ -463,6 +508,8 @@ void Tasks::finish(Task& t, TaskState to, pb::TaskResult* r, std::string error_t
                    std::string message) {
   if (t.state == TaskState::Queued)
     chooser_.dequeue(t.id);
+  if (t.state == TaskState::Running && to != TaskState::Done && t.result_size == 0 && t.received)
+    core_.durable.batch().values_removed.emplace_back(t.id, 1); // a partial large result
   t.state = to;
   t.end_ms = core_.clock.now_ms();
   t.payload.reset();
@@ -479,6 +526,11 @@ void Tasks::finish(Task& t, TaskState to, pb::TaskResult* r, std::string error_t
     t.error_message = std::move(message);
   }
   write(t, store::TaskRow::Write::Finish);
+  if (t.payload_size > 0) { // its argument's file is not needed any more
+    core_.durable.batch().values_removed.emplace_back(t.id, 0);
+    downloads_.erase(t.id);
+    uploaders_.erase(t.id);
+  }
   ended_.emplace_back(t.end_ms, t.id);
   if (!r) { // the hub ended it: tell its watchers once that is durable
     core_.durable.after_commit([this, id = t.id](const Result<void>& committed) {
@@ -514,6 +566,12 @@ void Tasks::handle_submit(const Sender& from, pb::TaskSubmit& req) {
       return refuse(ErrorCode::InvalidArgument, "at most 1000 retries", ctx);
     if (c.timeout_ms() < 0)
       return refuse(ErrorCode::InvalidArgument, "a timeout cannot be negative", ctx);
+    if (c.payload_size() > kMaxValue || (c.payload_size() > 0 && !c.payload().empty()))
+      return refuse(ErrorCode::InvalidArgument,
+                    fmt::format("an argument of {} bytes: at most {} bytes, sent in pieces after "
+                                "the call (payload_size) and not inside it",
+                                c.payload_size(), kMaxValue),
+                    ctx);
     if (c.engine_id() != 0 && !engines_.contains(c.engine_id())) {
       std::vector<std::uint64_t> live;
       for (const auto& [id, e] : engines_)
@@ -535,6 +593,10 @@ void Tasks::handle_submit(const Sender& from, pb::TaskSubmit& req) {
     t.handler = std::move(*c.mutable_handler());
     t.label = std::move(*c.mutable_label());
     t.payload = std::make_shared<const std::string>(std::move(*c.mutable_payload()));
+    if (c.payload_size() > 0) { // its pieces follow (handle_chunk)
+      t.payload_size = c.payload_size();
+      t.state = TaskState::Uploading;
+    }
     t.target = c.engine_id();
     t.retries = c.retries();
     t.timeout_ms = c.timeout_ms();
@@ -547,8 +609,13 @@ void Tasks::handle_submit(const Sender& from, pb::TaskSubmit& req) {
   // Queued (and sent) at once: the commit and the first run overlap. A hub that dies before the
   // commit acknowledged nothing; an engine that ran such a task reports a task the next hub does
   // not know, which is dropped.
-  for (std::uint64_t id = first; id < next_task_id_; ++id)
-    enqueue(tasks_.at(id));
+  for (std::uint64_t id = first; id < next_task_id_; ++id) {
+    Task& t = tasks_.at(id);
+    if (t.state == TaskState::Uploading)
+      uploaders_[id] = from.peer;
+    else
+      enqueue(t);
+  }
   request_dispatch();
   auto count = static_cast<std::uint32_t>(req.calls_size());
   bool watch = req.watch();
@@ -577,6 +644,8 @@ void Tasks::drop_unstored(std::uint64_t id) {
   Task* t = find(id);
   if (!t)
     return;
+  uploaders_.erase(id);
+  downloads_.erase(id);
   if (t->state == TaskState::Queued) {
     chooser_.dequeue(id);
   } else if (t->state == TaskState::Running) {
@@ -647,6 +716,8 @@ void Tasks::handle_forget(const Sender& from, const pb::TaskForget& req) {
     } else if (!it->second.ended()) {
       r->set_not_ended(r->not_ended() + 1);
     } else {
+      if (it->second.result_size > 0)
+        batch.values_removed.emplace_back(id, 1);
       tasks_.erase(it);
       watchers_.erase(id);
       batch.tasks_forgotten.push_back(id);
@@ -712,7 +783,7 @@ void Tasks::dispatch() {
   for (const auto& p : picks) {
     Task* t = find(p.task);
     auto e = engines_.find(p.engine);
-    if (!t || t->state != TaskState::Queued || e == engines_.end() || !t->payload) {
+    if (!t || t->state != TaskState::Queued || e == engines_.end()) {
       chooser_.finished(p.engine);
       continue;
     }
@@ -720,7 +791,10 @@ void Tasks::dispatch() {
     t->engine = p.engine;
     ++t->attempts;
     t->start_ms = now;
+    t->received = 0;
     e->second.running.insert(t->id);
+    if (t->payload_size > 0)
+      downloads_[t->id] = Download{p.engine, t->payload_size, 0, 0};
     if (t->timeout_ms > 0)
       deadlines_.emplace(now + t->timeout_ms, t->id);
     write(*t, store::TaskRow::Write::Update);
@@ -737,7 +811,8 @@ void Tasks::dispatch() {
     std::size_t bytes = 0;
     for (auto id : ids) {
       const Task& t = *find(id);
-      if (bytes > 0 && bytes + t.payload->size() > kFrameBudget) { // frames stay below the limit
+      std::size_t size = t.payload ? t.payload->size() : 0;
+      if (bytes > 0 && bytes + size > kFrameBudget) { // frames stay below the limit
         send_to(e->second, env);
         env.Clear();
         bytes = 0;
@@ -745,11 +820,16 @@ void Tasks::dispatch() {
       auto* task = env.mutable_task_run()->add_tasks();
       task->set_task_id(id);
       task->set_handler(t.handler);
-      task->set_payload(*t.payload);
+      if (t.payload)
+        task->set_payload(*t.payload);
+      task->set_payload_size(t.payload_size);
       task->set_timeout_ms(t.timeout_ms);
-      bytes += t.payload->size() + t.handler.size() + 32;
+      bytes += size + t.handler.size() + 32;
     }
     send_to(e->second, env);
+    for (auto id : ids) // large arguments follow their TaskRun
+      if (downloads_.contains(id))
+        pump_download(id);
   }
 }
 
@@ -782,6 +862,8 @@ void Tasks::tick() {
       ended_.pop_front();
       auto it = tasks_.find(id);
       if (it != tasks_.end() && it->second.ended()) {
+        if (it->second.result_size > 0)
+          batch.values_removed.emplace_back(id, 1);
         tasks_.erase(it);
         watchers_.erase(id);
         batch.tasks_forgotten.push_back(id);
@@ -806,6 +888,7 @@ void Tasks::fill_result(const Task& t, pb::TaskResult& r) {
   r.set_engine_id(t.engine);
   r.set_start_ms(t.start_ms);
   r.set_end_ms(t.end_ms);
+  r.set_payload_size(t.result_size);
 }
 
 void Tasks::notify(const std::vector<std::uint64_t>& ids) {
@@ -852,6 +935,8 @@ void Tasks::flush_pushes(const Peer* key) {
       auto* r = results->add_results();
       if (const Task* t = find(id)) {
         fill_result(*t, *r);
+        if (t->result_size > 0) // its pieces follow this frame
+          p.streams.push_back(Stream{id, t->result_size, 0});
       } else {
         r->set_task_id(id);
         r->set_state(pb::TaskResult::UNKNOWN);
@@ -863,9 +948,14 @@ void Tasks::flush_pushes(const Peer* key) {
     peer->send(env);
   }
   if (p.ids.empty()) {
-    pushes_.erase(it);
+    if (p.streams.empty())
+      pushes_.erase(it);
+    else
+      pump_client(key); // pieces of large results, after the frames that announce them
     return;
   }
+  if (!p.streams.empty())
+    pump_client(key);
   if (!p.waiting) {
     p.waiting = true;
     peer->when_drained([this, key, alive = core_.alive] {
@@ -877,6 +967,202 @@ void Tasks::flush_pushes(const Peer* key) {
       }
     });
   }
+}
+
+// -------------------------------------------------------------------------------------------
+// Large values: arguments from clients and results from engines arrive in pieces, are written
+// to value files as they come (acknowledged once stored), and go on in pieces read back from
+// those files: the hub holds a few pieces per transfer, never a whole value.
+
+void Tasks::handle_chunk(const Sender& from, pb::ValueChunk& c) {
+  auto fail = [&](std::string message) {
+    Router::refuse(from, make_error(ErrorCode::InvalidArgument,
+                                    fmt::format("value piece of task {}: {}", c.task_id(),
+                                                std::move(message))));
+  };
+  Task* t = find(c.task_id());
+  bool argument = c.part() == pb::ValueChunk::ARGUMENT;
+  std::uint64_t expected_total = 0;
+  if (from.role == Role::Client) {
+    auto up = uploaders_.find(c.task_id());
+    if (!t || !argument || t->state != TaskState::Uploading || up == uploaders_.end() ||
+        up->second.lock() != from.peer)
+      return fail("not a task whose argument this client is sending");
+    expected_total = t->payload_size;
+  } else {
+    auto link = links_.find({from.agent->id.value, from.via});
+    if (!t || argument || link == links_.end() || t->state != TaskState::Running ||
+        t->engine != link->second)
+      return; // a piece for a task that ended or moved meanwhile: dropped
+    expected_total = c.total();
+    if (expected_total > kMaxValue)
+      return fail(fmt::format("a result of {} bytes: at most {}", expected_total, kMaxValue));
+  }
+  if (c.offset() != t->received || c.offset() + c.data().size() > expected_total)
+    return fail(fmt::format("a piece at {} of {} bytes, after {} of {} bytes: pieces go in order",
+                            c.offset(), c.data().size(), t->received, expected_total));
+  t->received += c.data().size();
+  core_.durable.batch().values.push_back(
+      {t->id, argument ? 0 : 1, static_cast<std::int64_t>(c.offset()), std::move(*c.mutable_data())});
+  std::uint64_t id = t->id, received = t->received;
+  bool complete = argument && received == expected_total;
+  if (complete) {
+    uploaders_.erase(id);
+    t->state = TaskState::Queued;
+    write(*t, store::TaskRow::Write::Update);
+  }
+  core_.durable.after_commit([this, id, received, argument, complete, from](
+                                 const Result<void>& committed) {
+    Task* task = find(id);
+    if (!committed.ok()) {
+      if (task && !task->ended())
+        finish(*task, TaskState::Failed, nullptr, "ValueIncomplete",
+               fmt::format("the hub could not store its {}: {}",
+                           argument ? "argument" : "result", committed.error().message));
+      return;
+    }
+    pb::Envelope ack;
+    ack.set_request_id(from.rid);
+    auto* a = ack.mutable_value_chunk_ack();
+    a->set_task_id(id);
+    a->set_part(argument ? pb::ValueChunk::ARGUMENT : pb::ValueChunk::RESULT);
+    a->set_received(received);
+    if (from.role == Role::Client) {
+      from.peer->send(ack);
+    } else if (task) {
+      if (auto e = engines_.find(task->engine); e != engines_.end())
+        send_to(e->second, ack);
+    }
+    if (complete && task && task->state == TaskState::Queued) {
+      enqueue(*task);
+      request_dispatch();
+    }
+  });
+}
+
+void Tasks::handle_chunk_ack(const Sender& from, const pb::ValueChunkAck& ack) {
+  auto d = downloads_.find(ack.task_id());
+  auto link = links_.find({from.agent->id.value, from.via});
+  if (d == downloads_.end() || link == links_.end() || d->second.engine != link->second)
+    return;
+  d->second.acked = std::max(d->second.acked, ack.received());
+  if (d->second.acked >= d->second.total) {
+    downloads_.erase(d);
+    return;
+  }
+  pump_download(ack.task_id());
+}
+
+void Tasks::pump_download(std::uint64_t id) {
+  auto d = downloads_.find(id);
+  if (d == downloads_.end())
+    return;
+  Download& dl = d->second;
+  while (dl.requested < dl.total && dl.requested - dl.acked < kWindow) {
+    std::uint64_t offset = dl.requested;
+    std::size_t size = static_cast<std::size_t>(std::min<std::uint64_t>(kChunk, dl.total - offset));
+    dl.requested += size;
+    core_.durable.store().read_value(
+        id, 0, static_cast<std::int64_t>(offset), size,
+        [this, alive = core_.alive, id, engine = dl.engine, offset,
+         total = dl.total](Result<std::string> data) {
+          if (!*alive)
+            return;
+          auto d2 = downloads_.find(id);
+          auto e = engines_.find(engine);
+          if (d2 == downloads_.end() || d2->second.engine != engine || e == engines_.end())
+            return;
+          Task* t = find(id);
+          if (!data.ok() || data->empty()) {
+            if (t && t->state == TaskState::Running)
+              finish(*t, TaskState::Failed, nullptr, "ValueIncomplete",
+                     fmt::format("the hub could not read its argument: {}",
+                                 data.ok() ? "the file is short" : data.error().message));
+            return;
+          }
+          pb::Envelope env;
+          auto* c = env.mutable_value_chunk();
+          c->set_task_id(id);
+          c->set_part(pb::ValueChunk::ARGUMENT);
+          c->set_offset(offset);
+          c->set_total(total);
+          c->set_data(std::move(*data));
+          send_to(e->second, env);
+        });
+  }
+}
+
+void Tasks::pump_client(const Peer* key) {
+  auto it = pushes_.find(key);
+  if (it == pushes_.end())
+    return;
+  Pushes& p = it->second;
+  auto peer = p.peer.lock();
+  if (!peer || peer->closed()) {
+    pushes_.erase(it);
+    return;
+  }
+  if (p.reading || p.streams.empty())
+    return;
+  if (peer->queued_bytes() >= kPushQueueLimit) {
+    if (!p.stream_waiting) {
+      p.stream_waiting = true;
+      peer->when_drained([this, key, alive = core_.alive] {
+        if (!*alive)
+          return;
+        if (auto again = pushes_.find(key); again != pushes_.end()) {
+          again->second.stream_waiting = false;
+          pump_client(key);
+        }
+      });
+    }
+    return;
+  }
+  Stream& s = p.streams.front();
+  std::size_t size = static_cast<std::size_t>(std::min<std::uint64_t>(kChunk, s.total - s.offset));
+  p.reading = true;
+  core_.durable.store().read_value(
+      s.task, 1, static_cast<std::int64_t>(s.offset), size,
+      [this, alive = core_.alive, key, task = s.task](Result<std::string> data) {
+        if (!*alive)
+          return;
+        auto again = pushes_.find(key);
+        if (again == pushes_.end())
+          return;
+        Pushes& q = again->second;
+        q.reading = false;
+        auto peer2 = q.peer.lock();
+        if (!peer2 || peer2->closed() || q.streams.empty() || q.streams.front().task != task) {
+          pushes_.erase(again);
+          return;
+        }
+        Stream& st = q.streams.front();
+        if (!data.ok() || data->empty()) {
+          // The value is gone (forgotten meanwhile) or unreadable: the client's wait for the
+          // rest ends with this link.
+          peer2->close_with_error(make_error(ErrorCode::Io,
+                                             fmt::format("cannot read the result of task {}: {}",
+                                                         task, data.ok() ? "it was forgotten"
+                                                                         : data.error().message)));
+          pushes_.erase(again);
+          return;
+        }
+        pb::Envelope env;
+        auto* c = env.mutable_value_chunk();
+        c->set_task_id(task);
+        c->set_part(pb::ValueChunk::RESULT);
+        c->set_offset(st.offset);
+        c->set_total(st.total);
+        st.offset += data->size();
+        c->set_data(std::move(*data));
+        peer2->send(env);
+        if (st.offset >= st.total)
+          q.streams.pop_front();
+        if (q.streams.empty() && q.ids.empty() && !q.waiting)
+          pushes_.erase(again);
+        else
+          pump_client(key);
+      });
 }
 
 } // namespace sortie::hub

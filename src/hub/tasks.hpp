@@ -27,7 +27,15 @@
 
 namespace sortie::hub {
 
-enum class TaskState : std::uint8_t { Queued = 0, Running = 1, Done = 2, Failed = 3, Lost = 4 };
+/// Stored as these numbers. Uploading: its large argument is still arriving from its client.
+enum class TaskState : std::uint8_t {
+  Queued = 0,
+  Running = 1,
+  Done = 2,
+  Failed = 3,
+  Lost = 4,
+  Uploading = 5,
+};
 
 /// One task in memory (its payload until it ended, its result until it is forgotten).
 struct Task {
@@ -46,7 +54,14 @@ struct Task {
   std::shared_ptr<const std::string> result;
   std::shared_ptr<const std::string> output;
   std::string error_type, error_message, traceback;
-  bool ended() const { return state >= TaskState::Done; }
+  /// Large values (over kInlineValue) live in value files, not here: their sizes.
+  std::uint64_t payload_size = 0, result_size = 0;
+  /// Bytes of a large value stored so far: the argument while Uploading, the result while
+  /// Running.
+  std::uint64_t received = 0;
+  bool ended() const {
+    return state == TaskState::Done || state == TaskState::Failed || state == TaskState::Lost;
+  }
 };
 
 /// An engine the hub knows: up (its link through its agent is there) or waiting to come back.
@@ -109,6 +124,14 @@ private:
   /// A queued task an engine says it holds (or has a result for) runs there.
   void claim(Task& t, Engine& e);
 
+  // Large values (05-tasks.md §5.5)
+  void handle_chunk(const Sender& from, pb::ValueChunk& chunk);
+  void handle_chunk_ack(const Sender& from, const pb::ValueChunkAck& ack);
+  /// Sends a large argument's next pieces to the engine running its task, within the window.
+  void pump_download(std::uint64_t task);
+  /// Sends the next pieces of large results to a client while its link keeps up.
+  void pump_client(const Peer* key);
+
   // Results to clients
   void notify(const std::vector<std::uint64_t>& ids);
   void push_later(const std::shared_ptr<Peer>& peer, std::uint64_t id);
@@ -135,10 +158,24 @@ private:
   std::deque<std::pair<std::int64_t, std::uint64_t>> ended_;
   /// Clients waiting for tasks' results.
   std::unordered_map<std::uint64_t, std::vector<std::weak_ptr<Peer>>> watchers_;
+  /// A large argument on its way to the engine running its task.
+  struct Download {
+    std::uint64_t engine = 0;
+    std::uint64_t total = 0, requested = 0, acked = 0;
+  };
+  std::unordered_map<std::uint64_t, Download> downloads_;
+  /// Clients uploading large arguments, by task.
+  std::unordered_map<std::uint64_t, std::weak_ptr<Peer>> uploaders_;
+  struct Stream { ///< a large result on its way to a client
+    std::uint64_t task = 0, total = 0, offset = 0;
+  };
   struct Pushes {
     std::weak_ptr<Peer> peer;
     std::deque<std::uint64_t> ids;
     bool waiting = false; ///< for its link to drain
+    std::deque<Stream> streams;
+    bool reading = false;        ///< a piece of streams.front() is being read
+    bool stream_waiting = false; ///< for its link to drain, to send more pieces
   };
   std::unordered_map<const Peer*, Pushes> pushes_;
 };

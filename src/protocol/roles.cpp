@@ -101,6 +101,12 @@ std::uint32_t senders_of(pb::Envelope::BodyCase body) {
     return kHub;
   case B::kEngineRejoin:
     return kAgent;
+  // Pieces of large values (05-tasks.md §5.5): uploaded by clients and engines, sent on by the
+  // hub; acknowledged by the hub and by engines.
+  case B::kValueChunk:
+    return kClient | kEngine | kHub;
+  case B::kValueChunkAck:
+    return kEngine | kHub;
   // Task requests of clients and their replies.
   case B::kTaskSubmit:
   case B::kTaskWatch:

@@ -90,7 +90,7 @@ CREATE TABLE counters (
       R"sql(
 CREATE TABLE tasks (
   id INTEGER PRIMARY KEY,
-  state INTEGER NOT NULL,            -- 0 queued, 1 running, 2 done, 3 failed, 4 lost
+  state INTEGER NOT NULL,            -- 0 queued, 1 running, 2 done, 3 failed, 4 lost, 5 arriving
   handler TEXT NOT NULL DEFAULT '',
   label TEXT NOT NULL DEFAULT '',
   payload BLOB,                      -- NULL once ended
@@ -107,7 +107,9 @@ CREATE TABLE tasks (
   error_type TEXT NOT NULL DEFAULT '',
   error_message TEXT NOT NULL DEFAULT '',
   traceback TEXT NOT NULL DEFAULT '',
-  output BLOB
+  output BLOB,
+  payload_size INTEGER NOT NULL DEFAULT 0,  -- a large argument: in output/tasks/ID.arg
+  result_size INTEGER NOT NULL DEFAULT 0    -- a large result: in output/tasks/ID.res
 );
 CREATE TABLE engines (
   id INTEGER PRIMARY KEY,

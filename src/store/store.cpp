@@ -87,9 +87,7 @@ std::vector<std::uint32_t> decode_gpus(const std::string& text) {
 
 // Things the store thread works on, in queue order.
 struct ReadRequest {
-  std::uint64_t job_id;
-  std::uint32_t attempt;
-  int stream;
+  std::filesystem::path path;
   std::int64_t offset;
   std::size_t max;
   std::function<void(Result<std::string>)> done;
@@ -97,6 +95,11 @@ struct ReadRequest {
 using WorkItem = std::variant<WriteBatch, ReadRequest>;
 
 } // namespace
+
+std::filesystem::path value_path(const std::filesystem::path& output_dir, std::uint64_t task_id,
+                                 int part) {
+  return output_dir / "tasks" / fmt::format("{}.{}", task_id, part == 0 ? "arg" : "res");
+}
 
 std::filesystem::path output_path(const std::filesystem::path& output_dir,
                                   std::uint64_t job_id,
@@ -164,14 +167,14 @@ struct Store::Impl {
                                    "ON CONFLICT(name) DO UPDATE SET next=max(next, ?2)");
     insert_task = Statement(db, "INSERT OR REPLACE INTO tasks(id, state, handler, label, payload, "
                                 "target_engine, engine_id, retries, attempts, timeout_ms, "
-                                "priority, submit_ms) VALUES(?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, "
-                                "?10, ?11, ?12)");
+                                "priority, submit_ms, payload_size) VALUES(?1, ?2, ?3, ?4, ?5, "
+                                "?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)");
     update_task = Statement(db, "UPDATE tasks SET state=?2, engine_id=?3, attempts=?4, "
                                 "start_ms=?5 WHERE id=?1");
     finish_task = Statement(db, "UPDATE tasks SET state=?2, engine_id=?3, attempts=?4, "
                                 "start_ms=?5, end_ms=?6, result=?7, error_type=?8, "
-                                "error_message=?9, traceback=?10, output=?11, payload=NULL "
-                                "WHERE id=?1");
+                                "error_message=?9, traceback=?10, output=?11, payload=NULL, "
+                                "result_size=?12 WHERE id=?1");
     delete_task = Statement(db, "DELETE FROM tasks WHERE id=?1");
     upsert_engine = Statement(db, "INSERT OR REPLACE INTO engines(id, job_id, attempt, rank, "
                                   "size) VALUES(?1, ?2, ?3, ?4, ?5)");
@@ -198,6 +201,7 @@ struct Store::Impl {
                  .bind(10, t.timeout_ms)
                  .bind(11, t.priority)
                  .bind(12, t.submit_ms)
+                 .bind(13, t.payload_size)
                  .run();
         break;
       case TaskRow::Write::Update:
@@ -220,6 +224,7 @@ struct Store::Impl {
                  .bind_text(9, t.error_message)
                  .bind_text(10, t.traceback)
                  .bind_blob(11, blob(t.output))
+                 .bind(12, t.result_size)
                  .run();
         break;
       }
@@ -410,10 +415,47 @@ struct Store::Impl {
   }
 
   /// Applies a group of batches in one transaction and posts their completions.
+  /// A piece of a large task value, at its offset (a resend rewrites the same bytes).
+  Result<void> write_value(const ValueWrite& w) {
+    auto path = value_path(options.output_dir, w.task_id, w.part);
+    int fd = ::open(path.c_str(), O_WRONLY | O_CREAT | O_CLOEXEC, 0600);
+    if (fd < 0 && errno == ENOENT) {
+      ::mkdir(path.parent_path().c_str(), 0700);
+      fd = ::open(path.c_str(), O_WRONLY | O_CREAT | O_CLOEXEC, 0600);
+    }
+    if (fd < 0)
+      return make_error(ErrorCode::Io, fmt::format("cannot open {}: {}", path.string(),
+                                                   errno_text(errno)));
+    std::size_t done = 0;
+    while (done < w.data.size()) {
+      ssize_t n = ::pwrite(fd, w.data.data() + done, w.data.size() - done,
+                           static_cast<off_t>(w.offset + done));
+      if (n < 0 && errno == EINTR)
+        continue;
+      if (n < 0) {
+        int err = errno;
+        ::close(fd);
+        return make_error(ErrorCode::Io, fmt::format("cannot write {}: {}", path.string(),
+                                                     errno_text(err)));
+      }
+      done += static_cast<std::size_t>(n);
+    }
+    // Synced with the commit that acknowledges it, when commits are (store_sync = "full").
+    if (options.synchronous_full)
+      ::fdatasync(fd);
+    ::close(fd);
+    return ok_result();
+  }
+
   void commit_group(std::vector<WriteBatch>& group) {
     for (auto& b : group)
       for (auto& w : b.output)
         write_output(w);
+    Result<void> values_written = ok_result();
+    for (auto& b : group)
+      for (auto& w : b.values)
+        if (auto r = write_value(w); !r.ok() && values_written.ok())
+          values_written = r.error();
     // The id reservation before the rows that use the ids (a failure fails the transaction).
     IdFloors reserve;
     for (auto& b : group) {
@@ -423,6 +465,8 @@ struct Store::Impl {
     Result<void> reserved = ok_result();
     if ((reserve.job || reserve.group) && !options.ids_file.empty())
       reserved = write_id_reservation(options.ids_file, reserve);
+    if (!values_written.ok())
+      reserved = values_written.error(); // the whole group fails: nothing claims those bytes
     Result<void> result = reserved.ok() ? exec(db, "BEGIN") : reserved.error();
     if (reserved.ok() && result.ok()) {
       for (auto& b : group) {
@@ -441,9 +485,14 @@ struct Store::Impl {
       }
     }
     if (result.ok())
-      for (auto& b : group)
+      for (auto& b : group) {
         for (auto id : b.jobs_forgotten)
           remove_output(id);
+        for (auto [id, part] : b.values_removed) {
+          std::error_code ec;
+          std::filesystem::remove(value_path(options.output_dir, id, part), ec);
+        }
+      }
     commits.fetch_add(1, std::memory_order_relaxed);
     std::vector<std::function<void(const Result<void>&)>> callbacks;
     for (auto& b : group)
@@ -457,7 +506,7 @@ struct Store::Impl {
   }
 
   void serve_read(ReadRequest& r) {
-    auto path = output_path(options.output_dir, r.job_id, r.attempt, r.stream);
+    const auto& path = r.path;
     int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
     Result<std::string> result = std::string();
     if (fd >= 0) {
@@ -667,7 +716,8 @@ Result<LoadedState> Store::load() {
   {
     Statement q(db, "SELECT id, state, handler, label, payload, target_engine, engine_id, "
                     "retries, attempts, timeout_ms, priority, submit_ms, start_ms, end_ms, "
-                    "result, error_type, error_message, traceback, output FROM tasks ORDER BY id");
+                    "result, error_type, error_message, traceback, output, payload_size, "
+                    "result_size FROM tasks ORDER BY id");
     auto shared = [](std::string v) {
       return v.empty() ? nullptr : std::make_shared<const std::string>(std::move(v));
     };
@@ -675,7 +725,7 @@ Result<LoadedState> Store::load() {
       TaskRow t;
       t.id = static_cast<std::uint64_t>(q.i64(0));
       t.state = static_cast<int>(q.i64(1));
-      if (t.state < 0 || t.state > 4)
+      if (t.state < 0 || t.state > 5)
         return make_error(ErrorCode::Internal,
                           fmt::format("task {} has an invalid state {} in the store", t.id, t.state));
       t.handler = q.text(2);
@@ -695,6 +745,8 @@ Result<LoadedState> Store::load() {
       t.error_message = q.text(16);
       t.traceback = q.text(17);
       t.output = shared(q.text(18));
+      t.payload_size = static_cast<std::uint64_t>(q.i64(19));
+      t.result_size = static_cast<std::uint64_t>(q.i64(20));
       s.tasks.push_back(std::move(t));
     }
     if (q.failed())
@@ -735,7 +787,19 @@ void Store::read_output(std::uint64_t job_id,
                         std::function<void(Result<std::string>)> done) {
   {
     std::lock_guard lock(impl_->mu);
-    impl_->queue.emplace_back(ReadRequest{job_id, attempt, stream, offset, max, std::move(done)});
+    impl_->queue.emplace_back(ReadRequest{output_path(impl_->options.output_dir, job_id, attempt,
+                                                      stream),
+                                          offset, max, std::move(done)});
+  }
+  impl_->cv.notify_one();
+}
+
+void Store::read_value(std::uint64_t task_id, int part, std::int64_t offset, std::size_t max,
+                       std::function<void(Result<std::string>)> done) {
+  {
+    std::lock_guard lock(impl_->mu);
+    impl_->queue.emplace_back(ReadRequest{value_path(impl_->options.output_dir, task_id, part),
+                                          offset, max, std::move(done)});
   }
   impl_->cv.notify_one();
 }

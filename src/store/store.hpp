@@ -118,7 +118,7 @@ struct TaskRow {
   };
   Write write = Write::Insert;
   std::uint64_t id = 0;
-  int state = 0; ///< 0 queued, 1 running, 2 done, 3 failed, 4 lost
+  int state = 0; ///< 0 queued, 1 running, 2 done, 3 failed, 4 lost, 5 its argument arriving
   std::string handler;
   std::string label;
   std::shared_ptr<const std::string> payload;
@@ -136,6 +136,17 @@ struct TaskRow {
   std::string error_message;
   std::string traceback;
   std::shared_ptr<const std::string> output;
+  std::uint64_t payload_size = 0; ///< a large argument, in its value file (payload empty)
+  std::uint64_t result_size = 0;  ///< a large result, in its value file (result empty)
+};
+
+/// A piece of a large task value (part 0: argument, 1: result), written to its value file
+/// before the transaction that records it.
+struct ValueWrite {
+  std::uint64_t task_id = 0;
+  int part = 0;
+  std::int64_t offset = 0;
+  std::string data;
 };
 
 /// An engine: which job (attempt, MPI rank) it is.
@@ -175,6 +186,9 @@ struct WriteBatch {
   std::vector<OutputWrite> output;
   std::vector<TaskRow> tasks;
   std::vector<std::uint64_t> tasks_forgotten;
+  std::vector<ValueWrite> values;
+  /// Value files to remove once the batch is committed: (task, part).
+  std::vector<std::pair<std::uint64_t, int>> values_removed;
   std::vector<EngineRow> engines;
   /// The next task and engine ids (0: not written).
   std::uint64_t next_task_id = 0, next_engine_id = 0;
@@ -197,7 +211,8 @@ struct WriteBatch {
            agents.empty() && pilots.empty() && resources.empty() && resources_removed.empty() &&
            output.empty() && on_commit.empty() && jobs_forgotten.empty() &&
            specs_forgotten.empty() && groups_forgotten.empty() && tasks.empty() &&
-           tasks_forgotten.empty() && engines.empty() && next_task_id == 0 &&
+           tasks_forgotten.empty() && engines.empty() && values.empty() &&
+           values_removed.empty() && next_task_id == 0 &&
            next_engine_id == 0 && reserve_job_ids == 0 &&
            reserve_group_ids == 0;
   }
@@ -240,6 +255,10 @@ std::filesystem::path output_path(const std::filesystem::path& output_dir,
                                   std::uint64_t job_id,
                                   std::uint32_t attempt,
                                   int stream);
+
+/// Where a large task value lives: <output_dir>/tasks/<task>.arg|.res (part 0, 1).
+std::filesystem::path value_path(const std::filesystem::path& output_dir, std::uint64_t task_id,
+                                 int part);
 
 /// PRAGMA integrity_check of a store no hub has open: the problems found, at most `limit`
 /// (none: intact). Fails only when the file cannot be opened at all.
@@ -288,6 +307,9 @@ public:
                    std::int64_t offset,
                    std::size_t max,
                    std::function<void(Result<std::string>)> done);
+  /// Reads up to `max` bytes of a large task value (value_path) from `offset`. Loop thread.
+  void read_value(std::uint64_t task_id, int part, std::int64_t offset, std::size_t max,
+                  std::function<void(Result<std::string>)> done);
   /// Finishes queued work and stops the thread. Completions queued by it still run if the loop
   /// still runs.
   void stop();
