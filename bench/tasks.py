@@ -76,11 +76,46 @@ class Sortie:
         self.tmp.cleanup()
 
 
-def sortie_map(s, n):
+def cpu_seconds(pid):
+    """User + system CPU of a process (all its threads) so far."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def agent_pids(home):
+    """The agents of a throw-away SORTIE_HOME (not their keepers)."""
+    found = []
+    for d in os.listdir("/proc"):
+        if not d.isdigit():
+            continue
+        try:
+            env = Path(f"/proc/{d}/environ").read_bytes().split(b"\0")
+            cmd = Path(f"/proc/{d}/cmdline").read_bytes().split(b"\0")
+            comm = Path(f"/proc/{d}/comm").read_text().strip()
+        except OSError:
+            continue
+        if f"SORTIE_HOME={home}".encode() in env and b"agent" in cmd and comm != "sortie-keeper":
+            found.append(int(d))
+    return found
+
+
+def sortie_map(s, n, where=None):
+    """Tasks/s of map + gather; with `where` (a dict), the CPU each part used per task (us)."""
+    if where is not None:
+        hub = s.hub_pid()
+        agents = agent_pids(os.environ["SORTIE_HOME"])
+        engines = s.view.apply(os.getpid)
+        before = {"hub": cpu_seconds(hub), "agent": sum(map(cpu_seconds, agents)),
+                  "engines": sum(map(cpu_seconds, engines)), "client": time.process_time()}
     t = time.perf_counter()
     results = s.client.gather(s.client.map(noop, range(n)))
     dt = time.perf_counter() - t
     assert results == list(range(n))
+    if where is not None:
+        after = {"hub": cpu_seconds(hub), "agent": sum(map(cpu_seconds, agents)),
+                 "engines": sum(map(cpu_seconds, engines)), "client": time.process_time()}
+        for k in before:
+            where.setdefault(k, []).append((after[k] - before[k]) / n * 1e6)
     return n / dt
 
 
@@ -234,8 +269,9 @@ def main():
         s = Sortie(build, config=f'[hub]\nstore_sync = "{args.sync}"\n')
         rows = {}
         try:
+            where = {}
             if "e" in args.only:
-                rows["e sortie"] = [sortie_map(s, args.tasks) for _ in range(args.runs)]
+                rows["e sortie"] = [sortie_map(s, args.tasks, where) for _ in range(args.runs)]
             if "f" in args.only:
                 rows["f sortie"] = [statistics.median(lat) * 1e6 for lat in
                                     [sortie_roundtrips(s) for _ in range(args.runs)]]
@@ -272,6 +308,10 @@ def main():
                 if f"e {k}" in med:
                     ratio = med["e sortie"] / med[f"e {k}"] if k != "sortie" else 1
                     print(f"    {k:8s} {med[f'e {k}']:10.0f}   sortie is {ratio:.2f}x")
+        if "e" in args.only:
+            print("    sortie's CPU per task (us): " + ", ".join(
+                f"{k} {statistics.median(v):.0f}" for k, v in where.items()) +
+                " (the hub includes its store thread; engines: both)")
         if "f" in args.only:
             print("(f) sequential submit(f, i).result() round trip p50 (us):")
             for k in ["sortie"] + peers:

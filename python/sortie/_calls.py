@@ -31,7 +31,33 @@ class Prepickled:
                             f"{e}") from e
 
     def __reduce__(self):
-        return (pickle.loads, (self.data,))
+        return (_loads_function, (self.data,))
+
+
+# Functions a Prepickled call brought, unpickled once per engine rather than once per call (as
+# dask caches its functions): the same bytes give the same function object.
+_functions = {}
+
+
+def _loads_function(data):
+    fn = _functions.get(data)
+    if fn is None:
+        if len(_functions) >= 64:
+            _functions.clear()
+        fn = _functions[data] = pickle.loads(data)
+    return fn
+
+
+# Values of these types pickle the same with the standard pickle, which is much faster than
+# cloudpickle (which is needed for functions and classes that travel by value).
+PLAIN = frozenset({int, float, complex, str, bytes, bytearray, bool, type(None)})
+
+
+def dumps(value):
+    """`value` pickled: the standard pickle for plain values, cloudpickle otherwise."""
+    if type(value) in PLAIN:
+        return pickle.dumps(value, protocol=pickle.HIGHEST_PROTOCOL)
+    return cloudpickle.dumps(value)
 
 
 def describe(fn):
@@ -49,6 +75,8 @@ def pack(fn, args, kwargs, item=None):
     """The payload of the call ``fn(*args, **kwargs)``. On failure, a TypeError naming the
     function or argument that cannot be pickled (and `item`, the call's index in a map)."""
     try:
+        if isinstance(fn, Prepickled) and not kwargs and all(type(a) in PLAIN for a in args):
+            return pickle.dumps((fn, args, kwargs), protocol=pickle.HIGHEST_PROTOCOL)
         return cloudpickle.dumps((fn, args, kwargs))
     except Exception as error:
         raise _unpicklable(fn, args, kwargs, item, error) from error

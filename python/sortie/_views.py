@@ -8,6 +8,7 @@ hub). Everything a view does is an ordinary direct task per engine: ``execute``,
 engine needs no special handlers.
 """
 from ._calls import Prepickled, TaskOptions, check_callable, pack
+from ._errors import SortieError
 from ._futures import AsyncResult
 
 __all__ = ["View"]
@@ -56,6 +57,7 @@ class View:
         self._members = tuple(members)  # (engine job id, MPI rank) of each engine, in order
         self._single = single
         self._selection = selection  # how the view was chosen, for errors
+        self._ids = None  # the engine ids last looked up (a restarted engine gets a new one)
 
     def __len__(self):
         return len(self._members)
@@ -81,8 +83,7 @@ class View:
         """Calls ``fn(*args, **kwargs)`` once on every engine of the view; an AsyncResult."""
         check_callable(fn)
         payload = pack(fn, args, kwargs)
-        ids = self._engine_ids()
-        futures = self._client._submit_calls([_DIRECT.call(payload, engine=i) for i in ids])
+        futures = self._submit_each(lambda ids: [_DIRECT.call(payload, engine=i) for i in ids])
         return AsyncResult(futures, self._single)
 
     def apply(self, fn, *args, **kwargs):
@@ -96,9 +97,8 @@ class View:
         check_callable(fn)
         function = Prepickled(fn)
         payloads = [pack(function, args, {}, item=i) for i, args in enumerate(zip(*iterables))]
-        ids = self._engine_ids()
-        futures = self._client._submit_calls(
-            [_DIRECT.call(payload, engine=ids[i % len(ids)]) for i, payload in enumerate(payloads)])
+        futures = self._submit_each(lambda ids: [_DIRECT.call(payload, engine=ids[i % len(ids)])
+                                                 for i, payload in enumerate(payloads)])
         return AsyncResult(futures)
 
     def map(self, fn, *iterables):
@@ -127,6 +127,19 @@ class View:
         """Cancels the jobs of the view's engines (an engine job with several MPI ranks stops
         whole); the number of jobs that had not ended."""
         return self._client._hub_call("cancel_jobs", sorted({job for job, _ in self._members}))
+
+    def _submit_each(self, calls_for):
+        """Submits the calls `calls_for(ids)` makes for the view's engine ids: those looked up
+        last, and looked up again if one of them is gone (a restarted engine has a new id)."""
+        if self._ids is None:
+            self._ids = self._engine_ids()
+        try:
+            return self._client._submit_calls(calls_for(self._ids))
+        except SortieError as e:
+            if e.code != "not_found":
+                raise
+        self._ids = self._engine_ids()
+        return self._client._submit_calls(calls_for(self._ids))
 
     def _engine_ids(self):
         if not self._members:

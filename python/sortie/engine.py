@@ -24,6 +24,7 @@ import types
 import cloudpickle
 
 from . import _sortie
+from ._calls import dumps
 
 rank = 0
 size = 1
@@ -83,9 +84,7 @@ def _serve(link, namespace):
 
 def _run(handler, payload, namespace):
     """Runs one task: (ok, value, error_type, error_message, traceback, stdout)."""
-    raw = io.BytesIO()
-    captured = io.TextIOWrapper(raw, encoding="utf-8", errors="backslashreplace",
-                                write_through=True)
+    captured = _Capture()
     saved = sys.stdout, sys.stderr
     sys.stdout = sys.stderr = captured
     try:
@@ -94,7 +93,7 @@ def _run(handler, payload, namespace):
         fn, args, kwargs = pickle.loads(payload)
         value = _bind(fn, namespace)(*args, **kwargs)
         try:
-            data = cloudpickle.dumps(value)
+            data = dumps(value)
         except Exception as e:
             raise TypeError(f"the task's return value ({_type_name(value)}) cannot be "
                             f"pickled: {e}") from e
@@ -103,8 +102,17 @@ def _run(handler, payload, namespace):
         outcome = (False, _pickled(e), _type_name(e), str(e), _traceback(e))
     finally:
         sys.stdout, sys.stderr = saved
-        captured.flush()
-    return outcome + (raw.getvalue(),)
+    return outcome + (captured.output(),)
+
+
+class _Capture(io.StringIO):
+    """A task's stdout and stderr, as UTF-8 bytes (what cannot be encoded, escaped)."""
+
+    encoding = "utf-8"
+
+    def output(self):
+        text = self.getvalue()
+        return text.encode("utf-8", "backslashreplace") if text else b""
 
 
 def _bind(fn, namespace):
