@@ -914,16 +914,24 @@ void Tasks::push_later(const std::shared_ptr<Peer>& peer, std::uint64_t id) {
   p.ids.push_back(id);
 }
 
-void Tasks::flush_pushes(const Peer* key) {
+Tasks::Pushes* Tasks::live_pushes(const Peer* key, std::shared_ptr<Peer>& peer) {
   auto it = pushes_.find(key);
   if (it == pushes_.end())
-    return;
-  Pushes& p = it->second;
-  auto peer = p.peer.lock();
+    return nullptr;
+  peer = it->second.peer.lock();
   if (!peer || peer->closed()) {
     pushes_.erase(it);
-    return;
+    return nullptr;
   }
+  return &it->second;
+}
+
+void Tasks::flush_pushes(const Peer* key) {
+  std::shared_ptr<Peer> peer;
+  Pushes* found = live_pushes(key, peer);
+  if (!found)
+    return;
+  Pushes& p = *found;
   // A slow reader gets its results as its link drains: what waits here is ids, not copies.
   while (!p.ids.empty() && peer->queued_bytes() < kPushQueueLimit) {
     pb::Envelope env;
@@ -949,7 +957,7 @@ void Tasks::flush_pushes(const Peer* key) {
   }
   if (p.ids.empty()) {
     if (p.streams.empty())
-      pushes_.erase(it);
+      pushes_.erase(key);
     else
       pump_client(key); // pieces of large results, after the frames that announce them
     return;
@@ -1093,15 +1101,11 @@ void Tasks::pump_download(std::uint64_t id) {
 }
 
 void Tasks::pump_client(const Peer* key) {
-  auto it = pushes_.find(key);
-  if (it == pushes_.end())
+  std::shared_ptr<Peer> peer;
+  Pushes* found = live_pushes(key, peer);
+  if (!found)
     return;
-  Pushes& p = it->second;
-  auto peer = p.peer.lock();
-  if (!peer || peer->closed()) {
-    pushes_.erase(it);
-    return;
-  }
+  Pushes& p = *found;
   if (p.reading || p.streams.empty())
     return;
   if (peer->queued_bytes() >= kPushQueueLimit) {

@@ -178,6 +178,8 @@ private:
     bool stream_waiting = false; ///< for its link to drain, to send more pieces
   };
   std::unordered_map<const Peer*, Pushes> pushes_;
+  /// The pushes waiting for a client whose link is still there (`peer`), or null (dropped).
+  Pushes* live_pushes(const Peer* key, std::shared_ptr<Peer>& peer);
 };
 
 } // namespace sortie::hub

@@ -6,6 +6,7 @@
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
 
+#include <algorithm>
 #include <memory>
 #include <mutex>
 #include <optional>
@@ -20,29 +21,11 @@ namespace {
 
 py::object g_error; // sortie._sortie.Error
 
-const char* code_name(ErrorCode c) {
-  switch (c) {
-  case ErrorCode::InvalidArgument:
-    return "invalid_argument";
-  case ErrorCode::NotFound:
-    return "not_found";
-  case ErrorCode::AlreadyExists:
-    return "already_exists";
-  case ErrorCode::FailedPrecondition:
-    return "failed_precondition";
-  case ErrorCode::Unavailable:
-    return "unavailable";
-  case ErrorCode::Timeout:
-    return "timeout";
-  case ErrorCode::Cancelled:
-    return "cancelled";
-  case ErrorCode::PermissionDenied:
-    return "permission_denied";
-  case ErrorCode::Io:
-    return "io";
-  default:
-    return "internal";
-  }
+/// The error's code as Python sees it: "invalid_argument", "not_found", ...
+std::string code_name(ErrorCode c) {
+  std::string name = error_code_name(c);
+  std::replace(name.begin(), name.end(), ' ', '_');
+  return name;
 }
 
 [[noreturn]] void raise(const Error& e) {
