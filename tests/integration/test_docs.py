@@ -71,3 +71,18 @@ def test_the_python_example_runs_as_the_readme_shows_it(sortie, tmp_path):
     assert p.returncode == 0, p.stderr
     estimate = float(p.stdout.split("pi is about ")[1].split()[0])
     assert abs(estimate - 3.1416) < 0.02 and "4000000 samples in 40 tasks on 2 engines" in p.stdout
+
+
+def test_the_quick_start_of_docs_python_md_runs_as_written(sortie, tmp_path):
+    """The first Python example of docs/python.md, whole, prints what its comment says."""
+    import pytest
+    from test_python import BUILD, PYTHON
+    if "SORTIE_SANITIZE:BOOL=ON" in (BUILD / "CMakeCache.txt").read_text(errors="replace"):
+        pytest.skip("the sanitizer build has no Python module")
+    [first, *_] = re.findall(r"```python\n(.*?)```", (ROOT / "docs" / "python.md").read_text(), re.S)
+    script = tmp_path / "quick_start.py"
+    script.write_text(first)
+    p = subprocess.run([PYTHON, str(script)], env=dict(sortie.env, PYTHONPATH=str(BUILD / "python")),
+                       cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert p.returncode == 0, p.stderr
+    assert p.stdout.strip() == str([x ** 2 for x in range(10)]), p.stdout
