@@ -14,6 +14,7 @@
 #include <cstdint>
 #include <memory>
 #include <string>
+#include <string_view>
 #include <vector>
 
 #include "sortie/client.hpp"
@@ -44,6 +45,21 @@ struct TaskResult {
   std::string output;         ///< what the task printed
   std::uint64_t engine = 0;
   std::int64_t start_ms = 0, end_ms = 0;
+};
+
+/// A piece of what a running task printed (Session::follow): bytes from `offset` of its output.
+/// An offset beyond what came before means a gap (this link fell behind); one below it, that
+/// the task runs again from the start (on another engine). The result has the whole output.
+struct TaskOutputPiece {
+  std::uint64_t id = 0;
+  std::uint64_t offset = 0;
+  std::string data;
+};
+
+/// What next_events() brings: ended tasks' results and running tasks' output.
+struct TaskEvents {
+  std::vector<TaskResult> results;
+  std::vector<TaskOutputPiece> output;
 };
 
 struct EngineInfo {
@@ -92,9 +108,15 @@ public:
   /// The results of these tasks (ended already or later) come through next_results(); ids the
   /// hub does not know come back as Unknown.
   Result<void> watch(const std::vector<std::uint64_t>& ids);
+  /// watch(), and what these tasks print while they run comes through next_events() as they
+  /// print it (the last 64 KiB printed before, first).
+  Result<void> follow(const std::vector<std::uint64_t>& ids);
   /// Results pushed so far, waiting up to `timeout_ms` (< 0: for ever) for the first; empty on
   /// timeout. Unavailable once the link to the hub ended.
   Result<std::vector<TaskResult>> next_results(std::int64_t timeout_ms);
+  /// Results and followed output pushed so far, waiting up to `timeout_ms` for some. Output not
+  /// taken is kept up to 16 MiB (older pieces are dropped beyond: a gap).
+  Result<TaskEvents> next_events(std::int64_t timeout_ms);
   Result<std::vector<EngineInfo>> engines(const std::string& label = {});
   /// These tasks (none: the newest `limit`, 0: 1000).
   Result<std::vector<TaskInfo>> tasks(const std::vector<std::uint64_t>& ids, std::uint64_t limit = 0);
@@ -104,13 +126,15 @@ public:
 private:
   struct Impl;
   explicit Session(std::unique_ptr<Impl> impl);
+  static Result<void> watch_ids(Impl& impl, const std::vector<std::uint64_t>& ids, bool follow);
+  Result<TaskEvents> next_events(std::int64_t timeout_ms, bool with_output);
   std::unique_ptr<Impl> impl_;
 };
 
 /// The engine's side: an engine process connects to the socket its agent made for it (from
 /// SORTIE_ENGINE_SOCKET, with SORTIE_ENGINE_KEY), takes tasks and gives back results. Results
 /// are kept until the hub has stored them and sent again if the hub restarted meanwhile. One
-/// thread uses it.
+/// thread uses it (and another may send_output).
 class EngineLink {
 public:
   struct Task {
@@ -132,6 +156,9 @@ public:
   Result<std::vector<Task>> next(std::int64_t timeout_ms);
   /// Results of tasks it ran (id, state Done or Failed, value, error, output).
   Result<void> send(std::vector<TaskResult> results);
+  /// What a running task printed so far from `offset` on, for those following it live (at most
+  /// 1 MiB at a time). Unlike the rest, callable from another thread while one uses the link.
+  Result<void> send_output(std::uint64_t task, std::uint64_t offset, std::string_view data);
 
 private:
   struct Impl;

@@ -476,6 +476,7 @@ class _Results:
         self._lock = threading.Lock()
         self._pending = {}  # task id -> Future
         self._early = {}    # task id -> result that came before its future was made
+        self._followers = {}  # task id -> queues of Future.follow for its output
         self._stopping = threading.Event()
         self._thread = threading.Thread(target=self._run, name="sortie-results", daemon=True)
         self._thread.start()
@@ -509,7 +510,7 @@ class _Results:
             for task_id in ids:
                 future = self._pending.get(task_id)
                 if future is None:
-                    future = Future(task_id)
+                    future = Future(task_id, self)
                     result = self._early.pop(task_id, None)
                     if result is None:
                         self._pending[task_id] = future
@@ -529,25 +530,47 @@ class _Results:
             f"collect its result with Client().future({task}))", "cancelled"))
         _close_quietly(self.session)
 
+    def follow(self, task_id, pieces):
+        """Puts what task `task_id` prints into the queue `pieces` as (offset, bytes), then
+        None once its future is done. False when it is done already (nothing is put)."""
+        self._check_open()
+        with self._lock:
+            if task_id not in self._pending:
+                return False
+            self._followers.setdefault(task_id, []).append(pieces)
+        try:
+            self.session.follow([task_id])
+        except _sortie.Error as e:
+            with self._lock:
+                self._followers.pop(task_id, None)
+            raise self._failed(e) from None
+        return True
+
     def _run(self):
         while not self._stopping.is_set():
             try:
-                results = self.session.next_results(0.5)
+                results, output = self.session.next_events(0.5)
             except _sortie.Error as e:
                 self._end(e)
                 return
-            if not results:
+            if not results and not output:
                 continue
-            done = []
+            done, ended = [], []
             with self._lock:
+                for task_id, offset, data in output:
+                    for pieces in self._followers.get(task_id, ()):
+                        pieces.put((offset, data))
                 for result in results:
                     future = self._pending.pop(result["id"], None)
                     if future is None:
                         self._early[result["id"]] = result
                     else:
                         done.append((future, result))
+                    ended.extend(self._followers.pop(result["id"], ()))
             for future, result in done:
                 future.finish(result)
+            for pieces in ended:
+                pieces.put(None)
 
     def _check_open(self):
         if self.ended:
@@ -571,8 +594,12 @@ class _Results:
         """Fails every pending future (outside the lock: their callbacks may submit)."""
         with self._lock:
             pending, self._pending, self._early = self._pending, {}, {}
+            followers, self._followers = self._followers, {}
         for task, future in pending.items():
             future.set_exception(make_error(task))
+        for queues in followers.values():
+            for pieces in queues:
+                pieces.put(None)
 
 
 def _task_id(task):

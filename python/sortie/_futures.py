@@ -6,8 +6,10 @@ helpers that wait on several futures.
 ``as_completed`` work on it as on any other; the client's result thread resolves it.
 ``AsyncResult`` is the ipyparallel-style handle of a call on a view's engines.
 """
+import codecs
 import concurrent.futures
 import pickle
+import queue
 import time
 
 from ._errors import EngineLost, RemoteError, SortieError, TaskTimeout
@@ -28,11 +30,57 @@ class Future(concurrent.futures.Future):
     ``stdout()`` is what the task printed. Tasks cannot be cancelled: ``cancel()`` returns False.
     """
 
-    def __init__(self, task_id):
+    def __init__(self, task_id, results=None):
         super().__init__()
         self.id = task_id
         self.engine = 0
         self._stdout = b""
+        self._results = results  # the client's result thread, for follow()
+
+    def follow(self, timeout=None):
+        """Yields what the task prints (stdout and stderr, as str pieces) as it prints it, until
+        it is done; then the rest of its output. Pieces reach the hub at most every 0.1 s while
+        the task runs; a follower that begins late first gets the last 64 KiB printed. When text
+        is skipped (a late start, or a reader that fell behind), a line says how much:
+        ``stdout()`` has all of it once the task is done. TimeoutError when the task is not done
+        after `timeout` seconds."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        pieces = queue.SimpleQueue()
+        following = self._results is not None and not self.done() and \
+            self._results.follow(self.id, pieces)
+        decoder = codecs.getincrementaldecoder("utf-8")("replace")
+        got = 0  # bytes of the output yielded (or said to be skipped)
+        while following:
+            left = None if deadline is None else deadline - time.monotonic()
+            if left is not None and left <= 0:
+                raise TimeoutError(f"task {self.id} is not done after {timeout}s")
+            try:
+                piece = pieces.get(timeout=left)
+            except queue.Empty:
+                continue
+            if piece is None:
+                break
+            offset, data = piece
+            if offset < got and offset == 0:  # it runs again, elsewhere, from the start
+                decoder.reset()
+                got = 0
+                yield "\n[sortie: the task runs again on another engine; its output restarts]\n"
+            if offset > got:
+                decoder.reset()
+                yield f"[sortie: {offset - got} bytes of output not shown here; " \
+                      f"stdout() has them once the task is done]\n"
+                got = offset
+            if offset + len(data) <= got:
+                continue
+            text = decoder.decode(data[got - offset:])
+            got = offset + len(data)
+            if text:
+                yield text
+        self.stdout(None if deadline is None else max(0.0, deadline - time.monotonic()))
+        rest = self._stdout[got:] if got <= len(self._stdout) else b""
+        text = decoder.decode(rest, final=True)
+        if text:
+            yield text
 
     def stdout(self, timeout=None):
         """What the task wrote to sys.stdout and sys.stderr, once it is done (blocks until

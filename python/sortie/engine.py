@@ -18,6 +18,8 @@ import io
 import os
 import pickle
 import sys
+import threading
+import time
 import traceback
 import types
 
@@ -60,33 +62,37 @@ def main():
                               int(env["SORTIE_ATTEMPT"]), rank, size)
     id = link.engine_id
     label = link.label or label
+    live = _Live(link)
     try:
-        _serve(link, namespace)
+        _serve(link, namespace, live)
     except EOFError:
         pass
     finally:
+        live.close()
         link.close()
     return 0
 
 
-def _serve(link, namespace):
+def _serve(link, namespace, live):
     """Takes tasks and sends their results (those of one batch together) until EOFError."""
     while True:
         results = []
         try:
             for task_id, handler, payload in link.next_tasks(1.0):
-                results.append((task_id,) + _run(handler, payload, namespace))
+                results.append((task_id,) + _run(handler, payload, namespace, live, task_id))
         finally:
             # Also when a task ends the engine (sys.exit): the others of the batch are done.
             if results:
                 link.send_results(results)
 
 
-def _run(handler, payload, namespace):
+def _run(handler, payload, namespace, live=None, task_id=0):
     """Runs one task: (ok, value, error_type, error_message, traceback, stdout)."""
     captured = _Capture()
     saved = sys.stdout, sys.stderr
     sys.stdout = sys.stderr = captured
+    if live:
+        live.begin(task_id, captured)
     try:
         if handler:
             raise ValueError(f"this engine has no handler {handler!r}")
@@ -102,6 +108,8 @@ def _run(handler, payload, namespace):
         outcome = (False, _pickled(e), _type_name(e), str(e), _traceback(e))
     finally:
         sys.stdout, sys.stderr = saved
+        if live:
+            live.end()
     return outcome + (captured.output(),)
 
 
@@ -113,6 +121,60 @@ class _Capture(io.StringIO):
     def output(self):
         text = self.getvalue()
         return text.encode("utf-8", "backslashreplace") if text else b""
+
+
+class _Live:
+    """Sends what the running task prints to the hub as it prints it, for clients following
+    it (``Future.follow``): a thread looks every 0.1 s, so a task that ends sooner sends its
+    output only with its result. The pieces are bytes from an offset of the task's output as its
+    result will carry it."""
+
+    PERIOD = 0.1
+    PIECE = 1 << 20  # the most the link takes at once
+
+    def __init__(self, link):
+        self._link = link
+        self._lock = threading.Lock()  # guards what follows
+        self._task = None
+        self._capture = None
+        self._began = 0.0
+        self._chars = 0  # characters of the capture sent
+        self._offset = 0  # their bytes
+        self._closed = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="sortie-output", daemon=True)
+        self._thread.start()
+
+    def begin(self, task_id, capture):
+        with self._lock:
+            self._task, self._capture = task_id, capture
+            self._began = time.monotonic()
+            self._chars = self._offset = 0
+
+    def end(self):
+        with self._lock:
+            self._task = self._capture = None
+
+    def close(self):
+        self._closed.set()
+        self._thread.join()
+
+    def _run(self):
+        while not self._closed.wait(self.PERIOD):
+            with self._lock:
+                if self._task is None or time.monotonic() - self._began < self.PERIOD:
+                    continue
+                text = self._capture.getvalue()[self._chars:]
+                if not text:
+                    continue
+                data = text.encode("utf-8", "backslashreplace")
+                try:
+                    for at in range(0, len(data), self.PIECE):
+                        self._link.send_output(self._task, self._offset + at,
+                                               data[at:at + self.PIECE])
+                except Exception:
+                    return  # the link is gone: the engine's main loop ends with it
+                self._chars += len(text)
+                self._offset += len(data)
 
 
 def _bind(fn, namespace):

@@ -353,6 +353,12 @@ int run(int argc, char** argv) {
   ts->add_option("id", tshow_id, "task id")->required();
   ts->add_flag("--json", tshow_json, "print JSON");
   ts->callback([&] { action = [&] { return task_show(g, tshow_id, tshow_json); }; });
+  std::uint64_t tout_id = 0;
+  bool tout_follow = false;
+  auto* to = task->add_subcommand("output", "what a task printed (stdout and stderr)");
+  to->add_option("id", tout_id, "task id")->required();
+  to->add_flag("-f,--follow", tout_follow, "print it as it is printed, until the task ends");
+  to->callback([&] { action = [&] { return task_output(g, tout_id, tout_follow); }; });
 
   // --- agent (internal: started by pilots)
   AgentArgs aargs;

@@ -186,5 +186,6 @@ int engine_list(const Globals& g, const std::string& label, bool as_json);
 int engine_stop(const Globals& g, const std::vector<std::uint64_t>& ids, bool all);
 int task_list(const Globals& g, std::uint64_t limit, bool as_json);
 int task_show(const Globals& g, std::uint64_t id, bool as_json);
+int task_output(const Globals& g, std::uint64_t id, bool follow);
 
 } // namespace sortie::cli

@@ -217,4 +217,63 @@ int task_show(const Globals& g, std::uint64_t id, bool as_json) {
   return kExitOk;
 }
 
+int task_output(const Globals& g, std::uint64_t id, bool follow) {
+  auto session = open_session(g);
+  if (!session.ok())
+    return fail(session.error());
+  Session& s = **session;
+  if (!follow) {
+    auto tasks = s.tasks({id});
+    if (!tasks.ok())
+      return fail(tasks.error());
+    if (!tasks->empty() && (tasks->front().state == "queued" || tasks->front().state == "running"))
+      return fail(make_error(ErrorCode::FailedPrecondition,
+                             fmt::format("task {} is {}: its output comes with its result (add "
+                                         "--follow to print it as it is printed)",
+                                         id, tasks->front().state)));
+  }
+  auto watched = follow ? s.follow({id}) : s.watch({id});
+  if (!watched.ok())
+    return fail(watched.error());
+  std::uint64_t got = 0; // bytes of the output printed (or said to be skipped)
+  auto print = [&](const std::string& data, std::uint64_t offset) {
+    if (offset < got && offset == 0) {
+      std::fputs("[sortie: the task runs again on another engine; its output restarts]\n", stderr);
+      got = 0;
+    }
+    if (offset > got) {
+      std::fprintf(stderr, "[sortie: %llu bytes of output not shown; `sortie task output %llu` "
+                           "has them once the task ended]\n",
+                   static_cast<unsigned long long>(offset - got),
+                   static_cast<unsigned long long>(id));
+      got = offset;
+    }
+    if (offset + data.size() > got) {
+      std::fwrite(data.data() + (got - offset), 1, data.size() - (got - offset), stdout);
+      std::fflush(stdout);
+      got = offset + data.size();
+    }
+  };
+  while (true) {
+    auto events = s.next_events(-1);
+    if (!events.ok())
+      return fail(events.error());
+    for (const auto& piece : events->output)
+      if (piece.id == id)
+        print(piece.data, piece.offset);
+    for (const auto& r : events->results) {
+      if (r.id != id)
+        continue;
+      if (r.state == TaskOutcome::Unknown)
+        return fail(make_error(ErrorCode::NotFound,
+                               fmt::format("task {} does not exist (never submitted, or "
+                                           "forgotten)",
+                                           id)));
+      if (got < r.output.size()) // the rest, from the whole output the result carries
+        std::fwrite(r.output.data() + got, 1, r.output.size() - got, stdout);
+      return kExitOk;
+    }
+  }
+}
+
 } // namespace sortie::cli

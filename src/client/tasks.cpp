@@ -55,6 +55,7 @@ TaskResult from_pb(pb::TaskResult& r) {
 // kValueWindow bytes unacknowledged from an engine; none over kMaxValueBytes.
 constexpr std::size_t kInlineValue = 4u << 20;
 constexpr std::size_t kValueChunk = 1u << 20;
+constexpr std::size_t kOutputKept = 16u << 20; // followed output not taken yet, per session
 constexpr std::uint64_t kValueWindow = 4u << 20;
 constexpr std::size_t kMaxValueBytes = std::size_t{4} << 30;
 
@@ -92,6 +93,8 @@ struct Session::Impl {
   std::deque<pb::Envelope> outgoing;
   std::unordered_map<std::uint64_t, std::optional<Result<pb::Envelope>>> replies;
   std::deque<TaskResult> results;
+  std::deque<TaskOutputPiece> output;
+  std::size_t output_bytes = 0;
   std::unordered_map<std::uint64_t, std::pair<TaskResult, std::uint64_t>> partial; ///< large
   bool ended = false;
   Error end_error;
@@ -167,7 +170,15 @@ struct Session::Impl {
       }
       std::lock_guard lock(mu);
       if (frame->request_id() == 0) {
-        if (frame->has_task_results()) {
+        if (frame->has_task_output()) {
+          auto& o = *frame->mutable_task_output();
+          output_bytes += o.data().size();
+          output.push_back({o.task_id(), o.offset(), std::move(*o.mutable_data())});
+          while (output_bytes > kOutputKept && output.size() > 1) { // not taken: a gap
+            output_bytes -= output.front().data.size();
+            output.pop_front();
+          }
+        } else if (frame->has_task_results()) {
           for (auto& r : *frame->mutable_task_results()->mutable_results()) {
             std::uint64_t size = r.payload_size();
             if (size == 0) {
@@ -300,27 +311,53 @@ Result<std::vector<std::uint64_t>> Session::submit(std::vector<TaskCall> calls, 
 }
 
 Result<void> Session::watch(const std::vector<std::uint64_t>& ids) {
+  return watch_ids(*impl_, ids, false);
+}
+
+Result<void> Session::follow(const std::vector<std::uint64_t>& ids) {
+  return watch_ids(*impl_, ids, true);
+}
+
+Result<void> Session::watch_ids(Impl& impl, const std::vector<std::uint64_t>& ids, bool follow) {
   pb::Envelope env;
+  env.mutable_task_watch()->set_follow_output(follow);
   for (auto id : ids)
     env.mutable_task_watch()->add_task_ids(id);
-  SORTIE_ASSIGN_OR_RETURN(reply, impl_->call(std::move(env)));
+  SORTIE_ASSIGN_OR_RETURN(reply, impl.call(std::move(env)));
   (void)reply;
   return ok_result();
 }
 
 Result<std::vector<TaskResult>> Session::next_results(std::int64_t timeout_ms) {
+  SORTIE_ASSIGN_OR_RETURN(events, next_events(timeout_ms, false));
+  return std::move(events.results);
+}
+
+Result<TaskEvents> Session::next_events(std::int64_t timeout_ms) {
+  return next_events(timeout_ms, true);
+}
+
+Result<TaskEvents> Session::next_events(std::int64_t timeout_ms, bool with_output) {
   std::unique_lock lock(impl_->mu);
-  auto ready = [&] { return !impl_->results.empty() || impl_->ended; };
+  auto ready = [&] {
+    return !impl_->results.empty() || (with_output && !impl_->output.empty()) || impl_->ended;
+  };
   if (timeout_ms < 0)
     impl_->cv.wait(lock, ready);
   else
     impl_->cv.wait_for(lock, std::chrono::milliseconds(timeout_ms), ready);
-  std::vector<TaskResult> out;
+  TaskEvents out;
   while (!impl_->results.empty()) {
-    out.push_back(std::move(impl_->results.front()));
+    out.results.push_back(std::move(impl_->results.front()));
     impl_->results.pop_front();
   }
-  if (out.empty() && impl_->ended)
+  if (with_output) {
+    out.output.assign(std::make_move_iterator(impl_->output.begin()),
+                      std::make_move_iterator(impl_->output.end()));
+    impl_->output.clear();
+    impl_->output_bytes = 0;
+  }
+  if (out.results.empty() && out.output.empty() && impl_->ended)
     return impl_->end_error;
   return out;
 }
@@ -422,6 +459,12 @@ struct EngineLink::Impl {
   std::deque<Incoming> incoming;
   std::unordered_map<std::uint64_t, std::uint64_t> acked; ///< pieces of results the hub stored
   std::optional<Error> failed;                             ///< what the hub said, or the link
+  std::mutex send_mu; ///< send_output may come from another thread
+
+  Result<void> send(const pb::Envelope& env) {
+    std::lock_guard lock(send_mu);
+    return link.send(env);
+  }
 
   bool large(const TaskResult& r) const { return r.value.size() > kInlineValue; }
 
@@ -446,7 +489,7 @@ struct EngineLink::Impl {
     }
     // Tasks whose argument was still arriving are gone with the old hub: it sends them again.
     std::erase_if(incoming, [](const Incoming& i) { return i.size > 0; });
-    SORTIE_TRY(link.send(env));
+    SORTIE_TRY(send(env));
     for (auto tid : resend)
       SORTIE_TRY(upload(unacked.at(tid)));
     return ok_result();
@@ -485,7 +528,7 @@ struct EngineLink::Impl {
           ack.mutable_value_chunk_ack()->set_received(in.task.payload.size());
           if (in.task.payload.size() >= in.size)
             in.size = 0; // complete
-          return link.send(ack);
+          return send(ack);
         }
       return ok_result();
     }
@@ -535,12 +578,12 @@ struct EngineLink::Impl {
       c->set_offset(sent);
       c->set_total(v.size());
       c->set_data(v.data() + sent, n);
-      SORTIE_TRY(link.send(env));
+      SORTIE_TRY(send(env));
       sent += n;
     }
     pb::Envelope done;
     to_pb(r, id, false, *done.mutable_task_done()->add_results());
-    return link.send(done);
+    return send(done);
   }
 };
 
@@ -611,7 +654,7 @@ Result<void> EngineLink::send(std::vector<TaskResult> results) {
   auto flush = [&]() -> Result<void> {
     if (!env.has_task_done())
       return ok_result();
-    auto r = impl_->link.send(env);
+    auto r = impl_->send(env);
     env.Clear();
     bytes = 0;
     return r;
@@ -641,6 +684,21 @@ Result<void> EngineLink::send(std::vector<TaskResult> results) {
     impl_->unacked.emplace(r.id, std::move(r));
   }
   return flush();
+}
+
+
+Result<void> EngineLink::send_output(std::uint64_t task, std::uint64_t offset,
+                                     std::string_view data) {
+  if (data.size() > kValueChunk)
+    return make_error(ErrorCode::InvalidArgument,
+                      fmt::format("{} bytes of output in one piece: at most {}", data.size(),
+                                  kValueChunk));
+  pb::Envelope env;
+  auto* o = env.mutable_task_output();
+  o->set_task_id(task);
+  o->set_offset(offset);
+  o->set_data(data.data(), data.size());
+  return impl_->send(env);
 }
 
 } // namespace sortie

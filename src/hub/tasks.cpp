@@ -19,6 +19,9 @@ constexpr std::size_t kMaxCalls = 100'000;       // per TaskSubmit
 constexpr std::size_t kPushQueueLimit = 8u << 20; // bytes queued on a client before pushes wait
 constexpr std::size_t kFrameBudget = 16u << 20;  // bytes of results per TaskResults frame
 constexpr std::uint32_t kMaxRanks = 4096;
+// Live output: the tail kept per running task for late followers, and the largest piece taken.
+constexpr std::size_t kLiveTail = 64u << 10;
+constexpr std::size_t kMaxOutputPiece = 1u << 20;
 // Large values travel in pieces of this size, at most kWindow bytes unacknowledged.
 constexpr std::size_t kChunk = 1u << 20;
 constexpr std::uint64_t kWindow = 4u << 20;
@@ -80,6 +83,9 @@ void Tasks::register_with(Router& router) {
   });
   router.add(pb::Envelope::kTaskDone, Role::Engine, [this](const Sender& from, pb::Envelope& env) {
     handle_done(from, *env.mutable_task_done());
+  });
+  router.add(pb::Envelope::kTaskOutput, Role::Engine, [this](const Sender& from, pb::Envelope& env) {
+    handle_output(from, *env.mutable_task_output());
   });
   router.add(pb::Envelope::kTaskSubmit, Role::Client, [this](const Sender& from, pb::Envelope& env) {
     handle_submit(from, *env.mutable_task_submit());
@@ -375,14 +381,66 @@ bool Tasks::accept_result(Engine& e, pb::TaskResult& r) {
   return true;
 }
 
-void Tasks::handle_done(const Sender& from, pb::TaskDone& done) {
+Engine* Tasks::engine_of(const Sender& from) {
   auto link = links_.find({from.agent->id.value, from.via});
   auto it = link == links_.end() ? engines_.end() : engines_.find(link->second);
-  if (it == engines_.end())
+  return it == engines_.end() ? nullptr : &it->second;
+}
+
+void Tasks::handle_output(const Sender& from, pb::TaskOutput& out) {
+  Engine* e = engine_of(from);
+  if (!e)
+    return Router::refuse(from, make_error(ErrorCode::FailedPrecondition,
+                                           "protocol error: task output from an engine that is "
+                                           "not registered: send EngineReady first"));
+  Task* t = find(out.task_id());
+  if (!t || t->state != TaskState::Running || t->engine != e->id || out.data().empty())
+    return; // ended meanwhile (or never ran there): its result has the whole output
+  if (out.data().size() > kMaxOutputPiece)
+    return Router::refuse(from, make_error(ErrorCode::InvalidArgument,
+                                           fmt::format("protocol error: a piece of task output "
+                                                       "of {} bytes: at most {}",
+                                                       out.data().size(), kMaxOutputPiece)));
+  Live& live = live_[t->id];
+  if (out.offset() != live.end) // a gap on the engine's side: what it sends is what counts
+    live.tail.clear();
+  live.end = out.offset() + out.data().size();
+  live.tail += out.data();
+  if (live.tail.size() > kLiveTail)
+    live.tail.erase(0, live.tail.size() - kLiveTail);
+  auto f = followers_.find(t->id);
+  if (f == followers_.end())
+    return;
+  std::erase_if(f->second, [&](const std::weak_ptr<Peer>& w) {
+    auto peer = w.lock();
+    if (!peer || peer->closed())
+      return true;
+    send_output(*peer, t->id, out.offset(), out.data());
+    return false;
+  });
+  if (f->second.empty())
+    followers_.erase(f);
+}
+
+void Tasks::send_output(Peer& peer, std::uint64_t task, std::uint64_t offset,
+                        std::string_view data) {
+  if (peer.queued_bytes() >= kPushQueueLimit)
+    return; // behind: it sees a gap in the offsets, and the whole output with the result
+  pb::Envelope env;
+  auto* o = env.mutable_task_output();
+  o->set_task_id(task);
+  o->set_offset(offset);
+  o->set_data(data.data(), data.size());
+  peer.send(env);
+}
+
+void Tasks::handle_done(const Sender& from, pb::TaskDone& done) {
+  Engine* found = engine_of(from);
+  if (!found)
     return Router::refuse(from, make_error(ErrorCode::FailedPrecondition,
                                            "protocol error: task results from an engine that "
                                            "is not registered: send EngineReady first"));
-  Engine& e = it->second;
+  Engine& e = *found;
   std::vector<std::uint64_t> acked, finished;
   for (auto& r : *done.mutable_results()) {
     acked.push_back(r.task_id());
@@ -492,6 +550,7 @@ void Tasks::requeue(Task& t, bool charge, const std::string& why) {
   if (!charge && t.attempts > 0)
     --t.attempts; // it never ran there
   log::debug("task {} queued again: {}", t.id, why);
+  live_.erase(t.id); // followers see the next run's output from offset 0
   downloads_.erase(t.id);
   if (t.received > 0 && t.result_size == 0)
     core_.durable.batch().values_removed.emplace_back(t.id, 1); // a partial result of that run
@@ -513,6 +572,8 @@ void Tasks::finish(Task& t, TaskState to, pb::TaskResult* r, std::string error_t
   t.state = to;
   t.end_ms = core_.clock.now_ms();
   t.payload.reset();
+  live_.erase(t.id);
+  followers_.erase(t.id); // they are watchers too: the result brings the whole output
   if (r) {
     t.result = share(r->mutable_payload());
     t.output = share(r->mutable_stdout());
@@ -652,18 +713,25 @@ void Tasks::drop_unstored(std::uint64_t id) {
     if (auto e = engines_.find(t->engine); e != engines_.end() && e->second.running.erase(id))
       chooser_.finished(t->engine);
   }
+  live_.erase(id);
+  followers_.erase(id);
   tasks_.erase(id);
 }
 
 void Tasks::handle_watch(const Sender& from, const pb::TaskWatch& req) {
   reply_ok(from.peer, from.rid);
-  std::vector<std::uint64_t> now;
   for (auto id : req.task_ids()) {
     Task* t = find(id);
-    if (!t || t->ended())
+    if (!t || t->ended()) {
       push_later(from.peer, id); // its result, or UNKNOWN
-    else
-      watchers_[id].push_back(from.peer);
+      continue;
+    }
+    watchers_[id].push_back(from.peer);
+    if (!req.follow_output())
+      continue;
+    followers_[id].push_back(from.peer);
+    if (auto live = live_.find(id); live != live_.end() && !live->second.tail.empty())
+      send_output(*from.peer, id, live->second.end - live->second.tail.size(), live->second.tail);
   }
   flush_pushes(from.peer.get());
 }

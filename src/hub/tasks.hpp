@@ -93,6 +93,10 @@ private:
   // Engines
   void handle_ready(const Sender& from, pb::EngineReady& ready);
   void handle_done(const Sender& from, pb::TaskDone& done);
+  /// What a running task printed: kept (its tail) and sent on to the links following it.
+  void handle_output(const Sender& from, pb::TaskOutput& out);
+  /// The engine a routed frame came from (null: none registered on that link).
+  Engine* engine_of(const Sender& from);
   /// Sends `env` down to the engine through its agent (dropped if that link is gone).
   void send_to(const Engine& e, pb::Envelope& env);
   /// The engine's job ended or was requeued: its tasks are run again or lost.
@@ -158,6 +162,18 @@ private:
   std::deque<std::pair<std::int64_t, std::uint64_t>> ended_;
   /// Clients waiting for tasks' results.
   std::unordered_map<std::uint64_t, std::vector<std::weak_ptr<Peer>>> watchers_;
+  /// The output of a running task so far: its last kLiveTail bytes (for links that begin to
+  /// follow it late) and where they end.
+  struct Live {
+    std::string tail;
+    std::uint64_t end = 0;
+  };
+  std::unordered_map<std::uint64_t, Live> live_;
+  /// Links following tasks' output, by task (until the task ends).
+  std::unordered_map<std::uint64_t, std::vector<std::weak_ptr<Peer>>> followers_;
+  /// Sends output to one follower, unless its link is behind (then it sees a gap).
+  static void send_output(Peer& peer, std::uint64_t task, std::uint64_t offset,
+                          std::string_view data);
   /// A large argument on its way to the engine running its task.
   struct Download {
     std::uint64_t engine = 0;

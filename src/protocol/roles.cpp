@@ -107,6 +107,9 @@ std::uint32_t senders_of(pb::Envelope::BodyCase body) {
     return kClient | kEngine | kHub;
   case B::kValueChunkAck:
     return kEngine | kHub;
+  // A running task's output, live: printed by engines, pushed by the hub to clients following.
+  case B::kTaskOutput:
+    return kEngine | kHub;
   // Task requests of clients and their replies.
   case B::kTaskSubmit:
   case B::kTaskWatch:

@@ -450,6 +450,22 @@ PYBIND11_MODULE(_sortie, m) {
            [](Session& s, const std::vector<std::uint64_t>& ids) {
              unlocked_void([&] { return s.watch(ids); });
            })
+      .def("follow",
+           [](Session& s, const std::vector<std::uint64_t>& ids) {
+             unlocked_void([&] { return s.follow(ids); });
+           })
+      .def("next_events",
+           [](Session& s, double timeout) {
+             auto events = unlocked<TaskEvents>(
+                 [&] { return s.next_events(static_cast<std::int64_t>(timeout * 1000)); });
+             py::list results, output;
+             for (const auto& r : events.results)
+               results.append(result_dict(r));
+             for (const auto& o : events.output)
+               output.append(py::make_tuple(o.id, o.offset, py::bytes(o.data)));
+             return py::make_tuple(results, output);
+           },
+           py::arg("timeout"))
       .def("next_results",
            [](Session& s, double timeout) {
              auto results = unlocked<std::vector<TaskResult>>(
@@ -512,6 +528,11 @@ PYBIND11_MODULE(_sortie, m) {
                list.push_back(std::move(r));
              }
              unlocked_void([&] { return e.send(std::move(list)); });
+           })
+      .def("send_output",
+           [](EngineLink& e, std::uint64_t task, std::uint64_t offset, const py::bytes& data) {
+             std::string bytes = data;
+             unlocked_void([&] { return e.send_output(task, offset, bytes); });
            })
       .def("close", [](EngineLink&) {});
 }

@@ -63,6 +63,40 @@ def test_engine_commands_start_list_and_stop_engines(sortie, tmp_path):
     assert r.returncode == 2 and "--count: between 1 and 10000" in r.stderr
 
 
+@pytest.mark.timeout(120)
+def test_task_output_command_follows_a_running_task(sortie, tmp_path):
+    gate = tmp_path / "gate"
+    out = run_script(sortie, tmp_path, """
+        client.start_engines(1, label="cpu", timeout=60)
+
+        def work(gate):
+            import os, time
+            print("started", flush=True)
+            while not os.path.exists(gate):
+                time.sleep(0.01)
+            print("finished")
+            return 1
+
+        print("TASK", client.submit(work, sys.argv[1]).id)
+    """, gate)
+    task = int(out.split("TASK ")[1].split()[0])
+    r = sortie.run("task", "output", task, check=False)
+    assert r.returncode == 1 and f"task {task} is " in r.stderr and "--follow" in r.stderr
+    follower = subprocess.Popen([sortie.bin, "task", "output", str(task), "--follow"],
+                                env=sortie.env, stdout=subprocess.PIPE, text=True)
+    try:
+        assert follower.stdout.readline() == "started\n"  # while the task waits for the gate
+        gate.touch()
+        assert follower.stdout.read() == "finished\n"
+        assert follower.wait(timeout=60) == 0
+    finally:
+        follower.kill()
+        follower.wait()
+    assert sortie.run("task", "output", task).stdout == "started\nfinished\n"
+    r = sortie.run("task", "output", "999999", check=False)
+    assert r.returncode == 1 and "task 999999 does not exist" in r.stderr
+
+
 @pytest.mark.timeout(240)
 def test_a_hub_killed_with_tasks_in_flight_loses_none_and_runs_none_twice(sortie, tmp_path):
     """10,000 tasks submitted; the submitting process exits; the hub is killed with -9 while they

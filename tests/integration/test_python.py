@@ -370,3 +370,54 @@ def test_labels_keep_engines_apart(sortie, tmp_path):
         on_cpu = client.gather(client.map(where, range(20), label="cpu"))
         assert {w[0] for w in on_cpu} == {"cpu"} and {w[1] for w in on_cpu} <= cpu_nodes
     """)
+
+
+@pytest.mark.timeout(120)
+def test_task_output_is_followed_live(sortie, tmp_path):
+    # The task cannot go on until the follower has seen its last line (it waits for a file the
+    # follower writes), so each line must arrive while it runs.
+    run_script(sortie, tmp_path, """
+        client.start_engines(1, label="cpu", timeout=60)
+        gate = os.path.join(os.getcwd(), "gate")
+
+        def talk(lines, gate, big=0):
+            import os, time
+            if big:
+                print("x" * big)
+            for i in range(lines):
+                print("line", i, flush=True)
+                while not os.path.exists(f"{gate}{i}"):
+                    time.sleep(0.01)
+            return lines
+
+        fut = client.submit(talk, 3, gate)
+        seen = ""
+        for piece in fut.follow(timeout=60):
+            seen += piece
+            if seen.endswith("\\n"):
+                open(gate + seen.split()[-1], "w").close()
+        assert seen == "line 0\\nline 1\\nline 2\\n" == fut.stdout(), seen
+        assert fut.result() == 3
+
+        # A follower that begins late gets what was printed before; one that begins after the
+        # end gets the whole output at once.
+        late = client.submit(talk, 2, gate + "late")
+        pieces = late.follow(timeout=60)
+        assert next(pieces) == "line 0\\n"
+        open(gate + "late0", "w").close()
+        again = sortie.Client().future(late.id).follow(timeout=60)
+        first = next(again)
+        assert first.startswith("line 0\\n"), first
+        open(gate + "late1", "w").close()
+        assert "".join(pieces) == "line 1\\n" and first + "".join(again) == "line 0\\nline 1\\n"
+        assert "".join(late.follow()) == "line 0\\nline 1\\n"
+
+        # More than the hub keeps for late followers (64 KiB): they are told what they missed.
+        big = client.submit(talk, 1, gate + "big", 100_000)
+        first = next(big.follow(timeout=60))
+        if first.startswith("x"):  # the follower came before the engine sent anything
+            first = next(big.follow(timeout=60))
+        assert first.startswith("[sortie: ") and "bytes of output not shown here" in first, first
+        open(gate + "big0", "w").close()
+        assert big.result(timeout=60) == 1 and len(big.stdout()) == 100_008
+    """)
