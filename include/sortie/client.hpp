@@ -16,6 +16,7 @@
 #include <cstdint>
 #include <filesystem>
 #include <functional>
+#include <future>
 #include <optional>
 #include <map>
 #include <memory>
@@ -177,6 +178,15 @@ enum class OutputStream { Stdout, Stderr };
 Result<std::vector<std::pair<std::string, std::string>>> exported_environment(
     const std::string& spec);
 
+/// Where and how a call to an engine's handler runs (Client::call).
+struct CallOptions {
+  std::string label;          ///< only engines with this label ("": any)
+  std::uint64_t engine = 0;   ///< only this engine (0: the least loaded that matches)
+  std::uint32_t retries = 0;  ///< times it runs again elsewhere if its engine dies
+  std::int64_t timeout_ms = 0; ///< fails with Timeout after running this long (0: none)
+  std::int32_t priority = 0;  ///< higher first
+};
+
 class Client {
 public:
   /// Connects and authenticates to the hub of a profile (with start_if_needed, starting it
@@ -252,6 +262,17 @@ public:
   Result<void> add_resource(const ResourceSpec& spec, bool replace = false);
   Result<std::vector<ResourceSpec>> resources();
   Result<void> remove_resource(const std::string& name);
+
+  /// Calls the handler `handler` of a compiled engine (sortie::Engine, docs/engines.md) with
+  /// `payload`: its reply, or the sortie::Error it returned (its code; the message names the
+  /// handler, engine and task), Timeout (options.timeout_ms), Unavailable (EngineLost), Internal
+  /// (it threw). The call is a task: durable once submitted, like any other.
+  Result<std::string> call(const std::string& handler, std::string payload,
+                           const CallOptions& options = {});
+  /// The same, returning at once; the future is ready when the call ended. Calls run
+  /// concurrently on as many engines as match.
+  std::future<Result<std::string>> call_async(const std::string& handler, std::string payload,
+                                              const CallOptions& options = {});
 
   /// The hub's heartbeat interval from the handshake.
   std::int64_t heartbeat_interval_ms() const;

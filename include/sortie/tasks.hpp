@@ -13,6 +13,7 @@
 
 #include <cstdint>
 #include <memory>
+#include <optional>
 #include <string>
 #include <string_view>
 #include <vector>
@@ -93,6 +94,11 @@ struct TaskForgetSummary {
 };
 
 const char* task_outcome_name(TaskOutcome outcome);
+
+/// The error_type of a call whose handler returned a sortie::Error: "sortie::Error(not found)".
+std::string engine_error_type(ErrorCode code);
+/// The code of such an error_type (none for other types: exceptions, TaskTimeout, EngineLost).
+std::optional<ErrorCode> engine_error_code(std::string_view error_type);
 
 class Session {
 public:

@@ -123,7 +123,27 @@ class TaskOptions:
             raise ValueError(f"timeout must be positive, not {timeout!r}")
         self.priority = operator.index(priority)
 
-    def call(self, payload, engine=None):
+    def call(self, payload, engine=None, handler=PYTHON_CALL):
         """The tuple Session.submit_tasks takes for one task; `engine` overrides the option."""
-        return (PYTHON_CALL, payload, self.engine if engine is None else engine, self.label,
+        return (handler, payload, self.engine if engine is None else engine, self.label,
                 self.retries, self.timeout_ms, self.priority)
+
+
+def handler_name(handler):
+    """A compiled engine's handler name, checked."""
+    if not isinstance(handler, str) or not handler:
+        raise TypeError(f"the handler is named by a non-empty string, not {handler!r}")
+    if len(handler.encode()) > 256:
+        raise ValueError(f"a handler name of {len(handler.encode())} bytes: at most 256")
+    return handler
+
+
+def payload_bytes(payload):
+    """A compiled engine's call payload: bytes (or another bytes-like object)."""
+    if isinstance(payload, str):
+        raise TypeError("a handler's payload is bytes: encode the str first "
+                        "(payload.encode())")
+    try:
+        return bytes(memoryview(payload))
+    except TypeError:
+        raise TypeError(f"a handler's payload is bytes, not {type(payload).__name__}") from None

@@ -19,7 +19,8 @@ import weakref
 import cloudpickle
 
 from . import _sortie
-from ._calls import Prepickled, TaskOptions, check_callable, describe, pack
+from ._calls import (Prepickled, TaskOptions, check_callable, describe, handler_name, pack,
+                     payload_bytes)
 from ._errors import SortieError, from_native, native_errors
 from ._executor import Executor
 from ._futures import Future
@@ -224,7 +225,7 @@ class Client:
     # ---- engines and views ---------------------------------------------------------------
 
     def start_engines(self, n, label=None, slots=1, memory=None, restart=False, setup=None,
-                      timeout=None, gpus=0, queue_timeout=None):
+                      timeout=None, gpus=0, queue_timeout=None, program=None):
         """Starts `n` engines (each a job of kind "engine", placed like a command job with
         `label`, `slots`, `memory` and `gpus`) and waits until each is up; returns a View of
         them. `setup` is a function called with no arguments on each engine before it takes
@@ -232,10 +233,21 @@ class Client:
         `restart`, an engine that dies is started again. Raises SortieError if an engine's
         job ends before its engine is up (its reason and stderr in the message; with
         `queue_timeout`, an engine job not placed that soon ends timed out, saying why it
-        waited), and TimeoutError after `timeout` seconds (the jobs are left as they are)."""
+        waited), and TimeoutError after `timeout` seconds (the jobs are left as they are).
+        `program` (an argument list, or one path) starts a compiled engine (``sortie::Engine``)
+        instead of Python's: call its handlers with ``call`` and ``View.call``."""
         n = operator.index(n)
         if n < 1:
             raise ValueError(f"start at least one engine, not {n}")
+        argv = [ENGINE_PYTHON, "-m", "sortie.engine"]
+        if program is not None:
+            argv = [os.fspath(program)] if isinstance(program, (str, os.PathLike)) else \
+                [os.fspath(a) for a in program]
+            if not argv or not argv[0]:
+                raise ValueError("program: the engine program's path, then its arguments")
+            if setup is not None:
+                raise ValueError("setup is for Python engines: a compiled engine (program=) "
+                                 "sets itself up")
         env = {}
         if setup is not None:
             check_callable(setup)
@@ -251,7 +263,7 @@ class Client:
                     "may hold: let it load its data from a file, or push it once the engines "
                     "are up")
             env["SORTIE_ENGINE_SETUP"] = encoded
-        spec = {"argv": [ENGINE_PYTHON, "-m", "sortie.engine"], "kind": "engine",
+        spec = {"argv": argv, "kind": "engine",
                 "name": "engine", "slots": operator.index(slots), "gpus": operator.index(gpus),
                 "restart": bool(restart), "env": env}
         if label is not None:
@@ -283,6 +295,24 @@ class Client:
         `priority` (higher first; default 0)."""
         return self._submit(fn, args, kwargs, TaskOptions(label, engine, retries, timeout,
                                                           priority))
+
+    def call_async(self, handler, payload=b"", label=None, engine=None, retries=0, timeout=None,
+                   priority=0):
+        """Calls the handler `handler` of a compiled engine (``sortie::Engine``, started with
+        ``start_engines(program=[...])``) with `payload` (bytes); a Future whose result is the
+        reply (bytes). The keywords are those of ``submit``. A handler's error is raised as
+        RemoteError (type ``sortie::Error(<code>)``)."""
+        options = TaskOptions(label, engine, retries, timeout, priority)
+        if options.engine:
+            self._check_engine(options.engine)
+        return self._submit_calls([options.call(payload_bytes(payload), handler=handler_name(
+            handler))], raw=True)[0]
+
+    def call(self, handler, payload=b"", label=None, engine=None, retries=0, timeout=None,
+             priority=0):
+        """``call_async(...).result()``: the handler's reply (bytes)."""
+        return self.call_async(handler, payload, label, engine, retries, timeout,
+                               priority).result()
 
     def map(self, fn, *iterables, label=None, engine=None, retries=0, timeout=None, priority=0,
             **kwargs):
@@ -381,18 +411,19 @@ class Client:
             self._check_engine(options.engine)
         return self._submit_calls(calls)
 
-    def _submit_calls(self, calls):
-        """Submits task tuples in batches; their futures, in order."""
+    def _submit_calls(self, calls, raw=False):
+        """Submits task tuples in batches; their futures, in order (`raw`: their results are
+        bytes, not pickled values: calls of compiled engines' handlers)."""
         futures, batch, size = [], [], 0
         for call in calls:
             payload = len(call[1])
             if batch and (len(batch) == SUBMIT_BATCH or size + payload > SUBMIT_BYTES):
-                futures += self._results_link().submit(batch)
+                futures += self._results_link().submit(batch, raw)
                 batch, size = [], 0
             batch.append(call)
             size += payload
         if batch:
-            futures += self._results_link().submit(batch)
+            futures += self._results_link().submit(batch, raw)
         return futures
 
     def _check_engine(self, engine_id):
@@ -481,13 +512,13 @@ class _Results:
         self._thread = threading.Thread(target=self._run, name="sortie-results", daemon=True)
         self._thread.start()
 
-    def submit(self, calls):
+    def submit(self, calls, raw=False):
         self._check_open()
         try:
             ids = self.session.submit_tasks(calls)
         except _sortie.Error as e:
             raise self._failed(e) from None
-        return self._register(ids)
+        return self._register(ids, raw)
 
     def watch(self, ids):
         self._check_open()
@@ -502,7 +533,7 @@ class _Results:
             known.update(zip(new, self._register(new)))
         return [known[i] for i in ids]
 
-    def _register(self, ids):
+    def _register(self, ids, raw=False):
         """The futures of these tasks: existing ones, or new ones (resolved at once when their
         result came early)."""
         futures, early = [], []
@@ -510,7 +541,7 @@ class _Results:
             for task_id in ids:
                 future = self._pending.get(task_id)
                 if future is None:
-                    future = Future(task_id, self)
+                    future = Future(task_id, self, raw)
                     result = self._early.pop(task_id, None)
                     if result is None:
                         self._pending[task_id] = future

@@ -30,12 +30,13 @@ class Future(concurrent.futures.Future):
     ``stdout()`` is what the task printed. Tasks cannot be cancelled: ``cancel()`` returns False.
     """
 
-    def __init__(self, task_id, results=None):
+    def __init__(self, task_id, results=None, raw=False):
         super().__init__()
         self.id = task_id
         self.engine = 0
         self._stdout = b""
         self._results = results  # the client's result thread, for follow()
+        self._raw = raw  # a compiled engine's reply: bytes, not a pickled value
 
     def follow(self, timeout=None):
         """Yields what the task prints (stdout and stderr, as str pieces) as it prints it, until
@@ -98,7 +99,7 @@ class Future(concurrent.futures.Future):
         """Resolves the future from a result of Session.next_results (the result thread)."""
         self.engine = result.get("engine") or 0
         self._stdout = result.get("stdout") or b""
-        ok, value = outcome(result)
+        ok, value = outcome(result, self._raw)
         if ok:
             self.set_result(value)
         else:
@@ -108,10 +109,13 @@ class Future(concurrent.futures.Future):
         return super().__repr__().replace(" state=", f" task {self.id} state=", 1)
 
 
-def outcome(result):
-    """(True, value) or (False, exception) for one task's result."""
+def outcome(result, raw=False):
+    """(True, value) or (False, exception) for one task's result (`raw`: its value is the
+    bytes a compiled engine's handler returned)."""
     task = result["id"]
     state = result["state"]
+    if state == "done" and raw:
+        return True, result["value"]
     if state == "done":
         try:
             return True, pickle.loads(result["value"])
@@ -124,7 +128,7 @@ def outcome(result):
         return False, SortieError(f"task {task} does not exist: it was never submitted or has "
                                   "been forgotten", "not_found")
     original = None
-    if result.get("value"):
+    if result.get("value") and not raw:
         try:
             original = pickle.loads(result["value"])
         except Exception:

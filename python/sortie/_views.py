@@ -7,7 +7,7 @@ hub). Everything a view does is an ordinary direct task per engine: ``execute``,
 ``pull`` send small functions that run with the engine's namespace as their globals, so the
 engine needs no special handlers.
 """
-from ._calls import Prepickled, TaskOptions, check_callable, pack
+from ._calls import Prepickled, TaskOptions, check_callable, handler_name, pack, payload_bytes
 from ._errors import SortieError
 from ._futures import AsyncResult
 
@@ -91,6 +91,19 @@ class View:
         single value for a view of one engine). Every keyword goes to `fn`."""
         return self.apply_async(fn, *args, **kwargs).get()
 
+    def call_async(self, handler, payload=b""):
+        """Calls the handler `handler` of every engine of the view (compiled engines,
+        ``sortie::Engine``) with `payload` (bytes); an AsyncResult of their replies."""
+        handler, payload = handler_name(handler), payload_bytes(payload)
+        futures = self._submit_each(
+            lambda ids: [_DIRECT.call(payload, engine=i, handler=handler) for i in ids], raw=True)
+        return AsyncResult(futures, self._single)
+
+    def call(self, handler, payload=b""):
+        """The replies (bytes) of `handler` on every engine, in engine order (a single reply for
+        a view of one engine)."""
+        return self.call_async(handler, payload).get()
+
     def map_async(self, fn, *iterables):
         """Spreads the calls ``fn(*items)`` over the view's engines in turn; an AsyncResult
         whose ``get()`` is the list of results in order."""
@@ -128,18 +141,18 @@ class View:
         whole); the number of jobs that had not ended."""
         return self._client._hub_call("cancel_jobs", sorted({job for job, _ in self._members}))
 
-    def _submit_each(self, calls_for):
+    def _submit_each(self, calls_for, raw=False):
         """Submits the calls `calls_for(ids)` makes for the view's engine ids: those looked up
         last, and looked up again if one of them is gone (a restarted engine has a new id)."""
         if self._ids is None:
             self._ids = self._engine_ids()
         try:
-            return self._client._submit_calls(calls_for(self._ids))
+            return self._client._submit_calls(calls_for(self._ids), raw)
         except SortieError as e:
             if e.code != "not_found":
                 raise
         self._ids = self._engine_ids()
-        return self._client._submit_calls(calls_for(self._ids))
+        return self._client._submit_calls(calls_for(self._ids), raw)
 
     def _engine_ids(self):
         if not self._members:

@@ -13,6 +13,7 @@
 
 #include "common/hub_file.hpp"
 #include "common/profile.hpp"
+#include "client/caller.hpp"
 #include "client/connect.hpp"
 #include "protocol/blocking_link.hpp"
 #include "protocol/errors.hpp"
@@ -251,6 +252,8 @@ Result<std::vector<std::pair<std::string, std::string>>> exported_environment(
 
 struct Client::Impl {
   net::BlockingLink link;
+  ConnectOptions options;
+  std::unique_ptr<detail::Caller> caller; ///< made at the first call()
   std::uint64_t next_rid = 1;
   std::int64_t timeout_ms = 10'000;
   std::int64_t heartbeat_ms = 5'000;
@@ -294,6 +297,26 @@ Client::~Client() = default;
 
 std::int64_t Client::heartbeat_interval_ms() const { return impl_->heartbeat_ms; }
 
+std::future<Result<std::string>> Client::call_async(const std::string& handler,
+                                                    std::string payload,
+                                                    const CallOptions& options) {
+  if (!impl_->caller) {
+    auto caller = detail::Caller::open(impl_->options);
+    if (!caller.ok()) {
+      std::promise<Result<std::string>> failed;
+      failed.set_value(caller.error());
+      return failed.get_future();
+    }
+    impl_->caller = std::move(*caller);
+  }
+  return impl_->caller->call(handler, std::move(payload), options);
+}
+
+Result<std::string> Client::call(const std::string& handler, std::string payload,
+                                 const CallOptions& options) {
+  return call_async(handler, std::move(payload), options).get();
+}
+
 Result<Client> Client::connect(const std::string& profile, ConnectOptions options) {
   options.profile = profile;
   return connect(options);
@@ -304,6 +327,8 @@ Result<Client> Client::connect(const ConnectOptions& options) {
   auto impl = std::make_unique<Impl>();
   impl->link = std::move(opened.link);
   impl->timeout_ms = options.timeout_ms;
+  impl->options = options;
+  impl->options.on_hub_started = nullptr;
   if (opened.welcome.heartbeat_interval_ms())
     impl->heartbeat_ms = opened.welcome.heartbeat_interval_ms();
   return Client(std::move(impl));

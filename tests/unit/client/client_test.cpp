@@ -9,6 +9,8 @@
 
 #include <chrono>
 #include <cstdlib>
+#include <cstring>
+#include <future>
 #include <fstream>
 #include <string>
 #include <thread>
@@ -172,6 +174,56 @@ TEST_F(ClientTest, FollowingOutputSeesItAsItComes) {
   });
   ASSERT_TRUE(r.ok()) << r.error().to_string();
   EXPECT_EQ(seen, "first\nsecond\n");
+}
+
+std::string doubles(std::initializer_list<double> v) {
+  return std::string(reinterpret_cast<const char*>(std::data(v)), v.size() * sizeof(double));
+}
+
+TEST_F(ClientTest, CompiledEngineHandlersAreCalledByNameAndKeepTheirState) {
+  Client c = connected();
+  add_pilot(c);
+  JobSpec spec; // the example N-body engine (examples/cpp/nbody_engine.cpp)
+  spec.argv = {SORTIE_TEST_NBODY, "--dt", "0.001"};
+  spec.kind = "engine";
+  ASSERT_TRUE(c.submit(spec).ok());
+  // A call waits in the queue until an engine is up; the state stays between calls.
+  auto set = c.call("set_state", doubles({0.5, -0.5, 0, 0, 0, -0.5, 0, 0.5, 0.5, 0, 0, 0, 0.5, 0}));
+  ASSERT_TRUE(set.ok()) << set.error().to_string();
+  EXPECT_EQ(*set, "");
+  auto reached = c.call("evolve", doubles({0.25}));
+  ASSERT_TRUE(reached.ok()) << reached.error().to_string();
+  EXPECT_EQ(*reached, doubles({0.25}));
+  std::vector<std::future<Result<std::string>>> many;
+  for (int i = 0; i < 5; ++i)
+    many.push_back(c.call_async("get_state", ""));
+  for (auto& f : many) {
+    auto state = f.get();
+    ASSERT_TRUE(state.ok()) << state.error().to_string();
+    ASSERT_EQ(state->size(), 15 * sizeof(double));
+    double time = 0;
+    std::memcpy(&time, state->data(), sizeof time);
+    EXPECT_DOUBLE_EQ(time, 0.25);
+  }
+  // A handler's sortie::Error comes back with its code; an unknown handler is NotFound.
+  auto bad = c.call("evolve", "abc");
+  ASSERT_FALSE(bad.ok());
+  EXPECT_EQ(bad.error().code, ErrorCode::InvalidArgument);
+  EXPECT_NE(bad.error().message.find("evolve: expected little-endian doubles, got 3 bytes"),
+            std::string::npos) << bad.error().message;
+  auto unknown = c.call("nope", "");
+  ASSERT_FALSE(unknown.ok());
+  EXPECT_EQ(unknown.error().code, ErrorCode::NotFound);
+  EXPECT_NE(unknown.error().message.find("no handler 'nope' (it has: "), std::string::npos)
+      << unknown.error().message;
+  auto unnamed = c.call("", "");
+  ASSERT_FALSE(unnamed.ok());
+  EXPECT_EQ(unnamed.error().code, ErrorCode::InvalidArgument);
+  CallOptions missing;
+  missing.engine = 424242;
+  auto nowhere = c.call("get_state", "", missing);
+  ASSERT_FALSE(nowhere.ok());
+  EXPECT_EQ(nowhere.error().code, ErrorCode::NotFound) << nowhere.error().to_string();
 }
 
 TEST_F(ClientTest, AHubThatGoesAwayMidCallIsAClearErrorNotAHang) {
