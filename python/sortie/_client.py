@@ -225,7 +225,8 @@ class Client:
     # ---- engines and views ---------------------------------------------------------------
 
     def start_engines(self, n, label=None, slots=1, memory=None, restart=False, setup=None,
-                      timeout=None, gpus=0, queue_timeout=None, program=None):
+                      timeout=None, gpus=0, queue_timeout=None, program=None, mpi=False,
+                      ranks_per_node=None, env=None):
         """Starts `n` engines (each a job of kind "engine", placed like a command job with
         `label`, `slots`, `memory` and `gpus`) and waits until each is up; returns a View of
         them. `setup` is a function called with no arguments on each engine before it takes
@@ -235,10 +236,25 @@ class Client:
         `queue_timeout`, an engine job not placed that soon ends timed out, saying why it
         waited), and TimeoutError after `timeout` seconds (the jobs are left as they are).
         `program` (an argument list, or one path) starts a compiled engine (``sortie::Engine``)
-        instead of Python's: call its handlers with ``call`` and ``View.call``."""
+        instead of Python's: call its handlers with ``call`` and ``View.call``.
+
+        With `mpi`, the `n` engines are the ranks of one MPI job (mpiexec across the nodes of
+        one pilot, `ranks_per_node` on each; default: all on one node), each with `slots` and
+        `memory`: ``sortie.engine.rank`` and ``size`` say which, mpi4py's ``MPI.COMM_WORLD``
+        works in their tasks, and the view is in rank order. The job ends whole when one rank
+        ends (or its node is lost); with `restart` it starts again whole. `env`: variables for
+        the engines' environment (a dict), e.g. OpenMPI's ``OMPI_MCA_*`` settings."""
         n = operator.index(n)
         if n < 1:
             raise ValueError(f"start at least one engine, not {n}")
+        if ranks_per_node is not None:
+            ranks_per_node = operator.index(ranks_per_node)
+            if not mpi:
+                raise ValueError("ranks_per_node is for MPI engines: start_engines(n, mpi=True, "
+                                 "ranks_per_node=k)")
+            if not 1 <= ranks_per_node <= n:
+                raise ValueError(f"ranks_per_node must be between 1 and n ({n}), not "
+                                 f"{ranks_per_node}")
         argv = [ENGINE_PYTHON, "-m", "sortie.engine"]
         if program is not None:
             argv = [os.fspath(program)] if isinstance(program, (str, os.PathLike)) else \
@@ -248,7 +264,8 @@ class Client:
             if setup is not None:
                 raise ValueError("setup is for Python engines: a compiled engine (program=) "
                                  "sets itself up")
-        env = {}
+        extra = {} if env is None else {str(k): str(v) for k, v in dict(env).items()}
+        env = dict(extra)
         if setup is not None:
             check_callable(setup)
             try:
@@ -273,6 +290,10 @@ class Client:
             spec["memory"] = size_bytes(memory, "memory")
         if queue_timeout is not None:
             spec["queue_timeout_ms"] = duration_ms(queue_timeout, "queue_timeout")
+        if mpi:
+            spec["mpi_ranks"] = n
+            spec["ranks_per_node"] = ranks_per_node or 0
+            return self._wait_for_engines([self._hub_call("submit_job", spec)], timeout)
         jobs = [self._hub_call("submit_job", spec) for _ in range(n)]
         return self._wait_for_engines(jobs, timeout)
 
@@ -461,6 +482,8 @@ class Client:
             for e in self._hub_call("engines", ""):
                 if e["job"] in wanted:
                     up.setdefault(e["job"], []).append(e)
+            # Every rank of an MPI engine job.
+            up = {job: es for job, es in up.items() if len(es) >= es[0]["size"]}
             if len(up) == len(jobs):
                 break
             now = time.monotonic()

@@ -49,6 +49,8 @@ def main():
     size = int(env.get("OMPI_COMM_WORLD_SIZE", "1"))
     job_id = int(env["SORTIE_JOB_ID"])
     label = env.get("SORTIE_ENGINE_LABEL") or None
+    if size > 1:
+        _init_mpi()
     namespace = {"__builtins__": builtins, "__name__": "__main__"}
     setup = env.get("SORTIE_ENGINE_SETUP")
     if setup:
@@ -58,8 +60,14 @@ def main():
             print(f"sortie.engine: the setup function raised:\n{_traceback(e)}", end="",
                   file=sys.stderr)
             return 1
-    link = _sortie.EngineLink(env["SORTIE_ENGINE_SOCKET"], key, job_id,
-                              int(env["SORTIE_ATTEMPT"]), rank, size)
+    try:
+        link = _sortie.EngineLink(env["SORTIE_ENGINE_SOCKET"], key, job_id,
+                                  int(env["SORTIE_ATTEMPT"]), rank, size)
+    except _sortie.Error as e:
+        print(f"sortie.engine: rank {rank} cannot reach its agent: {e}", file=sys.stderr)
+        if size > 1:  # the other ranks would wait for this one for ever: the MPI job ends
+            _abort_mpi()
+        return 1
     id = link.engine_id
     label = link.label or label
     live = _Live(link)
@@ -71,6 +79,24 @@ def main():
         live.close()
         link.close()
     return 0
+
+
+def _init_mpi():
+    """An MPI rank initialises MPI before it takes tasks, so that every rank is in
+    MPI.COMM_WORLD whichever tasks it gets first (MPI_Init waits for all ranks)."""
+    try:
+        from mpi4py import MPI  # noqa: F401 (importing it initialises MPI)
+    except ImportError:
+        print("sortie.engine: mpi4py is not installed (Debian: python3-mpi4py): this rank's "
+              "tasks cannot use MPI", file=sys.stderr)
+
+
+def _abort_mpi():
+    try:
+        from mpi4py import MPI
+        MPI.COMM_WORLD.Abort(1)
+    except ImportError:
+        pass
 
 
 def _serve(link, namespace, live):

@@ -84,8 +84,9 @@ public:
                               push(std::move(c));
                             },
                             [this] { finish_shutdown(); },
-                            [this](std::uint64_t job, std::uint32_t attempt) {
-                              return engines_.prepare(job, attempt);
+                            [this](std::uint64_t job, std::uint32_t attempt,
+                                   const std::string& socket, const std::string& key) {
+                              return engines_.prepare(job, attempt, socket, key);
                             }}) {
     if (options_.node_name.empty())
       options_.node_name = hostname_;
@@ -357,6 +358,14 @@ private:
     case pb::Envelope::kOutputCredit:
       release_credit(env.output_credit().bytes());
       return;
+    case pb::Envelope::kEngineHost: {
+      const auto& h = env.engine_host();
+      if (h.end())
+        engines_.ended(h.job_id());
+      else
+        engines_.host(h.job_id(), h.attempt(), h.socket(), h.key());
+      return;
+    }
     case pb::Envelope::kShutdown:
       log::info("the hub asked this agent to shut down: {}", env.shutdown().reason());
       shutdown(env.shutdown().reason());

@@ -49,13 +49,20 @@ EngineBridge::EngineBridge(asio::io_context& io, std::function<bool(pb::Envelope
 
 EngineBridge::~EngineBridge() { close_all(); }
 
-std::vector<std::string> EngineBridge::prepare(std::uint64_t job, std::uint32_t attempt) {
+bool EngineBridge::listen(std::uint64_t job, std::uint32_t attempt, std::string socket,
+                          std::string key, std::shared_ptr<Listener>& made) {
   ended(job); // an earlier attempt's, if any
   auto l = std::make_shared<Listener>(io_);
   l->job = job;
   l->attempt = attempt;
-  l->key = protocol::to_hex(protocol::random_bytes(32));
-  l->name = "@sortie-engine-" + protocol::to_hex(protocol::random_bytes(12));
+  l->key = key.empty() ? protocol::to_hex(protocol::random_bytes(32)) : std::move(key);
+  l->name = socket.empty() ? "@sortie-engine-" + protocol::to_hex(protocol::random_bytes(12))
+                           : std::move(socket);
+  made = l;
+  if (l->name.size() < 2 || l->name[0] != '@') {
+    log::error("job {}: engine socket name '{}' is not an abstract name", job, l->name);
+    return false;
+  }
   std::string abstract = l->name;
   abstract[0] = '\0';
   error_code ec;
@@ -64,14 +71,24 @@ std::vector<std::string> EngineBridge::prepare(std::uint64_t job, std::uint32_t 
     l->acceptor.bind(asio::local::stream_protocol::endpoint(abstract), ec);
   if (!ec)
     l->acceptor.listen(asio::socket_base::max_listen_connections, ec);
-  std::vector<std::string> env;
   if (ec) {
-    // The engine starts without a socket and says so when it cannot connect.
-    log::error("job {}: cannot make its engine socket: {}", job, ec.message());
-  } else {
-    listeners_[job] = l;
-    spawn_root(io_.get_executor(), fmt::format("engine socket of job {}", job), accept_loop(l));
+    if (ec == asio::error::address_in_use && !socket.empty())
+      log::info("job {}: its engine socket is served by another agent on this host", job);
+    else // the engine starts without a socket and says so when it cannot connect
+      log::error("job {}: cannot make its engine socket: {}", job, ec.message());
+    return false;
   }
+  listeners_[job] = l;
+  spawn_root(io_.get_executor(), fmt::format("engine socket of job {}", job), accept_loop(l));
+  return true;
+}
+
+std::vector<std::string> EngineBridge::prepare(std::uint64_t job, std::uint32_t attempt,
+                                               const std::string& socket,
+                                               const std::string& key) {
+  std::shared_ptr<Listener> l;
+  listen(job, attempt, socket, key, l);
+  std::vector<std::string> env;
   env.push_back("SORTIE_ENGINE_SOCKET=" + l->name);
   env.push_back("SORTIE_ENGINE_KEY=" + l->key);
   if (!python_path_.empty()) {
@@ -79,6 +96,13 @@ std::vector<std::string> EngineBridge::prepare(std::uint64_t job, std::uint32_t 
     env.push_back("PYTHONPATH=" + python_path_ + (old && *old ? std::string(":") + old : ""));
   }
   return env;
+}
+
+void EngineBridge::host(std::uint64_t job, std::uint32_t attempt, const std::string& socket,
+                        const std::string& key) {
+  std::shared_ptr<Listener> l;
+  if (listen(job, attempt, socket, key, l))
+    log::info("job {}: serving the engine socket of its MPI ranks on this node", job);
 }
 
 Awaitable<void> EngineBridge::accept_loop(std::shared_ptr<Listener> l) {

@@ -30,8 +30,14 @@ public:
   ~EngineBridge();
 
   /// Before an engine job starts: its socket (listening from now on) and key, and where the
-  /// Python package is, as "NAME=VALUE" environment entries.
-  std::vector<std::string> prepare(std::uint64_t job, std::uint32_t attempt);
+  /// Python package is, as "NAME=VALUE" environment entries. An MPI engine job across nodes
+  /// comes with the `socket` and `key` the hub chose (else the agent makes them).
+  std::vector<std::string> prepare(std::uint64_t job, std::uint32_t attempt,
+                                   const std::string& socket = {}, const std::string& key = {});
+  /// An MPI engine job run from another node holds slots here (EngineHost): its ranks here
+  /// connect to this socket. (Another agent on this host may serve it already: then that one.)
+  void host(std::uint64_t job, std::uint32_t attempt, const std::string& socket,
+            const std::string& key);
   /// The job's process ended: its engines' links close and its socket goes.
   void ended(std::uint64_t job);
   /// A frame from the hub routed to one of this agent's engines.
@@ -48,6 +54,9 @@ private:
     std::shared_ptr<net::Link> link;
   };
   Awaitable<void> accept_loop(std::shared_ptr<Listener> listener);
+  /// Listens at `socket` (made up when empty) for the engines of `job`; false if it cannot.
+  bool listen(std::uint64_t job, std::uint32_t attempt, std::string socket, std::string key,
+              std::shared_ptr<Listener>& made);
   Awaitable<void> serve(std::uint64_t id, std::shared_ptr<net::Link> link,
                         std::shared_ptr<Listener> listener);
 

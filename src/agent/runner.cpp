@@ -71,6 +71,8 @@ struct JobAttempt {
   std::vector<std::pair<std::string, std::uint32_t>> mpi_hosts;
   std::string rsh_args; ///< an ssh pilot's ssh options for mpiexec (OMPI_MCA_plm_rsh_args)
   pb::EnvList base_env; ///< its submission's exported environment, under spec.env
+  std::string engine_socket, engine_key; ///< an MPI engine job's across nodes (from the hub)
+  std::vector<std::string> engine_names; ///< variables its engine environment set (for -x)
   JobProcesses procs() const { return JobProcesses{pid, tag}; }
   ~JobAttempt() {
     if (!hostfile.empty())
@@ -173,6 +175,7 @@ std::vector<std::string> mpiexec_argv(const JobAttempt& t) {
     for (const char* n : {"SORTIE_JOB_ID", "SORTIE_JOB_TAG", "SORTIE_ATTEMPT", "SORTIE_MPI_RANKS",
                           "SORTIE_MPI_LAYOUT", "OMP_NUM_THREADS"})
       names.emplace_back(n);
+    names.insert(names.end(), t.engine_names.begin(), t.engine_names.end());
     for (const auto& n : names) {
       argv.push_back("-x");
       argv.push_back(n);
@@ -271,6 +274,8 @@ void JobRunner::assign(pb::Assignment& a) {
   if (a.slots() > 0) // its share of a job across nodes
     t->slots = a.slots();
   t->rsh_args = a.mpi_rsh_args();
+  t->engine_socket = a.engine_socket();
+  t->engine_key = a.engine_key();
   if (!a.base_env().empty() && !t->base_env.ParseFromString(a.base_env()))
     log::warn("job {}: its exported environment does not parse; started without it", a.job_id());
   for (const auto& h : a.mpi_hosts()) {
@@ -334,7 +339,7 @@ Awaitable<void> JobRunner::sweep_loop() {
   }
 }
 
-std::vector<std::string> JobRunner::job_env(const JobAttempt& t) const {
+std::vector<std::string> JobRunner::job_env(JobAttempt& t) const {
   std::vector<std::string> env = config_.base_env;
   auto set = [&env](const std::string& name, const std::string& value) {
     std::string prefix = name + "=";
@@ -388,9 +393,10 @@ std::vector<std::string> JobRunner::job_env(const JobAttempt& t) const {
   if (t.array_index)
     set("SORTIE_ARRAY_INDEX", std::to_string(*t.array_index));
   if (t.spec.kind() == "engine" && hooks_.engine_env)
-    for (const auto& e : hooks_.engine_env(t.job, t.attempt)) {
+    for (const auto& e : hooks_.engine_env(t.job, t.attempt, t.engine_socket, t.engine_key)) {
       auto eq = e.find('=');
       set(e.substr(0, eq), e.substr(eq + 1));
+      t.engine_names.push_back(e.substr(0, eq));
     }
   // The GPUs it was given, and no others on a node that has some.
   if (!t.gpus.empty() || !config_.gpus.empty()) {
@@ -432,10 +438,11 @@ void JobRunner::launch(JobAttempt& t) {
       emit_finished(t, w.error().message, 127);
       return erase(t.job);
     }
-    req.argv = mpiexec_argv(t);
   }
+  req.env = job_env(t); // (before mpiexec's argv: which engine variables to pass on)
+  if (t.spec.mpi_ranks() > 0)
+    req.argv = mpiexec_argv(t);
   req.argv.insert(req.argv.end(), t.spec.argv().begin(), t.spec.argv().end());
-  req.env = job_env(t);
   req.cwd = t.spec.cwd();
   req.stdout_fd = out[1];
   req.stderr_fd = err[1];

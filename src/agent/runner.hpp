@@ -54,8 +54,11 @@ struct RunnerHooks {
   std::function<void(pb::OutputChunk)> output;
   /// After stop_all(): the last attempt has ended.
   std::function<void()> all_ended;
-  /// An engine job is about to start: what its environment needs to reach its agent.
-  std::function<std::vector<std::string>(std::uint64_t job, std::uint32_t attempt)> engine_env;
+  /// An engine job is about to start: what its environment needs to reach its agent. An MPI
+  /// engine job across nodes comes with the socket and key the hub chose for all its nodes.
+  std::function<std::vector<std::string>(std::uint64_t job, std::uint32_t attempt,
+                                         const std::string& socket, const std::string& key)>
+      engine_env;
 };
 
 class JobRunner {
@@ -99,7 +102,7 @@ public:
 
 private:
   void launch(JobAttempt& t);
-  std::vector<std::string> job_env(const JobAttempt& t) const;
+  std::vector<std::string> job_env(JobAttempt& t) const; // (notes its engine variables in t)
   void arm_watch_timer();
   void watch(JobAttempt& t);
   void drain_unwatched(JobAttempt& t);

@@ -324,6 +324,9 @@ int run(int argc, char** argv) {
   es->add_option("--memory", eargs.memory, "memory each engine may use, e.g. 4G (enforced)");
   es->add_flag("--restart", eargs.restart, "start an engine again whenever it ends");
   es->add_option("--name", eargs.name, "the engine jobs' name (default: engine)");
+  es->add_flag("--mpi", eargs.mpi, "the engines are the ranks of one MPI job (mpiexec)");
+  es->add_option("--ranks-per-node", eargs.ranks_per_node,
+                 "with --mpi: ranks on each node (default: all on one node)");
   es->add_option("command", eargs.command,
                  "an engine program and its arguments, after -- (default: the Python engine)");
   es->callback([&] { action = [&] { return engine_start(g, eargs); }; });

@@ -114,6 +114,8 @@ struct EngineStartArgs {
   bool restart = false;
   std::string name;
   std::vector<std::string> command; ///< empty: the Python engine
+  bool mpi = false;                 ///< the engines are the ranks of one MPI job
+  std::uint32_t ranks_per_node = 0; ///< with mpi (0: all on one node)
 };
 
 struct SelectArgs {

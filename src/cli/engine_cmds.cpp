@@ -60,6 +60,13 @@ json task_json(const TaskInfo& t) {
 int engine_start(const Globals& g, const EngineStartArgs& a) {
   if (a.count == 0 || a.count > 10'000)
     return fail(make_error(ErrorCode::InvalidArgument, "--count: between 1 and 10000 engines"));
+  if (a.ranks_per_node > 0 && !a.mpi)
+    return fail(make_error(ErrorCode::InvalidArgument,
+                           "--ranks-per-node is for MPI engines: add --mpi"));
+  if (a.mpi && a.ranks_per_node > a.count)
+    return fail(make_error(ErrorCode::InvalidArgument,
+                           fmt::format("--ranks-per-node {} is more than the {} ranks (--count)",
+                                       a.ranks_per_node, a.count)));
   JobSpec spec;
   spec.kind = "engine";
   spec.argv = a.command.empty()
@@ -78,12 +85,16 @@ int engine_start(const Globals& g, const EngineStartArgs& a) {
   auto client = connect(g, true);
   if (!client.ok())
     return fail(client.error());
-  std::vector<JobSpec> specs(a.count, spec);
+  if (a.mpi) { // one job, its ranks the engines
+    spec.mpi_ranks = a.count;
+    spec.ranks_per_node = a.ranks_per_node;
+  }
+  std::vector<JobSpec> specs(a.mpi ? 1 : a.count, spec);
   auto submitted = client->submit_batch(specs, "engines");
   if (!submitted.ok())
     return fail(submitted.error());
   std::uint64_t first = submitted->first_id.value;
-  if (a.count == 1)
+  if (specs.size() == 1)
     std::printf("%llu\n", static_cast<unsigned long long>(first));
   else
     std::printf("%llu-%llu\n", static_cast<unsigned long long>(first),

@@ -602,8 +602,19 @@ Result<std::unique_ptr<EngineLink>> EngineLink::connect(const std::string& socke
                       "no engine socket: an engine runs as a job of kind \"engine\" (`sortie "
                       "engine start`), which sets SORTIE_ENGINE_SOCKET and SORTIE_ENGINE_KEY");
   auto impl = std::make_unique<Impl>();
-  SORTIE_ASSIGN_OR_RETURN(link, net::BlockingLink::connect_unix(socket, timeout_ms));
-  impl->link = std::move(link);
+  // An MPI rank on another node may come before the hub has told the agent there to listen
+  // (EngineHost): it tries again for a while.
+  auto deadline = std::chrono::steady_clock::now() + std::chrono::milliseconds(timeout_ms);
+  while (true) {
+    auto link = net::BlockingLink::connect_unix(socket, timeout_ms);
+    if (link.ok()) {
+      impl->link = std::move(*link);
+      break;
+    }
+    if (std::chrono::steady_clock::now() >= deadline)
+      return link.error();
+    std::this_thread::sleep_for(std::chrono::milliseconds(50)); // a retry's backoff
+  }
   SORTIE_TRY(impl->link.handshake(key, pb::ROLE_ENGINE, "engine", timeout_ms));
   impl->rank = rank;
   impl->size = size;

@@ -277,9 +277,15 @@ void Jobs::detach_from_agent(Job& job) {
     a->jobs.erase(job.id);
   st.span_lost.erase(job.id);
   if (auto span = st.spans.find(job.id); span != st.spans.end()) {
+    bool engine = st.spec_of(job).engine;
     for (auto [node, slots] : span->second)
-      if (Agent* a = st.find_agent(node))
-        a->held.erase(job.id);
+      if (Agent* a = st.find_agent(node); a && a->held.erase(job.id) && engine && a->peer) {
+        pb::Envelope env; // its ranks' engine socket there goes
+        env.mutable_engine_host()->set_job_id(job.id.value);
+        env.mutable_engine_host()->set_attempt(job.attempt);
+        env.mutable_engine_host()->set_end(true);
+        a->peer->send(env);
+      }
     st.spans.erase(span);
   }
   core_.scheduler.release(job.id);

@@ -8,6 +8,7 @@
 #include <fmt/format.h>
 
 #include "common/assert.hpp"
+#include "protocol/auth.hpp"
 
 namespace sortie::hub {
 namespace {
@@ -156,6 +157,21 @@ void Placement::fill_span(const Job& job, const Agent* agent, pb::Assignment& a)
     const Agent* n = st.find_agent(node);
     h->set_address(n ? n->address : std::string());
     h->set_ranks(slots / rank_slots);
+  }
+  // An engine job's ranks on the other nodes reach the hub through the agents there: one socket
+  // name and key for all its nodes, which the hub chooses (05-tasks.md §5.7).
+  if (st.spec_of(job).engine && span->second.size() > 1) {
+    a.set_engine_socket("@sortie-engine-" + protocol::to_hex(protocol::random_bytes(12)));
+    a.set_engine_key(protocol::to_hex(protocol::random_bytes(32)));
+    pb::Envelope env;
+    auto* h = env.mutable_engine_host();
+    h->set_job_id(job.id.value);
+    h->set_attempt(job.attempt);
+    h->set_socket(a.engine_socket());
+    h->set_key(a.engine_key());
+    for (std::size_t i = 1; i < span->second.size(); ++i)
+      if (const Agent* n = st.find_agent(span->second[i].first); n && n->peer)
+        n->peer->send(env);
   }
   // mpiexec's ssh between the nodes of an ssh pilot takes the resource's ssh options, as the
   // hub's own ssh to them did (-F config, -i key, ...).

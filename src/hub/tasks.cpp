@@ -238,7 +238,9 @@ void Tasks::handle_ready(const Sender& from, pb::EngineReady& r) {
   };
   // The agent wrote job_id and attempt: those of the job whose key the engine proved.
   Job* job = jobs_.find(JobId(r.job_id()));
-  if (!job || job->agent != agent->id || job->attempt != r.attempt() ||
+  // (An MPI engine job's ranks on its other nodes come through the agents there.)
+  if (!job || (job->agent != agent->id && !agent->held.contains(job->id)) ||
+      job->attempt != r.attempt() ||
       (job->state != JobState::Assigned && job->state != JobState::Running))
     return refuse(ErrorCode::FailedPrecondition,
                   fmt::format("job {} attempt {} is not running on node {}: this engine is "

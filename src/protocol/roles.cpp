@@ -89,6 +89,7 @@ std::uint32_t senders_of(pb::Envelope::BodyCase body) {
   case B::kJobEventsAck:
   case B::kOutputCredit:
   case B::kShutdown:
+  case B::kEngineHost:
     return kHub;
   // Engines (05-tasks.md): an engine's frames reach the hub through its agent, and the hub's
   // through the agent to it; EngineRejoin is the agent's own word to its engines.

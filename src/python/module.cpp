@@ -91,6 +91,8 @@ JobSpec job_spec(const py::dict& d) {
   s.max_per_node = get<std::uint32_t>(d, "max_per_node", 0);
   s.kind = get<std::string>(d, "kind", "");
   s.restart = get<bool>(d, "restart", false);
+  s.mpi_ranks = get<std::uint32_t>(d, "mpi_ranks", 0);
+  s.ranks_per_node = get<std::uint32_t>(d, "ranks_per_node", 0);
   return s;
 }
 
