@@ -360,7 +360,7 @@ void Agents::apply_finished(Agent& agent, const pb::JobEvent& ev) {
 JobState Agents::outcome(Job& job, const pb::JobEvent& ev) const {
   const Spec& spec = core_.state.spec_of(job);
   if (ev.killed())
-    return JobState::Cancelled;
+    return job.queue_timed_out ? JobState::TimedOut : JobState::Cancelled;
   if (ev.timed_out()) {
     job.reason = fmt::format("ran longer than its run timeout of {}",
                              format_duration_ms(Jobs::run_timeout_of(spec)));

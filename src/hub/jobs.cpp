@@ -378,6 +378,78 @@ std::string Jobs::output_loss_note(const Job& job) const {
                      job.out_lost);
 }
 
+namespace {
+constexpr std::int64_t kForeverMs = 10LL * 366 * 24 * 3600 * 1000; // no walltime
+} // namespace
+
+std::string Jobs::why_waiting(const scheduler::Requirements& r) const {
+  const auto& sched = core_.scheduler;
+  // Like squeue's REASON: first whether any node the hub knows could ever run it, and if none
+  // could, which requirement rules them all out.
+  const Agent* any = nullptr;
+  std::uint32_t most_slots = 0;
+  std::uint64_t most_memory = 0;
+  std::size_t most_gpus = 0;
+  std::int64_t most_time = 0;
+  bool label_seen = r.label == 0, host_seen = r.hosts.empty();
+  std::int64_t now = core_.clock.now_ms();
+  std::uint32_t per_node = r.spans_nodes() ? r.per_node : r.slots;
+  std::uint32_t fits = 0, most_idle = 0, idle_of = 0; // nodes it fits, the most idle of them
+  for (const auto& [id, a] : core_.state.agents) {
+    if (!a.peer)
+      continue;
+    any = &a;
+    if (r.label != 0 && a.label != sched.name(r.label))
+      continue;
+    label_seen = true;
+    if (!r.hosts.empty() && std::none_of(r.hosts.begin(), r.hosts.end(), [&](scheduler::Symbol h) {
+          return sched.name(h) == a.node;
+        }))
+      continue;
+    host_seen = true;
+    std::int64_t left = a.walltime_end_ms ? a.walltime_end_ms - now : kForeverMs;
+    most_slots = std::max(most_slots, a.slots);
+    most_memory = std::max(most_memory, a.memory);
+    most_gpus = std::max(most_gpus, a.gpus.size());
+    most_time = std::max(most_time, left);
+    if (per_node <= a.slots && r.memory <= a.memory && r.gpus <= a.gpus.size() &&
+        r.time_request_ms <= left) { // it fits this node: when it has room
+      std::uint32_t idle = sched.idle_slots(id);
+      if (fits++ == 0 || idle > most_idle)
+        std::tie(most_idle, idle_of) = std::pair(idle, a.slots);
+    }
+  }
+  if (fits > 0) {
+    std::string where = r.label == 0 ? std::string()
+                                     : fmt::format(" with label '{}'", sched.name(r.label));
+    return fmt::format("waiting for free resources: it needs {} slot{} on a node{}; {} {} "
+                       "such node{}, and the most free slots on one now is {} (of {})",
+                       per_node, per_node == 1 ? "" : "s", where, fits == 1 ? "there is" : "there are",
+                       fits, fits == 1 ? "" : "s", most_idle, idle_of);
+  }
+  if (!any)
+    return "no pilot is running: add one (sortie pilot add)";
+  if (!label_seen)
+    return fmt::format("no running pilot has label '{}'", sched.name(r.label));
+  if (!host_seen) {
+    std::string hosts;
+    for (auto h : r.hosts)
+      hosts += (hosts.empty() ? "" : ", ") + sched.name(h);
+    return fmt::format("it must run on {}, which no running pilot has", hosts);
+  }
+  if (per_node > most_slots)
+    return fmt::format("it needs {} slots on one node; the largest node it may use has {}",
+                       per_node, most_slots);
+  if (r.memory > most_memory)
+    return fmt::format("it needs {} of memory; the most any node it may use offers is {}",
+                       format_size_bytes(r.memory), format_size_bytes(most_memory));
+  if (r.gpus > most_gpus)
+    return fmt::format("it needs {} GPUs; the most any node it may use has is {}", r.gpus,
+                       most_gpus);
+  return fmt::format("it asks for {} of walltime; the most any pilot it may use has left is {}",
+                     format_duration_ms(r.time_request_ms), format_duration_ms(most_time));
+}
+
 void Jobs::tick() {
   // job_retention: a sweep every quarter of it, at least every second and at most every minute.
   if (std::int64_t mono = core_.clock.monotonic_ms(); mono >= next_retention_sweep_ms_) {
@@ -391,13 +463,24 @@ void Jobs::tick() {
     JobId id = queue_deadlines_.top().second;
     queue_deadlines_.pop();
     Job* j = find(id);
-    if (!j || j->state != JobState::Queued || j->start_ms != 0)
+    if (!j || j->start_ms != 0 || j->started)
       continue; // started (or finished) in time
-    unqueue(*j);
-    j->deps_pending = 0;
-    end(*j, JobState::TimedOut,
-        fmt::format("not started within its queue timeout of {}",
-                    format_duration_ms(core_.state.spec_of(*j).queue_timeout_ms)));
+    const Spec& spec = core_.state.spec_of(*j);
+    std::string why = fmt::format("not started within its queue timeout of {}: {}",
+                                  format_duration_ms(spec.queue_timeout_ms),
+                                  j->deps_pending ? "it waited for its dependencies"
+                                                  : why_waiting(spec.req));
+    if (j->state == JobState::Queued) {
+      unqueue(*j);
+      j->deps_pending = 0;
+      end(*j, JobState::TimedOut, std::move(why));
+    } else if (j->state == JobState::Assigned && !j->cancel_requested) {
+      // In its agent's launch queue, waiting for slots there: taken out of it, timed out.
+      j->queue_timed_out = true;
+      j->cancel_requested = true;
+      j->reason = std::move(why);
+      send_kill(*j, j->reason);
+    }
   }
 }
 

@@ -78,6 +78,9 @@ public:
   /// Queue timeouts and the job_retention sweep.
   void tick();
   std::string output_loss_note(const Job& job) const;
+  /// Why a job with these requirements waits, like squeue's REASON: no node could ever run it
+  /// (and which requirement rules them out), or none has room now (and how much they have).
+  std::string why_waiting(const scheduler::Requirements& req) const;
 
 private:
   /// What a request that acts on jobs (`verb` them) selects: its groups by name, after checking

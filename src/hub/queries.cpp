@@ -17,7 +17,6 @@ namespace sortie::hub {
 namespace {
 
 constexpr std::size_t kListChunk = 5000; // jobs per JobList frame
-constexpr std::int64_t kForeverMs = 10LL * 366 * 24 * 3600 * 1000;
 
 pb::JobState to_pb(JobState s) { return static_cast<pb::JobState>(s); }
 
@@ -40,62 +39,6 @@ void Queries::register_with(Router& router) {
 std::string Queries::node_of(const Job& job) const {
   const Agent* a = core_.state.find_agent(job.agent);
   return a ? a->node : std::string();
-}
-
-std::string Queries::why_waiting(const scheduler::Requirements& r) const {
-  const auto& sched = core_.scheduler;
-  // Like squeue's REASON: first whether any node the hub knows could ever run it, and if none
-  // could, which requirement rules them all out.
-  const Agent* any = nullptr;
-  std::uint32_t most_slots = 0;
-  std::uint64_t most_memory = 0;
-  std::size_t most_gpus = 0;
-  std::int64_t most_time = 0;
-  bool label_seen = r.label == 0, host_seen = r.hosts.empty();
-  std::int64_t now = core_.clock.now_ms();
-  std::uint32_t per_node = r.spans_nodes() ? r.per_node : r.slots;
-  for (const auto& [id, a] : core_.state.agents) {
-    if (!a.peer)
-      continue;
-    any = &a;
-    if (r.label != 0 && a.label != sched.name(r.label))
-      continue;
-    label_seen = true;
-    if (!r.hosts.empty() && std::none_of(r.hosts.begin(), r.hosts.end(), [&](scheduler::Symbol h) {
-          return sched.name(h) == a.node;
-        }))
-      continue;
-    host_seen = true;
-    std::int64_t left = a.walltime_end_ms ? a.walltime_end_ms - now : kForeverMs;
-    most_slots = std::max(most_slots, a.slots);
-    most_memory = std::max(most_memory, a.memory);
-    most_gpus = std::max(most_gpus, a.gpus.size());
-    most_time = std::max(most_time, left);
-    if (per_node <= a.slots && r.memory <= a.memory && r.gpus <= a.gpus.size() &&
-        r.time_request_ms <= left)
-      return "waiting for free resources"; // it fits a node: when one has room
-  }
-  if (!any)
-    return "no pilot is running: add one (sortie pilot add)";
-  if (!label_seen)
-    return fmt::format("no running pilot has label '{}'", sched.name(r.label));
-  if (!host_seen) {
-    std::string hosts;
-    for (auto h : r.hosts)
-      hosts += (hosts.empty() ? "" : ", ") + sched.name(h);
-    return fmt::format("it must run on {}, which no running pilot has", hosts);
-  }
-  if (per_node > most_slots)
-    return fmt::format("it needs {} slots on one node; the largest node it may use has {}",
-                       per_node, most_slots);
-  if (r.memory > most_memory)
-    return fmt::format("it needs {} of memory; the most any node it may use offers is {}",
-                       format_size_bytes(r.memory), format_size_bytes(most_memory));
-  if (r.gpus > most_gpus)
-    return fmt::format("it needs {} GPUs; the most any node it may use has is {}", r.gpus,
-                       most_gpus);
-  return fmt::format("it asks for {} of walltime; the most any pilot it may use has left is {}",
-                     format_duration_ms(r.time_request_ms), format_duration_ms(most_time));
 }
 
 void Queries::fill_info(const Job& job, pb::JobInfo& info, bool detail) const {
@@ -122,7 +65,7 @@ void Queries::fill_info(const Job& job, pb::JobInfo& info, bool detail) const {
   if (job.state == JobState::Queued && job.reason.empty() && job.deps_pending == 0) {
     std::int64_t now = core_.clock.monotonic_ms();
     if (why_cache_.spec != job.spec || why_cache_.at_ms != now)
-      why_cache_ = {job.spec, now, why_waiting(spec.req)};
+      why_cache_ = {job.spec, now, jobs_.why_waiting(spec.req)};
     info.set_reason(why_cache_.reason);
   } else {
     info.set_reason(job.reason);

@@ -36,7 +36,6 @@ public:
   HubStats stats() const;
   void fill_info(const Job& job, pb::JobInfo& info, bool detail) const;
   /// Why a queued job waits (for listings): no node could ever run it and why, or free room.
-  std::string why_waiting(const scheduler::Requirements& req) const;
   void fill_pilots(pb::PilotList& list) const;
 
 private:

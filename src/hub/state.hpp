@@ -60,6 +60,7 @@ struct Job {
   bool has_signal = false;
   bool dirty = false;
   bool cancel_requested = false;
+  bool queue_timed_out = false; ///< killed in its agent's launch queue by its queue timeout
   bool started = false; ///< the current attempt's process started
 };
 

@@ -744,6 +744,14 @@ std::uint64_t Scheduler::slots_total() const {
   return total;
 }
 
+std::uint32_t Scheduler::idle_slots(AgentId node) const {
+  auto it = nodes_.find(node);
+  if (it == nodes_.end())
+    return 0;
+  const Node& n = it->second;
+  return n.used_slots < n.info.slots ? n.info.slots - n.used_slots : 0;
+}
+
 std::uint64_t Scheduler::slots_used() const {
   std::uint64_t used = 0;
   for (const auto& [id, n] : nodes_)

@@ -130,6 +130,9 @@ public:
   std::size_t classes() const { return live_classes_; }
   std::uint64_t slots_total() const;
   std::uint64_t slots_used() const;
+  /// Slots of a node that no job holds (queued in its launch buffer counts as held); 0 for a
+  /// node it does not know.
+  std::uint32_t idle_slots(AgentId node) const;
   bool has_node(AgentId node) const { return nodes_.contains(node); }
 
 private:

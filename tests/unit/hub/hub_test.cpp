@@ -603,9 +603,42 @@ TEST_F(HubRulesTest, QueueTimeoutEndsAJobThatNeverStarted) {
   hub_->tick_for_test();
   settle();
   EXPECT_EQ(state(job), JobState::TimedOut);
-  EXPECT_EQ(hub_->job_for_test(job)->reason, "not started within its queue timeout of 1m");
+  EXPECT_EQ(hub_->job_for_test(job)->reason,
+            "not started within its queue timeout of 1m: no pilot is running: add one (sortie "
+            "pilot add)");
   auto agent = register_agent("n1", 4);
   EXPECT_EQ(assigned(*agent), (std::vector<std::uint64_t>{other})); // it left the queue
+}
+
+TEST_F(HubRulesTest, QueueTimeoutTakesAJobOutOfItsAgentsLaunchQueue) {
+  // A node busy with one job: the next waits in its launch queue (assigned, not started) and
+  // times out there, saying how many slots were free.
+  auto agent = register_agent("n1", 1);
+  auto busy = submit(1);
+  auto job = submit_with([](pb::JobSpec& s) { s.set_queue_timeout_ms(60'000); });
+  EXPECT_EQ(assigned(*agent), (std::vector<std::uint64_t>{busy, job}));
+  agent_event(*agent, agent, busy, pb::JobEvent::STARTED);
+  clock_.advance(61'000);
+  hub_->tick_for_test();
+  settle();
+  auto kills = agent->take(Body::kKill);
+  ASSERT_EQ(kills.size(), 1u);
+  EXPECT_EQ(kills[0].kill().jobs(0).job_id(), job);
+  pb::Envelope fin; // as the agent reports a job it dropped from its launch queue
+  auto* ev = fin.mutable_job_events()->add_events();
+  ev->set_job_id(job);
+  ev->set_attempt(1);
+  ev->set_kind(pb::JobEvent::FINISHED);
+  ev->set_killed(true);
+  ev->set_error("dropped");
+  hub_->on_agent_frame(agent, fin);
+  settle();
+  EXPECT_EQ(state(job), JobState::TimedOut);
+  EXPECT_EQ(hub_->job_for_test(job)->reason,
+            "not started within its queue timeout of 1m: waiting for free resources: it needs 1 "
+            "slot on a node; there is 1 such node, and the most free slots on one now is 0 (of "
+            "1)");
+  EXPECT_EQ(state(busy), JobState::Running);
 }
 
 TEST_F(HubRulesTest, RetryOnFailureRunsAgainUntilTheRetriesAreUsed) {
