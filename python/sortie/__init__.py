@@ -37,11 +37,11 @@ from ._errors import EngineLost, RemoteError, SortieError, TaskTimeout  # noqa: 
 from ._executor import Executor  # noqa: E402
 from ._futures import (ALL_COMPLETED, FIRST_COMPLETED, FIRST_EXCEPTION, AsyncResult,  # noqa: E402
                        Future, as_completed, wait)
-from ._jobs import Job, Pilot, Resource  # noqa: E402
+from ._jobs import EngineInfo, Job, Pilot, Resource  # noqa: E402
 from ._views import View  # noqa: E402
 
-__all__ = ["Client", "Job", "Pilot", "Resource", "View", "Future", "AsyncResult", "Executor",
-           "as_completed", "wait", "FIRST_COMPLETED", "FIRST_EXCEPTION", "ALL_COMPLETED",
+__all__ = ["Client", "Job", "Pilot", "Resource", "EngineInfo", "View", "Future", "AsyncResult",
+           "Executor", "as_completed", "wait", "FIRST_COMPLETED", "FIRST_EXCEPTION", "ALL_COMPLETED",
            "SortieError", "RemoteError", "EngineLost", "TaskTimeout"]
 
 

@@ -24,7 +24,7 @@ from ._calls import (Prepickled, TaskOptions, check_callable, describe, handler_
 from ._errors import SortieError, from_native, native_errors
 from ._executor import Executor
 from ._futures import Future
-from ._jobs import FINAL_JOB_STATES, Job, Pilot, Resource
+from ._jobs import FINAL_JOB_STATES, EngineInfo, Job, Pilot, Resource
 from ._units import duration_ms, size_bytes
 from ._views import View
 
@@ -189,34 +189,21 @@ class Client:
         `cwd` defaults to the current directory; `queue_timeout` and `run_timeout` are
         durations; `retries` how often it runs again when its node is lost (default: the hub's
         setting). docs/jobs.md has the rest."""
-        if isinstance(argv, (str, bytes)):
-            raise TypeError("argv is a list of words, not a string: nothing goes through a "
-                            "shell; write ['sh', '-c', '...'] for one")
-        spec = {"argv": [_word(a, "argv") for a in argv], "slots": operator.index(slots),
-                "gpus": operator.index(gpus), "priority": operator.index(priority)}
-        if not spec["argv"]:
-            raise ValueError("argv is empty: give the program to run")
-        if label is not None:
-            spec["label"] = label
-        if memory is not None:
-            spec["memory"] = size_bytes(memory, "memory")
-        if name is not None:
-            spec["name"] = name
-        if env is not None:
-            spec["env"] = {str(k): _word(v, f"env[{k!r}]") for k, v in dict(env).items()}
-        if cwd is not None:
-            spec["cwd"] = os.path.abspath(os.fspath(cwd))
-        if retries is not None:
-            spec["retries"] = operator.index(retries)
-        if queue_timeout is not None:
-            spec["queue_timeout_ms"] = duration_ms(queue_timeout, "queue_timeout")
-        if run_timeout is not None:
-            spec["run_timeout_ms"] = duration_ms(run_timeout, "run_timeout")
-        if hosts is not None:
-            spec["hosts"] = [hosts] if isinstance(hosts, str) else list(hosts)
-        if max_per_node is not None:
-            spec["max_per_node"] = operator.index(max_per_node)
-        return Job(self, self._hub_call("submit_job", spec))
+        return Job(self, self._hub_call("submit_job", _job_spec(
+            argv, label, slots, memory, gpus, name, env, cwd, retries, queue_timeout,
+            run_timeout, priority, hosts, max_per_node)))
+
+    def submit_map(self, argv, mapfile, group="map", label=None, slots=1, memory=None, gpus=0,
+                   env=None, cwd=None, retries=None, queue_timeout=None, run_timeout=None,
+                   priority=0, max_per_node=None):
+        """One command job per file of a map file (``sortie map --mapfile``, docs/jobs.md):
+        each runs on the host the map file names for it, with "{}" in `argv` replaced by the
+        file. One group (named `group`), so `max_per_node` limits how many run on a host at
+        once. Returns their ``Job``s in the map file's order; the keywords are submit_job's."""
+        spec = _job_spec(argv, label, slots, memory, gpus, None, env, cwd, retries,
+                         queue_timeout, run_timeout, priority, None, max_per_node)
+        first, count = self._hub_call("submit_map", spec, os.fspath(mapfile), group)
+        return [Job(self, first + i) for i in range(count)]
 
     def job(self, job_id):
         """A ``Job`` for an existing job id."""
@@ -296,6 +283,12 @@ class Client:
             return self._wait_for_engines([self._hub_call("submit_job", spec)], timeout)
         jobs = [self._hub_call("submit_job", spec) for _ in range(n)]
         return self._wait_for_engines(jobs, timeout)
+
+    def engine_info(self, label=None):
+        """The engines that are up (with `label`, if given), as ``EngineInfo`` rows in id order:
+        where each runs, idle or busy, tasks done (``sortie engine list``)."""
+        return sorted((EngineInfo.from_dict(e) for e in self._hub_call("engines", label or "")),
+                      key=lambda e: e.id)
 
     def engines(self, label=None):
         """A View of every live engine (with `label`, if given), in engine id order."""
@@ -654,6 +647,39 @@ class _Results:
         for queues in followers.values():
             for pieces in queues:
                 pieces.put(None)
+
+
+def _job_spec(argv, label, slots, memory, gpus, name, env, cwd, retries, queue_timeout,
+              run_timeout, priority, hosts, max_per_node):
+    """The spec dict of a command job (Client.submit_job's arguments, checked)."""
+    if isinstance(argv, (str, bytes)):
+        raise TypeError("argv is a list of words, not a string: nothing goes through a "
+                        "shell; write ['sh', '-c', '...'] for one")
+    spec = {"argv": [_word(a, "argv") for a in argv], "slots": operator.index(slots),
+            "gpus": operator.index(gpus), "priority": operator.index(priority)}
+    if not spec["argv"]:
+        raise ValueError("argv is empty: give the program to run")
+    if label is not None:
+        spec["label"] = label
+    if memory is not None:
+        spec["memory"] = size_bytes(memory, "memory")
+    if name is not None:
+        spec["name"] = name
+    if env is not None:
+        spec["env"] = {str(k): _word(v, f"env[{k!r}]") for k, v in dict(env).items()}
+    if cwd is not None:
+        spec["cwd"] = os.path.abspath(os.fspath(cwd))
+    if retries is not None:
+        spec["retries"] = operator.index(retries)
+    if queue_timeout is not None:
+        spec["queue_timeout_ms"] = duration_ms(queue_timeout, "queue_timeout")
+    if run_timeout is not None:
+        spec["run_timeout_ms"] = duration_ms(run_timeout, "run_timeout")
+    if hosts is not None:
+        spec["hosts"] = [hosts] if isinstance(hosts, str) else list(hosts)
+    if max_per_node is not None:
+        spec["max_per_node"] = operator.index(max_per_node)
+    return spec
 
 
 def _task_id(task):

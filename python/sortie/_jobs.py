@@ -1,12 +1,12 @@
 # SPDX-License-Identifier: Apache-2.0
-"""Command jobs, pilots and resources as the client returns them: ``Job`` (a handle that asks
-the hub), and ``Pilot`` and ``Resource`` (snapshots, the rows of ``sortie pilot list`` and
-``sortie resource list``)."""
+"""Command jobs, pilots, resources and engines as the client returns them: ``Job`` (a handle
+that asks the hub), and ``Pilot``, ``Resource`` and ``EngineInfo`` (snapshots, the rows of
+``sortie pilot list``, ``sortie resource list`` and ``sortie engine list``)."""
 import dataclasses
 
 from ._errors import SortieError
 
-__all__ = ["Job", "Pilot", "Resource"]
+__all__ = ["Job", "Pilot", "Resource", "EngineInfo"]
 
 FINAL_JOB_STATES = frozenset({"succeeded", "failed", "cancelled", "timed_out", "lost"})
 
@@ -116,3 +116,24 @@ class Resource:
 
     def __post_init__(self):
         object.__setattr__(self, "ssh_options", tuple(self.ssh_options))
+
+
+@dataclasses.dataclass(frozen=True)
+class EngineInfo:
+    """An engine that is up (``Client.engine_info``, ``sortie engine list``): its id, its job and
+    MPI rank, where it runs, its label, whether it runs a task now ("busy") or not ("idle"),
+    the tasks it finished, and its kind ("python" or "cpp")."""
+    id: int
+    job: int
+    node: str
+    label: str
+    state: str
+    rank: int = 0
+    size: int = 1
+    pid: int = 0
+    tasks_done: int = 0
+    running: int = 0
+    started_ms: int = 0
+    kind: str = ""
+
+    from_dict = classmethod(_from_dict)

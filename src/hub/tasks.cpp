@@ -301,9 +301,14 @@ void Tasks::handle_ready(const Sender& from, pb::EngineReady& r) {
   for (auto id : e->running)
     if (!holds.contains(id))
       missing.push_back(id);
-  for (auto id : missing)
-    if (Task* t = find(id))
+  for (auto id : missing) {
+    Task* t = find(id);
+    if (t && t->state == TaskState::Running && t->engine == e->id) {
       requeue(*t, false, fmt::format("engine {} never received it", e->id));
+    } else { // timed out meanwhile
+      engine_freed(*e, id);
+    }
+  }
   pb::Envelope welcome;
   auto* w = welcome.mutable_engine_welcome();
   for (auto id : r.running()) {
@@ -329,6 +334,8 @@ void Tasks::handle_ready(const Sender& from, pb::EngineReady& r) {
   awaited_.erase(e->id);
   chooser_.add_engine(e->id, e->label, core_.config.engine_prefetch,
                       static_cast<std::uint32_t>(e->running.size()));
+  if (e->stuck > 0)
+    chooser_.close_engine(e->id); // busy with timed-out tasks
   std::uint64_t engine_id = e->id;
   welcome.set_request_id(from.rid);
   core_.durable.after_commit([this, engine_id, welcome = std::move(welcome),
@@ -363,8 +370,12 @@ bool Tasks::accept_result(Engine& e, pb::TaskResult& r) {
   Task* t = find(r.task_id());
   if (t && t->state == TaskState::Queued && (t->target == 0 || t->target == e.id))
     claim(*t, e);
-  if (!t || t->state != TaskState::Running || t->engine != e.id)
-    return false; // timed out, forgotten, or a resend of one already finished: just acked
+  if (!t || t->state != TaskState::Running || t->engine != e.id) {
+    // Timed out, forgotten, or a resend of one already finished: just acked (and the engine,
+    // busy with it until now, is free).
+    engine_freed(e, r.task_id());
+    return false;
+  }
   e.running.erase(t->id);
   ++e.tasks_done;
   chooser_.finished(e.id);
@@ -381,6 +392,15 @@ bool Tasks::accept_result(Engine& e, pb::TaskResult& r) {
   }
   finish(*t, to, &r);
   return true;
+}
+
+void Tasks::engine_freed(Engine& e, std::uint64_t task) {
+  if (!e.running.erase(task))
+    return;
+  chooser_.finished(e.id);
+  if (e.stuck > 0 && --e.stuck == 0 && e.up) // its timed-out tasks are done: it takes tasks again
+    chooser_.add_engine(e.id, e.label, core_.config.engine_prefetch,
+                        static_cast<std::uint32_t>(e.running.size()));
 }
 
 Engine* Tasks::engine_of(const Sender& from) {
@@ -915,10 +935,11 @@ void Tasks::tick() {
     if (!t || t->state != TaskState::Running || t->timeout_ms <= 0 ||
         t->start_ms + t->timeout_ms > now)
       continue;
+    // Its engine is still busy with it (not interrupted): it stays counted there until its
+    // result comes (and is dropped), so no task waits behind it.
     std::uint64_t engine = t->engine;
-    if (auto e = engines_.find(engine); e != engines_.end())
-      e->second.running.erase(id); // its engine may still be busy with it; its result is dropped
-    chooser_.finished(engine);
+    if (auto e = engines_.find(engine); e != engines_.end() && e->second.stuck++ == 0)
+      chooser_.close_engine(engine);
     finish(*t, TaskState::Failed, nullptr, "TaskTimeout",
            fmt::format("ran longer than its timeout of {} on engine {}",
                        format_duration_ms(t->timeout_ms), engine));

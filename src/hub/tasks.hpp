@@ -77,6 +77,9 @@ struct Engine {
   std::uint64_t tasks_done = 0;
   std::unordered_set<std::uint64_t> running; ///< tasks sent (or being sent) to it
   bool up = false;
+  /// Timed-out tasks it is still busy with (not interrupted): until their results come, it
+  /// takes nothing new, so no task waits behind them.
+  std::uint32_t stuck = 0;
 };
 
 class Tasks {
@@ -95,6 +98,8 @@ private:
   void handle_done(const Sender& from, pb::TaskDone& done);
   /// What a running task printed: kept (its tail) and sent on to the links following it.
   void handle_output(const Sender& from, pb::TaskOutput& out);
+  /// A task the engine was busy with left it (its late result came, or it never had it).
+  void engine_freed(Engine& e, std::uint64_t task);
   /// The engine a routed frame came from (null: none registered on that link).
   Engine* engine_of(const Sender& from);
   /// Sends `env` down to the engine through its agent (dropped if that link is gone).

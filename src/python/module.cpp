@@ -12,6 +12,7 @@
 #include <optional>
 
 #include "sortie/client.hpp"
+#include "sortie/job_files.hpp"
 #include "sortie/tasks.hpp"
 
 namespace py = pybind11;
@@ -286,6 +287,18 @@ PYBIND11_MODULE(_sortie, m) {
            [](Hub& h, const py::dict& spec) {
              JobSpec s = job_spec(spec);
              return h.call([&](Client& c) { return c.submit(s); }).first_id.value;
+           })
+      .def("submit_map",
+           [](Hub& h, const py::dict& spec, const std::string& mapfile, const std::string& group) {
+             JobSpec tmpl = job_spec(spec);
+             auto specs = [&] {
+               py::gil_scoped_release release;
+               return jobs_from_map_file(tmpl, mapfile);
+             }();
+             if (!specs.ok())
+               raise(specs.error());
+             auto s = h.call([&](Client& c) { return c.submit_batch(*specs, group); });
+             return py::make_tuple(s.first_id.value, s.count);
            })
       .def("job", [](Hub& h, std::uint64_t id) {
         return job_dict(h.call([&](Client& c) { return c.job(JobId(id)); }));
