@@ -60,8 +60,9 @@ def main():
     log.info("%d jobs submitted from %s", len(jobs), args.mapfile)
     error = False
     for job in jobs:
-        state = job.wait()
+        job.wait()
         info = job.info()
+        state = info["state"]
         for line in job.stdout().splitlines():
             log.info("job %d on %s: %s", job.id, info["node"], line)
         if state != "succeeded":

@@ -527,6 +527,7 @@ class _Results:
         self._stopping = threading.Event()
         self._thread = threading.Thread(target=self._run, name="sortie-results", daemon=True)
         self._thread.start()
+        _live_results.add(self)
 
     def submit(self, calls, raw=False):
         self._check_open()
@@ -569,6 +570,7 @@ class _Results:
         return futures
 
     def close(self):
+        _live_results.discard(self)
         self._stopping.set()
         if threading.current_thread() is not self._thread:
             self._thread.join()
@@ -707,6 +709,9 @@ def _close_quietly(link):
 
 
 _open_clients = weakref.WeakSet()
+# Result threads not closed yet, also of clients already collected (a client made in a function
+# that returned): a daemon thread cut off inside the compiled module at exit would abort.
+_live_results = set()
 
 
 @atexit.register
@@ -714,3 +719,5 @@ def _close_open_clients():
     """Closes the clients still open at exit, so no result thread is cut off mid-call."""
     for client in list(_open_clients):
         client.close()
+    for results in list(_live_results):
+        results.close()

@@ -2,7 +2,9 @@
 """The five workflows sortie replaces, as the examples in examples/ run them (docs/python.md links
 each from its workflow): each example is run as a user runs it, against the real test beds, and
 its output checked. Also the MPI engines the Bodo workflow stands on."""
+import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -185,3 +187,116 @@ while True:  # until the job is back, whole, with new engines
         p.wait()
     sortie.run("engine", "stop", "--all")
     sortie.run("pilot", "cancel", pid)
+
+
+# ---------------------------------------------------------------------------------------------
+# AMUSE: compiled workers by label, behind a gateway
+
+@pytest.mark.timeout(240)
+def test_amuse_workers_land_by_label_behind_a_gateway(sortie, netns):
+    sortie.start()
+    out = run_example(sortie, "amuse_workers.py", "--login", "root@10.201.0.11", "--cluster",
+                      "root@10.201.0.130", *[f"--ssh-option={o}" for o in netns])
+    lines = out.splitlines()
+    assert "pilot 1 on local label CPU: running, nodes 1/1, slots used 0/1" in lines, out
+    assert "pilot 2 on gpu-cluster label GPU: running, nodes 1/1, slots used 0/1" in lines, out
+    # Hermite on this machine's CPU pilot, Bonsai on the GPU node behind the login node.
+    assert "worker hermite (engine 1, job 1) on local-1-1 label CPU: idle, 0 calls done" in lines
+    assert "worker bonsai (engine 2, job 2) on 10.201.0.130 label GPU: idle, 0 calls done" in lines
+    [late] = [line for line in lines if line.startswith("a second CPU worker: ")]
+    assert "timed_out" in late and "queue timeout of 2s" in late and "label 'CPU'" in late and \
+        "the most free slots on one now is 0 (of 1)" in late, late
+    errors = {line.split(":")[0]: float(line.rsplit(" ", 1)[1]) for line in lines
+              if "relative energy error" in line}
+    assert set(errors) == {"hermite", "bonsai"} and all(e < 1e-6 for e in errors.values()), out
+    assert "hermite: t = 1.00," in out and "bonsai: t = 1.00," in out
+    assert "worker hermite (engine 1, job 1) on local-1-1 label CPU: idle, 4 calls done" in lines
+    assert "pilot 2 on gpu-cluster label GPU: running, nodes 1/1, slots used 1/1" in lines
+    # The workers were stopped; their jobs ended cancelled.
+    wait_for(lambda: not sortie.json("engine", "list"), 30, "the workers to stop")
+    assert {sortie.job(j)["state"] for j in (1, 2)} == {"cancelled"}
+
+
+# ---------------------------------------------------------------------------------------------
+# epyc: submit, exit, collect from a shadow profile
+
+@pytest.mark.timeout(240)
+def test_epyc_lab_submits_and_exits_and_a_shadow_profile_collects(sortie, sshd, tmp_path):
+    sortie.start()
+    notebook = tmp_path / "lab.json"
+    out = run_example(sortie, "epyc_lab.py", "--engines", "root@127.0.0.1:2222=2",
+                      "root@127.0.0.1:2223=1", *[f"--ssh-option={o}" for o in sshd],
+                      "--notebook", notebook)
+    assert out.splitlines() == ["3 engines on 2 hosts",
+                                f"200 experiments submitted; their ids are in {notebook}"]
+    # One pilot per host, its slots the host's count, full of engines.
+    assert sorted((p["slots_used"], p["slots_total"]) for p in sortie.json("pilot", "list")) == \
+        [(1, 1), (2, 2)]
+    # Another profile directory holding a copy of hub.json, as epyc's shadow profile.
+    shadow = tmp_path / "elsewhere"
+    (shadow / "lab").mkdir(parents=True)
+    shutil.copy(sortie.home / "default" / "hub.json", shadow / "lab" / "hub.json")
+    env = dict(sortie.env, SORTIE_HOME=str(shadow), PYTHONPATH=str(BUILD / "python"),
+               SORTIE_EXE=sortie.bin)
+    p = subprocess.run([PYTHON, str(EXAMPLES / "epyc_collect.py"), "--profile", "lab",
+                        "--notebook", str(notebook)], env=env, capture_output=True, text=True,
+                       timeout=200)
+    assert p.returncode == 0, p.stderr
+    host = socket.gethostname()  # both test sshds run on this host
+    assert p.stdout.splitlines() == [f"collected 200 results from 1 hosts ({host}: 200)",
+                                     "pi = 3.14"], p.stdout
+    done = json.loads(notebook.read_text())
+    assert len(done["results"]) == 200 and done["pending"] == []
+    sortie.run("engine", "stop", "--all")
+
+
+# ---------------------------------------------------------------------------------------------
+# LOFAR: a map file, one job per file on its host
+
+@pytest.mark.timeout(240)
+def test_lofar_fanout_runs_each_file_on_its_host_and_raises_the_error_flag(sortie, netns, label,
+                                                                           tmp_path):
+    sortie.start()
+    pid = cluster_pilot(sortie, netns, label, slots=4)
+    data = tmp_path / "data"
+    data.mkdir()
+    files = {"10.201.0.129": [data / f"L1_SB{i:03d}.MS" for i in range(5)],
+             "10.201.0.130": [data / f"L1_SB{i:03d}.MS" for i in range(5, 10)]}
+    for f in sum(files.values(), []):
+        f.write_bytes(b"x" * 1000)
+    missing = data / "L1_SB010.MS"  # on the map, not on the disk: its job fails
+    mapfile = tmp_path / "data.map"
+    mapfile.write_text("# node = [its files]\n" + "".join(
+        f"{node} = [{', '.join(map(str, fs + ([missing] if node.endswith('130') else [])))}]\n"
+        for node, fs in files.items()))
+    env = dict(sortie.env, PYTHONPATH=str(BUILD / "python"), SORTIE_EXE=sortie.bin)
+    p = subprocess.run([PYTHON, str(EXAMPLES / "lofar_fanout.py"), str(mapfile), "--label",
+                        label, "--max-per-node", "2"], env=env, capture_output=True, text=True,
+                       timeout=200)
+    assert p.returncode == 1, p.stdout + p.stderr  # the pipeline's error flag
+    log = p.stdout
+    assert "lofar.pipeline INFO 11 jobs submitted" in log, log
+    hostname = {"10.201.0.129": "sx-login", "10.201.0.130": "sx-compute"}
+    for node, fs in files.items():
+        for f in fs:
+            assert f"on {node}: {hostname[node]}: {f}: 1000 bytes calibrated" in log, log
+        assert f"node {node} ran at most 2 jobs at once" in log, log
+    assert "lofar.pipeline ERROR job 11 on 10.201.0.130 failed: exit code 1" in log, log
+    assert "FileNotFoundError" in log and "lofar.pipeline INFO error flag: True" in log, log
+    sortie.run("pilot", "cancel", pid)
+
+
+# ---------------------------------------------------------------------------------------------
+# dask + ssh: a notebook session on a shared machine
+
+@pytest.mark.timeout(180)
+def test_notebook_session_connects_or_starts_and_keeps_engines_between_runs(sortie):
+    first = run_example(sortie, "notebook_session.py").splitlines()
+    assert first[0] == "2 engines: [1, 2]" and first[1] == "200 experiments, mean distance 25.3"
+    assert first[2].startswith("timeout: TaskTimeout: ran longer than its timeout of 1s")
+    assert first[3].startswith("memory cap: EngineLost: ") and "300 MiB of memory" in first[3]
+    assert first[4] == "the other engines work on: simulate(7) = 22"
+    # The second run finds the hub and the pilot, and the engines (one restarted after its cap).
+    second = run_example(sortie, "notebook_session.py").splitlines()
+    assert second[0].startswith("2 engines: ") and second[1:2] == first[1:2], second
+    assert len(sortie.json("pilot", "list")) == 1
