@@ -421,3 +421,92 @@ def test_task_output_is_followed_live(sortie, tmp_path):
         open(gate + "big0", "w").close()
         assert big.result(timeout=60) == 1 and len(big.stdout()) == 100_008
     """)
+
+
+@pytest.mark.timeout(120)
+def test_a_timed_out_task_keeps_its_engine_busy_and_others_run_elsewhere(sortie, tmp_path):
+    run_script(sortie, tmp_path, """
+        view = client.start_engines(2, label="cpu", timeout=60)
+        gate = os.path.join(os.getcwd(), "gate")
+
+        def wait(gate):
+            while not os.path.exists(gate):
+                time.sleep(0.02)
+            return "late"
+
+        slow = client.submit(wait, gate, timeout=0.5)
+        try:
+            slow.result(timeout=60)
+        except sortie.TaskTimeout as e:
+            assert "ran longer than its timeout of 500ms" in str(e), str(e)
+        else:
+            raise AssertionError("no TaskTimeout")
+        busy = slow.engine
+        # Its engine still runs it: everything else goes to the other one meanwhile.
+        quick = client.map(lambda x: x + 1, range(50))
+        assert client.gather(quick) == list(range(1, 51))
+        assert {f.engine for f in quick} == set(view.ids) - {busy}
+        open(gate, "w").close()
+        # Once the late call ended, that engine takes tasks again.
+        assert client.submit(lambda: 5, engine=busy).result(timeout=60) == 5
+    """)
+
+
+@pytest.mark.timeout(120)
+def test_a_client_made_in_a_function_exits_cleanly_with_results_pending(sortie, tmp_path):
+    run_script(sortie, tmp_path, """
+        client.start_engines(1, label="cpu", timeout=60)
+
+        def submit_and_return():
+            inner = sortie.Client()
+            return [f.id for f in inner.map(time.sleep, [0.01] * 100)]
+
+        ids = submit_and_return()  # its client is collected here, its results still coming
+        assert len(ids) == 100
+    """)
+
+
+@pytest.mark.timeout(120)
+def test_compiled_engines_from_python_call_view_call_and_errors(sortie, tmp_path):
+    nbody = Path(sortie.bin).parent / "sortie-example-nbody"
+    run_script(sortie, tmp_path, f"""
+        import struct
+        view = client.start_engines(2, label="cpu", program=[{str(nbody)!r}], timeout=60)
+        state = struct.pack("<14d", 0.5, -0.5, 0, 0, 0, -0.5, 0, 0.5, 0.5, 0, 0, 0, 0.5, 0)
+        assert view.call("set_state", state) == [b"", b""]
+        assert view[1].call("evolve", struct.pack("<d", 0.5)) == struct.pack("<d", 0.5)
+        times = [struct.unpack("<d", s[:8])[0] for s in view.call("get_state")]
+        assert times == [0.0, 0.5], times  # each engine keeps its own state
+        fut = client.call_async("energy", engine=view.ids[0])
+        assert isinstance(fut, concurrent.futures.Future) and len(fut.result(timeout=60)) == 8
+        try:
+            client.call("evolve", b"abc", engine=view.ids[0])
+        except sortie.RemoteError as e:
+            assert e.type_name == "sortie::Error(invalid argument)", e.type_name
+            assert "expected little-endian doubles, got 3 bytes" in str(e), str(e)
+        else:
+            raise AssertionError("a bad payload was taken")
+        try:
+            view.call("nope")
+        except sortie.RemoteError as e:
+            assert "no handler 'nope'" in str(e), str(e)
+        else:
+            raise AssertionError("an unknown handler answered")
+        for bad, why in (((lambda: view.call("evolve", "text")), "a handler's payload is bytes"),
+                         ((lambda: client.call("")), "non-empty string"),
+                         ((lambda: client.start_engines(1, program=["x"], setup=print)),
+                          "setup is for Python engines")):
+            try:
+                bad()
+            except (TypeError, ValueError) as e:
+                assert why in str(e), str(e)
+            else:
+                raise AssertionError(why)
+        # A Python function sent to a compiled engine is refused by it, with its handlers.
+        try:
+            client.submit(lambda: 1, engine=view.ids[0]).result(timeout=60)
+        except sortie.RemoteError as e:
+            assert "this is a compiled engine" in str(e) and "set_state" in str(e), str(e)
+        else:
+            raise AssertionError("a compiled engine ran a Python function")
+    """)
