@@ -149,6 +149,7 @@ void Tasks::load(store::LoadedState& state) {
     next_task_id_ = std::max(next_task_id_, row.id + 1);
     Task t;
     t.id = row.id;
+    t.stored = true;
     t.state = static_cast<TaskState>(row.state);
     t.handler = std::move(row.handler);
     t.label = std::move(row.label);
@@ -467,11 +468,16 @@ void Tasks::handle_done(const Sender& from, pb::TaskDone& done) {
   for (auto& r : *done.mutable_results()) {
     acked.push_back(r.task_id());
     if (accept_result(e, r))
-      finished.push_back(r.task_id());
+      if (const Task* t = find(r.task_id()); t && t->stored)
+        finished.push_back(r.task_id()); // (the others go once their submission is committed)
   }
+  // Results go to their watchers now, while they are being stored: the engine keeps each until
+  // it is acknowledged below, after the commit, and gives it again to a hub that restarted
+  // meanwhile (05-tasks.md §5.1).
+  notify(finished);
   std::uint64_t engine_id = e.id;
-  core_.durable.after_commit([this, engine_id, acked = std::move(acked),
-                              finished = std::move(finished)](const Result<void>& committed) {
+  core_.durable.after_commit([this, engine_id,
+                              acked = std::move(acked)](const Result<void>& committed) {
     if (!committed.ok())
       return;
     if (auto it2 = engines_.find(engine_id); it2 != engines_.end()) {
@@ -481,7 +487,6 @@ void Tasks::handle_done(const Sender& from, pb::TaskDone& done) {
         a->add_task_ids(id);
       send_to(it2->second, ack);
     }
-    notify(finished);
   });
   request_dispatch();
 }
@@ -716,10 +721,19 @@ void Tasks::handle_submit(const Sender& from, pb::TaskSubmit& req) {
     env.mutable_task_submit_reply()->set_first_id(first);
     env.mutable_task_submit_reply()->set_count(count);
     reply(peer, env, rid);
-    if (watch) // before any result of theirs is pushed: those come after a later commit
-      for (std::uint64_t id = first; id < first + count; ++id)
-        if (tasks_.contains(id))
-          watchers_[id].push_back(peer);
+    // Their ids are durable: results may go to watchers from now on (before any of theirs).
+    std::vector<std::uint64_t> ended;
+    for (std::uint64_t id = first; id < first + count; ++id) {
+      Task* t = find(id);
+      if (!t)
+        continue;
+      t->stored = true;
+      if (watch)
+        watchers_[id].push_back(peer);
+      if (t->ended())
+        ended.push_back(id);
+    }
+    notify(ended);
   });
 }
 

@@ -59,6 +59,8 @@ struct Task {
   /// Bytes of a large value stored so far: the argument while Uploading, the result while
   /// Running.
   std::uint64_t received = 0;
+  /// Its submission is committed (its id is durable): its result may be pushed from then on.
+  bool stored = false;
   bool ended() const {
     return state == TaskState::Done || state == TaskState::Failed || state == TaskState::Lost;
   }
