@@ -128,6 +128,12 @@ def test_engine_start_mpi_from_the_command_line(sortie):
     assert r.returncode == 2 and "more than the 2 ranks" in r.stderr
     sortie.run("engine", "stop", "--all")
     wait_for(lambda: not sortie.json("engine", "list"), 30, "the ranks to stop")
+    # A compiled engine program after --: its handlers answer calls.
+    nbody = os.path.join(os.path.dirname(sortie.bin), "sortie-example-nbody")
+    sortie.run("engine", "start", "--count", "1", "--label", "cpu", "--", nbody, "--dt", "0.01")
+    [engine] = wait_for(lambda: sortie.json("engine", "list"), 60, "the compiled engine")
+    assert engine["kind"] == "cpp" and engine["label"] == "cpu", engine
+    sortie.run("engine", "stop", "--all")
 
 
 @pytest.mark.timeout(300)
