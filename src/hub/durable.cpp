@@ -8,9 +8,14 @@ namespace sortie::hub {
 store::WriteBatch& Durable::batch() {
   if (!flush_posted_) {
     flush_posted_ = true;
+    // Posted twice: what the handlers of this turn post in turn (a dispatch that marks tasks
+    // running, a schedule that assigns jobs) runs first and joins the same commit.
     asio::post(executor_, [this, alive = alive_] {
       if (*alive)
-        flush();
+        asio::post(executor_, [this, alive = alive_] {
+          if (*alive)
+            flush();
+        });
     });
   }
   return batch_;
