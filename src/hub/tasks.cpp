@@ -471,10 +471,10 @@ void Tasks::handle_done(const Sender& from, pb::TaskDone& done) {
       if (const Task* t = find(r.task_id()); t && t->stored)
         finished.push_back(r.task_id()); // (the others go once their submission is committed)
   }
-  // Results go to their watchers now, while they are being stored: the engine keeps each until
-  // it is acknowledged below, after the commit, and gives it again to a hub that restarted
-  // meanwhile (05-tasks.md §5.1).
-  notify(finished);
+  // Results go to their watchers now (with the others that came this turn), while they are being
+  // stored: the engine keeps each until it is acknowledged below, after the commit, and gives
+  // it again to a hub that restarted meanwhile (05-tasks.md §5.1).
+  notify_soon(finished);
   std::uint64_t engine_id = e.id;
   core_.durable.after_commit([this, engine_id,
                               acked = std::move(acked)](const Result<void>& committed) {
@@ -1011,6 +1011,19 @@ void Tasks::notify(const std::vector<std::uint64_t>& ids) {
   }
   for (const Peer* p : touched)
     flush_pushes(p);
+}
+
+void Tasks::notify_soon(const std::vector<std::uint64_t>& ids) {
+  if (ids.empty())
+    return;
+  bool post = to_notify_.empty();
+  to_notify_.insert(to_notify_.end(), ids.begin(), ids.end());
+  if (post)
+    core_.post([this] {
+      std::vector<std::uint64_t> ids2;
+      ids2.swap(to_notify_);
+      notify(ids2);
+    });
 }
 
 void Tasks::push_later(const std::shared_ptr<Peer>& peer, std::uint64_t id) {

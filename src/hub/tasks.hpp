@@ -145,6 +145,8 @@ private:
 
   // Results to clients
   void notify(const std::vector<std::uint64_t>& ids);
+  /// notify() once this turn's other frames are handled: results that come together go together.
+  void notify_soon(const std::vector<std::uint64_t>& ids);
   void push_later(const std::shared_ptr<Peer>& peer, std::uint64_t id);
   void flush_pushes(const Peer* peer);
   static void fill_result(const Task& t, pb::TaskResult& r);
@@ -169,6 +171,7 @@ private:
   std::deque<std::pair<std::int64_t, std::uint64_t>> ended_;
   /// Clients waiting for tasks' results.
   std::unordered_map<std::uint64_t, std::vector<std::weak_ptr<Peer>>> watchers_;
+  std::vector<std::uint64_t> to_notify_; ///< results to push at the end of this turn
   /// The output of a running task so far: its last kLiveTail bytes (for links that begin to
   /// follow it late) and where they end.
   struct Live {
