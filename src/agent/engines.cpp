@@ -52,6 +52,7 @@ EngineBridge::~EngineBridge() { close_all(); }
 bool EngineBridge::listen(std::uint64_t job, std::uint32_t attempt, std::string socket,
                           std::string key, std::shared_ptr<Listener>& made) {
   ended(job); // an earlier attempt's, if any
+  bool given = !socket.empty(); // by the hub, for every node of an MPI engine job
   auto l = std::make_shared<Listener>(io_);
   l->job = job;
   l->attempt = attempt;
@@ -72,7 +73,7 @@ bool EngineBridge::listen(std::uint64_t job, std::uint32_t attempt, std::string 
   if (!ec)
     l->acceptor.listen(asio::socket_base::max_listen_connections, ec);
   if (ec) {
-    if (ec == asio::error::address_in_use && !socket.empty())
+    if (ec == asio::error::address_in_use && given)
       log::info("job {}: its engine socket is served by another agent on this host", job);
     else // the engine starts without a socket and says so when it cannot connect
       log::error("job {}: cannot make its engine socket: {}", job, ec.message());
