@@ -33,20 +33,25 @@ ROOT_MPI = {"OMPI_ALLOW_RUN_AS_ROOT": "1", "OMPI_ALLOW_RUN_AS_ROOT_CONFIRM": "1"
             "OMPI_MCA_rmaps_base_oversubscribe": "1"}
 
 
+def round_trips(apply, n):
+    """Seconds per `apply(noop, i)` on 4 engines, n times after 50 to warm up."""
+    for i in range(50):
+        apply(noop, i)
+    lat = []
+    for i in range(n):
+        t = time.perf_counter()
+        assert apply(noop, i) == [i] * 4
+        lat.append(time.perf_counter() - t)
+    return lat
+
+
 def sortie_mpi_apply(build, n):
     s = Sortie(build, engines=0)
     try:
         s.client.add_pilot(resource="local", slots_per_node=4)
         s.client.wait_for_pilots(timeout=60)
         view = s.client.start_engines(4, mpi=True, timeout=120)
-        for i in range(50):
-            view.apply(noop, i)
-        lat = []
-        for i in range(n):
-            t = time.perf_counter()
-            assert view.apply(noop, i) == [i] * 4
-            lat.append(time.perf_counter() - t)
-        return lat
+        return round_trips(view.apply, n)
     finally:
         s.close()
 
@@ -58,15 +63,7 @@ def ipp_mpi_apply(n):
     rc = cluster.start_and_connect_sync()
     try:
         rc.wait_for_engines(4, timeout=120)
-        view = rc[:]
-        for i in range(50):
-            view.apply_sync(noop, i)
-        lat = []
-        for i in range(n):
-            t = time.perf_counter()
-            assert view.apply_sync(noop, i) == [i] * 4
-            lat.append(time.perf_counter() - t)
-        return lat
+        return round_trips(rc[:].apply_sync, n)
     finally:
         rc.close()
         cluster.stop_cluster_sync()

@@ -10,17 +10,6 @@
 
 namespace sortie {
 
-std::string engine_error_type(ErrorCode code) {
-  return fmt::format("sortie::Error({})", error_code_name(code));
-}
-
-std::optional<ErrorCode> engine_error_code(std::string_view type) {
-  for (int c = static_cast<int>(ErrorCode::InvalidArgument); c <= static_cast<int>(ErrorCode::Internal); ++c)
-    if (type == engine_error_type(static_cast<ErrorCode>(c)))
-      return static_cast<ErrorCode>(c);
-  return std::nullopt;
-}
-
 namespace detail {
 
 Result<std::string> call_outcome(const std::string& handler, TaskResult r) {

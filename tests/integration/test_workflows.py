@@ -26,12 +26,13 @@ NETNS_MPI = ["OMPI_MCA_btl_tcp_if_include=10.201.0.128/25",
 SLURM_MPI = ["OMPI_MCA_btl=self,tcp"]
 
 
-def run_example(sortie, name, *args, timeout=200, cwd=None):
-    """Runs examples/NAME as a user would (Debian's python3, the build's package); its stdout."""
-    env = dict(sortie.env, PYTHONPATH=str(BUILD / "python"), SORTIE_EXE=sortie.bin)
+def run_example(sortie, name, *args, timeout=200, env=None, status=0):
+    """Runs examples/NAME as a user would (Debian's python3, the build's package), with `env`
+    added to the test's environment; its stdout (it must exit with `status`)."""
+    env = dict(sortie.env, PYTHONPATH=str(BUILD / "python"), SORTIE_EXE=sortie.bin, **(env or {}))
     p = subprocess.run([PYTHON, str(EXAMPLES / name), *map(str, args)], env=env,
-                       capture_output=True, text=True, timeout=timeout, cwd=cwd)
-    assert p.returncode == 0, f"{name} exited {p.returncode}\n{p.stdout}\n{p.stderr}"
+                       capture_output=True, text=True, timeout=timeout)
+    assert p.returncode == status, f"{name} exited {p.returncode}\n{p.stdout}\n{p.stderr}"
     return p.stdout
 
 
@@ -242,15 +243,11 @@ def test_epyc_lab_submits_and_exits_and_a_shadow_profile_collects(sortie, sshd, 
     shadow = tmp_path / "elsewhere"
     (shadow / "lab").mkdir(parents=True)
     shutil.copy(sortie.home / "default" / "hub.json", shadow / "lab" / "hub.json")
-    env = dict(sortie.env, SORTIE_HOME=str(shadow), PYTHONPATH=str(BUILD / "python"),
-               SORTIE_EXE=sortie.bin)
-    p = subprocess.run([PYTHON, str(EXAMPLES / "epyc_collect.py"), "--profile", "lab",
-                        "--notebook", str(notebook)], env=env, capture_output=True, text=True,
-                       timeout=200)
-    assert p.returncode == 0, p.stderr
+    out = run_example(sortie, "epyc_collect.py", "--profile", "lab", "--notebook", notebook,
+                      env={"SORTIE_HOME": str(shadow)})
     host = socket.gethostname()  # both test sshds run on this host
-    assert p.stdout.splitlines() == [f"collected 200 results from 1 hosts ({host}: 200)",
-                                     "pi = 3.14"], p.stdout
+    assert out.splitlines() == [f"collected 200 results from 1 hosts ({host}: 200)",
+                                "pi = 3.14"], out
     done = json.loads(notebook.read_text())
     assert len(done["results"]) == 200 and done["pending"] == []
     sortie.run("engine", "stop", "--all")
@@ -275,12 +272,9 @@ def test_lofar_fanout_runs_each_file_on_its_host_and_raises_the_error_flag(sorti
     mapfile.write_text("# node = [its files]\n" + "".join(
         f"{node} = [{', '.join(map(str, fs + ([missing] if node.endswith('130') else [])))}]\n"
         for node, fs in files.items()))
-    env = dict(sortie.env, PYTHONPATH=str(BUILD / "python"), SORTIE_EXE=sortie.bin)
-    p = subprocess.run([PYTHON, str(EXAMPLES / "lofar_fanout.py"), str(mapfile), "--label",
-                        label, "--max-per-node", "2"], env=env, capture_output=True, text=True,
-                       timeout=200)
-    assert p.returncode == 1, p.stdout + p.stderr  # the pipeline's error flag
-    log = p.stdout
+    # It exits 1: the pipeline's error flag.
+    log = run_example(sortie, "lofar_fanout.py", mapfile, "--label", label, "--max-per-node", 2,
+                      status=1)
     assert "lofar.pipeline INFO 11 jobs submitted" in log, log
     hostname = {"10.201.0.129": "sx-login", "10.201.0.130": "sx-compute"}
     for node, fs in files.items():
