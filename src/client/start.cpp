@@ -2,6 +2,7 @@
 // Starting a profile's hub from the library (`sortie hub start`, connect-or-start): the hub runs
 // as a daemon in its own session and says on a pipe when it listens, or why it could not start.
 #include <fcntl.h>
+#include <sys/file.h>
 #include <poll.h>
 #include <unistd.h>
 
@@ -76,6 +77,20 @@ Result<std::filesystem::path> sortie_program() {
                     "it in SORTIE_EXE");
 }
 
+namespace {
+
+/// True when no process holds the profile's hub lock (no hub runs or is starting).
+bool lock_is_free(const std::filesystem::path& lock) {
+  int fd = ::open(lock.c_str(), O_RDWR | O_CLOEXEC);
+  if (fd < 0)
+    return true;
+  bool free = ::flock(fd, LOCK_EX | LOCK_NB) == 0;
+  ::close(fd); // (releases it)
+  return free;
+}
+
+} // namespace
+
 Result<HubStarted> start_hub(const StartHubOptions& options) {
   SORTIE_ASSIGN_OR_RETURN(profile, resolve_profile(options.profile));
   SORTIE_TRY(create_profile_dirs(profile));
@@ -134,7 +149,18 @@ Result<HubStarted> start_hub(const StartHubOptions& options) {
       auto hf = read_hub_file(profile.hub_file());
       if (hf.ok() && !hf->socket.empty() && net::BlockingLink::connect_unix(hf->socket, 1000).ok())
         break;
-      std::this_thread::sleep_for(std::chrono::milliseconds(20));
+      if (lock_is_free(profile.lock_file())) {
+        // That start ended without serving (a hub that failed, still exiting when this one
+        // looked): start again, in the time left.
+        StartHubOptions again = options;
+        again.timeout_ms = std::chrono::duration_cast<std::chrono::milliseconds>(
+                               deadline - std::chrono::steady_clock::now())
+                               .count();
+        if (again.timeout_ms > 0)
+          return start_hub(again);
+        break;
+      }
+      std::this_thread::sleep_for(std::chrono::milliseconds(20)); // polling another process
     }
     return make_error(ErrorCode::AlreadyExists, message);
   }
