@@ -12,6 +12,7 @@
 #pragma once
 
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <optional>
 #include <string>
@@ -123,6 +124,11 @@ public:
   /// Results and followed output pushed so far, waiting up to `timeout_ms` for some. Output not
   /// taken is kept up to 16 MiB (older pieces are dropped beyond: a gap).
   Result<TaskEvents> next_events(std::int64_t timeout_ms);
+  /// Results (or the error the session ended with, once) as they arrive, called on the
+  /// session's I/O thread instead of being kept for next_results(). Set it before submitting;
+  /// it must not block or call this session.
+  using ResultHandler = std::function<void(Result<std::vector<TaskResult>>)>;
+  void on_results(ResultHandler handler);
   Result<std::vector<EngineInfo>> engines(const std::string& label = {});
   /// These tasks (none: the newest `limit`, 0: 1000).
   Result<std::vector<TaskInfo>> tasks(const std::vector<std::uint64_t>& ids, std::uint64_t limit = 0);

@@ -1,9 +1,8 @@
 // SPDX-License-Identifier: Apache-2.0
-// Client::call's machinery: submit a handler call, and a results thread that fulfils promises.
+// Client::call's machinery: submit a handler call; its result fulfils its promise on arrival.
 #include "client/caller.hpp"
 
 #include <mutex>
-#include <thread>
 #include <unordered_map>
 
 #include <fmt/format.h>
@@ -35,7 +34,6 @@ Result<std::string> call_outcome(const std::string& handler, TaskResult r) {
 
 struct Caller::Impl {
   std::unique_ptr<Session> session;
-  std::thread results;
   std::mutex mu;
   struct Pending {
     std::string handler;
@@ -46,41 +44,35 @@ struct Caller::Impl {
   bool ended = false;
   Error end_error;
 
-  void run() {
-    while (true) {
-      auto got = session->next_results(-1);
-      std::lock_guard lock(mu);
-      if (!got.ok()) {
-        ended = true;
-        end_error = got.error();
-        for (auto& [id, p] : pending)
-          p.promise.set_value(make_error(got.error().code,
-                                         fmt::format("the link to the hub ended before task {} "
-                                                     "finished: {}",
-                                                     id, got.error().message)));
-        pending.clear();
-        return;
+  /// On the session's I/O thread: each result fulfils its call's promise at once.
+  void arrived(Result<std::vector<TaskResult>> got) {
+    std::lock_guard lock(mu);
+    if (!got.ok()) {
+      ended = true;
+      end_error = got.error();
+      for (auto& [id, p] : pending)
+        p.promise.set_value(make_error(got.error().code,
+                                       fmt::format("the link to the hub ended before task {} "
+                                                   "finished: {}",
+                                                   id, got.error().message)));
+      pending.clear();
+      return;
+    }
+    for (auto& r : *got) {
+      auto it = pending.find(r.id);
+      if (it == pending.end()) {
+        early.emplace(r.id, std::move(r));
+        continue;
       }
-      for (auto& r : *got) {
-        auto it = pending.find(r.id);
-        if (it == pending.end()) {
-          early.emplace(r.id, std::move(r));
-          continue;
-        }
-        it->second.promise.set_value(call_outcome(it->second.handler, std::move(r)));
-        pending.erase(it);
-      }
+      it->second.promise.set_value(call_outcome(it->second.handler, std::move(r)));
+      pending.erase(it);
     }
   }
 };
 
 Caller::Caller(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
 
-Caller::~Caller() {
-  impl_->session->close();
-  if (impl_->results.joinable())
-    impl_->results.join();
-}
+Caller::~Caller() { impl_->session->close(); }
 
 Result<std::unique_ptr<Caller>> Caller::open(const ConnectOptions& options) {
   ConnectOptions o = options;
@@ -89,7 +81,9 @@ Result<std::unique_ptr<Caller>> Caller::open(const ConnectOptions& options) {
   auto impl = std::make_unique<Impl>();
   impl->session = std::move(session);
   Impl* raw = impl.get();
-  impl->results = std::thread([raw] { raw->run(); });
+  impl->session->on_results([raw](Result<std::vector<TaskResult>> got) {
+    raw->arrived(std::move(got));
+  });
   return std::unique_ptr<Caller>(new Caller(std::move(impl)));
 }
 

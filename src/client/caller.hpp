@@ -1,5 +1,5 @@
 // SPDX-License-Identifier: Apache-2.0
-// Calls to engines' handlers for Client::call: a Session of its own and a thread that hands each
+// Calls to engines' handlers for Client::call: a Session of its own whose I/O thread hands each
 // result to the promise of its call.
 #pragma once
 

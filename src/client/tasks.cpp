@@ -103,15 +103,21 @@ struct Session::Impl {
   std::mutex mu;
   std::condition_variable cv;
   // Guarded by mu:
-  std::deque<pb::Envelope> outgoing;
+  std::deque<pb::Envelope> outgoing; ///< for the I/O thread to send (TLS links)
   std::unordered_map<std::uint64_t, std::optional<Result<pb::Envelope>>> replies;
-  std::deque<TaskResult> results;
+  std::vector<TaskResult> results;
   std::deque<TaskOutputPiece> output;
   std::size_t output_bytes = 0;
   std::unordered_map<std::uint64_t, std::pair<TaskResult, std::uint64_t>> partial; ///< large
   bool ended = false;
   Error end_error;
   std::uint64_t next_rid = 1;
+  /// Plain links: callers write their requests themselves (no wake-up of the I/O thread).
+  std::mutex send_mu;
+  std::string send_buffer; ///< guarded by send_mu
+  /// Set once, before results arrive: results go to it on the I/O thread (Session::on_results).
+  ResultHandler on_results;
+  bool told_end = false; ///< on_results was given the end; guarded by mu
 
   ~Impl() { stop(); }
 
@@ -138,8 +144,25 @@ struct Session::Impl {
         ::close(fd);
         fd = -1;
       }
-    link.close();
+    {
+      std::lock_guard lock(send_mu);
+      link.close();
+    }
     cv.notify_all();
+    tell_end();
+  }
+
+  /// Gives on_results the error the session ended with, once.
+  void tell_end() {
+    Error e;
+    {
+      std::lock_guard lock(mu);
+      if (!on_results || told_end || !ended)
+        return;
+      told_end = true;
+      e = end_error;
+    }
+    on_results(e);
   }
 
   void poke() {
@@ -150,12 +173,15 @@ struct Session::Impl {
   }
 
   void fail(const Error& e) {
-    std::lock_guard lock(mu);
-    if (!ended) {
-      ended = true;
-      end_error = e;
+    {
+      std::lock_guard lock(mu);
+      if (!ended) {
+        ended = true;
+        end_error = e;
+      }
+      cv.notify_all();
     }
-    cv.notify_all();
+    tell_end();
   }
 
   /// The I/O thread: sends what callers queued, receives replies and pushed results.
@@ -181,7 +207,9 @@ struct Session::Impl {
         }
         return fail(frame.error());
       }
-      std::lock_guard lock(mu);
+      std::vector<TaskResult> arrived; // for on_results, given outside the lock
+      std::unique_lock lock(mu);
+      auto& done = on_results ? arrived : results;
       if (frame->request_id() == 0) {
         if (frame->has_task_output()) {
           auto& o = *frame->mutable_task_output();
@@ -195,7 +223,7 @@ struct Session::Impl {
           for (auto& r : *frame->mutable_task_results()->mutable_results()) {
             std::uint64_t size = r.payload_size();
             if (size == 0) {
-              results.push_back(from_pb(r));
+              done.push_back(from_pb(r));
             } else { // its value follows in pieces
               auto& [res, want] = partial[r.task_id()];
               res = from_pb(r);
@@ -209,7 +237,7 @@ struct Session::Impl {
           if (it != partial.end() && c.offset() == it->second.first.value.size()) {
             it->second.first.value += c.data();
             if (it->second.first.value.size() >= it->second.second) {
-              results.push_back(std::move(it->second.first));
+              done.push_back(std::move(it->second.first));
               partial.erase(it);
             }
           }
@@ -221,6 +249,9 @@ struct Session::Impl {
           it->second = Result<pb::Envelope>(std::move(*frame));
       }
       cv.notify_all();
+      lock.unlock();
+      if (!arrived.empty())
+        on_results(std::move(arrived));
     }
   }
 
@@ -231,8 +262,21 @@ struct Session::Impl {
     std::uint64_t rid = next_rid++;
     env.set_request_id(rid);
     replies.emplace(rid, std::nullopt);
-    outgoing.push_back(std::move(env));
-    poke();
+    if (link.can_send_alongside()) {
+      lock.unlock();
+      Result<void> sent = [&] {
+        std::lock_guard send_lock(send_mu);
+        return link.send_alongside(env, send_buffer);
+      }();
+      lock.lock();
+      if (!sent.ok()) { // the I/O thread sees the link end too
+        replies.erase(rid);
+        return sent.error();
+      }
+    } else {
+      outgoing.push_back(std::move(env));
+      poke();
+    }
     // Requests that store something are answered after a commit; allow for a loaded hub.
     bool answered = cv.wait_for(lock, std::chrono::milliseconds(std::max<std::int64_t>(timeout_ms, 60'000)), [&] {
       return ended || replies[rid].has_value();
@@ -264,6 +308,18 @@ Result<std::unique_ptr<Session>> Session::connect(const ConnectOptions& options)
 }
 
 void Session::close() { impl_->stop(); }
+
+void Session::on_results(ResultHandler handler) {
+  std::vector<TaskResult> kept;
+  {
+    std::lock_guard lock(impl_->mu);
+    impl_->on_results = std::move(handler);
+    kept.swap(impl_->results);
+  }
+  if (!kept.empty())
+    impl_->on_results(std::move(kept));
+  impl_->tell_end();
+}
 
 Result<std::vector<std::uint64_t>> Session::submit(std::vector<TaskCall> calls, bool watch) {
   if (calls.empty())
@@ -360,10 +416,7 @@ Result<TaskEvents> Session::next_events(std::int64_t timeout_ms, bool with_outpu
   else
     impl_->cv.wait_for(lock, std::chrono::milliseconds(timeout_ms), ready);
   TaskEvents out;
-  while (!impl_->results.empty()) {
-    out.results.push_back(std::move(impl_->results.front()));
-    impl_->results.pop_front();
-  }
+  out.results.swap(impl_->results);
   if (with_output) {
     out.output.assign(std::make_move_iterator(impl_->output.begin()),
                       std::make_move_iterator(impl_->output.end()));

@@ -59,6 +59,23 @@ Result<void> connect_with_timeout(int fd, const sockaddr* addr, socklen_t len,
   return ok_result();
 }
 
+/// Writes all of `data` to the blocking socket `fd`.
+Result<void> write_all(int fd, const std::string& data, const std::string& peer) {
+  size_t done = 0;
+  while (done < data.size()) {
+    ssize_t n = ::send(fd, data.data() + done, data.size() - done, MSG_NOSIGNAL);
+    if (n < 0) {
+      if (errno == EINTR)
+        continue;
+      return make_error(ErrorCode::Unavailable,
+                        fmt::format("lost the connection to the hub: {}", std::strerror(errno)),
+                        peer);
+    }
+    done += static_cast<size_t>(n);
+  }
+  return ok_result();
+}
+
 } // namespace
 
 BlockingLink::BlockingLink(int fd, std::string peer) : fd_(fd), peer_(std::move(peer)) {}
@@ -170,21 +187,20 @@ Result<void> BlockingLink::send(const pb::Envelope& env) {
     }
     return ok_result();
   }
-  size_t done = 0;
-  while (done < out_.size()) {
-    ssize_t n = ::send(fd_, out_.data() + done, out_.size() - done, MSG_NOSIGNAL);
-    if (n < 0) {
-      if (errno == EINTR)
-        continue;
-      int err = errno;
-      close();
-      return make_error(ErrorCode::Unavailable,
-                        fmt::format("lost the connection to the hub: {}", std::strerror(err)),
-                        peer_);
-    }
-    done += static_cast<size_t>(n);
+  if (auto r = write_all(fd_, out_, peer_); !r.ok()) {
+    close();
+    return r;
   }
   return ok_result();
+}
+
+Result<void> BlockingLink::send_alongside(const pb::Envelope& env, std::string& buffer) const {
+  if (!can_send_alongside())
+    return make_error(ErrorCode::FailedPrecondition,
+                      "a TLS link sends from its receiving thread only");
+  buffer.clear();
+  protocol::encode_frame(env, buffer);
+  return write_all(fd_, buffer, peer_);
 }
 
 Result<pb::Envelope> BlockingLink::receive(std::int64_t timeout_ms, std::int64_t total_ms) {

@@ -36,6 +36,11 @@ public:
                                 std::int64_t timeout_ms);
 
   Result<void> send(const pb::Envelope& env);
+  /// Plain (unix-socket) links only: writes `env` through `buffer` without touching the link's
+  /// own state, so that one thread may send while another waits in receive(); callers serialise
+  /// their writes. A failed write leaves the link open: the receiving side notices the loss.
+  bool can_send_alongside() const { return fd_ >= 0 && !tls_; }
+  Result<void> send_alongside(const pb::Envelope& env, std::string& buffer) const;
   /// The next frame that is not a heartbeat. Fails with Timeout after `timeout_ms` without any
   /// frame (heartbeats included); < 0 waits forever. An ErrorReply is returned as a frame; the
   /// caller decides whether it ends the request.
