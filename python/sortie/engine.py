@@ -17,6 +17,7 @@ import builtins
 import io
 import os
 import pickle
+import signal
 import sys
 import threading
 import time
@@ -104,16 +105,18 @@ def _serve(link, namespace, live):
     while True:
         results = []
         try:
-            for task_id, handler, payload in link.next_tasks(1.0):
-                results.append((task_id,) + _run(handler, payload, namespace, live, task_id))
+            for task_id, handler, payload, timeout_ms in link.next_tasks(1.0):
+                results.append((task_id,) + _run(handler, payload, namespace, live, task_id,
+                                                 timeout_ms))
         finally:
             # Also when a task ends the engine (sys.exit): the others of the batch are done.
             if results:
                 link.send_results(results)
 
 
-def _run(handler, payload, namespace, live=None, task_id=0):
-    """Runs one task: (ok, value, error_type, error_message, traceback, stdout)."""
+def _run(handler, payload, namespace, live=None, task_id=0, timeout_ms=0):
+    """Runs one task: (ok, value, error_type, error_message, traceback, stdout). A task with a
+    timeout is interrupted when it has run that long (_Deadline)."""
     captured = _Capture()
     saved = sys.stdout, sys.stderr
     sys.stdout = sys.stderr = captured
@@ -123,13 +126,16 @@ def _run(handler, payload, namespace, live=None, task_id=0):
         if handler:
             raise ValueError(f"this engine has no handler {handler!r}")
         fn, args, kwargs = pickle.loads(payload)
-        value = _bind(fn, namespace)(*args, **kwargs)
+        with _Deadline(timeout_ms):
+            value = _bind(fn, namespace)(*args, **kwargs)
         try:
             data = dumps(value)
         except Exception as e:
             raise TypeError(f"the task's return value ({_type_name(value)}) cannot be "
                             f"pickled: {e}") from e
         outcome = (True, data, "", "", "")
+    except _TimedOut as e:
+        outcome = (False, b"", "TaskTimeout", str(e), _traceback(e))
     except Exception as e:
         outcome = (False, _pickled(e), _type_name(e), str(e), _traceback(e))
     finally:
@@ -137,6 +143,63 @@ def _run(handler, payload, namespace, live=None, task_id=0):
         if live:
             live.end()
     return outcome + (captured.output(),)
+
+
+class _TimedOut(BaseException):
+    """Raised inside a task that ran longer than its timeout. A BaseException, as
+    KeyboardInterrupt is, so that the task's own ``except Exception`` does not keep it going."""
+
+
+class _Deadline:
+    """Interrupts the call it wraps after `timeout_ms` (none: 0) with _TimedOut, from a SIGALRM
+    timer: Python code is stopped at once, a blocking call such as time.sleep too, and a long
+    call into C code when it returns to Python. The engine is then free for its next task."""
+
+    _installed = False
+    _armed = None  # the timeout, in ms, while a call runs under one
+
+    def __init__(self, timeout_ms):
+        self.timeout_ms = timeout_ms
+
+    def __enter__(self):
+        if self.timeout_ms <= 0 or threading.current_thread() is not threading.main_thread():
+            return self
+        if not _Deadline._installed:
+            signal.signal(signal.SIGALRM, _Deadline._expired)
+            _Deadline._installed = True
+        _Deadline._armed = self.timeout_ms
+        signal.setitimer(signal.ITIMER_REAL, self.timeout_ms / 1000)
+        return self
+
+    def __exit__(self, *exc):
+        if _Deadline._armed is not None:
+            signal.setitimer(signal.ITIMER_REAL, 0)
+            _Deadline._armed = None
+        return False
+
+    @staticmethod
+    def _expired(signum, frame):
+        timeout_ms, _Deadline._armed = _Deadline._armed, None
+        if timeout_ms is not None:
+            raise _TimedOut(f"ran longer than its timeout of {_duration(timeout_ms)} on engine "
+                            f"{id} (interrupted)")
+
+
+def _duration(ms):
+    """A duration as the hub writes it in its TaskTimeout (common/text.cpp's
+    format_duration_ms): 500ms, 1.5s, 30s, 2m05s, 1h30m."""
+    if ms < 1000:
+        return f"{ms}ms"
+    s = ms // 1000
+    if s < 60:
+        return f"{s}s" if ms % 1000 == 0 or s >= 10 else f"{ms / 1000:.1f}s"
+    m = s // 60
+    if m < 60:
+        return f"{m}m{s % 60:02}s" if s % 60 else f"{m}m"
+    h = m // 60
+    if h < 48:
+        return f"{h}h{m % 60:02}m" if m % 60 else f"{h}h"
+    return f"{h // 24}d{h % 24:02}h"
 
 
 class _Capture(io.StringIO):

@@ -524,7 +524,7 @@ PYBIND11_MODULE(_sortie, m) {
              }
              py::list out;
              for (auto& t : **got)
-               out.append(py::make_tuple(t.id, t.handler, py::bytes(t.payload)));
+               out.append(py::make_tuple(t.id, t.handler, py::bytes(t.payload), t.timeout_ms));
              return out;
            })
       .def("send_results",

@@ -424,14 +424,50 @@ def test_task_output_is_followed_live(sortie, tmp_path):
 
 
 @pytest.mark.timeout(120)
-def test_a_timed_out_task_keeps_its_engine_busy_and_others_run_elsewhere(sortie, tmp_path):
+def test_a_timed_out_task_is_interrupted_and_its_engine_takes_the_next(sortie, tmp_path):
+    run_script(sortie, tmp_path, """
+        view = client.start_engines(1, label="cpu", timeout=60)
+        view.push({"kept": 41})
+
+        def spin():  # its own `except Exception` does not keep it going
+            while True:
+                try:
+                    time.sleep(0.01)
+                except Exception:
+                    pass
+
+        def busy():
+            while True:
+                pass
+
+        for fn in (spin, busy):
+            try:
+                client.submit(fn, timeout=0.5).result(timeout=60)
+            except sortie.TaskTimeout as e:
+                assert "timeout of 500ms" in str(e), str(e)
+            else:
+                raise AssertionError("no TaskTimeout")
+            # The engine was freed at once, with its namespace: the next task runs there.
+            assert client.submit(lambda: kept + 1).result(timeout=30) == 42
+        assert view.pull("kept") == [41]
+    """)
+
+
+@pytest.mark.timeout(120)
+def test_a_timed_out_task_that_cannot_be_interrupted_keeps_its_engine_busy(sortie, tmp_path):
     run_script(sortie, tmp_path, """
         view = client.start_engines(2, label="cpu", timeout=60)
         gate = os.path.join(os.getcwd(), "gate")
 
         def wait(gate):
-            while not os.path.exists(gate):
-                time.sleep(0.02)
+            # Ignoring the engine's timer signal makes this call what a long call into C code
+            # is: something the engine cannot interrupt.
+            interrupt = signal.signal(signal.SIGALRM, signal.SIG_IGN)
+            try:
+                while not os.path.exists(gate):
+                    time.sleep(0.02)
+            finally:
+                signal.signal(signal.SIGALRM, interrupt)
             return "late"
 
         slow = client.submit(wait, gate, timeout=0.5)
