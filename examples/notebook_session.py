@@ -59,7 +59,7 @@ def main():
     try:
         slow.result()
     except sortie.TaskTimeout as e:
-        print(f"timeout: {e}")
+        print(f"timeout: {e.type_name}: {e.message}")  # e.traceback: where it was stopped
 
     # In [5]: a call that eats memory: its engine is killed at its cap, not the machine.
     def hog():

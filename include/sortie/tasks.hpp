@@ -33,6 +33,9 @@ struct TaskCall {
   std::uint32_t retries = 0;  ///< times it runs again elsewhere if its engine dies
   std::int64_t timeout_ms = 0; ///< fails with TaskTimeout after running this long (0: none)
   std::int32_t priority = 0;  ///< higher first
+  /// Not stored: acknowledged at once, kept by the hub in memory only until its result is
+  /// pushed, gone if the hub stops meanwhile (Client::call's calls). Arguments up to 4 MiB.
+  bool transient = false;
 };
 
 enum class TaskOutcome { Done, Failed, Lost, Unknown };
@@ -129,6 +132,11 @@ public:
   /// it must not block or call this session.
   using ResultHandler = std::function<void(Result<std::vector<TaskResult>>)>;
   void on_results(ResultHandler handler);
+  /// Returns once `done()` holds or the session ended. On a unix-socket link this thread reads
+  /// and handles what arrives meanwhile: one thread wake-up fewer per round trip than waiting
+  /// for the I/O thread to hand it over. `done` is called with the session's lock held, and
+  /// when what arrives may have changed it: it must not call the session.
+  void wait_until(const std::function<bool()>& done);
   Result<std::vector<EngineInfo>> engines(const std::string& label = {});
   /// These tasks (none: the newest `limit`, 0: 1000).
   Result<std::vector<TaskInfo>> tasks(const std::vector<std::uint64_t>& ids, std::uint64_t limit = 0);

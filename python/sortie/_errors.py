@@ -61,7 +61,8 @@ class EngineLost(RemoteError):
 
 
 class TaskTimeout(RemoteError, TimeoutError):
-    """The task ran past the ``timeout`` it was submitted with, and the hub failed it."""
+    """The task ran past the ``timeout`` it was submitted with and was failed. A Python engine
+    interrupts the call then: ``traceback`` shows where it was stopped."""
 
 
 def from_native(error):

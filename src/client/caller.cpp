@@ -11,6 +11,10 @@ namespace sortie {
 
 namespace detail {
 
+namespace {
+constexpr std::size_t kTransientArgument = 4u << 20; // Session sends larger ones in pieces
+} // namespace
+
 Result<std::string> call_outcome(const std::string& handler, TaskResult r) {
   switch (r.state) {
   case TaskOutcome::Done:
@@ -97,8 +101,11 @@ std::future<Result<std::string>> Caller::call(const std::string& handler, std::s
                                  "\"evolve\" of a compiled engine"));
     return future;
   }
-  TaskCall c{handler, std::move(payload), options.engine, options.label, options.retries,
-             options.timeout_ms, options.priority};
+  // A call is a remote procedure call: its caller waits on this link, so it is not stored
+  // (transient), unless its argument is too large to travel inline.
+  bool transient = payload.size() <= kTransientArgument;
+  TaskCall c{handler,         std::move(payload), options.engine,   options.label,
+             options.retries, options.timeout_ms, options.priority, transient};
   auto ids = impl_->session->submit({std::move(c)});
   if (!ids.ok()) {
     promise.set_value(ids.error());
@@ -115,6 +122,14 @@ std::future<Result<std::string>> Caller::call(const std::string& handler, std::s
     impl_->pending.emplace(id, Impl::Pending{handler, std::move(promise)});
   }
   return future;
+}
+
+Result<std::string> Caller::call_and_wait(const std::string& handler, std::string payload,
+                                          const CallOptions& options) {
+  auto future = call(handler, std::move(payload), options);
+  impl_->session->wait_until(
+      [&] { return future.wait_for(std::chrono::seconds(0)) == std::future_status::ready; });
+  return future.get();
 }
 
 } // namespace detail

@@ -18,6 +18,9 @@ public:
   ~Caller();
   std::future<Result<std::string>> call(const std::string& handler, std::string payload,
                                         const CallOptions& options);
+  /// call(), waited for on this thread, which reads the reply itself (Session::wait_until).
+  Result<std::string> call_and_wait(const std::string& handler, std::string payload,
+                                    const CallOptions& options);
 
 private:
   struct Impl;

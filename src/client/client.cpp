@@ -314,7 +314,13 @@ std::future<Result<std::string>> Client::call_async(const std::string& handler,
 
 Result<std::string> Client::call(const std::string& handler, std::string payload,
                                  const CallOptions& options) {
-  return call_async(handler, std::move(payload), options).get();
+  if (!impl_->caller) {
+    auto caller = detail::Caller::open(impl_->options);
+    if (!caller.ok())
+      return caller.error();
+    impl_->caller = std::move(*caller);
+  }
+  return impl_->caller->call_and_wait(handler, std::move(payload), options);
 }
 
 Result<Client> Client::connect(const std::string& profile, ConnectOptions options) {

@@ -6,6 +6,7 @@
 #include <fcntl.h>
 #include <unistd.h>
 
+#include <chrono>
 #include <condition_variable>
 #include <deque>
 #include <mutex>
@@ -118,6 +119,11 @@ struct Session::Impl {
   /// Set once, before results arrive: results go to it on the I/O thread (Session::on_results).
   ResultHandler on_results;
   bool told_end = false; ///< on_results was given the end; guarded by mu
+  /// Who reads the link (guarded by mu): the I/O thread, unless threads in wait_until() want to
+  /// (plain links); it parks meanwhile.
+  int foreground_wanted = 0;
+  bool foreground_reading = false;
+  bool io_parked = false;
 
   ~Impl() { stop(); }
 
@@ -135,10 +141,19 @@ struct Session::Impl {
         ended = true;
         end_error = make_error(ErrorCode::Unavailable, "the session was closed");
       }
+      cv.notify_all(); // a parked I/O thread, threads in wait_until()
     }
     poke();
     if (io.joinable())
       io.join();
+    {
+      // A thread reading in await() leaves the link before it closes.
+      std::unique_lock lock(mu);
+      while (foreground_reading) {
+        poke();
+        cv.wait(lock);
+      }
+    }
     for (int& fd : wake)
       if (fd >= 0) {
         ::close(fd);
@@ -184,14 +199,31 @@ struct Session::Impl {
     tell_end();
   }
 
+  static bool woken(const Error& e) {
+    return e.code == ErrorCode::Cancelled && e.message == "woken";
+  }
+
+  void drain_wake() {
+    char buf[64];
+    while (::read(wake[0], buf, sizeof buf) > 0) {
+    }
+  }
+
   /// The I/O thread: sends what callers queued, receives replies and pushed results.
   void run() {
     while (true) {
       std::deque<pb::Envelope> out;
       {
-        std::lock_guard lock(mu);
+        std::unique_lock lock(mu);
         if (ended)
           return;
+        if (foreground_wanted > 0) { // a thread in wait_until() reads meanwhile
+          io_parked = true;
+          cv.notify_all();
+          cv.wait(lock, [&] { return ended || (foreground_wanted == 0 && !foreground_reading); });
+          io_parked = false;
+          continue;
+        }
         out.swap(outgoing);
       }
       for (auto& env : out)
@@ -199,16 +231,23 @@ struct Session::Impl {
           return fail(r.error());
       auto frame = link.receive(-1);
       if (!frame.ok()) {
-        if (frame.error().code == ErrorCode::Cancelled && frame.error().message == "woken") {
-          char buf[64];
-          while (::read(wake[0], buf, sizeof buf) > 0) {
-          }
+        if (woken(frame.error())) {
+          drain_wake();
           continue;
         }
         return fail(frame.error());
       }
-      std::vector<TaskResult> arrived; // for on_results, given outside the lock
       std::unique_lock lock(mu);
+      handle(*frame, lock);
+    }
+  }
+
+  /// Takes one frame from the hub; called and returns with `lock` (on mu) held, which it lets
+  /// go while it gives results to on_results.
+  void handle(pb::Envelope& env, std::unique_lock<std::mutex>& lock) {
+    auto* frame = &env;
+    {
+      std::vector<TaskResult> arrived; // for on_results, given outside the lock
       auto& done = on_results ? arrived : results;
       if (frame->request_id() == 0) {
         if (frame->has_task_output()) {
@@ -249,10 +288,71 @@ struct Session::Impl {
           it->second = Result<pb::Envelope>(std::move(*frame));
       }
       cv.notify_all();
-      lock.unlock();
-      if (!arrived.empty())
+      if (!arrived.empty()) {
+        lock.unlock();
         on_results(std::move(arrived));
+        lock.lock();
+        cv.notify_all(); // for await()s whose done() on_results made true
+      }
     }
+  }
+
+  using Clock = std::chrono::steady_clock;
+
+  /// Waits, `lock` held, until done() or the session ended (true) or `deadline` (false; none:
+  /// Clock::time_point::max()). On a plain link this thread reads and handles what arrives
+  /// meanwhile, the I/O thread parked: the thread that waits is woken by the frame itself, not
+  /// by the I/O thread after it.
+  bool await(std::unique_lock<std::mutex>& lock, const std::function<bool()>& done,
+             Clock::time_point deadline) {
+    auto finished = [&] { return ended || done(); };
+    if (!link.can_send_alongside()) {
+      if (deadline == Clock::time_point::max()) {
+        cv.wait(lock, finished);
+        return true;
+      }
+      return cv.wait_until(lock, deadline, finished);
+    }
+    ++foreground_wanted;
+    poke(); // the I/O thread leaves receive() and parks
+    bool in_time = true;
+    while (!finished()) {
+      std::int64_t left = -1;
+      if (deadline != Clock::time_point::max()) {
+        left = std::chrono::duration_cast<std::chrono::milliseconds>(deadline - Clock::now())
+                   .count();
+        if (left <= 0) {
+          in_time = false;
+          break;
+        }
+      }
+      if (!io_parked || foreground_reading) { // not yet, or another thread reads
+        if (left < 0)
+          cv.wait(lock);
+        else
+          cv.wait_for(lock, std::chrono::milliseconds(left));
+        continue;
+      }
+      foreground_reading = true;
+      lock.unlock();
+      auto frame = link.receive(left, left);
+      lock.lock();
+      foreground_reading = false;
+      if (frame.ok()) {
+        handle(*frame, lock);
+      } else if (woken(frame.error())) {
+        drain_wake();
+      } else if (frame.error().code != ErrorCode::Timeout) {
+        cv.notify_all();
+        lock.unlock();
+        fail(frame.error());
+        lock.lock();
+      }
+      cv.notify_all();
+    }
+    --foreground_wanted;
+    cv.notify_all();
+    return in_time;
   }
 
   Result<pb::Envelope> call(pb::Envelope env) {
@@ -278,9 +378,8 @@ struct Session::Impl {
       poke();
     }
     // Requests that store something are answered after a commit; allow for a loaded hub.
-    bool answered = cv.wait_for(lock, std::chrono::milliseconds(std::max<std::int64_t>(timeout_ms, 60'000)), [&] {
-      return ended || replies[rid].has_value();
-    });
+    auto deadline = Clock::now() + std::chrono::milliseconds(std::max<std::int64_t>(timeout_ms, 60'000));
+    bool answered = await(lock, [&] { return replies[rid].has_value(); }, deadline);
     auto it = replies.find(rid);
     std::optional<Result<pb::Envelope>> got = std::move(it->second);
     replies.erase(it);
@@ -309,6 +408,11 @@ Result<std::unique_ptr<Session>> Session::connect(const ConnectOptions& options)
 
 void Session::close() { impl_->stop(); }
 
+void Session::wait_until(const std::function<bool()>& done) {
+  std::unique_lock lock(impl_->mu);
+  impl_->await(lock, done, Impl::Clock::time_point::max());
+}
+
 void Session::on_results(ResultHandler handler) {
   std::vector<TaskResult> kept;
   {
@@ -336,6 +440,12 @@ Result<std::vector<std::uint64_t>> Session::submit(std::vector<TaskCall> calls, 
                         fmt::format("an argument of {} MiB: at most {} MiB", c.payload.size() >> 20,
                                     kMaxValueBytes >> 20));
     call->set_handler(std::move(c.handler));
+    if (c.transient && c.payload.size() > kInlineValue)
+      return make_error(ErrorCode::InvalidArgument,
+                        fmt::format("a transient call's argument is at most {} MiB (this one: "
+                                    "{} MiB): submit it as a stored task",
+                                    kInlineValue >> 20, c.payload.size() >> 20));
+    call->set_transient(c.transient);
     if (c.payload.size() > kInlineValue) { // sent in pieces once the task has its id
       call->set_payload_size(c.payload.size());
       large.emplace_back(static_cast<std::size_t>(req->calls_size() - 1), std::move(c.payload));
@@ -517,6 +627,7 @@ struct EngineLink::Impl {
   std::string kind;
   std::unordered_set<std::uint64_t> running;        ///< taken, not yet answered
   std::unordered_map<std::uint64_t, TaskResult> unacked; ///< answered, not yet stored
+  std::unordered_set<std::uint64_t> transient; ///< taken, never stored: results not kept
   /// Tasks received, in order; one with a large argument is complete once all its pieces came.
   struct Incoming {
     Task task;
@@ -564,8 +675,10 @@ struct EngineLink::Impl {
   void welcomed(const pb::EngineWelcome& w) {
     id = w.engine_id();
     label = w.label();
-    for (auto t : w.drop())
+    for (auto t : w.drop()) {
       running.erase(t);
+      transient.erase(t);
+    }
   }
 
   /// Whatever comes from the hub (or the agent), while waiting for tasks or for acks.
@@ -575,6 +688,8 @@ struct EngineLink::Impl {
       for (auto& t : *env.mutable_task_run()->mutable_tasks()) {
         if (unacked.contains(t.task_id()) || running.contains(t.task_id()))
           continue; // ran here already; the hub will hear of it again
+        if (t.transient())
+          transient.insert(t.task_id());
         Incoming in;
         in.task = {t.task_id(), std::move(*t.mutable_handler()), std::move(*t.mutable_payload()),
                    t.timeout_ms()};
@@ -747,8 +862,14 @@ Result<void> EngineLink::send(std::vector<TaskResult> results) {
     }
     impl_->running.erase(r.id);
     r.engine = impl_->id;
+    bool keep = !impl_->transient.erase(r.id); // until the hub has stored it
     if (impl_->large(r)) {
       SORTIE_TRY(flush()); // in the order they ended
+      if (!keep) {
+        SORTIE_TRY(impl_->upload(r));
+        impl_->acked.erase(r.id); // no TaskDoneAck comes for it
+        continue;
+      }
       auto& kept = impl_->unacked[r.id] = std::move(r);
       SORTIE_TRY(impl_->upload(kept));
       continue;
@@ -758,7 +879,8 @@ Result<void> EngineLink::send(std::vector<TaskResult> results) {
       SORTIE_TRY(flush());
     bytes += size;
     to_pb(r, impl_->id, true, *env.mutable_task_done()->add_results());
-    impl_->unacked.emplace(r.id, std::move(r));
+    if (keep)
+      impl_->unacked.emplace(r.id, std::move(r));
   }
   return flush();
 }

@@ -122,6 +122,7 @@ std::size_t Tasks::engines_up() const {
 
 void Tasks::load(store::LoadedState& state) {
   next_task_id_ = std::max<std::uint64_t>(1, state.next_task_id);
+  reserved_task_ids_ = next_task_id_;
   next_engine_id_ = std::max<std::uint64_t>(1, state.next_engine_id);
   // Engines of jobs that still run as that attempt may come back (their agents reconnect).
   for (const auto& row : state.engines) {
@@ -466,7 +467,9 @@ void Tasks::handle_done(const Sender& from, pb::TaskDone& done) {
   Engine& e = *found;
   std::vector<std::uint64_t> acked, finished;
   for (auto& r : *done.mutable_results()) {
-    acked.push_back(r.task_id());
+    const Task* known = find(r.task_id());
+    if (!known || !known->transient) // a transient task's result is not stored, nor acknowledged
+      acked.push_back(r.task_id());
     if (accept_result(e, r))
       if (const Task* t = find(r.task_id()); t && t->stored)
         finished.push_back(r.task_id()); // (the others go once their submission is committed)
@@ -475,19 +478,19 @@ void Tasks::handle_done(const Sender& from, pb::TaskDone& done) {
   // stored: the engine keeps each until it is acknowledged below, after the commit, and gives
   // it again to a hub that restarted meanwhile (05-tasks.md §5.1).
   notify_soon(finished);
-  std::uint64_t engine_id = e.id;
-  core_.durable.after_commit([this, engine_id,
-                              acked = std::move(acked)](const Result<void>& committed) {
-    if (!committed.ok())
-      return;
-    if (auto it2 = engines_.find(engine_id); it2 != engines_.end()) {
-      pb::Envelope ack;
-      auto* a = ack.mutable_task_done_ack();
-      for (auto id : acked)
-        a->add_task_ids(id);
-      send_to(it2->second, ack);
-    }
-  });
+  if (!acked.empty())
+    core_.durable.after_commit([this, engine_id = e.id,
+                                acked = std::move(acked)](const Result<void>& committed) {
+      if (!committed.ok())
+        return;
+      if (auto it2 = engines_.find(engine_id); it2 != engines_.end()) {
+        pb::Envelope ack;
+        auto* a = ack.mutable_task_done_ack();
+        for (auto id : acked)
+          a->add_task_ids(id);
+        send_to(it2->second, ack);
+      }
+    });
   request_dispatch();
 }
 
@@ -540,6 +543,8 @@ Task* Tasks::find(std::uint64_t id) {
 }
 
 void Tasks::write(const Task& t, store::TaskRow::Write how) {
+  if (t.transient)
+    return;
   store::TaskRow row;
   row.write = how;
   row.id = t.id;
@@ -654,6 +659,11 @@ void Tasks::handle_submit(const Sender& from, pb::TaskSubmit& req) {
       return refuse(ErrorCode::InvalidArgument, "at most 1000 retries", ctx);
     if (c.timeout_ms() < 0)
       return refuse(ErrorCode::InvalidArgument, "a timeout cannot be negative", ctx);
+    if (c.transient() && c.payload_size() > 0)
+      return refuse(ErrorCode::InvalidArgument,
+                    "a transient call cannot have a large argument (payload_size): the hub "
+                    "stores large arguments; submit it as a stored task",
+                    ctx);
     if (c.payload_size() > kMaxValue || (c.payload_size() > 0 && !c.payload().empty()))
       return refuse(ErrorCode::InvalidArgument,
                     fmt::format("an argument of {} bytes: at most {} bytes, sent in pieces after "
@@ -675,9 +685,14 @@ void Tasks::handle_submit(const Sender& from, pb::TaskSubmit& req) {
   }
   std::int64_t now = core_.clock.now_ms();
   std::uint64_t first = next_task_id_;
+  bool all_transient = std::all_of(req.calls().begin(), req.calls().end(),
+                                   [](const pb::TaskCall& c) { return c.transient(); });
   for (auto& c : *req.mutable_calls()) {
     Task t;
     t.id = next_task_id_++;
+    t.transient = c.transient();
+    // Nothing to wait for: its result may be pushed at once (beside stored calls, once they are).
+    t.stored = all_transient;
     t.handler = std::move(*c.mutable_handler());
     t.label = std::move(*c.mutable_label());
     t.payload = std::make_shared<const std::string>(std::move(*c.mutable_payload()));
@@ -693,7 +708,13 @@ void Tasks::handle_submit(const Sender& from, pb::TaskSubmit& req) {
     auto& task = tasks_.emplace(t.id, std::move(t)).first->second;
     write(task, store::TaskRow::Write::Insert);
   }
-  core_.durable.batch().next_task_id = next_task_id_;
+  // Transient ids are not stored one by one: a block of them is reserved at a time, so that a
+  // restarted hub never gives an id again that an engine may still hold a result for.
+  if (next_task_id_ > reserved_task_ids_ || !all_transient) {
+    if (next_task_id_ > reserved_task_ids_)
+      reserved_task_ids_ = next_task_id_ + kTransientIdBlock;
+    core_.durable.batch().next_task_id = std::max(next_task_id_, reserved_task_ids_);
+  }
   // Queued (and sent) at once: the commit and the first run overlap. A hub that dies before the
   // commit acknowledged nothing; an engine that ran such a task reports a task the next hub does
   // not know, which is dropped.
@@ -707,6 +728,16 @@ void Tasks::handle_submit(const Sender& from, pb::TaskSubmit& req) {
   request_dispatch();
   auto count = static_cast<std::uint32_t>(req.calls_size());
   bool watch = req.watch();
+  if (all_transient) { // acknowledged now: there is nothing to store
+    pb::Envelope env;
+    env.mutable_task_submit_reply()->set_first_id(first);
+    env.mutable_task_submit_reply()->set_count(count);
+    reply(from.peer, env, from.rid);
+    for (std::uint64_t id = first; id < first + count; ++id)
+      if (watch)
+        watchers_[id].push_back(from.peer);
+    return;
+  }
   core_.durable.after_commit([this, peer = from.peer, rid = from.rid, first, count,
                               watch](const Result<void>& committed) {
     if (!committed.ok()) {
@@ -928,6 +959,7 @@ void Tasks::dispatch() {
         task->set_payload(*t.payload);
       task->set_payload_size(t.payload_size);
       task->set_timeout_ms(t.timeout_ms);
+      task->set_transient(t.transient);
       bytes += size + t.handler.size() + 32;
     }
     send_to(e->second, env);
@@ -1000,8 +1032,10 @@ void Tasks::notify(const std::vector<std::uint64_t>& ids) {
   std::unordered_set<const Peer*> touched;
   for (auto id : ids) {
     auto it = watchers_.find(id);
-    if (it == watchers_.end())
+    if (it == watchers_.end()) {
+      forget_transient(id); // its caller is gone: nobody can ask for it any more
       continue;
+    }
     for (const auto& w : it->second)
       if (auto peer = w.lock(); peer && !peer->closed()) {
         push_later(peer, id);
@@ -1011,6 +1045,16 @@ void Tasks::notify(const std::vector<std::uint64_t>& ids) {
   }
   for (const Peer* p : touched)
     flush_pushes(p);
+}
+
+void Tasks::forget_transient(std::uint64_t id) {
+  auto it = tasks_.find(id);
+  if (it == tasks_.end() || !it->second.transient || !it->second.ended())
+    return;
+  if (it->second.result_size > 0) // a large result lives in a value file
+    core_.durable.batch().values_removed.emplace_back(id, 1);
+  tasks_.erase(it);
+  watchers_.erase(id);
 }
 
 void Tasks::notify_soon(const std::vector<std::uint64_t>& ids) {
@@ -1063,6 +1107,8 @@ void Tasks::flush_pushes(const Peer* key) {
         fill_result(*t, *r);
         if (t->result_size > 0) // its pieces follow this frame
           p.streams.push_back(Stream{id, t->result_size, 0});
+        else
+          forget_transient(id);
       } else {
         r->set_task_id(id);
         r->set_state(pb::TaskResult::UNKNOWN);
@@ -1278,8 +1324,10 @@ void Tasks::pump_client(const Peer* key) {
         st.offset += data->size();
         c->set_data(std::move(*data));
         peer2->send(env);
-        if (st.offset >= st.total)
+        if (st.offset >= st.total) {
           q.streams.pop_front();
+          forget_transient(task);
+        }
         if (q.streams.empty() && q.ids.empty() && !q.waiting)
           pushes_.erase(again);
         else

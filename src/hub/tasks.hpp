@@ -61,6 +61,8 @@ struct Task {
   std::uint64_t received = 0;
   /// Its submission is committed (its id is durable): its result may be pushed from then on.
   bool stored = false;
+  /// Never stored (TaskCall.transient): forgotten once its result is pushed (05-tasks.md §5.8).
+  bool transient = false;
   bool ended() const {
     return state == TaskState::Done || state == TaskState::Failed || state == TaskState::Lost;
   }
@@ -145,6 +147,8 @@ private:
 
   // Results to clients
   void notify(const std::vector<std::uint64_t>& ids);
+  /// Drops an ended transient task (its result pushed, or no one left to push it to).
+  void forget_transient(std::uint64_t id);
   /// notify() once this turn's other frames are handled: results that come together go together.
   void notify_soon(const std::vector<std::uint64_t>& ids);
   void push_later(const std::shared_ptr<Peer>& peer, std::uint64_t id);
@@ -160,6 +164,9 @@ private:
   /// (agent, its link to the engine) -> engine: who sent a routed frame.
   std::map<std::pair<std::uint64_t, std::uint64_t>, std::uint64_t> links_;
   std::uint64_t next_task_id_ = 1, next_engine_id_ = 1;
+  /// The next task id the store has: transient tasks take ids below it without a write.
+  std::uint64_t reserved_task_ids_ = 1;
+  static constexpr std::uint64_t kTransientIdBlock = 4096;
   bool dispatch_posted_ = false;
   std::unordered_set<std::uint64_t> awaited_; ///< engines from before a restart, not back yet
   std::int64_t hold_dispatch_until_ = 0;      ///< monotonic ms; 0: not holding

@@ -14,6 +14,7 @@
 #include <fstream>
 #include <string>
 #include <thread>
+#include <vector>
 
 #include <fmt/format.h>
 
@@ -21,6 +22,7 @@
 #include "common/profile.hpp"
 #include "fakes/temp_dir.hpp"
 #include "sortie/client.hpp"
+#include "sortie/tasks.hpp"
 
 namespace sortie {
 namespace {
@@ -224,6 +226,49 @@ TEST_F(ClientTest, CompiledEngineHandlersAreCalledByNameAndKeepTheirState) {
   auto nowhere = c.call("get_state", "", missing);
   ASSERT_FALSE(nowhere.ok());
   EXPECT_EQ(nowhere.error().code, ErrorCode::NotFound) << nowhere.error().to_string();
+}
+
+TEST_F(ClientTest, CallsAreNotStoredAndLargeOnesGoInPieces) {
+  Client c = connected();
+  add_pilot(c);
+  JobSpec spec;
+  spec.argv = {SORTIE_TEST_NBODY};
+  spec.kind = "engine";
+  ASSERT_TRUE(c.submit(spec).ok());
+  // 5.6 MB of particles: an argument over 4 MiB goes in pieces as a stored task; the state that
+  // comes back (a transient call) in pieces too.
+  std::vector<double> particles(7 * 100'000);
+  for (std::size_t i = 0; i < particles.size(); ++i)
+    particles[i] = static_cast<double>(i % 7 == 0 ? 1 : i);
+  std::string big(reinterpret_cast<const char*>(particles.data()), particles.size() * sizeof(double));
+  auto set = c.call("set_state", big);
+  ASSERT_TRUE(set.ok()) << set.error().to_string();
+  auto state = c.call("get_state", "");
+  ASSERT_TRUE(state.ok()) << state.error().to_string();
+  ASSERT_EQ(state->size(), sizeof(double) + big.size());
+  EXPECT_EQ(state->substr(sizeof(double)), big);
+  ASSERT_TRUE(c.call("set_state", big.substr(0, 7 * 3 * sizeof(double))).ok());
+  for (int i = 0; i < 5; ++i)
+    ASSERT_TRUE(c.call("energy", "").ok());
+  // What the hub keeps of them: the stored one only; the transient calls were dropped once their
+  // results were delivered (none is in the store either: the hub holds no row of them).
+  auto session = Session::connect(options_);
+  ASSERT_TRUE(session.ok()) << session.error().to_string();
+  auto tasks = (*session)->tasks({}, 0);
+  ASSERT_TRUE(tasks.ok()) << tasks.error().to_string();
+  ASSERT_EQ(tasks->size(), 1u);
+  EXPECT_EQ(tasks->front().handler, "set_state");
+  EXPECT_EQ(tasks->front().state, "done");
+  // A hub started again from the store knows the same.
+  session->reset();
+  ASSERT_TRUE(c.stop_hub().ok());
+  Client back = connected();
+  session = Session::connect(options_);
+  ASSERT_TRUE(session.ok()) << session.error().to_string();
+  tasks = (*session)->tasks({}, 0);
+  ASSERT_TRUE(tasks.ok()) << tasks.error().to_string();
+  ASSERT_EQ(tasks->size(), 1u);
+  EXPECT_EQ(tasks->front().handler, "set_state");
 }
 
 TEST_F(ClientTest, AHubThatGoesAwayMidCallIsAClearErrorNotAHang) {
