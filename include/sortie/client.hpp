@@ -266,7 +266,8 @@ public:
   /// Calls the handler `handler` of a compiled engine (sortie::Engine, docs/engines.md) with
   /// `payload`: its reply, or the sortie::Error it returned (its code; the message names the
   /// handler, engine and task), Timeout (options.timeout_ms), Unavailable (EngineLost), Internal
-  /// (it threw). The call is a task: durable once submitted, like any other.
+  /// (it threw). The call is a transient task: not stored (docs/engines.md), it fails with
+  /// Unavailable if the hub stops meanwhile. This thread reads the reply itself.
   Result<std::string> call(const std::string& handler, std::string payload,
                            const CallOptions& options = {});
   /// The same, returning at once; the future is ready when the call ended. Calls run

@@ -271,6 +271,39 @@ TEST_F(ClientTest, CallsAreNotStoredAndLargeOnesGoInPieces) {
   EXPECT_EQ(tasks->front().handler, "set_state");
 }
 
+TEST_F(ClientTest, ACallInFlightWhenTheHubStopsFailsWithUnavailable) {
+  Client c = connected();
+  add_pilot(c);
+  JobSpec spec;
+  spec.argv = {SORTIE_TEST_NBODY, "--dt", "0.0001"};
+  spec.kind = "engine";
+  ASSERT_TRUE(c.submit(spec).ok());
+  std::vector<double> particles(7 * 500, 1.0);
+  ASSERT_TRUE(c.call("set_state", std::string(reinterpret_cast<const char*>(particles.data()),
+                                               particles.size() * sizeof(double)))
+                  .ok());
+  // Minutes of work: the call is still running when the hub stops.
+  auto running = c.call_async("evolve", doubles({1e6}));
+  auto session = Session::connect(options_);
+  ASSERT_TRUE(session.ok()) << session.error().to_string();
+  while (true) { // until the hub has it running on the engine
+    auto tasks = (*session)->tasks({}, 0);
+    ASSERT_TRUE(tasks.ok()) << tasks.error().to_string();
+    if (!tasks->empty() && tasks->back().state == "running")
+      break;
+    ASSERT_EQ(running.wait_for(std::chrono::milliseconds(10)), std::future_status::timeout);
+  }
+  session->reset();
+  ASSERT_TRUE(Client::connect(ConnectOptions{})->stop_hub().ok());
+  ASSERT_EQ(running.wait_for(std::chrono::seconds(60)), std::future_status::ready);
+  auto r = running.get();
+  ASSERT_FALSE(r.ok());
+  // The hub stops its agents first: the call says its engine went with them.
+  EXPECT_EQ(r.error().code, ErrorCode::Unavailable) << r.error().to_string();
+  EXPECT_NE(r.error().message.find("shut down (call of 'evolve'"), std::string::npos)
+      << r.error().message;
+}
+
 TEST_F(ClientTest, AHubThatGoesAwayMidCallIsAClearErrorNotAHang) {
   Client c = connected();
   JobSpec spec;
