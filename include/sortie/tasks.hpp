@@ -137,6 +137,9 @@ public:
   /// for the I/O thread to hand it over. `done` is called with the session's lock held, and
   /// when what arrives may have changed it: it must not call the session.
   void wait_until(const std::function<bool()>& done);
+  /// Runs `fn`, this thread staying the reader of a unix-socket link throughout: between the
+  /// waits `fn` makes (a request's reply, then wait_until), the I/O thread does not take over.
+  void read_here(const std::function<void()>& fn);
   Result<std::vector<EngineInfo>> engines(const std::string& label = {});
   /// These tasks (none: the newest `limit`, 0: 1000).
   Result<std::vector<TaskInfo>> tasks(const std::vector<std::uint64_t>& ids, std::uint64_t limit = 0);

@@ -126,9 +126,12 @@ std::future<Result<std::string>> Caller::call(const std::string& handler, std::s
 
 Result<std::string> Caller::call_and_wait(const std::string& handler, std::string payload,
                                           const CallOptions& options) {
-  auto future = call(handler, std::move(payload), options);
-  impl_->session->wait_until(
-      [&] { return future.wait_for(std::chrono::seconds(0)) == std::future_status::ready; });
+  std::future<Result<std::string>> future;
+  impl_->session->read_here([&] {
+    future = call(handler, std::move(payload), options);
+    impl_->session->wait_until(
+        [&] { return future.wait_for(std::chrono::seconds(0)) == std::future_status::ready; });
+  });
   return future.get();
 }
 

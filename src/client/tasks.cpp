@@ -413,6 +413,18 @@ void Session::wait_until(const std::function<bool()>& done) {
   impl_->await(lock, done, Impl::Clock::time_point::max());
 }
 
+void Session::read_here(const std::function<void()>& fn) {
+  {
+    std::lock_guard lock(impl_->mu);
+    ++impl_->foreground_wanted;
+  }
+  impl_->poke();
+  fn();
+  std::lock_guard lock(impl_->mu);
+  --impl_->foreground_wanted;
+  impl_->cv.notify_all();
+}
+
 void Session::on_results(ResultHandler handler) {
   std::vector<TaskResult> kept;
   {
