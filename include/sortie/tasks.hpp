@@ -79,6 +79,9 @@ struct EngineInfo {
   std::uint32_t running = 0;
   std::int64_t started_ms = 0;
   std::string kind;
+  /// "direct": its frames go straight to the hub (an engine of a local pilot); "agent": routed
+  /// through its agent (05-tasks.md §5.9).
+  std::string link;
 };
 
 struct TaskInfo {
@@ -166,10 +169,17 @@ public:
     std::string payload;
     std::int64_t timeout_ms = 0;
   };
+  /// The hub's own socket for an engine of a local pilot (SORTIE_ENGINE_DIRECT_SOCKET and
+  /// _KEY), tried first: the engine's frames skip its agent then, and go through it again when
+  /// that link ends (05-tasks.md §5.9).
+  struct DirectSocket {
+    std::string socket, key;
+  };
   static Result<std::unique_ptr<EngineLink>> connect(const std::string& socket,
                                                      const std::string& key, std::uint32_t rank,
                                                      std::uint32_t size, const std::string& kind,
-                                                     std::int64_t timeout_ms = 30'000);
+                                                     std::int64_t timeout_ms = 30'000,
+                                                     const DirectSocket& direct = {});
   ~EngineLink();
   std::uint64_t id() const;
   const std::string& label() const;

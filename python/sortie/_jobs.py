@@ -122,7 +122,8 @@ class Resource:
 class EngineInfo:
     """An engine that is up (``Client.engine_info``, ``sortie engine list``): its id, its job and
     MPI rank, where it runs, its label, whether it runs a task now ("busy") or not ("idle"),
-    the tasks it finished, and its kind ("python" or "cpp")."""
+    the tasks it finished, its kind ("python" or "cpp"), and its link to the hub ("direct" for
+    an engine of a local pilot, else "agent": through its agent)."""
     id: int
     job: int
     node: str
@@ -135,5 +136,6 @@ class EngineInfo:
     running: int = 0
     started_ms: int = 0
     kind: str = ""
+    link: str = ""
 
     from_dict = classmethod(_from_dict)

@@ -46,6 +46,7 @@ def main():
               "starts (client.start_engines)", file=sys.stderr)
         return 2
     key = env.pop("SORTIE_ENGINE_KEY", "")  # kept from the environment tasks' children inherit
+    direct_key = env.pop("SORTIE_ENGINE_DIRECT_KEY", "")
     rank = int(env.get("OMPI_COMM_WORLD_RANK", "0"))
     size = int(env.get("OMPI_COMM_WORLD_SIZE", "1"))
     job_id = int(env["SORTIE_JOB_ID"])
@@ -63,7 +64,8 @@ def main():
             return 1
     try:
         link = _sortie.EngineLink(env["SORTIE_ENGINE_SOCKET"], key, job_id,
-                                  int(env["SORTIE_ATTEMPT"]), rank, size)
+                                  int(env["SORTIE_ATTEMPT"]), rank, size,
+                                  env.get("SORTIE_ENGINE_DIRECT_SOCKET", ""), direct_key)
     except _sortie.Error as e:
         print(f"sortie.engine: rank {rank} cannot reach its agent: {e}", file=sys.stderr)
         if size > 1:  # the other ranks would wait for this one for ever: the MPI job ends

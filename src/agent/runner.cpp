@@ -72,6 +72,7 @@ struct JobAttempt {
   std::string rsh_args; ///< an ssh pilot's ssh options for mpiexec (OMPI_MCA_plm_rsh_args)
   pb::EnvList base_env; ///< its submission's exported environment, under spec.env
   std::string engine_socket, engine_key; ///< an MPI engine job's across nodes (from the hub)
+  std::string direct_socket, direct_key; ///< a local pilot's engine: the hub's own socket
   std::vector<std::string> engine_names; ///< variables its engine environment set (for -x)
   JobProcesses procs() const { return JobProcesses{pid, tag}; }
   ~JobAttempt() {
@@ -276,6 +277,8 @@ void JobRunner::assign(pb::Assignment& a) {
   t->rsh_args = a.mpi_rsh_args();
   t->engine_socket = a.engine_socket();
   t->engine_key = a.engine_key();
+  t->direct_socket = a.engine_direct_socket();
+  t->direct_key = a.engine_direct_key();
   if (!a.base_env().empty() && !t->base_env.ParseFromString(a.base_env()))
     log::warn("job {}: its exported environment does not parse; started without it", a.job_id());
   for (const auto& h : a.mpi_hosts()) {
@@ -398,6 +401,10 @@ std::vector<std::string> JobRunner::job_env(JobAttempt& t) const {
       set(e.substr(0, eq), e.substr(eq + 1));
       t.engine_names.push_back(e.substr(0, eq));
     }
+  if (t.spec.kind() == "engine" && !t.direct_socket.empty()) { // tried first (05-tasks.md §5.9)
+    set("SORTIE_ENGINE_DIRECT_SOCKET", t.direct_socket);
+    set("SORTIE_ENGINE_DIRECT_KEY", t.direct_key);
+  }
   // The GPUs it was given, and no others on a node that has some.
   if (!t.gpus.empty() || !config_.gpus.empty()) {
     std::string list;

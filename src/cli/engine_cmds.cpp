@@ -36,7 +36,7 @@ json engine_json(const EngineInfo& e) {
           {"label", e.label},    {"state", e.busy ? "busy" : "idle"},
           {"rank", e.rank},      {"size", e.size},           {"pid", e.pid},
           {"tasks_done", e.tasks_done}, {"running", e.running}, {"started_ms", e.started_ms},
-          {"kind", e.kind}};
+          {"kind", e.kind},      {"link", e.link}};
 }
 
 json task_json(const TaskInfo& t) {

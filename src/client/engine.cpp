@@ -91,14 +91,18 @@ Result<void> Engine::serve() {
                       "this program is a sortie engine: start it as one (`sortie engine start "
                       "--count N -- PROGRAM ARGS`, or start_engines(program=...) in Python), "
                       "which gives it SORTIE_ENGINE_SOCKET and SORTIE_ENGINE_KEY");
+  EngineLink::DirectSocket direct{env("SORTIE_ENGINE_DIRECT_SOCKET"),
+                                  env("SORTIE_ENGINE_DIRECT_KEY")};
   ::unsetenv("SORTIE_ENGINE_KEY"); // not for the processes it starts
+  ::unsetenv("SORTIE_ENGINE_DIRECT_KEY");
   auto number = [&](const char* name, std::uint32_t fallback) {
     std::string v = env(name);
     return v.empty() ? fallback : static_cast<std::uint32_t>(std::strtoul(v.c_str(), nullptr, 10));
   };
   impl_->rank = number("OMPI_COMM_WORLD_RANK", 0);
   impl_->size = number("OMPI_COMM_WORLD_SIZE", 1);
-  SORTIE_ASSIGN_OR_RETURN(link, EngineLink::connect(socket, key, impl_->rank, impl_->size, "cpp"));
+  SORTIE_ASSIGN_OR_RETURN(link, EngineLink::connect(socket, key, impl_->rank, impl_->size, "cpp",
+                                                          30'000, direct));
   impl_->link = std::move(link);
   while (true) {
     auto tasks = impl_->link->next(1000);

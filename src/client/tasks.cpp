@@ -559,7 +559,8 @@ Result<std::vector<EngineInfo>> Session::engines(const std::string& label) {
   std::vector<EngineInfo> out;
   for (const auto& e : reply.engine_list_reply().engines())
     out.push_back({e.id(), JobId(e.job_id()), e.node(), e.label(), e.busy(), e.rank(), e.size(),
-                   e.pid(), e.tasks_done(), e.running(), e.started_ms(), e.kind()});
+                   e.pid(), e.tasks_done(), e.running(), e.started_ms(), e.kind(),
+                   e.direct() ? "direct" : "agent"});
   return out;
 }
 
@@ -649,10 +650,52 @@ struct EngineLink::Impl {
   std::unordered_map<std::uint64_t, std::uint64_t> acked; ///< pieces of results the hub stored
   std::optional<Error> failed;                             ///< what the hub said, or the link
   std::mutex send_mu; ///< send_output may come from another thread
+  std::string send_buffer; ///< guarded by send_mu
+  /// On the hub's direct socket (05-tasks.md §5.9): when that link ends, the engine goes on
+  /// through its agent's socket, `agent_socket` with `agent_key`.
+  bool direct = false;
+  std::string agent_socket, agent_key;
+  std::uint64_t generation = 0; ///< links used so far: an upload that sees it change stops
 
   Result<void> send(const pb::Envelope& env) {
     std::lock_guard lock(send_mu);
+    if (direct) { // a failed write leaves the link open: receive() sees it end, and switches
+      [[maybe_unused]] auto sent = link.send_alongside(env, send_buffer);
+      return ok_result();
+    }
     return link.send(env);
+  }
+
+  /// Connects and authenticates to `socket`, trying again (`retry`) for up to `timeout_ms` (an
+  /// MPI rank may come before its agent listens).
+  static Result<net::BlockingLink> open(const std::string& socket, const std::string& key,
+                                        std::int64_t timeout_ms, bool retry = true) {
+    auto deadline = std::chrono::steady_clock::now() + std::chrono::milliseconds(timeout_ms);
+    while (true) {
+      auto link = net::BlockingLink::connect_unix(socket, timeout_ms);
+      if (link.ok()) {
+        SORTIE_TRY(link->handshake(key, pb::ROLE_ENGINE, "engine", timeout_ms));
+        return link;
+      }
+      if (!retry || std::chrono::steady_clock::now() >= deadline)
+        return link.error();
+      std::this_thread::sleep_for(std::chrono::milliseconds(50)); // a retry's backoff
+    }
+  }
+
+  /// The direct link ended (the hub stopped or restarted): on through the agent's socket, where
+  /// the engine announces itself again when the hub is there (EngineRejoin) and now.
+  Result<void> fall_back(const Error& why) {
+    if (!direct)
+      return why;
+    SORTIE_ASSIGN_OR_RETURN(fresh, open(agent_socket, agent_key, 30'000));
+    {
+      std::lock_guard lock(send_mu);
+      link = std::move(fresh);
+      direct = false;
+      ++generation;
+    }
+    return send_ready();
   }
 
   bool large(const TaskResult& r) const { return r.value.size() > kInlineValue; }
@@ -667,6 +710,9 @@ struct EngineLink::Impl {
     r->set_kind(kind);
     for (auto t : running)
       r->add_running(t);
+    for (const auto& in : incoming) // received and waiting here: held too
+      if (in.size == 0)
+        r->add_running(in.task.id);
     std::vector<std::uint64_t> resend;
     for (const auto& [tid, res] : unacked) {
       if (large(res)) { // held as running, and sent again in pieces below
@@ -698,8 +744,10 @@ struct EngineLink::Impl {
     switch (env.body_case()) {
     case pb::Envelope::kTaskRun:
       for (auto& t : *env.mutable_task_run()->mutable_tasks()) {
-        if (unacked.contains(t.task_id()) || running.contains(t.task_id()))
-          continue; // ran here already; the hub will hear of it again
+        if (unacked.contains(t.task_id()) || running.contains(t.task_id()) ||
+            std::any_of(incoming.begin(), incoming.end(),
+                        [&](const Incoming& in) { return in.task.id == t.task_id(); }))
+          continue; // here already; the hub will hear of it again
         if (t.transient())
           transient.insert(t.task_id());
         Incoming in;
@@ -748,8 +796,10 @@ struct EngineLink::Impl {
 
   /// Receives and handles one frame (Timeout when none came in time).
   Result<void> pump(std::int64_t timeout_ms) {
-    SORTIE_ASSIGN_OR_RETURN(env, link.receive(timeout_ms));
-    return handle(env);
+    auto env = link.receive(timeout_ms);
+    if (!env.ok())
+      return env.error().code == ErrorCode::Timeout ? env.error() : fall_back(env.error());
+    return handle(*env);
   }
 
   /// A large result's pieces, at most kValueWindow bytes unacknowledged.
@@ -757,11 +807,14 @@ struct EngineLink::Impl {
     const std::string& v = r.value;
     std::uint64_t sent = 0;
     acked[r.id] = 0;
+    std::uint64_t on = generation;
     while (sent < v.size()) {
       while (sent - acked[r.id] >= kValueWindow) {
         auto got = pump(60'000);
         if (!got.ok())
           return got.error();
+        if (generation != on)
+          return ok_result(); // the link changed: send_ready sent it again on the new one
       }
       std::size_t n = std::min<std::size_t>(kValueChunk, v.size() - sent);
       pb::Envelope env;
@@ -789,26 +842,28 @@ Result<std::unique_ptr<EngineLink>> EngineLink::connect(const std::string& socke
                                                         const std::string& key,
                                                         std::uint32_t rank, std::uint32_t size,
                                                         const std::string& kind,
-                                                        std::int64_t timeout_ms) {
+                                                        std::int64_t timeout_ms,
+                                                        const DirectSocket& direct) {
   if (socket.empty() || key.empty())
     return make_error(ErrorCode::InvalidArgument,
                       "no engine socket: an engine runs as a job of kind \"engine\" (`sortie "
                       "engine start`), which sets SORTIE_ENGINE_SOCKET and SORTIE_ENGINE_KEY");
   auto impl = std::make_unique<Impl>();
-  // An MPI rank on another node may come before the hub has told the agent there to listen
-  // (EngineHost): it tries again for a while.
-  auto deadline = std::chrono::steady_clock::now() + std::chrono::milliseconds(timeout_ms);
-  while (true) {
-    auto link = net::BlockingLink::connect_unix(socket, timeout_ms);
-    if (link.ok()) {
+  // The hub's own socket first, when it gave one (a local pilot's engine); else, or when that
+  // fails, the agent's. An MPI rank on another node may come before the hub has told the agent
+  // there to listen (EngineHost): it tries again for a while.
+  if (!direct.socket.empty()) {
+    if (auto link = Impl::open(direct.socket, direct.key, 10'000, false); link.ok()) {
       impl->link = std::move(*link);
-      break;
+      impl->direct = true;
+      impl->agent_socket = socket;
+      impl->agent_key = key;
     }
-    if (std::chrono::steady_clock::now() >= deadline)
-      return link.error();
-    std::this_thread::sleep_for(std::chrono::milliseconds(50)); // a retry's backoff
   }
-  SORTIE_TRY(impl->link.handshake(key, pb::ROLE_ENGINE, "engine", timeout_ms));
+  if (!impl->direct) {
+    SORTIE_ASSIGN_OR_RETURN(link, Impl::open(socket, key, timeout_ms));
+    impl->link = std::move(link);
+  }
   impl->rank = rank;
   impl->size = size;
   impl->kind = kind;

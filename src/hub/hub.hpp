@@ -94,6 +94,7 @@ private:
   Durable durable_;
   Events events_;
   scheduler::Scheduler scheduler_;
+  DirectEngines direct_;
   Core core_;
   HubIdentity identity_;
   // The rooms, each after those it calls.

@@ -137,12 +137,27 @@ void Placement::send_assignments(
       for (auto g : gpus_of(job->gpu_mask))
         a->add_gpus(g);
       fill_span(*job, agent, *a);
+      offer_direct(*job, agent, *a);
     }
     if (assign->jobs_size() > 0 && agent && agent->peer)
       agent->peer->send(env);
   }
   if (!r.ok())
     request_schedule();
+}
+
+void Placement::offer_direct(const Job& job, const Agent* agent, pb::Assignment& a) {
+  // An engine of a local pilot runs beside the hub: a socket of the hub's own lets its frames
+  // skip the agent's hop (05-tasks.md §5.9). MPI ranks on other nodes go through their agents.
+  auto& st = core_.state;
+  if (!agent || !st.spec_of(job).engine || a.mpi_hosts_size() > 1)
+    return;
+  if (const Pilot* p = st.find_pilot(agent->pilot); !p || p->remote)
+    return;
+  if (auto made = core_.direct.listen(job.id, job.attempt)) {
+    a.set_engine_direct_socket(made->first);
+    a.set_engine_direct_key(made->second);
+  }
 }
 
 void Placement::fill_span(const Job& job, const Agent* agent, pb::Assignment& a) const {

@@ -29,6 +29,8 @@ private:
       const std::unordered_map<AgentId, std::vector<std::pair<JobId, std::uint32_t>>>& per_agent,
       const Result<void>& r);
   void fill_span(const Job& job, const Agent* agent, pb::Assignment& out) const;
+  /// An engine job of a local pilot: its direct socket and key (DirectEngines).
+  void offer_direct(const Job& job, const Agent* agent, pb::Assignment& out);
 
   Core& core_;
   Jobs& jobs_;

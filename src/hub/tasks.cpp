@@ -51,12 +51,36 @@ std::shared_ptr<const std::string> share(std::string* s) {
 } // namespace
 
 Tasks::Tasks(Core& core, Jobs& jobs) : core_(core), jobs_(jobs) {
+  core_.direct.on(
+      [this](const std::shared_ptr<Peer>& peer, std::uint64_t link, JobId job, pb::Envelope& env) {
+        // As if its agent had routed it: the same checks and handlers.
+        const Job* j = jobs_.find(job);
+        Agent* agent = j ? core_.state.find_agent(j->agent) : nullptr;
+        if (!agent || !router_)
+          return peer->close_with_error(make_error(ErrorCode::FailedPrecondition,
+                                                   fmt::format("job {} is not running: this "
+                                                               "engine is not wanted any more",
+                                                               job)));
+        router_->dispatch(Sender{peer, Role::Engine, agent, env.request_id(), link}, env);
+      },
+      [this](std::uint64_t link) {
+        // Its engine goes on through its agent (EngineReady there), or is gone with its job.
+        for (auto& [id, e] : engines_)
+          if (e.link == link && e.direct) {
+            e.direct.reset();
+            if (e.up) {
+              e.up = false;
+              chooser_.close_engine(id);
+            }
+          }
+      });
   core_.events.final.subscribe([this](Job& job) { job_ended(job); });
   core_.events.attempt_ended.subscribe([this](Job& job) { job_ended(job); });
   core_.events.agent_away.subscribe([this](Agent& agent) {
-    // Its engines keep running; they take nothing new until they are back (EngineReady).
+    // Its engines keep running; they take nothing new until they are back (EngineReady), unless
+    // they talk to the hub directly.
     for (auto& [id, e] : engines_)
-      if (e.agent == agent.id && e.up) {
+      if (e.agent == agent.id && e.up && !(e.direct && !e.direct->closed())) {
         e.up = false;
         chooser_.close_engine(id);
       }
@@ -78,6 +102,7 @@ Tasks::Tasks(Core& core, Jobs& jobs) : core_(core), jobs_(jobs) {
 }
 
 void Tasks::register_with(Router& router) {
+  router_ = &router;
   router.add(pb::Envelope::kEngineReady, Role::Engine, [this](const Sender& from, pb::Envelope& env) {
     handle_ready(from, *env.mutable_engine_ready());
   });
@@ -224,6 +249,11 @@ bool Tasks::holding() {
 // Engines
 
 void Tasks::send_to(const Engine& e, pb::Envelope& env) {
+  if (e.direct) {
+    env.clear_route();
+    e.direct->send(env);
+    return;
+  }
   Agent* agent = core_.state.find_agent(e.agent);
   if (!agent || !agent->peer || e.link == 0)
     return; // it resends what it holds when its agent is back (EngineReady)
@@ -289,6 +319,8 @@ void Tasks::handle_ready(const Sender& from, pb::EngineReady& r) {
     links_.erase({e->agent.value, e->link});
   e->agent = agent->id;
   e->link = from.via;
+  // A direct link's peer is the engine's own (05-tasks.md §5.9); through its agent, none.
+  e->direct = from.peer != agent->peer ? from.peer : nullptr;
   links_[{agent->id.value, from.via}] = e->id;
   e->node = agent->node;
   e->pid = r.pid();
@@ -413,10 +445,8 @@ Engine* Tasks::engine_of(const Sender& from) {
 
 void Tasks::handle_output(const Sender& from, pb::TaskOutput& out) {
   Engine* e = engine_of(from);
-  if (!e)
-    return Router::refuse(from, make_error(ErrorCode::FailedPrecondition,
-                                           "protocol error: task output from an engine that is "
-                                           "not registered: send EngineReady first"));
+  if (!e) // sent before its EngineReady reached this hub (a restart): the result has it all
+    return;
   Task* t = find(out.task_id());
   if (!t || t->state != TaskState::Running || t->engine != e->id || out.data().empty())
     return; // ended meanwhile (or never ran there): its result has the whole output
@@ -460,10 +490,12 @@ void Tasks::send_output(Peer& peer, std::uint64_t task, std::uint64_t offset,
 
 void Tasks::handle_done(const Sender& from, pb::TaskDone& done) {
   Engine* found = engine_of(from);
-  if (!found)
-    return Router::refuse(from, make_error(ErrorCode::FailedPrecondition,
-                                           "protocol error: task results from an engine that "
-                                           "is not registered: send EngineReady first"));
+  if (!found) {
+    // Sent before its EngineReady reached this hub (the hub restarted, or its link moved): the
+    // engine keeps them unacknowledged and gives them again in that EngineReady.
+    log::debug("results from an engine before its EngineReady: dropped until it sends them again");
+    return;
+  }
   Engine& e = *found;
   std::vector<std::uint64_t> acked, finished;
   for (auto& r : *done.mutable_results()) {
@@ -495,6 +527,7 @@ void Tasks::handle_done(const Sender& from, pb::TaskDone& done) {
 }
 
 void Tasks::job_ended(const Job& job) {
+  core_.direct.ended(job.id);
   auto it = engines_of_job_.find(job.id);
   if (it == engines_of_job_.end())
     return;
@@ -890,6 +923,7 @@ void Tasks::handle_engines(const Sender& from, const pb::EngineListRequest& req)
     i->set_running(static_cast<std::uint32_t>(e->running.size()));
     i->set_started_ms(e->started_ms);
     i->set_kind(e->kind);
+    i->set_direct(e->direct != nullptr);
   }
   reply(from.peer, env, from.rid);
 }

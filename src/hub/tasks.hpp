@@ -75,6 +75,8 @@ struct Engine {
   std::uint32_t attempt = 0, rank = 0, size = 1;
   AgentId agent;
   std::uint64_t link = 0; ///< its link at its agent: the route to it (0: not known yet)
+  /// Its direct link to the hub (05-tasks.md §5.9), when it came that way: frames go there.
+  std::shared_ptr<Peer> direct;
   std::string label, node, kind;
   int pid = 0;
   std::int64_t started_ms = 0;
@@ -157,6 +159,7 @@ private:
 
   Core& core_;
   Jobs& jobs_;
+  Router* router_ = nullptr; ///< where direct links' frames go (register_with)
   scheduler::TaskChooser chooser_;
   std::map<std::uint64_t, Task> tasks_;
   std::unordered_map<std::uint64_t, Engine> engines_;

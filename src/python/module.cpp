@@ -158,6 +158,7 @@ py::dict engine_dict(const EngineInfo& e) {
   d["running"] = e.running;
   d["started_ms"] = e.started_ms;
   d["kind"] = e.kind;
+  d["link"] = e.link;
   return d;
 }
 
@@ -498,14 +499,18 @@ PYBIND11_MODULE(_sortie, m) {
 
   py::class_<EngineLink, std::unique_ptr<EngineLink>>(m, "EngineLink")
       .def(py::init([](const std::string& socket, const std::string& key, std::uint64_t job,
-                       std::uint32_t attempt, std::uint32_t rank, std::uint32_t size) {
+                       std::uint32_t attempt, std::uint32_t rank, std::uint32_t size,
+                       const std::string& direct_socket, const std::string& direct_key) {
              (void)job; // the agent tells the hub which job this is
              (void)attempt;
-             return unlocked<std::unique_ptr<EngineLink>>(
-                 [&] { return EngineLink::connect(socket, key, rank, size, "python"); });
+             return unlocked<std::unique_ptr<EngineLink>>([&] {
+               return EngineLink::connect(socket, key, rank, size, "python", 30'000,
+                                          {direct_socket, direct_key});
+             });
            }),
            py::arg("socket_path"), py::arg("key"), py::arg("job") = 0, py::arg("attempt") = 0,
-           py::arg("rank") = 0, py::arg("size") = 1)
+           py::arg("rank") = 0, py::arg("size") = 1, py::arg("direct_socket") = "",
+           py::arg("direct_key") = "")
       .def_property_readonly("engine_id", &EngineLink::id)
       .def_property_readonly("label", &EngineLink::label)
       .def("next_tasks",

@@ -31,6 +31,8 @@ def test_engine_commands_start_list_and_stop_engines(sortie, tmp_path):
                        "two engines to come up")
     assert sorted(e["job"] for e in engines) == [first, last]
     assert {e["label"] for e in engines} == {"cpu"} and {e["state"] for e in engines} == {"idle"}
+    # A local pilot's engines talk to the hub on links of their own (05-tasks.md §5.9).
+    assert {e["link"] for e in engines} == {"direct"}
     # Engines are jobs: `job list` shows them running.
     listed = {j["id"]: j for j in sortie.jobs()}
     assert listed[first]["state"] == "running" and listed[last]["state"] == "running"
@@ -100,7 +102,7 @@ def test_task_output_command_follows_a_running_task(sortie, tmp_path):
 @pytest.mark.timeout(240)
 def test_a_hub_killed_with_tasks_in_flight_loses_none_and_runs_none_twice(sortie, tmp_path):
     """10,000 tasks submitted; the submitting process exits; the hub is killed with -9 while they
-    run; engines carry on through the restart. Another process collects every result by id, and
+    run; engines carry on through the restart (from their direct links to their agents'). Another process collects every result by id, and
     each task ran exactly once (the engines' own record of what they ran)."""
     log_dir = tmp_path / "ran"
     log_dir.mkdir()
@@ -113,6 +115,7 @@ def test_a_hub_killed_with_tasks_in_flight_loses_none_and_runs_none_twice(sortie
             time.sleep(0.0005)
             return i * 3
         futs = client.map(work, range(10000), label="cpu")
+        assert {{e.link for e in client.engine_info()}} == {{"direct"}}
         print("IDS", futs[0].id, futs[-1].id)
     """, name="submit.py")
     lo, hi = map(int, out.split("IDS ")[1].split()[:2])
@@ -129,6 +132,8 @@ def test_a_hub_killed_with_tasks_in_flight_loses_none_and_runs_none_twice(sortie
         futs = client.futures(range({lo}, {hi} + 1))
         results = client.gather(futs)
         assert results == [i * 3 for i in range(10000)], "wrong or missing results"
+        # Their direct links ended with the old hub: they went on through their agents.
+        assert {{e.link for e in client.engine_info()}} == {{"agent"}}
     """, prelude="import sortie\nclient = sortie.Client(start=False)\n", name="collect.py",
         timeout=200)
     ran = [int(line) for p in log_dir.iterdir() for line in p.read_text().splitlines()]
@@ -193,6 +198,7 @@ def engines_on(sortie, tmp_path, label, hosts_expected):
         assert hosts == {sorted(hosts_expected)!r}, hosts
         view.push({{"k": 5}})
         assert view.apply(lambda x: k * x, 2) == [10, 10]
+        assert {{e.link for e in client.engine_info({label!r})}} == {{"agent"}}
         assert client.gather(client.map(lambda x: -x, range(50), label={label!r})) == \\
             [-x for x in range(50)]
         view.stop()
