@@ -12,6 +12,7 @@
 #include "protocol/auth.hpp"
 #include "protocol/handshake.hpp"
 #include "protocol/roles.hpp"
+#include "protocol/route.hpp"
 #include "protocol/socket_stream.hpp"
 
 namespace sortie::hub {
@@ -140,7 +141,11 @@ Awaitable<void> DirectEngines::serve(std::uint64_t id, std::shared_ptr<net::Link
     auto& env = *frame;
     if (env.has_heartbeat() || env.has_goodbye())
       continue;
-    if (!protocol::may_send(protocol::Role::Engine, env.body_case()) || env.route_size() > 0) {
+    if (auto routed = protocol::check_route(protocol::Role::Engine, env); !routed.ok()) {
+      link->close_with_error(routed.error()); // an engine is the last hop: no routes
+      break;
+    }
+    if (!protocol::may_send(protocol::Role::Engine, env.body_case())) {
       link->close_with_error(protocol::not_allowed(protocol::Role::Engine, env));
       break;
     }

@@ -8,8 +8,9 @@ import hmac
 import json
 import os
 import secrets
+import socket
 
-from conftest import frame, pb_bytes, pb_fields, pb_int, read_frame
+from conftest import frame, pb_bytes, pb_fields, pb_int, read_frame, wait_for
 
 
 def send(sock, envelope):
@@ -27,18 +28,80 @@ def receive(sock):
             return env
 
 
-def handshake_as_agent(sock, token_hex):
-    key = bytes.fromhex(token_hex)
+def handshake_as_agent(sock, token_hex, role=2, key=None):
+    """The connecting side of the handshake; `key`: raw key bytes (default: the hex token's)."""
+    key = key if key is not None else bytes.fromhex(token_hex)
     nonce = secrets.token_bytes(32)
-    hello = pb_int(1, 1) + pb_int(2, 2) + pb_bytes(3, nonce) + pb_bytes(4, b"impostor")
+    hello = pb_int(1, 1) + pb_int(2, role) + pb_bytes(3, nonce) + pb_bytes(4, b"impostor")
     send(sock, pb_bytes(10, hello))
     challenge = pb_fields(receive(sock)[11][0])
     hub_nonce = challenge[2][0]
     expected = hmac.new(key, b"sortie-hub-v1" + nonce + hub_nonce, hashlib.sha256).digest()
     assert challenge[3][0] == expected, "the hub proved it knows the token"
-    proof = hmac.new(key, b"sortie-peer-v1" + bytes([2]) + hub_nonce + nonce, hashlib.sha256).digest()
+    proof = hmac.new(key, b"sortie-peer-v1" + bytes([role]) + hub_nonce + nonce,
+                     hashlib.sha256).digest()
     send(sock, pb_bytes(12, pb_bytes(1, proof)))
     assert 13 in receive(sock), "welcome"
+
+
+ENGINE = 4  # Role.ROLE_ENGINE
+
+# An engine program that hands its direct socket and key to the test, then waits.
+ROGUE_ENGINE = """
+import os, sys, time
+out = sys.argv[1]
+with open(out + ".tmp", "w") as f:
+    f.write(os.environ["SORTIE_ENGINE_DIRECT_SOCKET"] + "\\n" + os.environ["SORTIE_ENGINE_DIRECT_KEY"])
+os.rename(out + ".tmp", out)
+while not os.path.exists(out + ".done"):
+    time.sleep(0.05)
+"""
+
+
+def test_a_direct_engine_socket_takes_only_its_engine_and_only_engine_frames(sortie, tmp_path):
+    """The socket a local pilot's engine gets from the hub (05-tasks.md §5.9): a wrong key is
+    refused; a routed frame or one an engine may not send closes that link with the reason; the
+    right key and an EngineReady make an engine on a direct link."""
+    sortie.start()
+    sortie.add_pilot("--resource", "local", "--slots", "1")
+    program, handed = tmp_path / "rogue.py", tmp_path / "handed"
+    program.write_text(ROGUE_ENGINE)
+    sortie.run("engine", "start", "--count", "1", "--", "/usr/bin/python3", str(program),
+               str(handed))
+    wait_for(handed.exists, 60, "the engine program to start")
+    path, key = handed.read_text().split("\n")
+    assert path.startswith(str(sortie.profile)) and path.endswith(".sock"), path
+
+    def connect():
+        s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        s.settimeout(30)
+        s.connect(path)
+        return s
+
+    with connect() as s:  # another key: the hub's proof does not match, and it closes
+        try:
+            handshake_as_agent(s, None, ENGINE, secrets.token_hex(32).encode())
+        except (AssertionError, ConnectionError, TypeError):
+            pass
+        else:
+            raise AssertionError("a wrong key was taken")
+    ready = pb_bytes(60, pb_int(3, 0) + pb_int(4, 1) + pb_int(5, os.getpid()))
+    for bad, reason in ((ready + pb_int(2, 7), b"a forged route"),  # routed to "link 7"
+                        (pb_bytes(66, b""), b"may not send")):     # a client's TaskSubmit
+        with connect() as s:
+            handshake_as_agent(s, None, ENGINE, key.encode())
+            send(s, bad)
+            reply = receive(s)
+            assert reply is not None and 14 in reply, reply
+            assert reason in pb_fields(reply[14][0])[2][0], reply
+            assert receive(s) is None, "that link is closed"
+    with connect() as s:
+        handshake_as_agent(s, None, ENGINE, key.encode())
+        send(s, ready)
+        assert 61 in receive(s), "EngineWelcome"
+        engines = wait_for(lambda: sortie.json("engine", "list"), 30, "the engine to be up")
+        assert [e["link"] for e in engines] == ["direct"], engines
+    (tmp_path / "handed.done").write_text("")
 
 
 def test_an_impostor_with_the_token_cannot_take_over_a_live_agent(sortie, tmp_path):
