@@ -122,17 +122,13 @@ Awaitable<void> EngineBridge::accept_loop(std::shared_ptr<Listener> l) {
 
 Awaitable<void> EngineBridge::serve(std::uint64_t id, std::shared_ptr<net::Link> link,
                                     std::shared_ptr<Listener> l) {
-  pb::Welcome welcome;
-  welcome.set_heartbeat_interval_ms(0);
-  auto accepted = co_await net::accept_handshake(link, l->key, welcome, 10'000);
+  auto accepted = co_await net::accept_engine(link, l->key);
   if (!accepted.ok()) {
-    log::warn("job {}: an engine connection failed to authenticate: {}", l->job,
-              accepted.error().to_string());
+    log::warn("job {}: an engine connection was refused: {}", l->job, accepted.error().to_string());
     co_return;
   }
-  if (accepted->hello.role() != pb::ROLE_ENGINE || l->closed) {
-    link->close_with_error(make_error(ErrorCode::PermissionDenied,
-                                      "only the job's engine may use this socket"));
+  if (l->closed) {
+    link->close(make_error(ErrorCode::Cancelled, "the engine's job ended"));
     co_return;
   }
   links_[id] = EngineLink{l->job, l->attempt, link};

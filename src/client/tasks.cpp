@@ -124,6 +124,7 @@ struct Session::Impl {
   int foreground_wanted = 0;
   bool foreground_reading = false;
   bool io_parked = false;
+  std::thread::id reader; ///< the thread in read_here(), whose requests' replies it reads
 
   ~Impl() { stop(); }
 
@@ -379,7 +380,10 @@ struct Session::Impl {
     }
     // Requests that store something are answered after a commit; allow for a loaded hub.
     auto deadline = Clock::now() + std::chrono::milliseconds(std::max<std::int64_t>(timeout_ms, 60'000));
-    bool answered = await(lock, [&] { return replies[rid].has_value(); }, deadline);
+    auto replied = [&] { return ended || replies[rid].has_value(); };
+    // Read here only in read_here(): else the I/O thread's hand-over costs more than it saves.
+    bool answered = reader == std::this_thread::get_id() ? await(lock, replied, deadline)
+                                                         : cv.wait_until(lock, deadline, replied);
     auto it = replies.find(rid);
     std::optional<Result<pb::Envelope>> got = std::move(it->second);
     replies.erase(it);
@@ -417,11 +421,13 @@ void Session::read_here(const std::function<void()>& fn) {
   {
     std::lock_guard lock(impl_->mu);
     ++impl_->foreground_wanted;
+    impl_->reader = std::this_thread::get_id();
   }
   impl_->poke();
   fn();
   std::lock_guard lock(impl_->mu);
   --impl_->foreground_wanted;
+  impl_->reader = {};
   impl_->cv.notify_all();
 }
 

@@ -121,4 +121,18 @@ Awaitable<Result<Accepted>> accept_handshake(std::shared_ptr<Link> link,
   co_return accepted;
 }
 
+Awaitable<Result<void>> accept_engine(std::shared_ptr<Link> link, std::string key) {
+  pb::Welcome welcome;
+  welcome.set_heartbeat_interval_ms(0);
+  auto accepted = co_await accept_handshake(link, std::move(key), welcome, 10'000);
+  if (!accepted.ok())
+    co_return accepted.error();
+  if (accepted->hello.role() != pb::ROLE_ENGINE) {
+    auto e = make_error(ErrorCode::PermissionDenied, "only the job's engine may use this socket");
+    link->close_with_error(e);
+    co_return e;
+  }
+  co_return ok_result();
+}
+
 } // namespace sortie::net

@@ -27,4 +27,9 @@ Awaitable<Result<Accepted>> accept_handshake(std::shared_ptr<Link> link,
                                              pb::Welcome welcome,
                                              std::int64_t timeout_ms);
 
+/// An engine socket's side (its agent's, or the hub's direct one): accept_handshake with the
+/// engine's `key`, no heartbeats, and role engine only (anything else: PermissionDenied, sent,
+/// and the link closed).
+Awaitable<Result<void>> accept_engine(std::shared_ptr<Link> link, std::string key);
+
 } // namespace sortie::net
