@@ -254,6 +254,14 @@ struct Client::Impl {
   net::BlockingLink link;
   ConnectOptions options;
   std::unique_ptr<detail::Caller> caller; ///< made at the first call()
+
+  Result<detail::Caller*> get_caller() {
+    if (!caller) {
+      SORTIE_ASSIGN_OR_RETURN(made, detail::Caller::open(options));
+      caller = std::move(made);
+    }
+    return caller.get();
+  }
   std::uint64_t next_rid = 1;
   std::int64_t timeout_ms = 10'000;
   std::int64_t heartbeat_ms = 5'000;
@@ -300,27 +308,19 @@ std::int64_t Client::heartbeat_interval_ms() const { return impl_->heartbeat_ms;
 std::future<Result<std::string>> Client::call_async(const std::string& handler,
                                                     std::string payload,
                                                     const CallOptions& options) {
-  if (!impl_->caller) {
-    auto caller = detail::Caller::open(impl_->options);
-    if (!caller.ok()) {
-      std::promise<Result<std::string>> failed;
-      failed.set_value(caller.error());
-      return failed.get_future();
-    }
-    impl_->caller = std::move(*caller);
+  auto c = impl_->get_caller();
+  if (!c.ok()) {
+    std::promise<Result<std::string>> failed;
+    failed.set_value(c.error());
+    return failed.get_future();
   }
-  return impl_->caller->call(handler, std::move(payload), options);
+  return (*c)->call(handler, std::move(payload), options);
 }
 
 Result<std::string> Client::call(const std::string& handler, std::string payload,
                                  const CallOptions& options) {
-  if (!impl_->caller) {
-    auto caller = detail::Caller::open(impl_->options);
-    if (!caller.ok())
-      return caller.error();
-    impl_->caller = std::move(*caller);
-  }
-  return impl_->caller->call_and_wait(handler, std::move(payload), options);
+  SORTIE_ASSIGN_OR_RETURN(c, impl_->get_caller());
+  return c->call_and_wait(handler, std::move(payload), options);
 }
 
 Result<Client> Client::connect(const std::string& profile, ConnectOptions options) {

@@ -247,54 +247,52 @@ struct Session::Impl {
   /// go while it gives results to on_results.
   void handle(pb::Envelope& env, std::unique_lock<std::mutex>& lock) {
     auto* frame = &env;
-    {
-      std::vector<TaskResult> arrived; // for on_results, given outside the lock
-      auto& done = on_results ? arrived : results;
-      if (frame->request_id() == 0) {
-        if (frame->has_task_output()) {
-          auto& o = *frame->mutable_task_output();
-          output_bytes += o.data().size();
-          output.push_back({o.task_id(), o.offset(), std::move(*o.mutable_data())});
-          while (output_bytes > kOutputKept && output.size() > 1) { // not taken: a gap
-            output_bytes -= output.front().data.size();
-            output.pop_front();
-          }
-        } else if (frame->has_task_results()) {
-          for (auto& r : *frame->mutable_task_results()->mutable_results()) {
-            std::uint64_t size = r.payload_size();
-            if (size == 0) {
-              done.push_back(from_pb(r));
-            } else { // its value follows in pieces
-              auto& [res, want] = partial[r.task_id()];
-              res = from_pb(r);
-              res.value.reserve(size);
-              want = size;
-            }
-          }
-        } else if (frame->has_value_chunk()) {
-          auto& c = *frame->mutable_value_chunk();
-          auto it = partial.find(c.task_id());
-          if (it != partial.end() && c.offset() == it->second.first.value.size()) {
-            it->second.first.value += c.data();
-            if (it->second.first.value.size() >= it->second.second) {
-              done.push_back(std::move(it->second.first));
-              partial.erase(it);
-            }
+    std::vector<TaskResult> arrived; // for on_results, given outside the lock
+    auto& done = on_results ? arrived : results;
+    if (frame->request_id() == 0) {
+      if (frame->has_task_output()) {
+        auto& o = *frame->mutable_task_output();
+        output_bytes += o.data().size();
+        output.push_back({o.task_id(), o.offset(), std::move(*o.mutable_data())});
+        while (output_bytes > kOutputKept && output.size() > 1) { // not taken: a gap
+          output_bytes -= output.front().data.size();
+          output.pop_front();
+        }
+      } else if (frame->has_task_results()) {
+        for (auto& r : *frame->mutable_task_results()->mutable_results()) {
+          std::uint64_t size = r.payload_size();
+          if (size == 0) {
+            done.push_back(from_pb(r));
+          } else { // its value follows in pieces
+            auto& [res, want] = partial[r.task_id()];
+            res = from_pb(r);
+            res.value.reserve(size);
+            want = size;
           }
         }
-      } else if (auto it = replies.find(frame->request_id()); it != replies.end()) {
-        if (frame->has_error())
-          it->second = Result<pb::Envelope>(net::error_from_pb(frame->error()));
-        else
-          it->second = Result<pb::Envelope>(std::move(*frame));
+      } else if (frame->has_value_chunk()) {
+        auto& c = *frame->mutable_value_chunk();
+        auto it = partial.find(c.task_id());
+        if (it != partial.end() && c.offset() == it->second.first.value.size()) {
+          it->second.first.value += c.data();
+          if (it->second.first.value.size() >= it->second.second) {
+            done.push_back(std::move(it->second.first));
+            partial.erase(it);
+          }
+        }
       }
-      cv.notify_all();
-      if (!arrived.empty()) {
-        lock.unlock();
-        on_results(std::move(arrived));
-        lock.lock();
-        cv.notify_all(); // for await()s whose done() on_results made true
-      }
+    } else if (auto it = replies.find(frame->request_id()); it != replies.end()) {
+      if (frame->has_error())
+        it->second = Result<pb::Envelope>(net::error_from_pb(frame->error()));
+      else
+        it->second = Result<pb::Envelope>(std::move(*frame));
+    }
+    cv.notify_all();
+    if (!arrived.empty()) {
+      lock.unlock();
+      on_results(std::move(arrived));
+      lock.lock();
+      cv.notify_all(); // for await()s whose done() on_results made true
     }
   }
 

@@ -1141,7 +1141,7 @@ void Tasks::flush_pushes(const Peer* key) {
         fill_result(*t, *r);
         if (t->result_size > 0) // its pieces follow this frame
           p.streams.push_back(Stream{id, t->result_size, 0});
-        else
+        else if (t->transient)
           forget_transient(id);
       } else {
         r->set_task_id(id);

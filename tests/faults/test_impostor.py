@@ -102,6 +102,8 @@ def test_a_direct_engine_socket_takes_only_its_engine_and_only_engine_frames(sor
         engines = wait_for(lambda: sortie.json("engine", "list"), 30, "the engine to be up")
         assert [e["link"] for e in engines] == ["direct"], engines
     (tmp_path / "handed.done").write_text("")
+    # Its job ended: the socket goes with it.
+    wait_for(lambda: not os.path.exists(path), 30, "the direct socket to be removed")
 
 
 def test_an_impostor_with_the_token_cannot_take_over_a_live_agent(sortie, tmp_path):
