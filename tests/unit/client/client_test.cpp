@@ -271,6 +271,29 @@ TEST_F(ClientTest, CallsAreNotStoredAndLargeOnesGoInPieces) {
   EXPECT_EQ(tasks->front().handler, "set_state");
 }
 
+TEST_F(ClientTest, AHubStartedAgainNeverGivesATransientCallsIdAgain) {
+  Client c = connected();
+  auto session = Session::connect(options_);
+  ASSERT_TRUE(session.ok()) << session.error().to_string();
+  TaskCall call; // no engine: it waits in the hub's memory only
+  call.handler = "echo";
+  call.transient = true;
+  auto transient = (*session)->submit({call, call});
+  ASSERT_TRUE(transient.ok()) << transient.error().to_string();
+  session->reset();
+  ASSERT_TRUE(c.stop_hub().ok());
+  Client back = connected();
+  session = Session::connect(options_);
+  ASSERT_TRUE(session.ok()) << session.error().to_string();
+  call.transient = false;
+  auto stored = (*session)->submit({call});
+  ASSERT_TRUE(stored.ok()) << stored.error().to_string();
+  EXPECT_GT(stored->front(), transient->back()); // an engine may still hold those ids' results
+  auto tasks = (*session)->tasks({}, 0);
+  ASSERT_TRUE(tasks.ok());
+  ASSERT_EQ(tasks->size(), 1u); // the transient calls went with the hub
+}
+
 TEST_F(ClientTest, ACallInFlightWhenTheHubStopsFailsWithUnavailable) {
   Client c = connected();
   add_pilot(c);
