@@ -126,6 +126,7 @@ struct HubStatus {
   std::uint64_t slots_total = 0;
   std::uint64_t slots_used = 0;
   std::string store_path;
+  std::uint64_t store_commits = 0; ///< transactions committed since the hub started
 };
 
 /// Where pilots run (docs/resources.md).

@@ -91,7 +91,8 @@ class Client:
 
     def status(self):
         """The hub's status: a dict with version, profile, pid, address, agents, pilots,
-        slots_total, slots_used."""
+        slots_total, slots_used, store_commits (transactions its store committed since it
+        started)."""
         return self._hub_call("status")
 
     # ---- resources and pilots ------------------------------------------------------------

@@ -239,10 +239,10 @@ std::string status_text(const HubStatus& s) {
                      "agents:   {} ({} of {} slots busy)\n"
                      "pilots:   {}\n"
                      "jobs:     {}\n"
-                     "store:    {}\n",
+                     "store:    {} ({} commits since the hub started)\n",
                      s.pid, s.version, s.profile, s.address, format_time_ms(s.started_ms), s.agents,
                      s.slots_used, s.slots_total, s.pilots, jobs.empty() ? "none" : jobs,
-                     s.store_path);
+                     s.store_path, s.store_commits);
 }
 
 std::string status_json(const HubStatus& s) {
@@ -250,7 +250,7 @@ std::string status_json(const HubStatus& s) {
             {"pid", s.pid},         {"started_ms", s.started_ms},   {"address", s.address},
             {"agents", s.agents},   {"pilots", s.pilots},           {"slots_total", s.slots_total},
             {"slots_used", s.slots_used}, {"jobs_by_state", s.jobs_by_state},
-            {"store", s.store_path}};
+            {"store", s.store_path},      {"store_commits", s.store_commits}};
   return o.dump(2) + "\n";
 }
 

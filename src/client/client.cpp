@@ -618,6 +618,7 @@ Result<HubStatus> Client::hub_status() {
   out.slots_total = s.slots_total();
   out.slots_used = s.slots_used();
   out.store_path = s.store_path();
+  out.store_commits = s.store_commits();
   return out;
 }
 

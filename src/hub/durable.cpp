@@ -5,7 +5,23 @@
 
 namespace sortie::hub {
 
-store::WriteBatch& Durable::batch() {
+store::WriteBatch& Durable::batch(When when) {
+  if (when == When::Soon) {
+    if (!flush_posted_ && !soon_armed_) {
+      soon_armed_ = true;
+      soon_.expires_after(kSoon);
+      soon_.async_wait([this, alive = alive_, armed = ++soon_generation_](
+                           const boost::system::error_code&) {
+        // A flush since took these rows (and disarmed this wait), or the hub is gone.
+        if (!*alive || armed != soon_generation_ || !soon_armed_)
+          return;
+        soon_armed_ = false;
+        if (!flush_posted_) // else the posted flush takes these rows too
+          flush();
+      });
+    }
+    return batch_;
+  }
   if (!flush_posted_) {
     flush_posted_ = true;
     // Posted twice: what the handlers of this turn post in turn (a dispatch that marks tasks
@@ -21,8 +37,8 @@ store::WriteBatch& Durable::batch() {
   return batch_;
 }
 
-void Durable::after_commit(std::function<void(const Result<void>&)> fn) {
-  batch().on_commit.push_back([alive = alive_, fn = std::move(fn)](const Result<void>& r) {
+void Durable::after_commit(std::function<void(const Result<void>&)> fn, When when) {
+  batch(when).on_commit.push_back([alive = alive_, fn = std::move(fn)](const Result<void>& r) {
     if (*alive)
       fn(r);
   });
@@ -38,6 +54,10 @@ void Durable::mark_dirty(Job& job) {
 
 void Durable::flush() {
   flush_posted_ = false;
+  if (soon_armed_) { // rows written When::Soon go now: their timer starts again with the next
+    soon_armed_ = false;
+    soon_.cancel();
+  }
   if (!dirty_.empty()) {
     batch_.job_updates.reserve(dirty_.size());
     for (auto id : dirty_) {

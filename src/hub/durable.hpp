@@ -2,9 +2,12 @@
 // What the hub writes to its store, and when it may speak of it. Every change of a loop turn goes
 // into one WriteBatch, flushed once per turn (group commit); what must not be said before it is
 // durable (submission acks, assignments, event acks, output credit) runs after the commit, from
-// after_commit. Each row <-> object conversion is written here once.
+// after_commit. A row nobody waits for (a task's result, which its engine keeps until the commit
+// is acknowledged) may wait a little for the next turn's commit (When::Soon), so that one
+// commit carries both. Each row <-> object conversion is written here once.
 #pragma once
 
+#include <chrono>
 #include <functional>
 #include <memory>
 
@@ -14,16 +17,26 @@
 
 namespace sortie::hub {
 
+/// When the rows written now must be committed: in this turn's commit, or soon (in the next commit
+/// that another turn makes, or after kSoon at the latest).
+enum class When { ThisTurn, Soon };
+
 class Durable {
 public:
+  /// How long a row written When::Soon may wait for another turn's commit.
+  static constexpr std::chrono::milliseconds kSoon{2};
+
   Durable(asio::any_io_executor executor, store::Store& store, HubState& state,
           std::shared_ptr<bool> alive)
-      : executor_(std::move(executor)), store_(store), state_(state), alive_(std::move(alive)) {}
+      : executor_(executor), store_(store), state_(state), alive_(std::move(alive)),
+        soon_(executor) {}
 
-  /// This turn's batch; the first use in a turn posts its flush.
-  store::WriteBatch& batch();
-  /// Runs `fn` once this turn's batch is committed (or failed to), unless the hub is gone by then.
-  void after_commit(std::function<void(const Result<void>&)> fn);
+  /// The batch being gathered; the first use in a turn posts its flush (When::Soon: arms the
+  /// timer that flushes it, unless a flush is posted already).
+  store::WriteBatch& batch(When when = When::ThisTurn);
+  /// Runs `fn` once the rows written so far are committed (or failed to), unless the hub is gone
+  /// by then.
+  void after_commit(std::function<void(const Result<void>&)> fn, When when = When::ThisTurn);
   /// The job's row is written with this turn's batch.
   void mark_dirty(Job& job);
   /// Writes the rows of dirty jobs into the batch and hands it to the store.
@@ -47,6 +60,9 @@ private:
   store::WriteBatch batch_;
   std::vector<JobId> dirty_;
   bool flush_posted_ = false;
+  asio::steady_timer soon_;
+  bool soon_armed_ = false;
+  std::uint64_t soon_generation_ = 0;
 };
 
 } // namespace sortie::hub

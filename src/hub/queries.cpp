@@ -167,6 +167,7 @@ void Queries::handle_status(const Sender& from) {
   st->set_slots_total(s.slots_total);
   st->set_slots_used(s.slots_used);
   st->set_store_path(core_.config.profile.store_file().string());
+  st->set_store_commits(core_.durable.store().commits());
   reply(from.peer, env, from.rid);
 }
 

@@ -522,7 +522,7 @@ void Tasks::handle_done(const Sender& from, pb::TaskDone& done) {
           a->add_task_ids(id);
         send_to(it2->second, ack);
       }
-    });
+    }, When::Soon);
   request_dispatch();
 }
 
@@ -575,7 +575,7 @@ Task* Tasks::find(std::uint64_t id) {
   return it == tasks_.end() ? nullptr : &it->second;
 }
 
-void Tasks::write(const Task& t, store::TaskRow::Write how) {
+void Tasks::write(const Task& t, store::TaskRow::Write how, When when) {
   if (t.transient)
     return;
   store::TaskRow row;
@@ -604,7 +604,7 @@ void Tasks::write(const Task& t, store::TaskRow::Write how) {
     row.error_message = t.error_message;
     row.traceback = t.traceback;
   }
-  core_.durable.batch().tasks.push_back(std::move(row));
+  core_.durable.batch(when).tasks.push_back(std::move(row));
 }
 
 void Tasks::enqueue(Task& t) { chooser_.enqueue(t.id, t.label, t.target, t.priority); }
@@ -651,7 +651,9 @@ void Tasks::finish(Task& t, TaskState to, pb::TaskResult* r, std::string error_t
     t.error_type = std::move(error_type);
     t.error_message = std::move(message);
   }
-  write(t, store::TaskRow::Write::Finish);
+  // An engine's result need not be durable this turn: its engine keeps it until the commit is
+  // acknowledged (handle_done), so it may join the next submission's commit.
+  write(t, store::TaskRow::Write::Finish, r ? When::Soon : When::ThisTurn);
   if (t.payload_size > 0) { // its argument's file is not needed any more
     core_.durable.batch().values_removed.emplace_back(t.id, 0);
     downloads_.erase(t.id);

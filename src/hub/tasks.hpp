@@ -130,7 +130,7 @@ private:
   void requeue(Task& t, bool charge, const std::string& why);
   void finish(Task& t, TaskState to, pb::TaskResult* r, std::string error_type = {},
               std::string message = {});
-  void write(const Task& t, store::TaskRow::Write how);
+  void write(const Task& t, store::TaskRow::Write how, When when = When::ThisTurn);
   /// Runs the chooser once this turn.
   void request_dispatch();
   void dispatch();

@@ -405,6 +405,7 @@ PYBIND11_MODULE(_sortie, m) {
              d["pilots"] = s.pilots;
              d["slots_total"] = s.slots_total;
              d["slots_used"] = s.slots_used;
+             d["store_commits"] = s.store_commits;
              return d;
            })
       .def("engines",

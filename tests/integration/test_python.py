@@ -503,6 +503,54 @@ def test_a_client_made_in_a_function_exits_cleanly_with_results_pending(sortie, 
 
 
 @pytest.mark.timeout(120)
+def test_one_task_at_a_time_costs_one_commit_and_a_lone_result_is_stored_on_its_own(sortie,
+                                                                                   tmp_path):
+    # 05-tasks.md §5.1: a result's row joins the next submission's commit, or goes alone soon.
+    run_script(sortie, tmp_path, """
+        view = client.start_engines(1, label="cpu", timeout=60)
+        [engine_pid] = view.apply(os.getpid)
+
+        def square(x):
+            return x * x
+
+        def slowly(x):
+            time.sleep(1)
+            return x * x
+
+        client.submit(square, 1).result(timeout=60)
+        n = 40
+        before = client.status()["store_commits"]
+        for i in range(n):
+            assert client.submit(square, i).result(timeout=60) == i * i
+        commits = client.status()["store_commits"] - before
+        # One commit per task: its submission's, which the previous result's row joins (two
+        # each when every result makes its own); a slow turn here and there may cost one more.
+        assert n <= commits < 1.5 * n, f"{commits} commits for {n} tasks one at a time"
+
+        lone = client.submit(slowly, 7)
+        submitted = client.status()["store_commits"]  # the task still sleeps: nothing follows
+        assert lone.result(timeout=60) == 49
+        deadline = time.monotonic() + 30
+        while client.status()["store_commits"] == submitted:  # its result's row, alone
+            assert time.monotonic() < deadline, "the lone result's row was never committed"
+            time.sleep(0.01)
+        # Stored: with the hub and the engine both killed now, the next hub still has it.
+        hub = client.status()["pid"]
+        os.kill(hub, signal.SIGKILL)
+        os.kill(engine_pid, signal.SIGKILL)
+        for pid in (hub, engine_pid):
+            while os.path.exists(f"/proc/{pid}") and \
+                    open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()[0] != "Z":
+                assert time.monotonic() < deadline, f"process {pid} outlived SIGKILL"
+                time.sleep(0.01)
+        client.close()
+        again = sortie.Client()
+        assert again.status()["pid"] != hub
+        assert again.future(lone.id).result(timeout=60) == 49
+    """)
+
+
+@pytest.mark.timeout(120)
 def test_compiled_engines_from_python_call_view_call_and_errors(sortie, tmp_path):
     nbody = Path(sortie.bin).parent / "sortie-example-nbody"
     run_script(sortie, tmp_path, f"""
