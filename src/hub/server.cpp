@@ -425,7 +425,8 @@ int run_hub(RunOptions options) {
                                        "it to start with no jobs",
                                        config.profile.store_file().string())));
   auto store = store::Store::open({config.profile.store_file(), config.profile.output_dir(),
-                                   config.store_sync_full, config.profile.ids_file()});
+                                   config.store_sync_full, config.profile.ids_file(),
+                                   /*full_size_log=*/true});
   if (!store.ok())
     return fail(store.error());
   auto state = (*store)->load();

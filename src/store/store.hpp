@@ -240,6 +240,9 @@ struct Options {
   std::filesystem::path output_dir;
   bool synchronous_full = true; ///< fsync every commit (survives power loss), else at checkpoints
   std::filesystem::path ids_file; ///< the id reservation (WriteBatch::reserve_job_ids); "" none
+  /// Start with a write-ahead log of its full size (zeros), so that commits overwrite it rather
+  /// than grow it: the hub's store; not worth its megabytes for a store opened briefly.
+  bool full_size_log = false;
 };
 
 /// The ids a hub may have handed out: from its reservation file (zeros when there is none).

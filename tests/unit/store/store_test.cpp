@@ -150,6 +150,37 @@ TEST_F(StoreTest, CommitThenReload) {
   EXPECT_EQ(state->pilots[0].state, "running");
 }
 
+TEST_F(StoreTest, ALogStartedAtItsFullSizeIsOverwrittenAndACrashImageKeepsEveryCommit) {
+  Options o = options();
+  o.full_size_log = true;
+  auto opened = Store::open(o);
+  ASSERT_TRUE(opened.ok()) << opened.error().to_string();
+  auto& store = **opened;
+  store.start(completions_.poster());
+  auto wal = dir_.path() / "store.db-wal";
+  auto full = std::filesystem::file_size(wal);
+  EXPECT_GT(full, 4u << 20); // a checkpoint's worth of frames (1,000 pages of 4 KiB)
+  for (std::uint64_t i = 0; i < 300; ++i)
+    ASSERT_TRUE(commit(store, submission(i * 10 + 1, 10)).ok());
+  EXPECT_EQ(std::filesystem::file_size(wal), full); // overwritten, never grown
+
+  // The files as a kill -9 would leave them: the zeros past the last frame are not frames.
+  TempDir crash;
+  for (const char* name : {"store.db", "store.db-wal"})
+    std::filesystem::copy_file(dir_.path() / name, crash.path() / name);
+  for (int reopen = 0; reopen < 2; ++reopen) {
+    Options c = o;
+    c.db_path = crash.path() / "store.db";
+    c.output_dir = crash.path() / "output";
+    auto image = Store::open(c);
+    ASSERT_TRUE(image.ok()) << image.error().to_string();
+    auto state = (*image)->load();
+    ASSERT_TRUE(state.ok()) << state.error().to_string();
+    EXPECT_EQ(state->jobs.size(), 3000u);
+    EXPECT_EQ(state->specs.size(), 300u);
+  }
+}
+
 TEST_F(StoreTest, GroupCommitRunsEveryCompletionInOrder) {
   auto store = open();
   std::vector<int> order;
