@@ -56,7 +56,16 @@ struct DirectEngines::Listener {
 };
 
 DirectEngines::DirectEngines(asio::any_io_executor executor, std::filesystem::path dir)
-    : executor_(std::move(executor)), dir_(std::move(dir)) {}
+    : executor_(std::move(executor)), dir_(std::move(dir)) {
+  // The hub holds its profile's lock: an engine socket here is one a hub killed -9 left (its
+  // engines went on through their agents' sockets).
+  std::error_code ec;
+  for (const auto& entry : std::filesystem::directory_iterator(dir_, ec)) {
+    const std::string name = entry.path().filename().string();
+    if (name.starts_with("engine-") && name.ends_with(".sock"))
+      ::unlink(entry.path().c_str());
+  }
+}
 
 DirectEngines::~DirectEngines() {
   *alive_ = false;

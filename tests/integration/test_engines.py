@@ -127,7 +127,11 @@ def test_a_hub_killed_with_tasks_in_flight_loses_none_and_runs_none_twice(sortie
     os.kill(hub, signal.SIGKILL)
     wait_for(lambda: not alive(hub), 10, "the hub to die")
     engines_before = sortie.agent_pids()
+    left = sorted(p.name for p in (sortie.home / "default").glob("engine-*.sock"))
+    assert len(left) == 2, left  # the dead hub's direct sockets, one per engine
     sortie.start()
+    # The next hub swept them: engines that outlived a hub go on through their agents.
+    assert not list((sortie.home / "default").glob("engine-*.sock"))
     run_script(sortie, tmp_path, f"""
         futs = client.futures(range({lo}, {hi} + 1))
         results = client.gather(futs)
