@@ -54,7 +54,7 @@ void Durable::mark_dirty(Job& job) {
 
 void Durable::flush() {
   flush_posted_ = false;
-  if (soon_armed_) { // rows written When::Soon go now: their timer starts again with the next
+  if (soon_armed_) { // the rows written When::Soon go with this flush: their timer is not needed
     soon_armed_ = false;
     soon_.cancel();
   }
