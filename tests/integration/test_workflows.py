@@ -97,6 +97,8 @@ def test_mpi_engines_know_their_rank_and_answer_in_rank_order(sortie, tmp_path):
         assert ranks == [(0, 3, 0), (1, 3, 1), (2, 3, 2)], ranks
         jobs = {e["job"] for e in client._hub_call("engines", "")}
         assert len(jobs) == 1  # one MPI job
+        # On one node of a local pilot, every rank talks to the hub on the job's direct socket.
+        assert [e.link for e in client.engine_info()] == ["direct"] * 3
         assert [v.apply(lambda: sortie.engine.rank) for v in view] == [0, 1, 2]
         # Collectives across the ranks, from calls on each.
         def total():
@@ -150,6 +152,7 @@ client = sortie.Client(start=False)
 view = client.start_engines(2, mpi=True, ranks_per_node=1, label={label!r}, restart=True,
                             env=dict(e.split("=", 1) for e in {NETNS_MPI!r}), timeout=120)
 print("HOSTS", *view.apply(lambda: __import__("socket").gethostname()), flush=True)
+print("LINKS", *[e.link for e in client.engine_info()], flush=True)
 
 def wait_for_ever():
     while True:
@@ -176,6 +179,8 @@ while True:  # until the job is back, whole, with new engines
         address = {"sx-login": "10.201.0.129", "sx-compute": "10.201.0.130"}
         head, other = [address[h] for h in line.split()[1:]]
         assert head != other
+        # Ranks across nodes reach the hub through their agents (05-tasks.md §5.9).
+        assert p.stdout.readline() == "LINKS agent agent\n"
         # Cut the other node's ssh link while both ranks run a task: the node is lost.
         ssh = processes_where(lambda args: args[0] == b"ssh" and
                               f"root@{other}".encode() in args and label.encode() in args[-2])
