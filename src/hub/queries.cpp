@@ -67,6 +67,17 @@ void Queries::fill_info(const Job& job, pb::JobInfo& info, bool detail) const {
     if (why_cache_.spec != job.spec || why_cache_.at_ms != now)
       why_cache_ = {job.spec, now, jobs_.why_waiting(spec.req)};
     info.set_reason(why_cache_.reason);
+  } else if (const Agent* a = job.state == JobState::Assigned && job.reason.empty()
+                                  ? st.find_agent(job.agent)
+                                  : nullptr) {
+    // In its agent's launch queue: it starts as soon as slots free up there.
+    std::uint32_t idle = std::min(core_.scheduler.idle_slots(a->id), a->slots);
+    std::uint32_t need = spec.req.spans_nodes() ? spec.req.per_node : spec.req.slots;
+    info.set_reason(idle >= need
+                        ? fmt::format("starting on node {}", a->node)
+                        : fmt::format("waiting in node {}'s launch queue: it starts when {} of "
+                                      "its {} slots {} free",
+                                      a->node, need, a->slots, need == 1 ? "is" : "are"));
   } else {
     info.set_reason(job.reason);
   }

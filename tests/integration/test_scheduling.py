@@ -143,6 +143,21 @@ def test_gpus_are_given_distinct_devices(sortie, tmp_path):
     sortie.run("job", "wait", *jobs)
 
 
+def test_a_job_in_its_nodes_launch_queue_says_why_it_has_not_started(sortie, tmp_path):
+    sortie.start()
+    sortie.add_pilot("--slots", "1", "--node-names", "n1")
+    gate = tmp_path / "gate"
+    busy = sortie.submit("sh", "-c", f'while [ ! -e "{gate}" ]; do sleep 0.05; done')
+    sortie.wait_state(busy, "running")
+    behind = sortie.submit("true")
+    shown = sortie.wait_state(behind, "assigned")  # handed to n1 ahead: its launch queue
+    assert shown["reason"] == "waiting in node n1's launch queue: it starts when 1 of its 1 " \
+                              "slots is free", shown
+    gate.touch()
+    sortie.run("job", "wait", busy, behind)
+    assert sortie.job(behind)["reason"] == ""
+
+
 def test_hosts_and_preferred_hosts(sortie):
     sortie.start()
     sortie.add_pilot("--slots", "2", "--node-names", "a,b")
