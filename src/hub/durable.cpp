@@ -13,7 +13,7 @@ store::WriteBatch& Durable::batch(When when) {
       soon_.async_wait([this, alive = alive_, armed = ++soon_generation_](
                            const boost::system::error_code&) {
         // A flush since took these rows (and disarmed this wait), or the hub is gone.
-        if (!*alive || armed != soon_generation_ || !soon_armed_)
+        if (!*alive || armed != soon_generation_)
           return;
         soon_armed_ = false;
         if (!flush_posted_) // else the posted flush takes these rows too
@@ -56,6 +56,7 @@ void Durable::flush() {
   flush_posted_ = false;
   if (soon_armed_) { // the rows written When::Soon go with this flush: their timer is not needed
     soon_armed_ = false;
+    ++soon_generation_; // a wait that already fired is not for the rows written from now on
     soon_.cancel();
   }
   if (!dirty_.empty()) {

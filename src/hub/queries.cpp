@@ -71,7 +71,7 @@ void Queries::fill_info(const Job& job, pb::JobInfo& info, bool detail) const {
                                   ? st.find_agent(job.agent)
                                   : nullptr) {
     // In its agent's launch queue: it starts as soon as slots free up there.
-    std::uint32_t idle = std::min(core_.scheduler.idle_slots(a->id), a->slots);
+    std::uint32_t idle = core_.scheduler.idle_slots(a->id);
     std::uint32_t need = spec.req.spans_nodes() ? spec.req.per_node : spec.req.slots;
     info.set_reason(idle >= need
                         ? fmt::format("starting on node {}", a->node)
