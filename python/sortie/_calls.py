@@ -8,6 +8,9 @@ retries, timeout, priority) and makes the tuples ``Session.submit_tasks`` takes.
 """
 import operator
 import pickle
+import sys
+import types
+import weakref
 
 import cloudpickle
 
@@ -51,6 +54,96 @@ def _loads_function(data):
 # Values of these types pickle the same with the standard pickle, which is much faster than
 # cloudpickle (which is needed for functions and classes that travel by value).
 PLAIN = frozenset({int, float, complex, str, bytes, bytearray, bool, type(None)})
+
+
+def reusable(fn):
+    """`fn` for one call: a Prepickled of it made for an earlier call when everything its pickle
+    carries is what it was then, else `fn` itself (pickled with the call).
+
+    Pickling a function that travels by value walks its code, the globals it names, its closure
+    and its defaults (~30 us); a loop of ``submit`` calls would pay that for each. The pickle is
+    reused only while each of those values is the same object as when it was made and cannot
+    change in place: plain values (PLAIN, and tuples of them), modules, builtins, and functions
+    and classes that pickle by reference (found by name in a module other than __main__). A
+    function naming a list, a dict or another function of __main__ is pickled with every call,
+    so that each call carries their values of that moment, as without the reuse.
+    """
+    if type(fn) is not types.FunctionType:
+        return fn
+    code = fn.__code__
+    known = _reused.get(code)
+    state = _state(fn, known[2] if known else None)
+    if state is None:
+        return fn
+    if known is not None and len(known[1]) == len(state) and \
+            all(a is b for a, b in zip(known[1], state)):
+        return known[0]
+    try:
+        function = Prepickled(fn)
+    except TypeError:
+        return fn  # pack() names the part that does not pickle
+    _reused[code] = (function, state, known[2] if known else _global_names(code))
+    return function
+
+
+# code object -> (Prepickled, the state it was made from, the global names the code uses)
+_reused = weakref.WeakKeyDictionary()
+_ABSENT = object()  # a global name that is not defined (a builtin, or an attribute's name)
+
+
+def _global_names(code):
+    """The names `code` and the code nested in it may read as globals (a superset: co_names
+    also holds attribute names), as cloudpickle finds them."""
+    names = set(code.co_names)
+    for const in code.co_consts:
+        if isinstance(const, types.CodeType):
+            names.update(_global_names(const))
+    return tuple(sorted(names))
+
+
+def _state(fn, names):
+    """What pickling `fn` carries, as a tuple of objects; None when one of them may change in
+    place (or `fn` has attributes of its own)."""
+    if fn.__dict__:
+        return None
+    if names is None:
+        names = _global_names(fn.__code__)
+    scope = fn.__globals__
+    try:
+        closure = tuple(cell.cell_contents for cell in fn.__closure__ or ())
+    except ValueError:  # an empty cell
+        return None
+    state = (fn.__name__, fn.__qualname__, fn.__module__, fn.__doc__, fn.__defaults__,
+             *(scope.get(name, _ABSENT) for name in names), *closure,
+             *_items(fn.__kwdefaults__), *_items(fn.__annotations__))
+    return state if all(map(_unchanging, state)) else None
+
+
+def _items(mapping):
+    return [x for item in mapping.items() for x in item] if mapping else ()
+
+
+def _unchanging(value):
+    """Whether `value` pickles the same for as long as it is the same object."""
+    kind = type(value)
+    if kind in PLAIN or kind is types.ModuleType or kind is types.BuiltinFunctionType or \
+            value is _ABSENT:
+        return True
+    if kind is tuple:
+        return all(map(_unchanging, value))
+    if kind is types.FunctionType or isinstance(value, type):
+        module = getattr(value, "__module__", None)
+        return isinstance(module, str) and module != "__main__" and \
+            not _by_value(module) and \
+            getattr(sys.modules.get(module), value.__qualname__, None) is value
+    return False
+
+
+def _by_value(module):
+    """Whether cloudpickle pickles what `module` defines by value (register_pickle_by_value
+    of it or of a package above it)."""
+    return any(module == m or module.startswith(m + ".")
+               for m in cloudpickle.list_registry_pickle_by_value())
 
 
 def dumps(value):

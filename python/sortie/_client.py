@@ -20,7 +20,7 @@ import cloudpickle
 
 from . import _sortie
 from ._calls import (Prepickled, TaskOptions, check_callable, describe, handler_name, pack,
-                     payload_bytes)
+                     payload_bytes, reusable)
 from ._errors import SortieError, from_native, native_errors
 from ._executor import Executor
 from ._futures import Future
@@ -410,7 +410,7 @@ class Client:
 
     def _submit(self, fn, args, kwargs, options):
         check_callable(fn)
-        payload = pack(fn, args, kwargs)
+        payload = pack(reusable(fn), args, kwargs)
         if options.engine:
             self._check_engine(options.engine)
         return self._submit_calls([options.call(payload)])[0]

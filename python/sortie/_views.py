@@ -7,7 +7,8 @@ hub). Everything a view does is an ordinary direct task per engine: ``execute``,
 ``pull`` send small functions that run with the engine's namespace as their globals, so the
 engine needs no special handlers.
 """
-from ._calls import Prepickled, TaskOptions, check_callable, handler_name, pack, payload_bytes
+from ._calls import (Prepickled, TaskOptions, check_callable, handler_name, pack, payload_bytes,
+                     reusable)
 from ._errors import SortieError
 from ._futures import AsyncResult
 
@@ -82,7 +83,7 @@ class View:
     def apply_async(self, fn, *args, **kwargs):
         """Calls ``fn(*args, **kwargs)`` once on every engine of the view; an AsyncResult."""
         check_callable(fn)
-        payload = pack(fn, args, kwargs)
+        payload = pack(reusable(fn), args, kwargs)
         futures = self._submit_each(lambda ids: [_DIRECT.call(payload, engine=i) for i in ids])
         return AsyncResult(futures, self._single)
 

@@ -170,6 +170,60 @@ def test_futures_map_gather_as_completed_and_executor(sortie, tmp_path):
 
 
 @pytest.mark.timeout(120)
+def test_each_call_carries_the_values_its_function_names_when_it_is_made(sortie, tmp_path):
+    # A function's pickle is reused between calls (_calls.reusable) only while what it carries
+    # is the same and cannot change in place; otherwise each call carries the values of then.
+    run_script(sortie, tmp_path, """
+        import math
+        import pickle
+        from sortie._calls import pack, reusable
+
+        def carried(fn, name):
+            f, args, kwargs = pickle.loads(pack(reusable(fn), (1,), {}))
+            return f.__globals__.get(name) if name else f.__closure__[0].cell_contents
+
+        N = 1
+        def plus_n(x):
+            return x + N
+        assert reusable(plus_n) is reusable(plus_n)  # reused
+        assert carried(plus_n, "N") == 1
+        N = 2
+        assert carried(plus_n, "N") == 2  # rebound: pickled again
+
+        items = [1]
+        def count():
+            return len(items)
+        assert reusable(count) is count  # a list changes in place: pickled with each call
+        items.append(2)
+        assert carried(count, "items") == [1, 2]
+
+        def helper():
+            return 1
+        def calls_helper():
+            return helper()
+        assert reusable(calls_helper) is calls_helper  # helper travels by value
+        def root(x):
+            return math.sqrt(x)
+        assert reusable(root) is reusable(root)  # a module travels by reference
+
+        def scaled(k):
+            return lambda: k
+        assert carried(scaled(3), None) == 3 and carried(scaled(4), None) == 4
+
+        # On an engine: the engine's namespace wins for names it has (as in ipyparallel), and
+        # a name it lacks comes from the call.
+        view = client.start_engines(1, label="cpu", timeout=60)
+        engine = view.ids[0]
+        assert client.submit(plus_n, 1, engine=engine).result(timeout=60) == 3
+        N = 40
+        assert client.submit(plus_n, 1, engine=engine).result(timeout=60) == 3  # N=2 there
+        view.execute("del N")
+        assert client.submit(plus_n, 1, engine=engine).result(timeout=60) == 41
+        assert view.apply(plus_n, 2) == [42]
+    """)
+
+
+@pytest.mark.timeout(120)
 def test_remote_errors_carry_type_message_traceback_and_original(sortie, tmp_path):
     run_script(sortie, tmp_path, """
         view = client.start_engines(2, label="cpu", timeout=60)
