@@ -10,12 +10,17 @@ import codecs
 import concurrent.futures
 import pickle
 import queue
+import threading
 import time
 
 from ._errors import EngineLost, RemoteError, SortieError, TaskTimeout
 
 __all__ = ["Future", "AsyncResult", "as_completed", "wait", "FIRST_COMPLETED",
            "FIRST_EXCEPTION", "ALL_COMPLETED"]
+
+_PENDING = concurrent.futures._base.PENDING
+_FINISHED = concurrent.futures._base.FINISHED
+_MAKING = threading.Lock()  # makes a Future's Condition, or settles a Future without one
 
 FIRST_COMPLETED = concurrent.futures.FIRST_COMPLETED
 FIRST_EXCEPTION = concurrent.futures.FIRST_EXCEPTION
@@ -31,7 +36,14 @@ class Future(concurrent.futures.Future):
     """
 
     def __init__(self, task_id, results=None, raw=False):
-        super().__init__()
+        # concurrent.futures.Future.__init__, but its Condition is made when first needed
+        # (_condition): most futures of a map are settled before anyone waits on them.
+        self._made_condition = None
+        self._state = _PENDING
+        self._result = None
+        self._exception = None
+        self._waiters = []
+        self._done_callbacks = []
         self.id = task_id
         self.engine = 0
         self._stdout = b""
@@ -95,11 +107,39 @@ class Future(concurrent.futures.Future):
         """Tasks cannot be cancelled: always False (as for a running concurrent.futures task)."""
         return False
 
+    @property
+    def _condition(self):
+        """The Condition of concurrent.futures.Future, made on first use."""
+        condition = self._made_condition
+        if condition is None:
+            with _MAKING:
+                condition = self._made_condition
+                if condition is None:
+                    condition = self._made_condition = threading.Condition()
+        return condition
+
+    def result(self, timeout=None):
+        if self._state == _FINISHED and self._exception is None:
+            return self._result  # settled: nothing to wait for
+        return super().result(timeout)
+
     def finish(self, result):
         """Resolves the future from a result of Session.next_results (the result thread)."""
         self.engine = result.get("engine") or 0
         self._stdout = result.get("stdout") or b""
         ok, value = outcome(result, self._raw)
+        with _MAKING:
+            # Nobody has waited, or asked to be told (both make the Condition first, under
+            # _MAKING): settled without one.
+            unwatched = self._made_condition is None and self._state == _PENDING
+            if unwatched:
+                if ok:
+                    self._result = value
+                else:
+                    self._exception = value
+                self._state = _FINISHED
+        if unwatched:
+            return
         if ok:
             self.set_result(value)
         else:

@@ -224,6 +224,59 @@ def test_each_call_carries_the_values_its_function_names_when_it_is_made(sortie,
 
 
 @pytest.mark.timeout(120)
+def test_futures_settle_whether_or_not_someone_waits_on_them(sortie, tmp_path):
+    # A Future makes its Condition only when someone waits or adds a callback (_futures.py):
+    # results arriving while threads wait, call back, or run as_completed, must each reach
+    # every one of them, values and exceptions alike.
+    run_script(sortie, tmp_path, """
+        import concurrent.futures
+        import pickle
+        import random
+        import threading
+        from sortie._futures import Future
+
+        def result(i):
+            if i % 11 == 0:
+                return {"id": i, "state": "failed", "value": b"", "error_type": "ValueError",
+                        "error_message": f"bad {i}", "traceback": ""}
+            return {"id": i, "state": "done", "value": pickle.dumps(i * 2)}
+
+        def outcome(f):
+            try:
+                return f.result(timeout=30)
+            except sortie.RemoteError as e:
+                return e.message
+
+        expected = {i: f"bad {i}" if i % 11 == 0 else 2 * i for i in range(2000)}
+        for round in range(10):
+            futs = [Future(i) for i in range(2000)]
+            called = []
+            for f in futs[::7]:
+                f.add_done_callback(lambda f: called.append(f.id))
+            got, completed = {}, []
+            def waiter(part):
+                for f in part:
+                    got[f.id] = outcome(f)
+            threads = [threading.Thread(target=waiter, args=(futs[k::3],)) for k in range(3)]
+            threads.append(threading.Thread(
+                target=lambda: completed.extend(sortie.as_completed(futs[1::5], timeout=30))))
+            for t in threads:
+                t.start()
+            for i in random.sample(range(2000), 2000):
+                futs[i].finish(result(i))
+            for t in threads:
+                t.join()
+            assert got == expected
+            assert {f.id: outcome(f) for f in futs} == expected
+            assert sorted(called) == list(range(0, 2000, 7))
+            assert set(completed) == set(futs[1::5])
+            done, not_done = concurrent.futures.wait(futs, timeout=5)
+            assert len(done) == 2000 and not not_done
+            assert repr(futs[3]).endswith("returned int>"), repr(futs[3])
+    """, prelude="import sortie\n")
+
+
+@pytest.mark.timeout(120)
 def test_remote_errors_carry_type_message_traceback_and_original(sortie, tmp_path):
     run_script(sortie, tmp_path, """
         view = client.start_engines(2, label="cpu", timeout=60)
