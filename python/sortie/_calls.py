@@ -63,10 +63,11 @@ def reusable(fn):
     Pickling a function that travels by value walks its code, the globals it names, its closure
     and its defaults (~30 us); a loop of ``submit`` calls would pay that for each. The pickle is
     reused only while each of those values is the same object as when it was made and cannot
-    change in place: plain values (PLAIN, and tuples of them), modules, builtins, and functions
-    and classes that pickle by reference (found by name in a module other than __main__). A
-    function naming a list, a dict or another function of __main__ is pickled with every call,
-    so that each call carries their values of that moment, as without the reuse.
+    change in place: plain immutable values (and tuples of them), and modules, builtins,
+    functions and classes that pickle by reference (found by name in a module other than
+    __main__). A function naming a list, a dict, a bytearray or another function of __main__ is
+    pickled with every call, so that each call carries their values of that moment, as without
+    the reuse.
     """
     if type(fn) is not types.FunctionType:
         return fn
@@ -126,17 +127,24 @@ def _items(mapping):
 def _unchanging(value):
     """Whether `value` pickles the same for as long as it is the same object."""
     kind = type(value)
-    if kind in PLAIN or kind is types.ModuleType or kind is types.BuiltinFunctionType or \
-            value is _ABSENT:
+    if kind in _IMMUTABLE or value is _ABSENT:
         return True
     if kind is tuple:
         return all(map(_unchanging, value))
+    if kind is types.ModuleType:  # by name, unless cloudpickle sends it by value
+        return sys.modules.get(value.__name__) is value and value.__name__ != "__main__" and \
+            not _by_value(value.__name__)
+    if kind is types.BuiltinFunctionType:  # len, math.sqrt; not a bound method as [].append
+        return value.__self__ is None or type(value.__self__) is types.ModuleType
     if kind is types.FunctionType or isinstance(value, type):
         module = getattr(value, "__module__", None)
         return isinstance(module, str) and module != "__main__" and \
             not _by_value(module) and \
             getattr(sys.modules.get(module), value.__qualname__, None) is value
     return False
+
+
+_IMMUTABLE = PLAIN - {bytearray}
 
 
 def _by_value(module):

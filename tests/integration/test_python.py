@@ -196,6 +196,11 @@ def test_each_call_carries_the_values_its_function_names_when_it_is_made(sortie,
         assert reusable(count) is count  # a list changes in place: pickled with each call
         items.append(2)
         assert carried(count, "items") == [1, 2]
+        add, data = items.append, bytearray(b"ab")
+        def grow(x):
+            add(x)
+            return len(data)
+        assert reusable(grow) is grow  # a bound method and a bytearray carry mutable state
 
         def helper():
             return 1
