@@ -56,6 +56,17 @@ int hub_start(const Globals& g, const HubStartArgs& a) {
       return fail(r.error()); // checked here so the daemon's parent reports it
   }
   if (a.foreground) {
+    if (a.ready_fd >= 0) {
+      // Started by a program (start_hub), which reaps this process at once: the hub goes on in a
+      // child, so that it is not that program's child. A program that lives on (a notebook)
+      // would otherwise keep every hub it started, once stopped, as a zombie.
+      pid_t child = ::fork();
+      if (child < 0)
+        return fail(make_error(ErrorCode::Io,
+                               fmt::format("cannot start the hub: fork: {}", errno_text(errno))));
+      if (child > 0)
+        ::_exit(0);
+    }
     log::init("hub", a.log_file.empty() ? "-" : a.log_file,
               g.verbose ? log::Level::Debug : log::Level::Info);
     return hub::run_hub(hub::RunOptions{config, a.ready_fd, a.listen});

@@ -4,10 +4,12 @@
 #include <fcntl.h>
 #include <sys/file.h>
 #include <poll.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include <chrono>
 #include <cstdlib>
+#include <limits>
 
 #include <thread>
 
@@ -137,8 +139,17 @@ Result<HubStarted> start_hub(const StartHubOptions& options) {
   auto deadline = std::chrono::steady_clock::now() + std::chrono::milliseconds(options.timeout_ms);
   std::string line = read_ready_line(fds[0], deadline);
   ::close(fds[0]);
-  if (line.starts_with("ready "))
-    return HubStarted{profile.name, pid, line.substr(6)};
+  // The spawned process leaves the hub to a child of its own and exits: it is reaped here (it has
+  // exited once it said a line; without one, it may still be starting).
+  ::waitpid(pid, nullptr, line.empty() ? WNOHANG : 0);
+  if (line.starts_with("ready ")) { // "ready ADDRESS PID"
+    std::string_view rest = std::string_view(line).substr(6);
+    auto space = rest.rfind(' ');
+    auto hub = parse_int(space == std::string_view::npos ? "" : rest.substr(space + 1), 1,
+                         std::numeric_limits<pid_t>::max());
+    return HubStarted{profile.name, hub.ok() ? static_cast<pid_t>(*hub) : pid,
+                      std::string(rest.substr(0, space))};
+  }
   if (line.starts_with("error ")) {
     std::string message = line.substr(6);
     if (message.find("already running") == std::string::npos)

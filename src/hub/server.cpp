@@ -490,7 +490,8 @@ int run_hub(RunOptions options) {
   log::info("hub for profile '{}' listening on {}:{} and {} (sortie {}, pid {})",
             config.profile.name, config.listen_host, server.port(), server.socket_path(),
             kSortieVersion, ::getpid());
-  report(options.ready_fd, fmt::format("ready {}:{}", config.listen_host, server.port()));
+  report(options.ready_fd,
+         fmt::format("ready {}:{} {}", config.listen_host, server.port(), ::getpid()));
   if (options.ready_fd >= 0)
     ::close(options.ready_fd);
 

@@ -63,6 +63,37 @@ def test_connect_only_without_a_hub_is_a_clear_error(sortie, tmp_path):
 
 
 @pytest.mark.timeout(120)
+def test_a_hub_a_client_started_is_not_its_child_and_leaves_no_zombie(sortie, tmp_path):
+    # A long-lived program (a notebook) that starts hubs must not collect them as zombies once
+    # they stop: the hub runs in a grandchild of the start, which the library reaps.
+    run_script(sortie, tmp_path, """
+        import os
+        import subprocess
+
+        def children():
+            found = []
+            for pid in filter(str.isdigit, os.listdir("/proc")):
+                try:
+                    stat = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()
+                except OSError:
+                    continue
+                if int(stat[1]) == os.getpid():
+                    found.append((int(pid), stat[0]))
+            return found
+
+        client = sortie.Client()
+        hub = client.status()["pid"]
+        assert children() == [], children()
+        client.close()
+        subprocess.run([os.environ["SORTIE_EXE"], "hub", "stop"], check=True, timeout=60,
+                       capture_output=True)
+        assert children() == [], children()  # whoever reaps the hub, not this program
+        client = sortie.Client()  # starts a new one
+        assert client.status()["pid"] != hub and children() == [], children()
+    """, prelude="import sortie\n")
+
+
+@pytest.mark.timeout(120)
 def test_command_jobs_pilots_and_resources(sortie, tmp_path):
     run_script(sortie, tmp_path, """
         job = client.submit_job(["sh", "-c", "echo out; echo err >&2; exit 3"], label="cpu",
