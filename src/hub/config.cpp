@@ -336,6 +336,9 @@ Result<void> parse_config(const std::string& content, const std::filesystem::pat
     } else if (key == "engine_prefetch") {
       SORTIE_ASSIGN_OR_RETURN(v, want_int(1, 1000));
       config.engine_prefetch = static_cast<std::uint32_t>(v);
+    } else if (key == "engine_prefetch_max") {
+      SORTIE_ASSIGN_OR_RETURN(v, want_int(1, 1000));
+      config.engine_prefetch_max = static_cast<std::uint32_t>(v);
     } else if (key == "confirm_above") {
       SORTIE_ASSIGN_OR_RETURN(v, want_int(0, 10'000'000));
       config.confirm_above = static_cast<std::uint64_t>(v);
@@ -350,7 +353,8 @@ Result<void> parse_config(const std::string& content, const std::filesystem::pat
                         fmt::format("{}: unknown key hub.{}: known keys are listen, "
                                     "heartbeat_interval, agent_reconnect_window, kill_grace, output_retry, "
                                     "launch_queue, lost_retries, output_credit, store_sync, batch_poll_interval, "
-                                    "job_retention, task_retention, engine_prefetch, confirm_above",
+                                    "job_retention, task_retention, engine_prefetch, engine_prefetch_max, "
+                                    "confirm_above",
                                     at, key));
     }
   }

@@ -38,8 +38,10 @@ struct HubConfig {
   std::int64_t job_retention_ms = 30LL * 24 * 3600 * 1000;
   /// Tasks that ended longer ago than this are forgotten with their results (0: kept for ever).
   std::int64_t task_retention_ms = 7LL * 24 * 3600 * 1000;
-  /// Tasks an engine may be sent ahead of its results.
+  /// Tasks an engine may be sent ahead of its results; up to engine_prefetch_max while its
+  /// tasks are short (scheduler::PrefetchPace).
   std::uint32_t engine_prefetch = 4;
+  std::uint32_t engine_prefetch_max = 32;
   /// A submission of more jobs than this must be confirmed (`--yes`; 0: never asked).
   std::uint64_t confirm_above = 100'000;
   /// Pilots this close to their walltime's end drain: they take no new jobs (at least 5 s, at

@@ -4,6 +4,7 @@
 #include "hub/tasks.hpp"
 
 #include <algorithm>
+#include <chrono>
 
 #include <fmt/format.h>
 #include <fmt/ranges.h>
@@ -28,6 +29,14 @@ constexpr std::uint64_t kWindow = 4u << 20;
 constexpr std::uint64_t kMaxValue = 4ull << 30; // 4 GiB
 // After a restart, engines have their agents' reconnect window and this much more to come back.
 constexpr std::int64_t kRejoinMarginMs = 5'000;
+
+/// The engines' pace (PrefetchPace) is measured in microseconds of this process's steady clock,
+/// not the hub's Clock (milliseconds, which tests may drive): a no-op task takes ~50 us.
+std::int64_t now_us() {
+  return std::chrono::duration_cast<std::chrono::microseconds>(
+             std::chrono::steady_clock::now().time_since_epoch())
+      .count();
+}
 
 pb::TaskResult::State wire_state(TaskState s) {
   switch (s) {
@@ -396,6 +405,8 @@ void Tasks::claim(Task& t, Engine& e) {
   t.engine = e.id;
   ++t.attempts;
   t.start_ms = core_.clock.now_ms();
+  if (e.running.empty())
+    e.pace.started(now_us());
   e.running.insert(t.id);
   write(t, store::TaskRow::Write::Update);
 }
@@ -506,6 +517,7 @@ void Tasks::handle_done(const Sender& from, pb::TaskDone& done) {
       if (const Task* t = find(r.task_id()); t && t->stored)
         finished.push_back(r.task_id()); // (the others go once their submission is committed)
   }
+  e.pace.ended(now_us(), static_cast<std::size_t>(done.results_size()), !e.running.empty());
   // Results go to their watchers now (with the others that came this turn), while they are being
   // stored: the engine keeps each until it is acknowledged below, after the commit, and gives
   // it again to a hub that restarted meanwhile (05-tasks.md §5.1).
@@ -946,6 +958,11 @@ void Tasks::request_dispatch() {
 void Tasks::dispatch() {
   if (core_.state.stopping || holding())
     return;
+  std::int64_t pace_now = now_us();
+  for (const auto& [id, e] : engines_)
+    if (e.up)
+      chooser_.set_prefetch(id, e.pace.prefetch(pace_now, core_.config.engine_prefetch,
+                                                core_.config.engine_prefetch_max));
   auto picks = chooser_.choose();
   if (picks.empty())
     return;
@@ -963,6 +980,8 @@ void Tasks::dispatch() {
     ++t->attempts;
     t->start_ms = now;
     t->received = 0;
+    if (e->second.running.empty())
+      e->second.pace.started(pace_now);
     e->second.running.insert(t->id);
     if (t->payload_size > 0)
       downloads_[t->id] = Download{p.engine, t->payload_size, 0, 0};

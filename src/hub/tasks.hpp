@@ -86,6 +86,8 @@ struct Engine {
   /// Timed-out tasks it is still busy with (not interrupted): until their results come, it
   /// takes nothing new, so no task waits behind them.
   std::uint32_t stuck = 0;
+  /// The pace of its recent tasks, which sets its prefetch.
+  scheduler::PrefetchPace pace;
 };
 
 class Tasks {

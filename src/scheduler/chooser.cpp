@@ -2,6 +2,8 @@
 // The task chooser: queues per label and per engine, engines with room ordered by load.
 #include "scheduler/chooser.hpp"
 
+#include <algorithm>
+
 namespace sortie::scheduler {
 
 void TaskChooser::index(std::uint64_t id, const Engine& e) {
@@ -31,6 +33,15 @@ void TaskChooser::add_engine(std::uint64_t engine, const std::string& label,
   index(engine, e);
   if (!e.direct.empty())
     direct_waiting_.insert(engine);
+}
+
+void TaskChooser::set_prefetch(std::uint64_t engine, std::uint32_t prefetch) {
+  auto it = engines_.find(engine);
+  if (it == engines_.end() || it->second.prefetch == std::max<std::uint32_t>(prefetch, 1))
+    return;
+  unindex(engine, it->second);
+  it->second.prefetch = std::max<std::uint32_t>(prefetch, 1);
+  index(engine, it->second);
 }
 
 void TaskChooser::close_engine(std::uint64_t engine) {
@@ -152,6 +163,35 @@ std::vector<TaskChooser::Pick> TaskChooser::choose() {
     q = q->second.empty() ? by_label_.erase(q) : std::next(q);
   }
   return out;
+}
+
+void PrefetchPace::started(std::int64_t now_us) {
+  if (busy_from_us_ < 0)
+    busy_from_us_ = now_us;
+}
+
+void PrefetchPace::ended(std::int64_t now_us, std::size_t count, bool busy) {
+  if (busy_from_us_ >= 0 && count > 0) {
+    double sample = static_cast<double>(now_us - busy_from_us_) / static_cast<double>(count);
+    // Follows the last few batches: a quarter of the way to each new one.
+    per_task_us_ = per_task_us_ == 0 ? sample : per_task_us_ + (sample - per_task_us_) / 4;
+  }
+  busy_from_us_ = busy ? now_us : -1;
+}
+
+std::uint32_t PrefetchPace::prefetch(std::int64_t now_us, std::uint32_t base,
+                                     std::uint32_t cap) const {
+  base = std::max<std::uint32_t>(base, 1);
+  if (per_task_us_ <= 0 || cap <= base)
+    return base;
+  // The task it runs now counts once it has run longer than the recent ones.
+  double pace = per_task_us_;
+  if (busy_from_us_ >= 0)
+    pace = std::max(pace, static_cast<double>(now_us - busy_from_us_));
+  double fits = kWindowUs / std::max(pace, 1.0);
+  if (fits <= base)
+    return base;
+  return fits >= cap ? cap : static_cast<std::uint32_t>(fits);
 }
 
 } // namespace sortie::scheduler

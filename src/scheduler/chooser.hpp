@@ -27,6 +27,8 @@ public:
   /// reopened (with `in_flight` tasks it already holds).
   void add_engine(std::uint64_t engine, const std::string& label, std::uint32_t prefetch,
                   std::uint32_t in_flight = 0);
+  /// How many tasks it may be sent ahead of its results from now on (PrefetchPace).
+  void set_prefetch(std::uint64_t engine, std::uint32_t prefetch);
   /// It takes nothing new until reopened; its queue is kept.
   void close_engine(std::uint64_t engine);
   /// It is gone: returns the direct tasks still queued for it.
@@ -76,6 +78,30 @@ private:
   Load room_any_;                                ///< every open engine with room
   std::set<std::uint64_t> direct_waiting_;       ///< engines with direct tasks queued
   std::unordered_map<std::uint64_t, Where> where_; ///< queued tasks
+};
+
+/// How many tasks an engine is sent ahead of its results, from the pace of its recent tasks:
+/// enough for about kWindowUs of them, so that a stream of short tasks does not cost a wake-up
+/// and a message each way per task, and never fewer than `base` (engine_prefetch) nor more than
+/// `cap` (engine_prefetch_max). A task it holds runs longer than that window at most behind
+/// the ones sent with it; while its current task runs long, it gets `base` again. Pure: the
+/// caller gives the times (microseconds, any origin).
+class PrefetchPace {
+public:
+  static constexpr double kWindowUs = 2000;
+
+  /// It was given a task while it held none: its busy time starts.
+  void started(std::int64_t now_us);
+  /// `count` of its tasks ended (one batch of results); `busy`: it still holds some.
+  void ended(std::int64_t now_us, std::size_t count, bool busy);
+  /// Its prefetch now.
+  std::uint32_t prefetch(std::int64_t now_us, std::uint32_t base, std::uint32_t cap) const;
+  /// Its recent time per task (an average that follows the last batches); 0: none measured yet.
+  double per_task_us() const { return per_task_us_; }
+
+private:
+  double per_task_us_ = 0;
+  std::int64_t busy_from_us_ = -1; ///< since its last results (or its first task), while busy
 };
 
 } // namespace sortie::scheduler

@@ -295,6 +295,10 @@ def test_bad_config_file_names_the_line(sortie):
     (sortie.profile / "config.toml").write_text('[hub]\nlisten = "127.0.0.1:0"\nbogus = 1\n')
     p = sortie.run("hub", "start", check=False)
     assert "config.toml:3" in p.stderr and "unknown key hub.bogus" in p.stderr
+    assert "engine_prefetch_max" in p.stderr  # the known keys are listed
+    (sortie.profile / "config.toml").write_text('[hub]\nengine_prefetch_max = 0\n')
+    p = sortie.run("hub", "start", check=False)
+    assert p.returncode == 1 and "config.toml:2" in p.stderr and "engine_prefetch_max" in p.stderr
 
 
 def test_wait_times_out_with_exit_4(sortie):

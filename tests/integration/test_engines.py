@@ -232,6 +232,29 @@ def test_engines_on_a_slurm_pilot(sortie, tmp_path, slurm, label):
 
 
 @pytest.mark.timeout(120)
+def test_with_a_prefetch_of_one_no_task_waits_behind_a_long_one(sortie, tmp_path):
+    # engine_prefetch = engine_prefetch_max = 1 (docs/engines.md): a task goes to an engine only
+    # once it is free, so the tasks submitted after a long one all run on the other engine.
+    sortie.configure(engine_prefetch=1, engine_prefetch_max=1)
+    run_script(sortie, tmp_path, """
+        client.start_engines(2, label="cpu", timeout=60)
+        gate = os.path.join(os.getcwd(), "gate")
+
+        def long():
+            while not os.path.exists(gate):
+                time.sleep(0.01)
+            return "long"
+
+        first = client.submit(long, label="cpu")
+        shorts = client.map(abs, range(-40, 0), label="cpu")
+        assert client.gather(shorts) == list(range(40, 0, -1))
+        assert len({f.engine for f in shorts}) == 1 and not first.done()
+        open(gate, "w").close()
+        assert first.result(timeout=30) == "long" and first.engine != shorts[0].engine
+    """)
+
+
+@pytest.mark.timeout(120)
 def test_ended_tasks_are_forgotten_after_task_retention(sortie, tmp_path):
     from conftest import FAST
     sortie.configure(task_retention="2s", **FAST)

@@ -1,6 +1,7 @@
 // SPDX-License-Identifier: Apache-2.0
 // The task chooser: labels keep engines apart, the least-loaded engine with room goes first,
-// prefetch bounds what an engine holds, direct tasks wait for their engine, priority then id.
+// prefetch bounds what an engine holds, direct tasks wait for their engine, priority then id;
+// the prefetch follows the pace of an engine's tasks (PrefetchPace).
 #include <gtest/gtest.h>
 
 #include <map>
@@ -59,6 +60,65 @@ TEST(TaskChooser, PrefetchBoundsWhatAnEngineHolds) {
   ASSERT_EQ(picks.size(), 1u);
   EXPECT_EQ(picks[0].task, 3u); // in order
   EXPECT_EQ(c.queued(), 2u);
+}
+
+TEST(TaskChooser, ARaisedPrefetchFillsTheEngineAndALoweredOneSendsNothingNew) {
+  TaskChooser c;
+  c.add_engine(1, "", 2);
+  for (std::uint64_t t = 1; t <= 20; ++t)
+    c.enqueue(t, "", 0, 0);
+  EXPECT_EQ(c.choose().size(), 2u);
+  c.set_prefetch(1, 8);
+  EXPECT_EQ(c.choose().size(), 6u);
+  c.set_prefetch(1, 3); // it holds 8: nothing new until it is below 3
+  for (int i = 0; i < 5; ++i)
+    c.finished(1);
+  EXPECT_TRUE(c.choose().empty());
+  c.finished(1);
+  EXPECT_EQ(c.choose().size(), 1u);
+  c.close_engine(1);
+  c.set_prefetch(1, 10); // a closed engine stays closed
+  c.finished(1);
+  EXPECT_TRUE(c.choose().empty());
+  c.set_prefetch(99, 4); // unknown: nothing happens
+}
+
+TEST(PrefetchPace, ShortTasksRaiseItUpToTheCapAndLongOnesKeepTheBase) {
+  PrefetchPace pace;
+  EXPECT_EQ(pace.prefetch(0, 4, 32), 4u); // nothing measured yet
+  // Batches of 10 tasks taking 500 us: 50 us each, 40 fit in the window: the cap.
+  std::int64_t now = 1'000'000;
+  pace.started(now);
+  for (int batch = 0; batch < 20; ++batch) {
+    now += 500;
+    pace.ended(now, 10, true);
+  }
+  EXPECT_NEAR(pace.per_task_us(), 50, 1);
+  EXPECT_EQ(pace.prefetch(now, 4, 32), 32u);
+  EXPECT_EQ(pace.prefetch(now, 4, 64), 40u);
+  EXPECT_EQ(pace.prefetch(now, 4, 4), 4u); // cap = base: fixed
+  // Its current task has run 1 ms: 2 of those fit.
+  EXPECT_EQ(pace.prefetch(now + 1000, 4, 32), 4u);
+  EXPECT_EQ(pace.prefetch(now + 100, 4, 32), 20u);
+  // Tasks of 1 ms from now on: the average follows within a few batches.
+  for (int batch = 0; batch < 30; ++batch) {
+    now += 1000;
+    pace.ended(now, 1, true);
+  }
+  EXPECT_NEAR(pace.per_task_us(), 1000, 5);
+  EXPECT_EQ(pace.prefetch(now, 4, 32), 4u);
+}
+
+TEST(PrefetchPace, IdleTimeIsNotCountedAsWork) {
+  PrefetchPace pace;
+  pace.started(0);
+  pace.ended(100, 2, false); // 50 us each, then idle
+  EXPECT_NEAR(pace.per_task_us(), 50, 0.1);
+  // A second later it gets work again: the idle second is not a task's time.
+  EXPECT_EQ(pace.prefetch(1'000'000, 4, 32), 32u);
+  pace.started(1'000'000);
+  pace.ended(1'000'100, 2, false);
+  EXPECT_NEAR(pace.per_task_us(), 50, 0.1);
 }
 
 TEST(TaskChooser, HigherPriorityFirstThenOlder) {
