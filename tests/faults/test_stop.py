@@ -20,7 +20,10 @@ def job_leader(sortie, job):
     """The job's main process: the leader of its session (its children come and go)."""
     leaders = []
     for p in job_processes(sortie, job):
-        stat = Path(f"/proc/{p}/stat").read_text()
+        try:
+            stat = Path(f"/proc/{p}/stat").read_text()
+        except FileNotFoundError:  # a child (the loop's `sleep`) that ended since it was listed
+            continue
         if int(stat[stat.rfind(")") + 2:].split()[3]) == p:
             leaders.append(p)
     return leaders
