@@ -144,8 +144,9 @@ public:
   /// waits `fn` makes (a request's reply, then wait_until), the I/O thread does not take over.
   void read_here(const std::function<void()>& fn);
   Result<std::vector<EngineInfo>> engines(const std::string& label = {});
-  /// These tasks (none: the newest `limit`, 0: 1000).
-  Result<std::vector<TaskInfo>> tasks(const std::vector<std::uint64_t>& ids, std::uint64_t limit = 0);
+  /// These tasks (none: the newest `limit`, 0: 1000); `matched`: how many the hub has.
+  Result<std::vector<TaskInfo>> tasks(const std::vector<std::uint64_t>& ids, std::uint64_t limit = 0,
+                                      std::uint64_t* matched = nullptr);
   Result<TaskForgetSummary> forget(const std::vector<std::uint64_t>& ids);
   void close();
 

@@ -174,7 +174,8 @@ int task_list(const Globals& g, std::uint64_t limit, bool as_json) {
   auto session = open_session(g);
   if (!session.ok())
     return fail(session.error());
-  auto tasks = (*session)->tasks({}, limit);
+  std::uint64_t matched = 0;
+  auto tasks = (*session)->tasks({}, limit, &matched);
   if (!tasks.ok())
     return fail(tasks.error());
   if (as_json) {
@@ -193,6 +194,10 @@ int task_list(const Globals& g, std::uint64_t limit, bool as_json) {
                     printable(t.error_type.empty() ? "" : t.error_type + ": " + t.error_message)
                         .substr(0, 100)});
   std::fputs(table(rows).c_str(), stdout);
+  if (matched > tasks->size())
+    std::fprintf(stderr, "sortie: showing the newest %s of %s tasks: --limit N shows more (at "
+                         "most 1000 by default), `sortie task show ID` any one\n",
+                 with_thousands(tasks->size()).c_str(), with_thousands(matched).c_str());
   return kExitOk;
 }
 

@@ -81,6 +81,7 @@ void Durable::flush() {
   if (!batch_.empty()) {
     store_.submit(std::move(batch_));
     batch_ = store::WriteBatch();
+    ++flushes_;
   }
 }
 

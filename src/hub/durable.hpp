@@ -42,6 +42,8 @@ public:
   /// Writes the rows of dirty jobs into the batch and hands it to the store.
   void flush();
   store::Store& store() { return store_; }
+  /// Batches handed to the store so far: rows written while this stays the same go in one commit.
+  std::uint64_t flushes() const { return flushes_; }
 
   // Rows and objects, both ways.
   static store::JobRow job_row(const Job& job);
@@ -63,6 +65,7 @@ private:
   asio::steady_timer soon_;
   bool soon_armed_ = false;
   std::uint64_t soon_generation_ = 0;
+  std::uint64_t flushes_ = 0;
 };
 
 } // namespace sortie::hub

@@ -37,7 +37,9 @@ enum class TaskState : std::uint8_t {
   Uploading = 5,
 };
 
-/// One task in memory (its payload until it ended, its result until it is forgotten).
+/// One task in memory: from its submission until it ended and that is committed (with its
+/// payload until it ends); then a few more of the latest ended ones, for the clients that ask
+/// for them at once. The others are read back from the store when asked for.
 struct Task {
   std::uint64_t id = 0;
   TaskState state = TaskState::Queued;
@@ -63,6 +65,8 @@ struct Task {
   bool stored = false;
   /// Never stored (TaskCall.transient): forgotten once its result is pushed (05-tasks.md §5.8).
   bool transient = false;
+  /// It ended, and that is committed: it may leave memory (Tasks::evict).
+  bool settled = false;
   bool ended() const {
     return state == TaskState::Done || state == TaskState::Failed || state == TaskState::Lost;
   }
@@ -90,6 +94,9 @@ struct Engine {
   scheduler::PrefetchPace pace;
 };
 
+/// How a task's state goes on the wire (TaskResult).
+pb::TaskResult::State wire_state(TaskState s);
+
 class Tasks {
 public:
   Tasks(Core& core, Jobs& jobs);
@@ -101,6 +108,26 @@ public:
   std::size_t engines_up() const;
 
 private:
+  static constexpr std::size_t kMaxCalls = 100'000;       // per TaskSubmit
+  static constexpr std::size_t kPushQueueLimit = 8u << 20; // bytes queued on a client: pushes wait
+  static constexpr std::size_t kFrameBudget = 16u << 20;  // bytes of results per TaskResults frame
+  static constexpr std::uint32_t kMaxRanks = 4096;
+  // Live output: the tail kept per running task for late followers, and the largest piece taken.
+  static constexpr std::size_t kLiveTail = 64u << 10;
+  static constexpr std::size_t kMaxOutputPiece = 1u << 20;
+  // Large values travel in pieces of this size, at most kWindow bytes unacknowledged.
+  static constexpr std::size_t kChunk = 1u << 20;
+  static constexpr std::uint64_t kWindow = 4u << 20;
+  static constexpr std::uint64_t kMaxValue = 4ull << 30; // 4 GiB
+  // After a restart, engines have their agents' reconnect window and this much more to come back.
+  static constexpr std::int64_t kRejoinMarginMs = 5'000;
+  // Ended tasks held in memory after their end is committed, at most (the others are read back
+  // from the store): their count, and the bytes of their results, output and errors.
+  static constexpr std::size_t kHeldEnded = 4096;
+  static constexpr std::size_t kHeldEndedBytes = 16u << 20;
+  // Results read back from the store for one client at a time: ids per read, bytes per read.
+  static constexpr std::size_t kFetchIds = 1024;
+
   // Engines
   void handle_ready(const Sender& from, pb::EngineReady& ready);
   void handle_done(const Sender& from, pb::TaskDone& done);
@@ -125,6 +152,20 @@ private:
   void handle_forget(const Sender& from, const pb::TaskForget& req);
   void handle_engines(const Sender& from, const pb::EngineListRequest& req);
   Task* find(std::uint64_t id);
+  /// A task as the store has it (read back once it left memory).
+  static Task from_row(store::TaskRow&& row);
+  /// Erases a task from memory, keeping the count of ended ones right.
+  void erase(std::map<std::uint64_t, Task>::iterator it);
+  /// Forgets an ended task: in memory and in the store (with its large result's file).
+  void forget(std::uint64_t id, std::uint64_t result_size);
+  /// A task ended: held until its end is committed (then settled), for at most kHeldEnded.
+  void ended(Task& t);
+  /// Their ends are committed (or failed to be: then they are written again).
+  void settle(const std::vector<std::uint64_t>& ids, const Result<void>& committed);
+  /// Ended tasks beyond kHeldEnded or kHeldEndedBytes leave memory, oldest first.
+  void evict();
+  /// The task_retention sweep: in memory, and in the store from its oldest ended task on.
+  void sweep(std::int64_t now);
   void enqueue(Task& t);
   /// A task whose submission failed to commit: gone, wherever it was.
   void drop_unstored(std::uint64_t id);
@@ -157,6 +198,11 @@ private:
   void notify_soon(const std::vector<std::uint64_t>& ids);
   void push_later(const std::shared_ptr<Peer>& peer, std::uint64_t id);
   void flush_pushes(const Peer* peer);
+  /// Reads the results of tasks that left memory from the store, for a client's pushes.
+  void fetch_results(const Peer* key);
+  /// The tasks `req` lists, once those that left memory are read back (`rows`).
+  void reply_list(const Sender& from, const pb::TaskListRequest& req,
+                  std::vector<store::TaskRow> rows, std::uint64_t stored);
   static void fill_result(const Task& t, pb::TaskResult& r);
 
   Core& core_;
@@ -179,8 +225,17 @@ private:
   std::priority_queue<std::pair<std::int64_t, std::uint64_t>,
                       std::vector<std::pair<std::int64_t, std::uint64_t>>, std::greater<>>
       deadlines_;
-  /// Ended tasks in the order they ended, for task_retention.
-  std::deque<std::pair<std::int64_t, std::uint64_t>> ended_;
+  /// Ended tasks in memory, in the order they ended (ids of those gone since stay until popped);
+  /// how many are in memory, and the bytes of their results, output and errors.
+  std::deque<std::uint64_t> ended_;
+  std::size_t ended_held_ = 0, ended_bytes_ = 0;
+  /// Tasks that ended into the batch being gathered (durable.flushes() was ending_flush_ then).
+  std::shared_ptr<std::vector<std::uint64_t>> ending_;
+  std::uint64_t ending_flush_ = 0;
+  /// When the oldest ended task (in memory or in the store) ended: 0 none. While a sweep is
+  /// being committed, the earliest end since it was made.
+  std::int64_t oldest_end_ms_ = 0, ended_since_sweep_ = 0;
+  bool sweeping_ = false;
   /// Clients waiting for tasks' results.
   std::unordered_map<std::uint64_t, std::vector<std::weak_ptr<Peer>>> watchers_;
   std::vector<std::uint64_t> to_notify_; ///< results to push at the end of this turn
@@ -214,6 +269,8 @@ private:
     std::deque<Stream> streams;
     bool reading = false;        ///< a piece of streams.front() is being read
     bool stream_waiting = false; ///< for its link to drain, to send more pieces
+    std::deque<std::uint64_t> fetch; ///< tasks that left memory: read back from the store
+    bool fetching = false;           ///< some of them are being read
   };
   std::unordered_map<const Peer*, Pushes> pushes_;
   /// The pushes waiting for a client whose link is still there (`peer`), or null (dropped).

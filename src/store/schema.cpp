@@ -119,6 +119,11 @@ CREATE TABLE engines (
   size INTEGER NOT NULL
 );
 )sql",
+      // 6 -> 7: ended tasks by when they ended. The hub keeps only tasks that have not ended in
+      // memory, and task_retention forgets from the oldest ended task on.
+      R"sql(
+CREATE INDEX tasks_by_end ON tasks(end_ms) WHERE end_ms > 0;
+)sql",
   };
   return steps;
 }

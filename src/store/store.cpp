@@ -30,6 +30,7 @@
 #include "common/text.hpp"
 #include "store/schema.hpp"
 #include "store/sqlite.hpp"
+#include "store/task_table.hpp"
 
 namespace sortie::store {
 namespace {
@@ -92,7 +93,11 @@ struct ReadRequest {
   std::size_t max;
   std::function<void(Result<std::string>)> done;
 };
-using WorkItem = std::variant<WriteBatch, ReadRequest>;
+struct TaskRead {
+  TaskQuery query;
+  std::function<void(Result<TaskRows>)> done;
+};
+using WorkItem = std::variant<WriteBatch, ReadRequest, TaskRead>;
 
 } // namespace
 
@@ -125,7 +130,7 @@ struct Store::Impl {
   Statement delete_job, delete_spec, delete_group, upsert_counter;
   Statement insert_spec, insert_group, insert_job, update_job, upsert_agent, upsert_pilot,
       upsert_resource, delete_resource;
-  Statement insert_task, update_task, finish_task, delete_task, upsert_engine;
+  TaskTable tasks;
   std::list<std::pair<std::string, int>> open_files; // most recent first
   std::unordered_map<std::string, std::list<std::pair<std::string, int>>::iterator> file_index;
   std::thread::id thread_id;
@@ -136,9 +141,9 @@ struct Store::Impl {
     // Statements must be finalized before the connection closes.
     for (auto* st : {&insert_spec, &insert_group, &insert_job, &update_job, &upsert_agent,
                      &upsert_pilot, &upsert_resource, &delete_resource, &delete_job, &delete_spec,
-                     &delete_group, &upsert_counter, &insert_task, &update_task, &finish_task,
-                     &delete_task, &upsert_engine})
+                     &delete_group, &upsert_counter})
       *st = Statement();
+    tasks.finalize();
     if (db)
       sqlite3_close(db);
   }
@@ -165,87 +170,7 @@ struct Store::Impl {
     delete_group = Statement(db, "DELETE FROM groups WHERE id=?1");
     upsert_counter = Statement(db, "INSERT INTO counters(name, next) VALUES(?1, ?2) "
                                    "ON CONFLICT(name) DO UPDATE SET next=max(next, ?2)");
-    insert_task = Statement(db, "INSERT OR REPLACE INTO tasks(id, state, handler, label, payload, "
-                                "target_engine, engine_id, retries, attempts, timeout_ms, "
-                                "priority, submit_ms, payload_size) VALUES(?1, ?2, ?3, ?4, ?5, "
-                                "?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)");
-    update_task = Statement(db, "UPDATE tasks SET state=?2, engine_id=?3, attempts=?4, "
-                                "start_ms=?5 WHERE id=?1");
-    finish_task = Statement(db, "UPDATE tasks SET state=?2, engine_id=?3, attempts=?4, "
-                                "start_ms=?5, end_ms=?6, result=?7, error_type=?8, "
-                                "error_message=?9, traceback=?10, output=?11, payload=NULL, "
-                                "result_size=?12 WHERE id=?1");
-    delete_task = Statement(db, "DELETE FROM tasks WHERE id=?1");
-    upsert_engine = Statement(db, "INSERT OR REPLACE INTO engines(id, job_id, attempt, rank, "
-                                  "size) VALUES(?1, ?2, ?3, ?4, ?5)");
-  }
-
-  Result<void> apply_tasks(WriteBatch& b) {
-    static const std::string kEmpty;
-    auto blob = [](const std::shared_ptr<const std::string>& p) -> const std::string& {
-      return p ? *p : kEmpty;
-    };
-    for (const auto& t : b.tasks) {
-      int rc = SQLITE_OK;
-      switch (t.write) {
-      case TaskRow::Write::Insert:
-        rc = insert_task.bind(1, t.id)
-                 .bind(2, t.state)
-                 .bind_text(3, t.handler)
-                 .bind_text(4, t.label)
-                 .bind_blob(5, blob(t.payload))
-                 .bind(6, t.target_engine)
-                 .bind(7, t.engine_id)
-                 .bind(8, t.retries)
-                 .bind(9, t.attempts)
-                 .bind(10, t.timeout_ms)
-                 .bind(11, t.priority)
-                 .bind(12, t.submit_ms)
-                 .bind(13, t.payload_size)
-                 .run();
-        break;
-      case TaskRow::Write::Update:
-        rc = update_task.bind(1, t.id)
-                 .bind(2, t.state)
-                 .bind(3, t.engine_id)
-                 .bind(4, t.attempts)
-                 .bind(5, t.start_ms)
-                 .run();
-        break;
-      case TaskRow::Write::Finish:
-        rc = finish_task.bind(1, t.id)
-                 .bind(2, t.state)
-                 .bind(3, t.engine_id)
-                 .bind(4, t.attempts)
-                 .bind(5, t.start_ms)
-                 .bind(6, t.end_ms)
-                 .bind_blob(7, blob(t.result))
-                 .bind_text(8, t.error_type)
-                 .bind_text(9, t.error_message)
-                 .bind_text(10, t.traceback)
-                 .bind_blob(11, blob(t.output))
-                 .bind(12, t.result_size)
-                 .run();
-        break;
-      }
-      if (rc != SQLITE_OK)
-        return sqlite_error(db, fmt::format("writing task {}", t.id));
-    }
-    for (auto id : b.tasks_forgotten)
-      if (delete_task.bind(1, id).run() != SQLITE_OK)
-        return sqlite_error(db, fmt::format("forgetting task {}", id));
-    for (const auto& e : b.engines)
-      if (upsert_engine.bind(1, e.id)
-              .bind(2, e.job_id)
-              .bind(3, e.attempt)
-              .bind(4, e.rank)
-              .bind(5, e.size)
-              .run() != SQLITE_OK)
-        return sqlite_error(db, fmt::format("writing engine {}", e.id));
-    for (auto [name, next] : {std::pair{"task", b.next_task_id}, std::pair{"engine", b.next_engine_id}})
-      if (next > 0 && upsert_counter.bind_text(1, name).bind(2, next).run() != SQLITE_OK)
-        return sqlite_error(db, "writing the next task ids");
-    return ok_result();
+    tasks.prepare(db);
   }
 
   int output_fd(std::uint64_t job, std::uint32_t attempt, int stream, bool create) {
@@ -391,7 +316,7 @@ struct Store::Impl {
                               std::pair{"group", b.next_group_id}})
       if (next > 0 && upsert_counter.bind_text(1, name).bind(2, next).run() != SQLITE_OK)
         return sqlite_error(db, "writing the next ids");
-    return apply_tasks(b);
+    return tasks.apply(b);
   }
 
   /// After the commit that forgot them: a forgotten job's output files go too.
@@ -554,7 +479,14 @@ struct Store::Impl {
           commit_group(group);
           group.clear();
         }
-        serve_read(std::get<ReadRequest>(item));
+        if (auto* r = std::get_if<ReadRequest>(&item)) {
+          serve_read(*r);
+        } else {
+          auto& read = std::get<TaskRead>(item);
+          post([done = std::move(read.done), rows = tasks.read(read.query)]() mutable {
+            done(std::move(rows));
+          });
+        }
       }
       if (!group.empty()) {
         commit_group(group);
@@ -762,56 +694,7 @@ Result<LoadedState> Store::load() {
     if (q.failed())
       return damaged(impl_->options.db_path, fmt::format("reading the resources table: {}", sqlite3_errmsg(db)));
   }
-  {
-    Statement q(db, "SELECT id, state, handler, label, payload, target_engine, engine_id, "
-                    "retries, attempts, timeout_ms, priority, submit_ms, start_ms, end_ms, "
-                    "result, error_type, error_message, traceback, output, payload_size, "
-                    "result_size FROM tasks ORDER BY id");
-    auto shared = [](std::string v) {
-      return v.empty() ? nullptr : std::make_shared<const std::string>(std::move(v));
-    };
-    while (q.step()) {
-      TaskRow t;
-      t.id = static_cast<std::uint64_t>(q.i64(0));
-      t.state = static_cast<int>(q.i64(1));
-      if (t.state < 0 || t.state > 5)
-        return make_error(ErrorCode::Internal,
-                          fmt::format("task {} has an invalid state {} in the store", t.id, t.state));
-      t.handler = q.text(2);
-      t.label = q.text(3);
-      t.payload = shared(q.text(4));
-      t.target_engine = static_cast<std::uint64_t>(q.i64(5));
-      t.engine_id = static_cast<std::uint64_t>(q.i64(6));
-      t.retries = static_cast<std::uint32_t>(q.i64(7));
-      t.attempts = static_cast<std::uint32_t>(q.i64(8));
-      t.timeout_ms = q.i64(9);
-      t.priority = static_cast<std::int32_t>(q.i64(10));
-      t.submit_ms = q.i64(11);
-      t.start_ms = q.i64(12);
-      t.end_ms = q.i64(13);
-      t.result = shared(q.text(14));
-      t.error_type = q.text(15);
-      t.error_message = q.text(16);
-      t.traceback = q.text(17);
-      t.output = shared(q.text(18));
-      t.payload_size = static_cast<std::uint64_t>(q.i64(19));
-      t.result_size = static_cast<std::uint64_t>(q.i64(20));
-      s.tasks.push_back(std::move(t));
-    }
-    if (q.failed())
-      return damaged(impl_->options.db_path, fmt::format("reading the tasks table: {}", sqlite3_errmsg(db)));
-  }
-  {
-    Statement q(db, "SELECT id, job_id, attempt, rank, size FROM engines ORDER BY id");
-    while (q.step())
-      s.engines.push_back({static_cast<std::uint64_t>(q.i64(0)),
-                           static_cast<std::uint64_t>(q.i64(1)),
-                           static_cast<std::uint32_t>(q.i64(2)),
-                           static_cast<std::uint32_t>(q.i64(3)),
-                           static_cast<std::uint32_t>(q.i64(4))});
-    if (q.failed())
-      return damaged(impl_->options.db_path, fmt::format("reading the engines table: {}", sqlite3_errmsg(db)));
-  }
+  SORTIE_TRY(load_tasks(db, impl_->options.db_path, s));
   return s;
 }
 
@@ -849,6 +732,14 @@ void Store::read_value(std::uint64_t task_id, int part, std::int64_t offset, std
     std::lock_guard lock(impl_->mu);
     impl_->queue.emplace_back(ReadRequest{value_path(impl_->options.output_dir, task_id, part),
                                           offset, max, std::move(done)});
+  }
+  impl_->cv.notify_one();
+}
+
+void Store::read_tasks(TaskQuery query, std::function<void(Result<TaskRows>)> done) {
+  {
+    std::lock_guard lock(impl_->mu);
+    impl_->queue.emplace_back(TaskRead{std::move(query), std::move(done)});
   }
   impl_->cv.notify_one();
 }

@@ -29,7 +29,7 @@
 namespace sortie::store {
 
 /// The newest schema this build writes (PRAGMA user_version).
-inline constexpr int kSchemaVersion = 6;
+inline constexpr int kSchemaVersion = 7;
 
 struct SpecRow {
   std::uint64_t id = 0;
@@ -138,6 +138,37 @@ struct TaskRow {
   std::shared_ptr<const std::string> output;
   std::uint64_t payload_size = 0; ///< a large argument, in its value file (payload empty)
   std::uint64_t result_size = 0;  ///< a large result, in its value file (result empty)
+  /// Read without values (TaskQuery::values false): the lengths of the inline payload and result.
+  std::uint64_t payload_bytes = 0, result_bytes = 0;
+};
+
+/// Which tasks Store::read_tasks reads: the hub holds only the tasks that have not ended (and
+/// a few that just did) in memory, and reads the others back from the store.
+struct TaskQuery {
+  /// These tasks, in this order (those that exist). Empty: the `newest` tasks, in id order, and
+  /// the count of all.
+  std::vector<std::uint64_t> ids;
+  std::uint64_t newest = 0;
+  /// With their payload, result and output; else only the lengths (payload_bytes, result_bytes).
+  bool values = true;
+  /// Stops once the rows read hold this many bytes of values (one row at least); the ids not
+  /// reached go to TaskRows::unread. 0: no limit.
+  std::size_t max_bytes = 0;
+};
+
+struct TaskRows {
+  std::vector<TaskRow> rows;
+  std::vector<std::uint64_t> unread;
+  std::uint64_t count = 0; ///< with `newest`: how many tasks the store has
+};
+
+/// The task_retention sweep (WriteBatch::task_sweep): forgets at most `limit` tasks that ended
+/// before `before_ms`, with their result files, and says when the oldest one left ended.
+struct TaskSweep {
+  std::int64_t before_ms = 0;
+  std::size_t limit = 10'000;
+  std::uint64_t forgotten = 0;    ///< out
+  std::int64_t oldest_end_ms = 0; ///< out: 0 when no ended task is left
 };
 
 /// A piece of a large task value (part 0: argument, 1: result), written to its value file
@@ -190,6 +221,8 @@ struct WriteBatch {
   /// Value files to remove once the batch is committed: (task, part).
   std::vector<std::pair<std::uint64_t, int>> values_removed;
   std::vector<EngineRow> engines;
+  /// Filled in by the store thread before the batch's completions run (null: no sweep).
+  std::shared_ptr<TaskSweep> task_sweep;
   /// The next task and engine ids (0: not written).
   std::uint64_t next_task_id = 0, next_engine_id = 0;
   /// Rows to delete (job_retention, `job forget`); a forgotten job's output files are removed
@@ -212,7 +245,7 @@ struct WriteBatch {
            output.empty() && on_commit.empty() && jobs_forgotten.empty() &&
            specs_forgotten.empty() && groups_forgotten.empty() && tasks.empty() &&
            tasks_forgotten.empty() && engines.empty() && values.empty() &&
-           values_removed.empty() && next_task_id == 0 &&
+           values_removed.empty() && !task_sweep && next_task_id == 0 &&
            next_engine_id == 0 && reserve_job_ids == 0 &&
            reserve_group_ids == 0;
   }
@@ -226,7 +259,8 @@ struct LoadedState {
   std::vector<AgentRow> agents;
   std::vector<PilotRow> pilots;
   std::vector<ResourceRow> resources;
-  std::vector<TaskRow> tasks; ///< ordered by id
+  std::vector<TaskRow> tasks; ///< those that have not ended, ordered by id
+  std::int64_t oldest_task_end_ms = 0; ///< when the oldest ended task ended (0: none)
   std::vector<EngineRow> engines;
   std::uint64_t next_task_id = 0, next_engine_id = 0; ///< from the counters (0: none)
   /// The id reservation found in Options::ids_file (0: none).
@@ -313,6 +347,8 @@ public:
   /// Reads up to `max` bytes of a large task value (value_path) from `offset`. Loop thread.
   void read_value(std::uint64_t task_id, int part, std::int64_t offset, std::size_t max,
                   std::function<void(Result<std::string>)> done);
+  /// Reads tasks' rows after the batches submitted so far. Loop thread.
+  void read_tasks(TaskQuery query, std::function<void(Result<TaskRows>)> done);
   /// Finishes queued work and stops the thread. Completions queued by it still run if the loop
   /// still runs.
   void stop();

@@ -256,24 +256,91 @@ def test_with_a_prefetch_of_one_no_task_waits_behind_a_long_one(sortie, tmp_path
 
 @pytest.mark.timeout(120)
 def test_ended_tasks_are_forgotten_after_task_retention(sortie, tmp_path):
+    """task_retention forgets ended tasks wherever they are: the latest in the hub's memory, the
+    older ones in its store only (more than the hub holds in memory end here), and after a
+    restart, which loads none of them."""
     from conftest import FAST
-    sortie.configure(task_retention="2s", **FAST)
-    run_script(sortie, tmp_path, """
+    sortie.configure(task_retention="3s", **FAST)
+    out = run_script(sortie, tmp_path, """
         client.start_engines(1, label="cpu", timeout=60)
-        fut = client.submit(lambda: 42, label="cpu")
-        assert fut.result(timeout=30) == 42
-        assert client.future(fut.id).result(timeout=30) == 42   # kept: another look gets it
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
-            try:
-                client.future(fut.id).result(timeout=30)
-            except sortie.SortieError as e:
-                assert e.code == "not_found", e.code
-                break
-            time.sleep(0.2)
-        else:
-            raise AssertionError("a task outlived task_retention")
+        futs = client.map(lambda i: i * 2, range(6000), label="cpu")
+        assert client.gather(futs) == [i * 2 for i in range(6000)]
+        # Kept: another look gets them, the oldest from the store.
+        assert client.future(futs[0].id).result(timeout=30) == 0
+        assert client.future(futs[-1].id).result(timeout=30) == 11998
+        print("IDS", futs[0].id, futs[-1].id)
     """)
+    first, last = map(int, out.split("IDS ")[1].split()[:2])
+    sortie.run("hub", "stop")
+    sortie.start()
+    run_script(sortie, tmp_path, f"""
+        deadline = time.monotonic() + 60
+        for task in ({first}, {last}):
+            while time.monotonic() < deadline:
+                try:
+                    client.future(task).result(timeout=30)
+                except sortie.SortieError as e:
+                    assert e.code == "not_found", e.code
+                    break
+                time.sleep(0.2)
+            else:
+                raise AssertionError(f"task {{task}} outlived task_retention")
+    """, prelude="import time\nimport sortie\nclient = sortie.Client(start=False)\n",
+        name="after.py")
+    assert sortie.json("task", "list", "--limit", "0") == []
+
+
+@pytest.mark.timeout(300)
+def test_ended_tasks_leave_the_hub_memory_and_are_read_back_from_its_store(sortie, tmp_path):
+    """docs/engines.md, "Where results live": the hub holds the tasks that have not ended and a
+    few thousand that just did; the others are read back from its store when asked for. Rounds
+    of 30,000 tasks with 2 KB results leave the hub's memory where the second round left it
+    (held in memory, the first four rounds' would add some 300 MB), and every result is still
+    there by id, the oldest first: as a future, in `task list` and `task show`, and forgettable."""
+    sortie.start()
+    out = run_script(sortie, tmp_path, """
+        def rss_kib(pid):
+            for line in open(f"/proc/{pid}/status"):
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1])
+
+        hub = int(sys.argv[1])
+        client.start_engines(2, label="cpu", timeout=60)
+        rounds, first = [], []
+        for r in range(5):
+            futs = client.map(lambda i, r=r: (r, i, bytes(2000)), range(30000), label="cpu")
+            got = client.gather(futs)
+            assert got[12345] == (r, 12345, bytes(2000)) and len(got) == 30000
+            first.append(futs[0].id)
+            rounds.append(rss_kib(hub))
+        print("RSS", rounds)
+        grown = rounds[-1] - rounds[1]
+        assert grown < 40_000, f"the hub grew by {grown} KiB over three rounds: {rounds}"
+        # The oldest results, long out of memory, from the store; another client too.
+        assert client.future(first[0]).result(timeout=30) == (0, 0, bytes(2000))
+        other = sortie.Client(start=False)
+        assert other.gather(other.futures(range(first[1], first[1] + 3))) == \
+            [(1, i, bytes(2000)) for i in range(3)]
+        print("FIRST", first[0])
+    """, sortie.hub_pid(), timeout=280)
+    oldest = int(out.split("FIRST ")[1].split()[0])
+    listed = sortie.json("task", "list", "--limit", "5")
+    assert [t["id"] for t in listed] == list(range(oldest + 149_995, oldest + 150_000))
+    assert all(t["state"] == "done" for t in listed), listed
+    p = sortie.run("task", "list", "--limit", "5")
+    assert "showing the newest 5 of 150,000 tasks" in p.stderr, p.stderr
+    shown = sortie.json("task", "show", str(oldest))
+    assert shown["state"] == "done" and shown["result_bytes"] > 2000, shown
+    run_script(sortie, tmp_path, f"""
+        assert client.forget([{oldest}, {oldest} + 1, 10 ** 9]) == 2
+        try:
+            client.future({oldest}).result(timeout=30)
+        except sortie.SortieError as e:
+            assert e.code == "not_found", e
+        else:
+            raise AssertionError("a forgotten task has a result")
+    """, prelude="import sortie\nclient = sortie.Client(start=False)\n", name="forget.py")
+    assert "of 149,998 tasks" in sortie.run("task", "list", "--limit", "1").stderr
 
 
 @pytest.mark.timeout(240)

@@ -374,3 +374,122 @@ TEST_F(StoreTest, ResourcesAndBatchIdsSurviveAReload) {
 
 } // namespace
 } // namespace sortie::store
+
+namespace sortie::store {
+namespace {
+
+TaskRow task_insert(std::uint64_t id, std::string payload) {
+  TaskRow t;
+  t.write = TaskRow::Write::Insert;
+  t.id = id;
+  t.handler = "h";
+  t.label = "cpu";
+  t.payload = std::make_shared<const std::string>(std::move(payload));
+  t.submit_ms = 1000;
+  return t;
+}
+
+TaskRow task_finish(std::uint64_t id, std::int64_t end_ms, std::string result,
+                    std::uint64_t result_size = 0) {
+  TaskRow t;
+  t.write = TaskRow::Write::Finish;
+  t.id = id;
+  t.state = 2;
+  t.engine_id = 7;
+  t.attempts = 1;
+  t.start_ms = end_ms - 1;
+  t.end_ms = end_ms;
+  t.result = std::make_shared<const std::string>(std::move(result));
+  t.result_size = result_size;
+  return t;
+}
+
+TEST_F(StoreTest, EndedTasksAreReadBackByIdOrNewestAndSweptFromTheOldest) {
+  {
+    auto store = open();
+    store->start(completions_.poster());
+    WriteBatch b;
+    for (std::uint64_t id = 1; id <= 10; ++id)
+      b.tasks.push_back(task_insert(id, "arg" + std::to_string(id)));
+    b.next_task_id = 11;
+    ASSERT_TRUE(commit(*store, std::move(b)).ok());
+    // Tasks 1..6 end at 100..600 (task 4's large result lives in its value file); 7..10 do not.
+    WriteBatch e;
+    for (std::uint64_t id = 1; id <= 6; ++id)
+      e.tasks.push_back(task_finish(id, static_cast<std::int64_t>(id) * 100,
+                                    id == 4 ? "" : std::string(100, 'r'), id == 4 ? 5 : 0));
+    e.values.push_back({4, 1, 0, "large"});
+    ASSERT_TRUE(commit(*store, std::move(e)).ok());
+    ASSERT_TRUE(std::filesystem::exists(value_path(options().output_dir, 4, 1)));
+
+    // By id, in the order asked; those that do not exist are left out.
+    Result<TaskRows> got = TaskRows{};
+    bool done = false;
+    auto read = [&](TaskQuery q) {
+      done = false;
+      store->read_tasks(std::move(q), [&](Result<TaskRows> r) {
+        got = std::move(r);
+        done = true;
+      });
+      EXPECT_TRUE(completions_.run_until([&] { return done; }));
+      EXPECT_TRUE(got.ok());
+    };
+    read({.ids = {5, 99, 2, 8}});
+    ASSERT_EQ(got->rows.size(), 3u);
+    EXPECT_EQ(got->rows[0].id, 5u);
+    EXPECT_EQ(got->rows[0].state, 2);
+    EXPECT_EQ(*got->rows[0].result, std::string(100, 'r'));
+    EXPECT_EQ(got->rows[0].payload, nullptr); // dropped once it ended
+    EXPECT_EQ(got->rows[1].id, 2u);
+    EXPECT_EQ(got->rows[2].id, 8u);
+    EXPECT_EQ(*got->rows[2].payload, "arg8");
+    // Without values: their lengths only.
+    read({.ids = {1, 9}, .values = false});
+    ASSERT_EQ(got->rows.size(), 2u);
+    EXPECT_EQ(got->rows[0].result, nullptr);
+    EXPECT_EQ(got->rows[0].result_bytes, 100u);
+    EXPECT_EQ(got->rows[1].payload_bytes, 4u);
+    // A byte budget: the ids it did not reach come back unread, in order.
+    read({.ids = {1, 2, 3, 5}, .max_bytes = 200}); // 164 bytes a row, with its overhead
+    ASSERT_EQ(got->rows.size(), 2u);
+    EXPECT_EQ(got->unread, (std::vector<std::uint64_t>{3, 5}));
+    // The newest, in id order, and the count of all.
+    read({.newest = 3, .values = false});
+    ASSERT_EQ(got->rows.size(), 3u);
+    EXPECT_EQ(got->rows[0].id, 8u);
+    EXPECT_EQ(got->rows[2].id, 10u);
+    EXPECT_EQ(got->count, 10u);
+
+    // task_retention: at most `limit` of those that ended before 450, from the oldest.
+    WriteBatch s;
+    s.task_sweep = std::make_shared<TaskSweep>();
+    s.task_sweep->before_ms = 450;
+    s.task_sweep->limit = 3;
+    auto sweep = s.task_sweep;
+    ASSERT_TRUE(commit(*store, std::move(s)).ok());
+    EXPECT_EQ(sweep->forgotten, 3u);
+    EXPECT_EQ(sweep->oldest_end_ms, 400);
+    WriteBatch s2;
+    s2.task_sweep = std::make_shared<TaskSweep>();
+    s2.task_sweep->before_ms = 450;
+    sweep = s2.task_sweep;
+    ASSERT_TRUE(commit(*store, std::move(s2)).ok());
+    EXPECT_EQ(sweep->forgotten, 1u); // task 4, with its value file
+    EXPECT_EQ(sweep->oldest_end_ms, 500);
+    EXPECT_FALSE(std::filesystem::exists(value_path(options().output_dir, 4, 1)));
+    read({.ids = {1, 2, 3, 4, 5, 6}, .values = false});
+    ASSERT_EQ(got->rows.size(), 2u);
+    EXPECT_EQ(got->rows[0].id, 5u);
+  }
+  // A hub loads the tasks that have not ended, when the oldest ended one ended, the next id.
+  auto state = open()->load();
+  ASSERT_TRUE(state.ok()) << state.error().to_string();
+  ASSERT_EQ(state->tasks.size(), 4u);
+  EXPECT_EQ(state->tasks[0].id, 7u);
+  EXPECT_EQ(*state->tasks[0].payload, "arg7");
+  EXPECT_EQ(state->oldest_task_end_ms, 500);
+  EXPECT_EQ(state->next_task_id, 11u);
+}
+
+} // namespace
+} // namespace sortie::store
