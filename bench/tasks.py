@@ -323,6 +323,9 @@ def main():
                     ratio = med["e sortie"] / med[f"e {k}"] if k != "sortie" else 1
                     print(f"    {k:8s} {med[f'e {k}']:10.0f}   sortie is {ratio:.2f}x")
         if "e" in args.only:
+            # In order: the runs share one hub, so a hub that slows as tasks pile up shows here.
+            print("    sortie's runs on one hub, in order (tasks/s): " +
+                  ", ".join(f"{r:,.0f}" for r in rows["e sortie"]))
             print("    sortie's CPU per task (us): " + ", ".join(
                 f"{k} {statistics.median(v):.0f}" for k, v in where.items()) +
                 " (the hub includes its store thread; engines: both)")

@@ -69,7 +69,7 @@ std::size_t held_bytes(const Task& t) {
 
 } // namespace
 
-void Tasks::erase(std::map<std::uint64_t, Task>::iterator it) {
+void Tasks::erase(std::unordered_map<std::uint64_t, Task>::iterator it) {
   const Task& t = it->second;
   if (t.ended() && !t.transient) {
     --ended_held_;

@@ -155,7 +155,7 @@ private:
   /// A task as the store has it (read back once it left memory).
   static Task from_row(store::TaskRow&& row);
   /// Erases a task from memory, keeping the count of ended ones right.
-  void erase(std::map<std::uint64_t, Task>::iterator it);
+  void erase(std::unordered_map<std::uint64_t, Task>::iterator it);
   /// Forgets an ended task: in memory and in the store (with its large result's file).
   void forget(std::uint64_t id, std::uint64_t result_size);
   /// A task ended: held until its end is committed (then settled), for at most kHeldEnded.
@@ -209,7 +209,7 @@ private:
   Jobs& jobs_;
   Router* router_ = nullptr; ///< where direct links' frames go (register_with)
   scheduler::TaskChooser chooser_;
-  std::map<std::uint64_t, Task> tasks_;
+  std::unordered_map<std::uint64_t, Task> tasks_;
   std::unordered_map<std::uint64_t, Engine> engines_;
   std::unordered_map<JobId, std::vector<std::uint64_t>> engines_of_job_;
   /// (agent, its link to the engine) -> engine: who sent a routed frame.
