@@ -2,7 +2,8 @@
 // Engines and their tasks (docs/engines.md, docs/protocol/05-tasks.md). An engine is a job of
 // kind "engine" that, once running, registers through its agent (EngineReady, routed); tasks are
 // calls clients submit (TaskSubmit), kept in the store from their acknowledgement to their
-// forgetting. The chooser (scheduler/chooser.hpp) decides which engine runs what; a task is sent
+// forgetting, and in memory until they ended (and a few thousand of the latest after): what a
+// client asks of older ones is read back from the store. The chooser (scheduler/chooser.hpp) decides which engine runs what; a task is sent
 // at once, with "running on engine E" in the same turn's batch; a restarted hub hands out no
 // queued task until the engines from before are back (and have said what they hold) or gone, so
 // none runs on two engines at once. An engine whose job ends loses its tasks: run again
