@@ -98,6 +98,10 @@ void Tasks::ended(Task& t) {
   ++ended_held_;
   ended_bytes_ += held_bytes(t);
   ended_.push_back(t.id);
+  settle_after_commit(t.id);
+}
+
+void Tasks::settle_after_commit(std::uint64_t id) {
   // One completion per commit settles the tasks that ended into it (rows written When::Soon go
   // into the same batch as the others until it is flushed).
   if (!ending_ || ending_flush_ != core_.durable.flushes()) {
@@ -107,7 +111,7 @@ void Tasks::ended(Task& t) {
         [this, ids = ending_](const Result<void>& committed) { settle(*ids, committed); },
         When::Soon);
   }
-  ending_->push_back(t.id);
+  ending_->push_back(id);
 }
 
 void Tasks::settle(const std::vector<std::uint64_t>& ids, const Result<void>& committed) {
@@ -119,15 +123,10 @@ void Tasks::settle(const std::vector<std::uint64_t>& ids, const Result<void>& co
       t->settled = true;
       continue;
     }
-    // Not durable (the disk is full, say): written again, and held until it is.
-    write(*t, store::TaskRow::Write::Finish);
-    if (!ending_ || ending_flush_ != core_.durable.flushes()) {
-      ending_ = std::make_shared<std::vector<std::uint64_t>>();
-      ending_flush_ = core_.durable.flushes();
-      core_.durable.after_commit(
-          [this, ids2 = ending_](const Result<void>& r) { settle(*ids2, r); });
-    }
-    ending_->push_back(id);
+    // Not durable (the disk is full, say): written again, and held until it is. (`ids` is the
+    // list of a batch already flushed, never the one this adds to.)
+    write(*t, store::TaskRow::Write::Finish, When::Soon);
+    settle_after_commit(id);
   }
   if (committed.ok())
     evict();

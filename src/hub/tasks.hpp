@@ -161,6 +161,8 @@ private:
   void forget(std::uint64_t id, std::uint64_t result_size);
   /// A task ended: held until its end is committed (then settled), for at most kHeldEnded.
   void ended(Task& t);
+  /// Settles the task once the batch being gathered is committed.
+  void settle_after_commit(std::uint64_t id);
   /// Their ends are committed (or failed to be: then they are written again).
   void settle(const std::vector<std::uint64_t>& ids, const Result<void>& committed);
   /// Ended tasks beyond kHeldEnded or kHeldEndedBytes leave memory, oldest first.
