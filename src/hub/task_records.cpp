@@ -55,6 +55,8 @@ Task Tasks::from_row(store::TaskRow&& row) {
   t.traceback = std::move(row.traceback);
   t.payload_size = row.payload_size;
   t.result_size = row.result_size;
+  if (!t.payload && !t.ended()) // read without values (load): its argument stays in the store
+    t.in_store = row.payload_bytes;
   return t;
 }
 
@@ -216,7 +218,27 @@ void Tasks::write(const Task& t, store::TaskRow::Write how, When when) {
   core_.durable.batch(when).tasks.push_back(std::move(row));
 }
 
-void Tasks::enqueue(Task& t) { chooser_.enqueue(t.id, t.label, t.target, t.priority); }
+void Tasks::enqueue(Task& t) {
+  std::size_t size = t.payload ? t.payload->size() : 0;
+  if (size > 0 && queued_bytes_ + size > kQueuedArgBytes && shed(t))
+    size = 0;
+  queued_bytes_ += size;
+  chooser_.enqueue(t.id, t.label, t.target, t.priority);
+}
+
+void Tasks::unqueue(Task& t, bool chosen) {
+  if (!chosen)
+    chooser_.dequeue(t.id);
+  queued_bytes_ -= t.payload ? t.payload->size() : 0;
+}
+
+bool Tasks::shed(Task& t) {
+  if (!t.stored || t.transient || !t.payload || t.payload->empty())
+    return false;
+  t.in_store = t.payload->size();
+  t.payload.reset();
+  return true;
+}
 
 void Tasks::requeue(Task& t, bool charge, const std::string& why) {
   if (auto it = engines_.find(t.engine); it != engines_.end() && it->second.running.erase(t.id))
@@ -240,7 +262,7 @@ void Tasks::requeue(Task& t, bool charge, const std::string& why) {
 void Tasks::finish(Task& t, TaskState to, pb::TaskResult* r, std::string error_type,
                    std::string message) {
   if (t.state == TaskState::Queued)
-    chooser_.dequeue(t.id);
+    unqueue(t);
   if (t.state == TaskState::Running && to != TaskState::Done && t.result_size == 0 && t.received)
     core_.durable.batch().values_removed.emplace_back(t.id, 1); // a partial large result
   t.state = to;
@@ -329,6 +351,15 @@ void Tasks::handle_submit(const Sender& from, pb::TaskSubmit& req) {
   }
   std::int64_t now = core_.clock.now_ms();
   std::uint64_t first = next_task_id_;
+  // Transient calls are never stored, so their arguments cannot leave memory: beyond
+  // kQueuedArgBytes queued, the submission is stored as any other (05-tasks.md §5.8).
+  std::size_t transient_bytes = 0;
+  for (const auto& c : req.calls())
+    if (c.transient())
+      transient_bytes += c.payload().size();
+  if (transient_bytes > 0 && queued_bytes_ + transient_bytes > kQueuedArgBytes)
+    for (auto& c : *req.mutable_calls())
+      c.set_transient(false);
   bool all_transient = std::all_of(req.calls().begin(), req.calls().end(),
                                    [](const pb::TaskCall& c) { return c.transient(); });
   for (auto& c : *req.mutable_calls()) {
@@ -403,6 +434,13 @@ void Tasks::handle_submit(const Sender& from, pb::TaskSubmit& req) {
       if (!t)
         continue;
       t->stored = true;
+      // Its argument is durable: it leaves memory once sent, or now if the queue holds too much.
+      if (t->state == TaskState::Running ||
+          (t->state == TaskState::Queued && queued_bytes_ > kQueuedArgBytes)) {
+        std::size_t size = t->payload ? t->payload->size() : 0;
+        if (shed(*t) && t->state == TaskState::Queued)
+          queued_bytes_ -= size;
+      }
       if (watch)
         watchers_[id].push_back(peer);
       if (t->ended())
@@ -419,7 +457,7 @@ void Tasks::drop_unstored(std::uint64_t id) {
   uploaders_.erase(id);
   downloads_.erase(id);
   if (t->state == TaskState::Queued) {
-    chooser_.dequeue(id);
+    unqueue(*t);
   } else if (t->state == TaskState::Running) {
     if (auto e = engines_.find(t->engine); e != engines_.end() && e->second.running.erase(id))
       chooser_.finished(t->engine);
@@ -500,7 +538,8 @@ void Tasks::reply_list(const Sender& from, const pb::TaskListRequest& req,
     read.emplace(row.id, std::move(row));
   auto add_id = [&](std::uint64_t id) {
     if (const Task* t = find(id))
-      return add(*t, t->payload ? t->payload->size() : 0, t->result ? t->result->size() : 0);
+      return add(*t, t->payload ? t->payload->size() : t->in_store,
+                 t->result ? t->result->size() : 0);
     if (auto it = read.find(id); it != read.end()) {
       std::uint64_t payload_bytes = it->second.payload_bytes, result_bytes = it->second.result_bytes;
       add(from_row(std::move(it->second)), payload_bytes, result_bytes);

@@ -343,7 +343,8 @@ void Tasks::handle_ready(const Sender& from, pb::EngineReady& r) {
 }
 
 void Tasks::claim(Task& t, Engine& e) {
-  chooser_.dequeue(t.id);
+  unqueue(t);
+  shed(t); // the engine has it
   t.state = TaskState::Running;
   t.engine = e.id;
   ++t.attempts;
@@ -555,6 +556,7 @@ void Tasks::dispatch() {
       chooser_.finished(p.engine);
       continue;
     }
+    unqueue(*t, /*chosen=*/true);
     t->state = TaskState::Running;
     t->engine = p.engine;
     ++t->attempts;
@@ -580,28 +582,95 @@ void Tasks::dispatch() {
     pb::Envelope env;
     std::size_t bytes = 0;
     for (auto id : ids) {
-      const Task& t = *find(id);
+      Task& t = *find(id);
+      if (t.in_store > 0) { // its argument is read back first
+        to_read_.push_back({id, t.attempts});
+        continue;
+      }
       std::size_t size = t.payload ? t.payload->size() : 0;
       if (bytes > 0 && bytes + size > kFrameBudget) { // frames stay below the limit
         send_to(e->second, env);
         env.Clear();
         bytes = 0;
       }
-      auto* task = env.mutable_task_run()->add_tasks();
-      task->set_task_id(id);
-      task->set_handler(t.handler);
-      if (t.payload)
-        task->set_payload(*t.payload);
-      task->set_payload_size(t.payload_size);
-      task->set_timeout_ms(t.timeout_ms);
-      task->set_transient(t.transient);
+      add_run(env, t, t.payload.get());
       bytes += size + t.handler.size() + 32;
+      shed(t); // once stored, the store has it should it run again
     }
-    send_to(e->second, env);
+    if (env.has_task_run())
+      send_to(e->second, env);
     for (auto id : ids) // large arguments follow their TaskRun
       if (downloads_.contains(id))
         pump_download(id);
   }
+  read_arguments();
+}
+
+void Tasks::add_run(pb::Envelope& env, const Task& t, const std::string* payload) {
+  auto* task = env.mutable_task_run()->add_tasks();
+  task->set_task_id(t.id);
+  task->set_handler(t.handler);
+  if (payload)
+    task->set_payload(*payload);
+  task->set_payload_size(t.payload_size);
+  task->set_timeout_ms(t.timeout_ms);
+  task->set_transient(t.transient);
+}
+
+void Tasks::read_arguments() {
+  if (reading_arguments_ || to_read_.empty())
+    return;
+  store::TaskQuery q;
+  std::unordered_map<std::uint64_t, std::uint32_t> attempts;
+  while (!to_read_.empty() && q.ids.size() < kFetchIds) {
+    q.ids.push_back(to_read_.front().task);
+    attempts[to_read_.front().task] = to_read_.front().attempts;
+    to_read_.pop_front();
+  }
+  q.max_bytes = kFrameBudget;
+  reading_arguments_ = true;
+  core_.durable.store().read_tasks(std::move(q), [this, alive = core_.alive,
+                                                  attempts = std::move(attempts)](
+                                                     Result<store::TaskRows> rows) mutable {
+    if (!*alive)
+      return;
+    reading_arguments_ = false;
+    // Still given to that engine as that attempt (not timed out, forgotten or requeued since).
+    auto current = [&](std::uint64_t id) -> Task* {
+      Task* t = find(id);
+      auto a = attempts.find(id);
+      return t && a != attempts.end() && t->state == TaskState::Running &&
+                     t->attempts == a->second && t->in_store > 0
+                 ? t
+                 : nullptr;
+    };
+    if (!rows.ok()) {
+      for (const auto& [id, n] : attempts)
+        if (Task* t = current(id))
+          finish(*t, TaskState::Failed, nullptr, "StoreError",
+                 fmt::format("the hub could not read its argument back from its store: {}",
+                             rows.error().message));
+      return read_arguments();
+    }
+    for (auto it = rows->unread.rbegin(); it != rows->unread.rend(); ++it) { // read next
+      to_read_.push_front({*it, attempts[*it]});
+      attempts.erase(*it);
+    }
+    std::unordered_map<std::uint64_t, pb::Envelope> by_engine;
+    for (const auto& row : rows->rows) {
+      if (Task* t = current(row.id))
+        add_run(by_engine[t->engine], *t, row.payload.get());
+      attempts.erase(row.id);
+    }
+    for (const auto& [id, n] : attempts) // not in the store: it cannot run
+      if (Task* t = current(id))
+        finish(*t, TaskState::Failed, nullptr, "StoreError",
+               "its argument is missing from the hub's store");
+    for (auto& [engine, env] : by_engine)
+      if (auto e = engines_.find(engine); e != engines_.end())
+        send_to(e->second, env);
+    read_arguments();
+  });
 }
 
 // -------------------------------------------------------------------------------------------

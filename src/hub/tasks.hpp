@@ -3,7 +3,9 @@
 // kind "engine" that, once running, registers through its agent (EngineReady, routed); tasks are
 // calls clients submit (TaskSubmit), kept in the store from their acknowledgement to their
 // forgetting, and in memory until they ended (and a few thousand of the latest after): what a
-// client asks of older ones is read back from the store. The chooser (scheduler/chooser.hpp) decides which engine runs what; a task is sent
+// client asks of older ones is read back from the store, and so are the arguments of tasks
+// already sent and of queued ones beyond kQueuedArgBytes, when they are sent (again). The
+// chooser (scheduler/chooser.hpp) decides which engine runs what; a task is sent
 // at once, with "running on engine E" in the same turn's batch; a restarted hub hands out no
 // queued task until the engines from before are back (and have said what they hold) or gone, so
 // none runs on two engines at once. An engine whose job ends loses its tasks: run again
@@ -59,6 +61,9 @@ struct Task {
   std::string error_type, error_message, traceback;
   /// Large values (over kInlineValue) live in value files, not here: their sizes.
   std::uint64_t payload_size = 0, result_size = 0;
+  /// Its inline argument's bytes when only the store holds it (`payload` null): a stored task
+  /// beyond Tasks::kQueuedArgBytes, or one already sent. Read back when it is sent (again).
+  std::uint64_t in_store = 0;
   /// Bytes of a large value stored so far: the argument while Uploading, the result while
   /// Running.
   std::uint64_t received = 0;
@@ -128,6 +133,9 @@ private:
   static constexpr std::size_t kHeldEndedBytes = 16u << 20;
   // Results read back from the store for one client at a time: ids per read, bytes per read.
   static constexpr std::size_t kFetchIds = 1024;
+  // Inline arguments of queued tasks held in memory, at most: beyond it, those of stored tasks
+  // stay only in the store and are read back when the chooser gives them to an engine.
+  static constexpr std::size_t kQueuedArgBytes = 64u << 20;
 
   // Engines
   void handle_ready(const Sender& from, pb::EngineReady& ready);
@@ -170,6 +178,14 @@ private:
   /// The task_retention sweep: in memory, and in the store from its oldest ended task on.
   void sweep(std::int64_t now);
   void enqueue(Task& t);
+  /// A queued task leaves the queue (`chosen`: the chooser gave it to an engine already).
+  void unqueue(Task& t, bool chosen = false);
+  /// A stored task's argument leaves memory (the store has it); true if it held one.
+  static bool shed(Task& t);
+  /// Sends the tasks in to_read_ once their arguments are read back from the store.
+  void read_arguments();
+  /// Adds a TaskRun of `t` with its argument `payload` (null: none inline) to `env`.
+  static void add_run(pb::Envelope& env, const Task& t, const std::string* payload);
   /// A task whose submission failed to commit: gone, wherever it was.
   void drop_unstored(std::uint64_t id);
   /// A running task goes back to the queue; `charge`: its engine died while it ran.
@@ -222,6 +238,16 @@ private:
   std::uint64_t reserved_task_ids_ = 1;
   static constexpr std::uint64_t kTransientIdBlock = 4096;
   bool dispatch_posted_ = false;
+  /// Bytes of the inline arguments of queued tasks held in memory (kQueuedArgBytes).
+  std::size_t queued_bytes_ = 0;
+  /// Tasks given to an engine whose arguments are being read back from the store (with the
+  /// attempt each was given as: an older one is not sent).
+  struct ToRead {
+    std::uint64_t task = 0;
+    std::uint32_t attempts = 0;
+  };
+  std::deque<ToRead> to_read_;
+  bool reading_arguments_ = false;
   std::unordered_set<std::uint64_t> awaited_; ///< engines from before a restart, not back yet
   std::int64_t hold_dispatch_until_ = 0;      ///< monotonic ms; 0: not holding
   /// Running tasks with a timeout, earliest deadline first (monotonic... wall ms, task).

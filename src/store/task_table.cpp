@@ -219,14 +219,15 @@ Result<TaskRows> TaskTable::read(const TaskQuery& q) {
 
 Result<void> load_tasks(sqlite3* db, const std::filesystem::path& db_path, LoadedState& s) {
   {
-    // Those that have not ended (queued, running, or their argument arriving); the others stay
-    // in the store until they are asked for.
+    // Those that have not ended (queued, running, or their argument arriving), without their
+    // arguments (payload_bytes: the hub reads each back when it sends the task); the others
+    // stay in the store until they are asked for.
     Statement q(db, fmt::format("SELECT {} FROM tasks WHERE state IN (0, 1, 5) ORDER BY id",
-                                kColumns)
+                                kColumnsSizes)
                         .c_str());
     while (q.step()) {
       TaskRow t;
-      if (!read_row(q, true, t))
+      if (!read_row(q, false, t))
         return make_error(ErrorCode::Internal,
                           fmt::format("task {} has an invalid state {} in the store", t.id,
                                       t.state));

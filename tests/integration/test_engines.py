@@ -344,6 +344,53 @@ def test_ended_tasks_leave_the_hub_memory_and_are_read_back_from_its_store(sorti
 
 
 @pytest.mark.timeout(240)
+def test_queued_arguments_beyond_64_mib_wait_in_the_store_not_in_the_hub_memory(sortie, tmp_path):
+    """docs/engines.md, "Where results live": queued tasks' arguments beyond 64 MiB stay in the
+    store and are read back when the tasks are sent. Three rounds of 160 tasks with 1 MiB
+    arguments each, queued before any engine is up, leave the hub where the first round left it
+    (held in memory, the next two would add 320 MiB); a hub killed with -9 and started again
+    loads none of the 480 MiB; engines started then run every task with its own argument, and
+    so do 160 more submitted while they run."""
+    sortie.start()
+    script = """
+        def rss_kib(pid):
+            for line in open(f"/proc/{pid}/status"):
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1])
+        def arg(i):
+            return i.to_bytes(4, "big") * (1 << 18)  # 1 MiB, its own
+        def digest(b):
+            return __import__("hashlib").sha256(b).hexdigest()
+        hub = client.status()["pid"]
+    """
+    out = run_script(sortie, tmp_path, script + """
+        rounds, ids = [], []
+        for r in range(3):
+            futs = client.map(digest, [arg(i) for i in range(160 * r, 160 * (r + 1))], label="cpu")
+            ids += [f.id for f in futs]
+            rounds.append(rss_kib(hub))
+        print("RSS", rounds, "IDS", ids[0], ids[-1])
+        grown = rounds[-1] - rounds[0]
+        assert grown < 60_000, f"the hub grew by {grown} KiB over two rounds: {rounds}"
+    """, timeout=200)
+    lo, hi = map(int, out.split("IDS ")[1].split()[:2])
+    assert hi - lo + 1 == 480
+    hub = sortie.hub_pid()
+    os.kill(hub, signal.SIGKILL)
+    wait_for(lambda: not alive(hub), 10, "the hub to die")
+    sortie.start()
+    run_script(sortie, tmp_path, script + f"""
+        loaded = rss_kib(hub)
+        assert loaded < 160_000, f"a restarted hub with 480 MiB queued holds {{loaded}} KiB"
+        client.start_engines(2, label="cpu", timeout=60)
+        more = client.map(digest, [arg(i) for i in range(480, 640)], label="cpu")
+        old = client.gather(client.futures(range({lo}, {hi} + 1)))
+        assert old == [digest(arg(i)) for i in range(480)], "wrong or missing results"
+        assert client.gather(more) == [digest(arg(i)) for i in range(480, 640)]
+    """, name="run.py", timeout=200)
+
+
+@pytest.mark.timeout(240)
 def test_100_mb_in_and_out_arrive_intact_beside_small_tasks_with_the_hub_bounded(sortie, tmp_path):
     """A 100 MB argument and a 100 MB result travel in pieces, each stored before the next: the
     hub never holds a whole value (its RSS grows by far less than one), and small tasks go on

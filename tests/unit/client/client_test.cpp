@@ -294,6 +294,40 @@ TEST_F(ClientTest, AHubStartedAgainNeverGivesATransientCallsIdAgain) {
   ASSERT_EQ(tasks->size(), 1u); // the transient calls went with the hub
 }
 
+TEST_F(ClientTest, TransientCallsThatWouldTakeTheQueueOver64MiBAreStored) {
+  // docs/protocol/05-tasks.md §5.8: a transient call's argument cannot leave the hub's memory,
+  // so once queued arguments would pass 64 MiB, transient calls are stored like any other.
+  Client c = connected();
+  auto session = Session::connect(options_);
+  ASSERT_TRUE(session.ok()) << session.error().to_string();
+  TaskCall call; // no engine: they wait
+  call.handler = "echo";
+  call.transient = true;
+  call.payload = std::string(4u << 20, 'x');
+  auto held = (*session)->submit(std::vector<TaskCall>(15, call)); // 60 MiB: held in memory
+  ASSERT_TRUE(held.ok()) << held.error().to_string();
+  auto stored = (*session)->submit({call, call}); // 68 MiB: stored
+  ASSERT_TRUE(stored.ok()) << stored.error().to_string();
+  auto tasks = (*session)->tasks({}, 0);
+  ASSERT_TRUE(tasks.ok()) << tasks.error().to_string();
+  ASSERT_EQ(tasks->size(), 17u);
+  EXPECT_EQ(tasks->back().id, stored->back());
+  EXPECT_EQ(tasks->back().payload_bytes, 4u << 20);
+  // The stored ones outlive the hub; the transient ones do not.
+  session->reset();
+  ASSERT_TRUE(c.stop_hub().ok());
+  Client back = connected();
+  session = Session::connect(options_);
+  ASSERT_TRUE(session.ok()) << session.error().to_string();
+  tasks = (*session)->tasks({}, 0);
+  ASSERT_TRUE(tasks.ok()) << tasks.error().to_string();
+  ASSERT_EQ(tasks->size(), 2u);
+  EXPECT_EQ(tasks->front().id, stored->front());
+  EXPECT_EQ(tasks->back().id, stored->back());
+  EXPECT_EQ(tasks->back().state, "queued");
+  EXPECT_EQ(tasks->back().payload_bytes, 4u << 20); // (its argument left in the store)
+}
+
 TEST_F(ClientTest, ACallInFlightWhenTheHubStopsFailsWithUnavailable) {
   Client c = connected();
   add_pilot(c);
