@@ -35,6 +35,9 @@ namespace {
 
 // Connections in their handshake at once, at most (the oldest is closed to admit a new one).
 constexpr std::size_t kMaxUnauthenticated = 64;
+// A client that does not read what it asked for is not read either while the hub holds this
+// much unsent for it (one more reply at most): memory stays bounded whatever a client does.
+constexpr std::size_t kClientBacklog = 64u << 20;
 
 class LinkPeer final : public Peer {
 public:
@@ -309,6 +312,14 @@ private:
       link->start_heartbeat(config_.heartbeat_interval_ms, 0);
       log::debug("client {} connected", peer->describe());
       while (true) {
+        if (link->queued_bytes() > kClientBacklog) {
+          log::info("client {} does not read its replies ({} MiB unsent): not read until it "
+                    "does",
+                    peer->describe(), link->queued_bytes() >> 20);
+          asio::steady_timer drained(io_, asio::steady_timer::time_point::max());
+          link->when_drained([&drained] { drained.cancel(); });
+          co_await drained.async_wait(use_nothrow);
+        }
         auto frame = co_await link->receive();
         if (!frame.ok())
           break;

@@ -1,9 +1,12 @@
 # SPDX-License-Identifier: Apache-2.0
-"""Memory stays bounded whatever a peer does: clients that stop reading job output."""
+"""Memory stays bounded whatever a peer does: clients that stop reading job output or their
+replies."""
 import hashlib
+import socket
 import subprocess
 
-from conftest import hub_memory_kib, wait_for
+from conftest import frame, hub_memory_kib, pb_bytes, pb_fields, pb_int, read_frame, wait_for
+from test_impostor import handshake_as_agent
 
 LINES = 20_000_000  # `seq 1 LINES`: about 169 MB of output
 
@@ -70,3 +73,39 @@ def test_forgotten_jobs_give_their_memory_back(sortie):
     assert new == 1_200_001  # ids go on past the forgotten ones
     grown = after[-1] - after[0]
     assert grown < 40_000, f"each cycle left memory behind: {after} KiB"
+
+
+def test_a_client_that_never_reads_its_replies_is_not_read_either(sortie):
+    """docs/architecture.md §5, "Connections": a client that keeps asking but does not read the
+    replies is not read either while the hub holds 64 MiB unsent for it. 2,000 requests for the
+    list of 2,000 jobs (some 270 MB of replies) leave the hub's peak far below that; others are
+    served meanwhile; read at last, every reply comes, in order."""
+    sortie.start()
+    sortie.run("submit", "--yes", "--array", "1-2000", "--", "true")  # queued: no pilot
+    hub = sortie.hub_pid()
+    before = hub_memory_kib(hub, "VmRSS")
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+        s.settimeout(60)
+        s.connect(str(sortie.profile / "hub.sock"))
+        handshake_as_agent(s, sortie.hub_file()["token"], role=1)  # ROLE_CLIENT
+        requests = 2000
+        s.sendall(b"".join(frame(pb_int(1, i) + pb_bytes(22, b"")) for i in range(1, requests + 1)))
+        log = sortie.profile / "hub.log"
+        wait_for(lambda: "does not read its replies" in log.read_text(), 60,
+                 "the hub to stop reading the client")
+        assert len(sortie.jobs("--limit", "0")) == 2000  # others are served meanwhile
+        # 64 MiB unsent, and once the buffer that holds them doubling as it grows past that.
+        peak = hub_memory_kib(hub) - before
+        assert peak < 200_000, f"the hub grew by {peak} KiB for a client that does not read"
+        first = None
+        for i in range(1, requests + 1):
+            while True:
+                env = pb_fields(read_frame(s))
+                if 15 not in env:  # heartbeats aside
+                    break
+            assert env[1][0] == i and 23 in env, f"reply {i}: fields {sorted(env)}"
+            if first is None:
+                first = len(env[23][0])
+                assert first > 100_000, f"a list of 2,000 jobs in {first} bytes"
+        print(f"{requests} replies of {first} bytes; the hub grew by {peak} KiB at most")
+    assert hub_memory_kib(hub) - before < 200_000
