@@ -77,6 +77,21 @@ protected:
     return std::move(*c);
   }
 
+  /// What a hub started again from its store lists: `session` ends, the hub `c` reached stops,
+  /// and a new one starts.
+  std::vector<TaskInfo> tasks_after_restart(Client& c, std::unique_ptr<Session>& session) {
+    session.reset();
+    EXPECT_TRUE(c.stop_hub().ok());
+    Client back = connected();
+    auto again = Session::connect(options_);
+    EXPECT_TRUE(again.ok()) << again.error().to_string();
+    if (!again.ok())
+      return {};
+    auto tasks = (*again)->tasks({}, 0);
+    EXPECT_TRUE(tasks.ok()) << tasks.error().to_string();
+    return tasks.ok() ? *tasks : std::vector<TaskInfo>{};
+  }
+
   void add_pilot(Client& c) {
     PilotSpec p;
     p.slots_per_node = 2;
@@ -260,15 +275,9 @@ TEST_F(ClientTest, CallsAreNotStoredAndLargeOnesGoInPieces) {
   EXPECT_EQ(tasks->front().handler, "set_state");
   EXPECT_EQ(tasks->front().state, "done");
   // A hub started again from the store knows the same.
-  session->reset();
-  ASSERT_TRUE(c.stop_hub().ok());
-  Client back = connected();
-  session = Session::connect(options_);
-  ASSERT_TRUE(session.ok()) << session.error().to_string();
-  tasks = (*session)->tasks({}, 0);
-  ASSERT_TRUE(tasks.ok()) << tasks.error().to_string();
-  ASSERT_EQ(tasks->size(), 1u);
-  EXPECT_EQ(tasks->front().handler, "set_state");
+  auto after = tasks_after_restart(c, *session);
+  ASSERT_EQ(after.size(), 1u);
+  EXPECT_EQ(after.front().handler, "set_state");
 }
 
 TEST_F(ClientTest, AHubStartedAgainNeverGivesATransientCallsIdAgain) {
@@ -314,18 +323,12 @@ TEST_F(ClientTest, TransientCallsThatWouldTakeTheQueueOver64MiBAreStored) {
   EXPECT_EQ(tasks->back().id, stored->back());
   EXPECT_EQ(tasks->back().payload_bytes, 4u << 20);
   // The stored ones outlive the hub; the transient ones do not.
-  session->reset();
-  ASSERT_TRUE(c.stop_hub().ok());
-  Client back = connected();
-  session = Session::connect(options_);
-  ASSERT_TRUE(session.ok()) << session.error().to_string();
-  tasks = (*session)->tasks({}, 0);
-  ASSERT_TRUE(tasks.ok()) << tasks.error().to_string();
-  ASSERT_EQ(tasks->size(), 2u);
-  EXPECT_EQ(tasks->front().id, stored->front());
-  EXPECT_EQ(tasks->back().id, stored->back());
-  EXPECT_EQ(tasks->back().state, "queued");
-  EXPECT_EQ(tasks->back().payload_bytes, 4u << 20); // (its argument left in the store)
+  auto after = tasks_after_restart(c, *session);
+  ASSERT_EQ(after.size(), 2u);
+  EXPECT_EQ(after.front().id, stored->front());
+  EXPECT_EQ(after.back().id, stored->back());
+  EXPECT_EQ(after.back().state, "queued");
+  EXPECT_EQ(after.back().payload_bytes, 4u << 20); // (its argument left in the store)
 }
 
 TEST_F(ClientTest, ACallInFlightWhenTheHubStopsFailsWithUnavailable) {
