@@ -5,6 +5,7 @@
 #include "hub/server.hpp"
 
 #include <fcntl.h>
+#include <poll.h>
 #include <sys/file.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
@@ -25,6 +26,7 @@
 #include "common/log.hpp"
 #include "common/version.hpp"
 #include "hub/hub.hpp"
+#include "launch/process.hpp"
 #include "protocol/auth.hpp"
 #include "protocol/handshake.hpp"
 #include "protocol/socket_stream.hpp"
@@ -390,10 +392,23 @@ Result<int> lock_profile(const Profile& profile) {
   if (fd < 0)
     return make_error(ErrorCode::Io, fmt::format("cannot open {}: {}", profile.lock_file().string(),
                                                  errno_text(errno)));
+  auto hf = read_hub_file(profile.hub_file());
+  // A hub just killed holds the lock until its last thread has finished exiting (one can be in
+  // the middle of a large write): wait for that rather than report it as running.
+  auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(30);
+  bool said = false;
+  while (::flock(fd, LOCK_EX | LOCK_NB) != 0 && hf.ok() && launch::pid_exiting(hf->pid) &&
+         std::chrono::steady_clock::now() < deadline) {
+    if (!std::exchange(said, true))
+      log::info("waiting for the last hub of profile '{}' (pid {}) to finish exiting",
+                profile.name, hf->pid);
+    pollfd none{-1, 0, 0};
+    ::poll(&none, 0, 10);
+  }
   if (::flock(fd, LOCK_EX | LOCK_NB) != 0) {
     ::close(fd);
     std::string who;
-    if (auto hf = read_hub_file(profile.hub_file()); hf.ok())
+    if (hf.ok())
       who = fmt::format(" (pid {}, listening on {}:{})", hf->pid, hf->host, hf->port);
     return make_error(ErrorCode::AlreadyExists,
                       fmt::format("a hub is already running for profile '{}'{}: use it, or stop "

@@ -12,6 +12,7 @@
 #include <boost/asio/posix/stream_descriptor.hpp>
 #include <boost/asio/write.hpp>
 
+#include <filesystem>
 #include <fstream>
 
 #include <fmt/format.h>
@@ -188,19 +189,39 @@ Awaitable<Result<CommandResult>> run_command(asio::any_io_executor ex,
   co_return std::move(st->result);
 }
 
+namespace {
+
+/// The state letter of /proc/...stat at `path` ('R', 'S', 'D', 'Z', ...), or 0 when unreadable.
+char stat_state(const std::string& path) {
+  std::ifstream f(path);
+  std::string line;
+  if (!std::getline(f, line))
+    return 0;
+  // The state follows the command name in parentheses, which may itself contain ')'.
+  auto close = line.rfind(')');
+  return close == std::string::npos || close + 2 >= line.size() ? 0 : line[close + 2];
+}
+
+bool running_state(char state) { return state != 0 && state != 'Z' && state != 'X'; }
+
+} // namespace
+
 bool pid_alive(int pid) {
   if (pid <= 0)
     return false;
-  std::ifstream f(fmt::format("/proc/{}/stat", pid));
-  std::string line;
-  if (!std::getline(f, line))
-    return false;
-  // The state follows the command name in parentheses, which may itself contain ')'.
-  auto close = line.rfind(')');
-  if (close == std::string::npos || close + 2 >= line.size())
-    return false;
-  char state = line[close + 2];
-  return state != 'Z' && state != 'X';
+  // Any thread: a killed process's first thread turns zombie while another can still be
+  // finishing a write (uninterruptible), holding the process's files and locks.
+  std::error_code ec;
+  for (std::filesystem::directory_iterator it(fmt::format("/proc/{}/task", pid), ec), end;
+       !ec && it != end; it.increment(ec))
+    if (running_state(stat_state((it->path() / "stat").string())))
+      return true;
+  return false;
+}
+
+bool pid_exiting(int pid) {
+  return pid > 0 && !running_state(stat_state(fmt::format("/proc/{}/stat", pid))) &&
+         pid_alive(pid);
 }
 
 } // namespace sortie::launch

@@ -67,9 +67,14 @@ Awaitable<Result<CommandResult>> run_command(asio::any_io_executor ex,
 /// "exit status 3", "SIGKILL".
 std::string exit_text(int status);
 
-/// True while `pid` exists and is not a zombie (reads /proc/PID/stat: `kill -0` succeeds on
-/// zombies, which linger where PID 1 reaps slowly).
+/// True while a thread of `pid` exists and is not a zombie (reads /proc/PID/task/*/stat:
+/// `kill -0` succeeds on zombies, which linger where PID 1 reaps slowly, and a killed process's
+/// first thread is a zombie while others still finish).
 bool pid_alive(int pid);
+
+/// True while `pid` was killed or exited but a thread of it is still finishing (and so still
+/// holds its files and locks).
+bool pid_exiting(int pid);
 
 
 } // namespace sortie::launch

@@ -50,12 +50,21 @@ def processes_with_env(entry: bytes):
 
 
 def alive(pid):
+    """A thread of `pid` still runs: a killed process's first thread is a zombie while another
+    can still be finishing a write, holding the process's files and locks."""
     try:
-        with open(f"/proc/{pid}/stat") as f:
-            stat = f.read()
-        return stat[stat.rfind(")") + 2] not in "ZX"
+        tasks = os.listdir(f"/proc/{pid}/task")
     except OSError:
         return False
+    for tid in tasks:
+        try:
+            with open(f"/proc/{pid}/task/{tid}/stat") as f:
+                stat = f.read()
+        except OSError:
+            continue
+        if stat[stat.rfind(")") + 2] not in "ZX":
+            return True
+    return False
 
 
 def wait_for(predicate, timeout=30.0, what="condition"):

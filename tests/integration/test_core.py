@@ -7,6 +7,7 @@ import secrets
 import signal
 import socket
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -174,6 +175,54 @@ def test_second_hub_start_is_a_clear_error(sortie):
     assert p.returncode == 1
     assert "a hub is already running for profile 'default'" in p.stderr
     assert str(sortie.hub_pid()) in p.stderr
+
+
+def test_hub_start_waits_for_a_killed_hub_that_is_still_exiting(sortie):
+    """A hub killed with -9 keeps its profile's lock until its last thread has finished (one can
+    be in the middle of a large write while the first is already a zombie). `hub start` waits for
+    it instead of calling it running. The killed hub is played by a process that takes the lock,
+    names itself in hub.json, and ends its first thread while a second holds on until told: the
+    kernel cannot be made to hold a real hub's write at will."""
+    sortie.start()
+    old = sortie.hub_pid()
+    os.kill(old, signal.SIGKILL)
+    wait_for(lambda: not alive(old), 30, "the hub to die")
+    holder = subprocess.Popen([sys.executable, "-c", """
+import ctypes, fcntl, json, os, sys, threading
+lock = open(sys.argv[1], "a")
+fcntl.flock(lock, fcntl.LOCK_EX)
+hub = json.load(open(sys.argv[2]))
+hub["pid"] = os.getpid()
+fd = os.open(sys.argv[2] + ".new", os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+os.write(fd, json.dumps(hub).encode())
+os.close(fd)
+os.replace(sys.argv[2] + ".new", sys.argv[2])
+threading.Thread(target=sys.stdin.read).start()
+print("held", flush=True)
+ctypes.CDLL(None).pthread_exit(None)
+""", str(sortie.profile / "hub.lock"), str(sortie.profile / "hub.json")],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline() == "held\n"
+        wait_for(lambda: open(f"/proc/{holder.pid}/stat").read().split(") ")[1][0] == "Z", 10,
+                 "the holder's first thread to end")
+        start = subprocess.Popen([sortie.bin, "hub", "start"], env=sortie.env,
+                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        log = sortie.profile / "hub.log"
+        wait_for(lambda: f"(pid {holder.pid}) to finish exiting" in log.read_text(), 30,
+                 "hub start to wait for the exiting hub")
+        assert start.poll() is None, start.communicate()
+        holder.stdin.close()
+        out, err = start.communicate(timeout=60)
+        assert start.returncode == 0, err
+        assert sortie.hub_pid() == int(out.split("pid ")[1].split(")")[0].split(",")[0])
+    finally:
+        holder.kill()
+        holder.wait()
+    assert sortie.run("job", "list").returncode == 0
+    # A hub that is running (not exiting) is still reported at once.
+    p = sortie.run("hub", "start", check=False)
+    assert p.returncode == 1 and "a hub is already running" in p.stderr
 
 
 def test_commands_without_a_hub_say_so(sortie):
