@@ -660,8 +660,8 @@ def test_a_client_made_in_a_function_exits_cleanly_with_results_pending(sortie, 
 
 
 @pytest.mark.timeout(120)
-def test_one_task_at_a_time_costs_one_commit_and_a_lone_result_is_stored_on_its_own(sortie,
-                                                                                   tmp_path):
+def test_one_task_at_a_time_costs_at_most_two_commits_and_a_lone_result_is_stored_alone(sortie,
+                                                                                       tmp_path):
     # 05-tasks.md §5.1: a result's row joins the next submission's commit, or goes alone soon.
     run_script(sortie, tmp_path, """
         view = client.start_engines(1, label="cpu", timeout=60)
@@ -680,9 +680,11 @@ def test_one_task_at_a_time_costs_one_commit_and_a_lone_result_is_stored_on_its_
         for i in range(n):
             assert client.submit(square, i).result(timeout=60) == i * i
         commits = client.status()["store_commits"] - before
-        # One commit per task: its submission's, which the previous result's row joins (two
-        # each when every result makes its own); a slow turn here and there may cost one more.
-        assert n <= commits < 1.5 * n, f"{commits} commits for {n} tasks one at a time"
+        # Each task's submission is a commit; its result's row joins the next submission's
+        # when that comes within 2 ms (typically: one commit per task, which bench/tasks.py (f)
+        # measures) or goes alone. Nothing else of a task makes a commit of its own (its running
+        # row goes with its submission's), however slow this machine is at the moment.
+        assert n <= commits <= 2 * n, f"{commits} commits for {n} tasks one at a time"
 
         lone = client.submit(slowly, 7)
         submitted = client.status()["store_commits"]  # the task still sleeps: nothing follows
