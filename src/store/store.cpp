@@ -392,6 +392,7 @@ struct Store::Impl {
       reserved = write_id_reservation(options.ids_file, reserve);
     if (!values_written.ok())
       reserved = values_written.error(); // the whole group fails: nothing claims those bytes
+    TaskTable::fold(group);
     Result<void> result = reserved.ok() ? exec(db, "BEGIN") : reserved.error();
     if (reserved.ok() && result.ok()) {
       for (auto& b : group) {

@@ -115,6 +115,7 @@ struct TaskRow {
     Insert, ///< a new task: every column
     Update, ///< state, engine, attempts, start (the payload stays)
     Finish, ///< state, end, result, error; the payload is dropped
+    Folded, ///< taken into an earlier row of the same task in its transaction: nothing to write
   };
   Write write = Write::Insert;
   std::uint64_t id = 0;

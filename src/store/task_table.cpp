@@ -2,6 +2,8 @@
 // The tasks table: writes, reads of ended tasks, the task_retention sweep, and loading.
 #include "store/task_table.hpp"
 
+#include <unordered_map>
+
 #include <fmt/format.h>
 
 namespace sortie::store {
@@ -61,10 +63,12 @@ std::size_t value_bytes(const TaskRow& t) {
 
 void TaskTable::prepare(sqlite3* db) {
   db_ = db;
-  insert_ = Statement(db, "INSERT OR REPLACE INTO tasks(id, state, handler, label, payload, "
-                          "target_engine, engine_id, retries, attempts, timeout_ms, "
-                          "priority, submit_ms, payload_size) VALUES(?1, ?2, ?3, ?4, ?5, "
-                          "?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)");
+  // Every column: an inserted row may carry what later rows of its transaction said (fold).
+  insert_ = Statement(db, fmt::format("INSERT OR REPLACE INTO tasks({}) VALUES(?1, ?2, ?3, ?4, "
+                                      "?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, "
+                                      "?17, ?18, ?19, ?20, ?21)",
+                                      kColumns)
+                              .c_str());
   update_ = Statement(db, "UPDATE tasks SET state=?2, engine_id=?3, attempts=?4, "
                           "start_ms=?5 WHERE id=?1");
   finish_ = Statement(db, "UPDATE tasks SET state=?2, engine_id=?3, attempts=?4, "
@@ -91,6 +95,58 @@ void TaskTable::finalize() {
     *st = Statement();
 }
 
+namespace {
+
+/// Takes `next` (a later row of the same task) into `prev` if one row can say both; false if
+/// both must be written, in order.
+bool fold_into(TaskRow& prev, TaskRow& next) {
+  using W = TaskRow::Write;
+  if (next.write == W::Insert || (next.write == W::Finish && prev.write != W::Insert)) {
+    prev = std::move(next); // it writes every column the earlier one did
+  } else if (prev.write == W::Finish) {
+    return false; // an Update after a Finish (an ended task does not change again)
+  } else {
+    // An Update after an Insert or an Update, or a Finish after an Insert: its columns into the
+    // earlier row.
+    prev.state = next.state;
+    prev.engine_id = next.engine_id;
+    prev.attempts = next.attempts;
+    prev.start_ms = next.start_ms;
+    if (next.write == W::Finish) {
+      prev.payload.reset(); // an ended task's argument is not kept
+      prev.end_ms = next.end_ms;
+      prev.result = std::move(next.result);
+      prev.error_type = std::move(next.error_type);
+      prev.error_message = std::move(next.error_message);
+      prev.traceback = std::move(next.traceback);
+      prev.output = std::move(next.output);
+      prev.result_size = next.result_size;
+    }
+  }
+  next.write = W::Folded;
+  return true;
+}
+
+} // namespace
+
+void TaskTable::fold(std::vector<WriteBatch>& group) {
+  // Deletes run after their batch's rows: a row may not move across another batch's deletes.
+  bool across = true;
+  for (const auto& b : group)
+    across = across && b.tasks_forgotten.empty() && !b.task_sweep;
+  std::unordered_map<std::uint64_t, TaskRow*> last;
+  for (auto& b : group) {
+    if (!across)
+      last.clear();
+    last.reserve(last.size() + b.tasks.size());
+    for (auto& t : b.tasks) {
+      auto [it, fresh] = last.try_emplace(t.id, &t);
+      if (!fresh && !fold_into(*it->second, t))
+        it->second = &t;
+    }
+  }
+}
+
 Result<void> TaskTable::apply(WriteBatch& b) {
   static const std::string kEmpty;
   auto blob = [](const std::shared_ptr<const std::string>& p) -> const std::string& {
@@ -112,8 +168,18 @@ Result<void> TaskTable::apply(WriteBatch& b) {
                .bind(10, t.timeout_ms)
                .bind(11, t.priority)
                .bind(12, t.submit_ms)
-               .bind(13, t.payload_size)
+               .bind(13, t.start_ms)
+               .bind(14, t.end_ms)
+               .bind_blob(15, blob(t.result))
+               .bind_text(16, t.error_type)
+               .bind_text(17, t.error_message)
+               .bind_text(18, t.traceback)
+               .bind_blob(19, blob(t.output))
+               .bind(20, t.payload_size)
+               .bind(21, t.result_size)
                .run();
+      break;
+    case TaskRow::Write::Folded:
       break;
     case TaskRow::Write::Update:
       rc = update_.bind(1, t.id)

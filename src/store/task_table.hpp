@@ -15,6 +15,10 @@ public:
   void prepare(sqlite3* db);
   /// Before the connection closes.
   void finalize();
+  /// Folds the rows one transaction writes for the same task into one where that gives the same
+  /// table (a task inserted, sent and ended within one group commit is one INSERT, not an INSERT
+  /// and two UPDATEs). Across batches only when none of them deletes tasks.
+  static void fold(std::vector<WriteBatch>& group);
   /// A batch's task rows, forgotten tasks, engines, counters and sweep (in its transaction).
   Result<void> apply(WriteBatch& b);
   /// Store thread.

@@ -11,6 +11,7 @@
 #include "fakes/temp_dir.hpp"
 #include "store/schema.hpp"
 #include "store/store.hpp"
+#include "store/task_table.hpp"
 
 namespace sortie::store {
 namespace {
@@ -491,6 +492,114 @@ TEST_F(StoreTest, EndedTasksAreReadBackByIdOrNewestAndSweptFromTheOldest) {
   EXPECT_EQ(state->tasks[0].payload_bytes, 4u);
   EXPECT_EQ(state->oldest_task_end_ms, 500);
   EXPECT_EQ(state->next_task_id, 11u);
+}
+
+TaskRow task_update(std::uint64_t id, std::uint64_t engine, std::int64_t start_ms) {
+  TaskRow t;
+  t.write = TaskRow::Write::Update;
+  t.id = id;
+  t.state = 1;
+  t.engine_id = engine;
+  t.attempts = 1;
+  t.start_ms = start_ms;
+  return t;
+}
+
+TEST_F(StoreTest, RowsOfOneTaskInOneTransactionAreFoldedIntoOneWithTheSameResult) {
+  // Three batches of one group commit: tasks inserted, sent and ended within it.
+  std::vector<WriteBatch> group(3);
+  for (std::uint64_t id = 1; id <= 4; ++id)
+    group[0].tasks.push_back(task_insert(id, "arg" + std::to_string(id)));
+  group[0].tasks.push_back(task_update(1, 5, 50));
+  group[1].tasks.push_back(task_finish(1, 60, "r1"));
+  group[1].tasks.push_back(task_update(2, 6, 51));
+  group[1].tasks.push_back(task_update(3, 5, 52));
+  group[2].tasks.push_back(task_finish(2, 70, "r2"));
+  group[2].tasks.push_back(task_insert(5, "arg5"));
+  group[2].tasks.push_back(task_update(6, 6, 53)); // a task of an earlier commit
+  group[2].tasks.push_back(task_finish(6, 80, "r6"));
+  group[2].tasks.push_back(task_update(6, 6, 54)); // after its end: written after it, not folded
+  TaskTable::fold(group);
+  std::vector<std::uint64_t> written;
+  for (const auto& b : group)
+    for (const auto& t : b.tasks)
+      if (t.write != TaskRow::Write::Folded)
+        written.push_back(t.id);
+  EXPECT_EQ(written, (std::vector<std::uint64_t>{1, 2, 3, 4, 5, 6, 6}));
+
+  // The same rows committed one batch at a time, and all in one group (queued before the store
+  // thread starts, so it takes them in one transaction and folds them), give the same table.
+  auto rows_after = [&](bool one_group) {
+    TempDir dir;
+    auto store = Store::open({dir.path() / "store.db", dir.path() / "output", true});
+    EXPECT_TRUE(store.ok());
+    std::vector<WriteBatch> batches(4);
+    batches[0].tasks = {task_insert(6, "arg6")};
+    batches[1].tasks = {task_insert(1, "arg1"), task_insert(2, "arg2"), task_insert(3, "arg3"),
+                        task_insert(4, "arg4"), task_update(1, 5, 50)};
+    batches[2].tasks = {task_finish(1, 60, "r1"), task_update(2, 6, 51), task_update(3, 5, 52)};
+    batches[3].tasks = {task_finish(2, 70, "r2"), task_insert(5, "arg5"), task_update(6, 6, 53),
+                        task_finish(6, 80, "r6")};
+    if (one_group) {
+      bool committed = false;
+      batches[3].on_commit.push_back([&](const Result<void>& r) { committed = r.ok(); });
+      for (auto& b : batches)
+        (*store)->submit(std::move(b));
+      (*store)->start(completions_.poster());
+      EXPECT_TRUE(completions_.run_until([&] { return committed; }));
+      EXPECT_EQ((*store)->commits(), 1u);
+    } else {
+      (*store)->start(completions_.poster());
+      for (auto& b : batches)
+        EXPECT_TRUE(commit(**store, std::move(b)).ok());
+    }
+    Result<TaskRows> got = TaskRows{};
+    bool done = false;
+    (*store)->read_tasks({.ids = {1, 2, 3, 4, 5, 6}}, [&](Result<TaskRows> r) {
+      got = std::move(r);
+      done = true;
+    });
+    EXPECT_TRUE(completions_.run_until([&] { return done; }));
+    EXPECT_TRUE(got.ok());
+    return got.ok() ? got->rows : std::vector<TaskRow>{};
+  };
+  auto plain = rows_after(false), folded = rows_after(true);
+  ASSERT_EQ(plain.size(), 6u);
+  ASSERT_EQ(folded.size(), 6u);
+  auto text = [](const std::shared_ptr<const std::string>& p) { return p ? *p : std::string(); };
+  for (std::size_t i = 0; i < 6; ++i) {
+    SCOPED_TRACE(plain[i].id);
+    EXPECT_EQ(folded[i].id, plain[i].id);
+    EXPECT_EQ(folded[i].state, plain[i].state);
+    EXPECT_EQ(folded[i].engine_id, plain[i].engine_id);
+    EXPECT_EQ(folded[i].attempts, plain[i].attempts);
+    EXPECT_EQ(folded[i].start_ms, plain[i].start_ms);
+    EXPECT_EQ(folded[i].end_ms, plain[i].end_ms);
+    EXPECT_EQ(text(folded[i].payload), text(plain[i].payload));
+    EXPECT_EQ(text(folded[i].result), text(plain[i].result));
+    EXPECT_EQ(folded[i].submit_ms, plain[i].submit_ms);
+  }
+  EXPECT_EQ(plain[0].state, 2);
+  EXPECT_EQ(text(plain[0].payload), ""); // dropped once it ended
+  EXPECT_EQ(text(plain[0].result), "r1");
+  EXPECT_EQ(plain[2].state, 1);
+  EXPECT_EQ(text(plain[2].payload), "arg3");
+  EXPECT_EQ(plain[3].state, 0);
+}
+
+TEST_F(StoreTest, RowsAreNotFoldedAcrossAnotherBatchsDeletes) {
+  std::vector<WriteBatch> group(2);
+  group[0].tasks.push_back(task_insert(1, "a"));
+  group[0].tasks_forgotten.push_back(1);
+  group[1].tasks.push_back(task_insert(2, "b"));
+  group[1].tasks.push_back(task_update(2, 5, 50));
+  group[1].tasks.push_back(task_finish(1, 60, "late")); // task 1 is gone by then: a no-op
+  TaskTable::fold(group);
+  EXPECT_EQ(group[0].tasks[0].write, TaskRow::Write::Insert); // not given task 1's late end
+  EXPECT_EQ(group[1].tasks[0].write, TaskRow::Write::Insert); // within a batch: folded
+  EXPECT_EQ(group[1].tasks[0].state, 1);
+  EXPECT_EQ(group[1].tasks[1].write, TaskRow::Write::Folded);
+  EXPECT_EQ(group[1].tasks[2].write, TaskRow::Write::Finish);
 }
 
 } // namespace
