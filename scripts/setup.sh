@@ -9,7 +9,7 @@ export DEBIAN_FRONTEND=noninteractive
 
 build_pkgs=(g++ cmake ninja-build pkgconf libboost1.81-dev libprotobuf-dev protobuf-compiler
   libsqlite3-dev libspdlog-dev libfmt-dev libcli11-dev libtomlplusplus-dev libssl-dev
-  nlohmann-json3-dev pybind11-dev python3-dev python3-cloudpickle)
+  nlohmann-json3-dev pybind11-dev python3-dev python3-cloudpickle libjemalloc-dev)
 # clang and its runtime (libFuzzer, sanitizers) build the fuzz targets (scripts/fuzz.sh).
 fuzz_pkgs=(clang libclang-rt-14-dev)
 test_pkgs=(libgtest-dev libgmock-dev libbenchmark-dev python3-pytest python3-pytest-xdist

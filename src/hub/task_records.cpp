@@ -215,7 +215,11 @@ void Tasks::write(const Task& t, store::TaskRow::Write how, When when) {
     row.error_message = t.error_message;
     row.traceback = t.traceback;
   }
-  core_.durable.batch(when).tasks.push_back(std::move(row));
+  auto& rows = core_.durable.batch(when).tasks;
+  if (rows.empty())
+    rows.reserve(std::exchange(rows_hint_, 0));
+  rows.push_back(std::move(row));
+  rows_hint_ = std::max(rows_hint_, rows.size());
 }
 
 void Tasks::enqueue(Task& t) {

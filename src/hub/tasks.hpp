@@ -240,6 +240,9 @@ private:
   bool dispatch_posted_ = false;
   /// Bytes of the inline arguments of queued tasks held in memory (kQueuedArgBytes).
   std::size_t queued_bytes_ = 0;
+  /// Task rows the last batch took: a new batch makes room for as many at once, rather than
+  /// growing (and moving its rows) a dozen times.
+  std::size_t rows_hint_ = 0;
   /// Tasks given to an engine whose arguments are being read back from the store (with the
   /// attempt each was given as: an older one is not sent).
   struct ToRead {

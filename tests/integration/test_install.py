@@ -5,6 +5,8 @@ real hub, started from the installed sortie by the library (connect-or-start).""
 import subprocess
 from pathlib import Path
 
+import pytest
+
 CMAKELISTS = """
 cmake_minimum_required(VERSION 3.25)
 project(uses_sortie LANGUAGES CXX)
@@ -80,3 +82,18 @@ def test_a_program_builds_against_the_installed_tree_and_runs(sortie, tmp_path):
     assert status["pid"] == sortie.hub_pid()
     exe = Path(f"/proc/{sortie.hub_pid()}/exe").resolve()
     assert exe == (prefix / "bin" / "sortie").resolve()
+
+
+def test_the_hub_allocates_with_jemalloc(sortie):
+    """docs/architecture.md §8: the sortie binary links jemalloc (scripts/setup.sh installs it),
+    with the settings of apps/jemalloc_conf.cpp; a build that lost it would run on glibc's malloc
+    without a word."""
+    cache = (Path(sortie.bin).parents[1] / "CMakeCache.txt").read_text(errors="replace")
+    if "SORTIE_SANITIZE:BOOL=ON" in cache:
+        pytest.skip("the sanitizer build keeps the sanitizers' allocator (CMakeLists.txt)")
+    sortie.start()
+    maps = Path(f"/proc/{sortie.hub_pid()}/maps").read_text()
+    assert "libjemalloc.so" in maps, "the hub does not allocate with jemalloc"
+    p = subprocess.run([sortie.bin, "--version"], env={**sortie.env, "MALLOC_CONF": "stats_print:true"},
+                       capture_output=True, text=True, timeout=30)
+    assert "opt.dirty_decay_ms: 1000" in p.stderr + p.stdout
