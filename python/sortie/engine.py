@@ -275,17 +275,32 @@ def _bind(fn, namespace):
     Functions of importable modules, and other callables, are returned as they are."""
     if not isinstance(fn, types.FunctionType) or fn.__globals__ is namespace:
         return fn
+    known = _bound.get(fn)  # a function of a reused pickle (map) comes back as the same object
+    if known is not None and known[0] is namespace and known[1] <= namespace.keys():
+        return known[2]  # binding it again would copy nothing and make the same function
     module = sys.modules.get(fn.__module__ or "")
     if module is not None and getattr(module, "__dict__", None) is fn.__globals__:
         return fn
     brought = fn.__globals__  # cloudpickle gives the functions of one pickle one such dict
+    names = []
     for name, value in brought.items():
-        if name in namespace or (name.startswith("__") and name.endswith("__")):
+        if name.startswith("__") and name.endswith("__"):
+            continue
+        names.append(name)
+        if name in namespace:
             continue
         if isinstance(value, types.FunctionType) and value.__globals__ is brought:
             value = _rebuilt(value, namespace)
         namespace[name] = value
-    return _rebuilt(fn, namespace)
+    bound = _rebuilt(fn, namespace)
+    if len(_bound) >= 64:
+        _bound.clear()
+    _bound[fn] = (namespace, frozenset(names), bound)
+    return bound
+
+
+# fn -> (the namespace it was bound to, the names it brought, the function bound to it)
+_bound = {}
 
 
 def _rebuilt(fn, namespace):

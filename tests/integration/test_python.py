@@ -166,6 +166,19 @@ def test_views_keep_engine_state_between_calls(sortie, tmp_path):
         printed.get(timeout=60)
         assert printed.stdout() == ["hi\\n", "hi\\n"]
         assert client.engines(label="cpu").ids == sorted(view.ids)
+
+        # A function used again (map reuses its pickle: the engine binds it once) still sees
+        # the engine's names first, and brings its own again when the engine dropped them.
+        LIMIT = 3
+
+        def plus_limit(x):
+            return x + LIMIT
+
+        assert client.gather(client.map(plus_limit, [1, 1], engine=view.ids[0])) == [4, 4]
+        view.push({"LIMIT": 10})
+        assert client.gather(client.map(plus_limit, [1], engine=view.ids[0])) == [11]
+        view.execute("del LIMIT")
+        assert client.gather(client.map(plus_limit, [1], engine=view.ids[0])) == [4]
     """)
 
 
