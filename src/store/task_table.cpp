@@ -147,34 +147,45 @@ void TaskTable::fold(std::vector<WriteBatch>& group) {
   }
 }
 
-Result<void> TaskTable::apply(WriteBatch& b) {
+namespace {
+
+const std::string& blob(const std::shared_ptr<const std::string>& p) {
   static const std::string kEmpty;
-  auto blob = [](const std::shared_ptr<const std::string>& p) -> const std::string& {
-    return p ? *p : kEmpty;
-  };
+  return p ? *p : kEmpty;
+}
+
+/// A task's run and end, in parameters `first` to `first` + 6 (the order both the insert and
+/// the finish statement take them in).
+Statement& bind_run(Statement& st, int first, const TaskRow& t) {
+  return st.bind(first, t.start_ms)
+      .bind(first + 1, t.end_ms)
+      .bind_blob(first + 2, blob(t.result))
+      .bind_text(first + 3, t.error_type)
+      .bind_text(first + 4, t.error_message)
+      .bind_text(first + 5, t.traceback)
+      .bind_blob(first + 6, blob(t.output));
+}
+
+} // namespace
+
+Result<void> TaskTable::apply(WriteBatch& b) {
   for (const auto& t : b.tasks) {
     int rc = SQLITE_OK;
     switch (t.write) {
     case TaskRow::Write::Insert:
-      rc = insert_.bind(1, t.id)
-               .bind(2, t.state)
-               .bind_text(3, t.handler)
-               .bind_text(4, t.label)
-               .bind_blob(5, blob(t.payload))
-               .bind(6, t.target_engine)
-               .bind(7, t.engine_id)
-               .bind(8, t.retries)
-               .bind(9, t.attempts)
-               .bind(10, t.timeout_ms)
-               .bind(11, t.priority)
-               .bind(12, t.submit_ms)
-               .bind(13, t.start_ms)
-               .bind(14, t.end_ms)
-               .bind_blob(15, blob(t.result))
-               .bind_text(16, t.error_type)
-               .bind_text(17, t.error_message)
-               .bind_text(18, t.traceback)
-               .bind_blob(19, blob(t.output))
+      insert_.bind(1, t.id)
+          .bind(2, t.state)
+          .bind_text(3, t.handler)
+          .bind_text(4, t.label)
+          .bind_blob(5, blob(t.payload))
+          .bind(6, t.target_engine)
+          .bind(7, t.engine_id)
+          .bind(8, t.retries)
+          .bind(9, t.attempts)
+          .bind(10, t.timeout_ms)
+          .bind(11, t.priority)
+          .bind(12, t.submit_ms);
+      rc = bind_run(insert_, 13, t)
                .bind(20, t.payload_size)
                .bind(21, t.result_size)
                .run();
@@ -190,19 +201,8 @@ Result<void> TaskTable::apply(WriteBatch& b) {
                .run();
       break;
     case TaskRow::Write::Finish:
-      rc = finish_.bind(1, t.id)
-               .bind(2, t.state)
-               .bind(3, t.engine_id)
-               .bind(4, t.attempts)
-               .bind(5, t.start_ms)
-               .bind(6, t.end_ms)
-               .bind_blob(7, blob(t.result))
-               .bind_text(8, t.error_type)
-               .bind_text(9, t.error_message)
-               .bind_text(10, t.traceback)
-               .bind_blob(11, blob(t.output))
-               .bind(12, t.result_size)
-               .run();
+      finish_.bind(1, t.id).bind(2, t.state).bind(3, t.engine_id).bind(4, t.attempts);
+      rc = bind_run(finish_, 5, t).bind(12, t.result_size).run();
       break;
     }
     if (rc != SQLITE_OK)
