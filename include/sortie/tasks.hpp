@@ -116,8 +116,10 @@ public:
   Session& operator=(const Session&) = delete;
 
   /// Submits calls; returns their ids once they are durable in the hub's store. With `watch`,
-  /// their results come through next_results().
-  Result<std::vector<std::uint64_t>> submit(std::vector<TaskCall> calls, bool watch = true);
+  /// their results come through next_results(); with `arrived` too, those that reach this
+  /// session before submit() returns (short tasks: with the reply) go into *arrived instead.
+  Result<std::vector<std::uint64_t>> submit(std::vector<TaskCall> calls, bool watch = true,
+                                            std::vector<TaskResult>* arrived = nullptr);
   /// The results of these tasks (ended already or later) come through next_results(); ids the
   /// hub does not know come back as Unknown.
   Result<void> watch(const std::vector<std::uint64_t>& ids);
@@ -155,6 +157,8 @@ private:
   explicit Session(std::unique_ptr<Impl> impl);
   static Result<void> watch_ids(Impl& impl, const std::vector<std::uint64_t>& ids, bool follow);
   Result<TaskEvents> next_events(std::int64_t timeout_ms, bool with_output);
+  Result<std::vector<std::uint64_t>> submit_claiming(std::vector<TaskCall> calls, bool watch,
+                                                     std::uint64_t* claim);
   std::unique_ptr<Impl> impl_;
 };
 

@@ -533,10 +533,11 @@ class _Results:
     def submit(self, calls, raw=False):
         self._check_open()
         try:
-            ids = self.session.submit_tasks(calls)
+            ids, arrived = self.session.submit_tasks(calls)
         except _sortie.Error as e:
             raise self._failed(e) from None
-        return self._register(ids, raw)
+        # Results that came with the reply (short tasks) are resolved here, not by the thread.
+        return self._register(ids, raw, {r["id"]: r for r in arrived})
 
     def watch(self, ids):
         self._check_open()
@@ -551,9 +552,9 @@ class _Results:
             known.update(zip(new, self._register(new)))
         return [known[i] for i in ids]
 
-    def _register(self, ids, raw=False):
+    def _register(self, ids, raw=False, arrived=None):
         """The futures of these tasks: existing ones, or new ones (resolved at once when their
-        result came early)."""
+        result came early, or is in `arrived`: task id -> result)."""
         futures, early = [], []
         with self._lock:
             for task_id in ids:
@@ -561,6 +562,8 @@ class _Results:
                 if future is None:
                     future = Future(task_id, self, raw)
                     result = self._early.pop(task_id, None)
+                    if result is None and arrived:
+                        result = arrived.get(task_id)
                     if result is None:
                         self._pending[task_id] = future
                     else:

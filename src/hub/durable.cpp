@@ -44,6 +44,14 @@ void Durable::after_commit(std::function<void(const Result<void>&)> fn, When whe
   });
 }
 
+void Durable::after_commit_last(std::function<void(const Result<void>&)> fn, When when) {
+  batch(when);
+  last_.push_back([alive = alive_, fn = std::move(fn)](const Result<void>& r) {
+    if (*alive)
+      fn(r);
+  });
+}
+
 void Durable::mark_dirty(Job& job) {
   if (!job.dirty) {
     job.dirty = true;
@@ -78,6 +86,9 @@ void Durable::flush() {
     });
     dirty_.clear();
   }
+  for (auto& fn : last_)
+    batch_.on_commit.push_back(std::move(fn));
+  last_.clear();
   if (!batch_.empty()) {
     store_.submit(std::move(batch_));
     batch_ = store::WriteBatch();

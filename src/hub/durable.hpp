@@ -37,6 +37,9 @@ public:
   /// Runs `fn` once the rows written so far are committed (or failed to), unless the hub is gone
   /// by then.
   void after_commit(std::function<void(const Result<void>&)> fn, When when = When::ThisTurn);
+  /// after_commit, run after that commit's other completions: for what no client waits on (an
+  /// engine's acknowledgement), so that the replies clients wait for are sent first.
+  void after_commit_last(std::function<void(const Result<void>&)> fn, When when);
   /// The job's row is written with this turn's batch.
   void mark_dirty(Job& job);
   /// Writes the rows of dirty jobs into the batch and hands it to the store.
@@ -60,6 +63,7 @@ private:
   HubState& state_;
   std::shared_ptr<bool> alive_;
   store::WriteBatch batch_;
+  std::vector<std::function<void(const Result<void>&)>> last_; ///< batch_'s last completions
   std::vector<JobId> dirty_;
   bool flush_posted_ = false;
   asio::steady_timer soon_;

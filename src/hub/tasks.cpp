@@ -467,7 +467,7 @@ void Tasks::handle_done(const Sender& from, pb::TaskDone& done) {
   // it again to a hub that restarted meanwhile (05-tasks.md §5.1).
   notify_soon(finished);
   if (!acked.empty())
-    core_.durable.after_commit([this, engine_id = e.id,
+    core_.durable.after_commit_last([this, engine_id = e.id,
                                 acked = std::move(acked)](const Result<void>& committed) {
       if (!committed.ok())
         return;

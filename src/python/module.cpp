@@ -460,8 +460,15 @@ PYBIND11_MODULE(_sortie, m) {
                c.priority = t[6].cast<std::int32_t>();
                list.push_back(std::move(c));
              }
-             return unlocked<std::vector<std::uint64_t>>(
-                 [&] { return s.submit(std::move(list), true); });
+             // The results that came with the reply (short tasks) are this thread's to give:
+             // the results thread is not woken for them.
+             std::vector<TaskResult> arrived;
+             auto ids = unlocked<std::vector<std::uint64_t>>(
+                 [&] { return s.submit(std::move(list), true, &arrived); });
+             py::list results;
+             for (const auto& r : arrived)
+               results.append(result_dict(r));
+             return py::make_tuple(ids, results);
            })
       .def("watch",
            [](Session& s, const std::vector<std::uint64_t>& ids) {

@@ -7,11 +7,17 @@
 
 #include <gtest/gtest.h>
 
+#include <map>
+#include <set>
+
+#include <algorithm>
 #include <chrono>
 #include <cstdlib>
 #include <cstring>
 #include <future>
 #include <fstream>
+#include <map>
+#include <set>
 #include <string>
 #include <thread>
 #include <vector>
@@ -278,6 +284,74 @@ TEST_F(ClientTest, CallsAreNotStoredAndLargeOnesGoInPieces) {
   auto after = tasks_after_restart(c, *session);
   ASSERT_EQ(after.size(), 1u);
   EXPECT_EQ(after.front().handler, "set_state");
+}
+
+TEST_F(ClientTest, AResultThatComesWithItsReplyIsGivenOnceToTheSubmitterThatAskedForIt) {
+  Client c = connected();
+  add_pilot(c);
+  JobSpec spec;
+  spec.argv = {SORTIE_TEST_NBODY};
+  spec.kind = "engine";
+  ASSERT_TRUE(c.submit(spec).ok());
+  auto session = Session::connect(options_);
+  ASSERT_TRUE(session.ok()) << session.error().to_string();
+  // Each result reaches the caller once: in submit()'s `arrived` when it came before submit()
+  // returned (with the reply), else through next_results().
+  std::map<std::uint64_t, std::size_t> seen; // id -> size of its value
+  std::set<std::uint64_t> submitted, states;
+  std::size_t claimed = 0;
+  auto submit = [&](std::vector<TaskCall> calls, bool state) {
+    std::vector<TaskResult> arrived;
+    auto ids = (*session)->submit(std::move(calls), true, &arrived);
+    ASSERT_TRUE(ids.ok()) << ids.error().to_string();
+    submitted.insert(ids->begin(), ids->end());
+    if (state)
+      states.insert(ids->begin(), ids->end());
+    for (auto& r : arrived) {
+      EXPECT_TRUE(std::count(ids->begin(), ids->end(), r.id)) << r.id; // only this submission's
+      EXPECT_TRUE(seen.emplace(r.id, r.value.size()).second) << "task " << r.id << " twice";
+      ++claimed;
+    }
+  };
+  submit({{.handler = "set_state", .payload = doubles({1, 0, 0, 0, 0, 0, 0, 1, 1, 0, 0, 0, 0, 0})}},
+         false);
+  // A short call submitted with a call whose 3.9 MB argument makes the commit long: the short
+  // one has run, and its result reached the hub, long before the submission is acknowledged.
+  for (int i = 0; i < 5; ++i)
+    submit({{.handler = "energy"}, {.handler = "no_such_handler",
+                                    .payload = std::string(3'900'000, 'x')}}, false);
+  EXPECT_GE(claimed, 1u) << "no result came with its submission's reply";
+  for (int i = 0; i < 20; ++i)
+    submit({{.handler = "energy"}}, false);
+  // A state whose get_state result comes in pieces (over 4 MiB).
+  std::vector<double> particles(7 * 100'000, 1.0);
+  std::string big(reinterpret_cast<const char*>(particles.data()), particles.size() * sizeof(double));
+  submit({{.handler = "set_state", .payload = big}}, false);
+  for (int i = 0; i < 3; ++i)
+    submit({{.handler = "get_state"}}, true);
+  // Unwatched submissions never claim: their results are not pushed at all.
+  std::vector<TaskResult> none;
+  auto quiet = (*session)->submit({{.handler = "get_state"}}, false, &none);
+  ASSERT_TRUE(quiet.ok()) << quiet.error().to_string();
+  EXPECT_TRUE(none.empty());
+  auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(60);
+  while (seen.size() < submitted.size() && std::chrono::steady_clock::now() < deadline) {
+    auto more = (*session)->next_results(1000);
+    ASSERT_TRUE(more.ok()) << more.error().to_string();
+    for (auto& r : *more)
+      EXPECT_TRUE(seen.emplace(r.id, r.value.size()).second) << "task " << r.id << " twice";
+  }
+  ASSERT_EQ(seen.size(), submitted.size());
+  for (auto id : submitted) {
+    ASSERT_TRUE(seen.count(id)) << "task " << id << " never came";
+    if (states.count(id)) { // the whole state
+      EXPECT_EQ(seen[id], sizeof(double) + big.size()) << "task " << id;
+    }
+  }
+  // Nothing more comes: the unwatched one's result was not pushed, no result came twice.
+  auto after = (*session)->next_results(200);
+  ASSERT_TRUE(after.ok());
+  EXPECT_TRUE(after->empty());
 }
 
 TEST_F(ClientTest, AHubStartedAgainNeverGivesATransientCallsIdAgain) {
