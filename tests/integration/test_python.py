@@ -723,6 +723,37 @@ def test_one_task_at_a_time_costs_at_most_two_commits_and_a_lone_result_is_store
 
 
 @pytest.mark.timeout(120)
+def test_a_result_that_comes_with_its_reply_is_settled_on_the_submitting_thread(sortie,
+                                                                               tmp_path):
+    # 05-tasks.md §5.3: results that reach the client with their submission's reply are given
+    # to the thread that submitted, not to the results thread; every future settles once.
+    run_script(sortie, tmp_path, """
+        from sortie._futures import Future
+
+        client.start_engines(2, label="cpu", timeout=60)
+        settled = {}  # task id -> names of the threads that settled its future
+        finish = Future.finish
+
+        def recording(self, result):
+            settled.setdefault(self.id, []).append(threading.current_thread().name)
+            return finish(self, result)
+
+        Future.finish = recording
+        me = threading.current_thread().name
+        for round in range(3):
+            # The 3.9 MB argument makes the submission's commit long: the short task has run,
+            # and its result reached the hub, long before the reply.
+            short, long = client.map(len, [b"ab", b"x" * 3_900_000])
+            assert short.result(timeout=60) == 2 and long.result(timeout=60) == 3_900_000
+            assert settled[short.id] == [me], settled[short.id]
+        # One at a time: each settles once, on whichever thread its result reached.
+        futs = [client.submit(len, "abc") for _ in range(50)]
+        assert [f.result(timeout=60) for f in futs] == [3] * 50
+        assert all(len(settled[f.id]) == 1 for f in futs), settled
+    """)
+
+
+@pytest.mark.timeout(120)
 def test_compiled_engines_from_python_call_view_call_and_errors(sortie, tmp_path):
     nbody = Path(sortie.bin).parent / "sortie-example-nbody"
     run_script(sortie, tmp_path, f"""

@@ -104,6 +104,17 @@ protected:
     ASSERT_TRUE(c.add_pilot(p).ok());
   }
 
+  /// A local pilot running the example N-body engine (examples/cpp/nbody_engine.cpp) with these
+  /// arguments.
+  void start_nbody_engine(Client& c, std::vector<std::string> args = {}) {
+    add_pilot(c);
+    JobSpec spec;
+    spec.argv = {SORTIE_TEST_NBODY};
+    spec.argv.insert(spec.argv.end(), args.begin(), args.end());
+    spec.kind = "engine";
+    ASSERT_TRUE(c.submit(spec).ok());
+  }
+
   testing::TempDir home_;
   ConnectOptions options_;
   std::vector<HubStarted> started_;
@@ -205,11 +216,7 @@ std::string doubles(std::initializer_list<double> v) {
 
 TEST_F(ClientTest, CompiledEngineHandlersAreCalledByNameAndKeepTheirState) {
   Client c = connected();
-  add_pilot(c);
-  JobSpec spec; // the example N-body engine (examples/cpp/nbody_engine.cpp)
-  spec.argv = {SORTIE_TEST_NBODY, "--dt", "0.001"};
-  spec.kind = "engine";
-  ASSERT_TRUE(c.submit(spec).ok());
+  start_nbody_engine(c, {"--dt", "0.001"});
   // A call waits in the queue until an engine is up; the state stays between calls.
   auto set = c.call("set_state", doubles({0.5, -0.5, 0, 0, 0, -0.5, 0, 0.5, 0.5, 0, 0, 0, 0.5, 0}));
   ASSERT_TRUE(set.ok()) << set.error().to_string();
@@ -251,11 +258,7 @@ TEST_F(ClientTest, CompiledEngineHandlersAreCalledByNameAndKeepTheirState) {
 
 TEST_F(ClientTest, CallsAreNotStoredAndLargeOnesGoInPieces) {
   Client c = connected();
-  add_pilot(c);
-  JobSpec spec;
-  spec.argv = {SORTIE_TEST_NBODY};
-  spec.kind = "engine";
-  ASSERT_TRUE(c.submit(spec).ok());
+  start_nbody_engine(c);
   // 5.6 MB of particles: an argument over 4 MiB goes in pieces as a stored task; the state that
   // comes back (a transient call) in pieces too.
   std::vector<double> particles(7 * 100'000);
@@ -288,11 +291,7 @@ TEST_F(ClientTest, CallsAreNotStoredAndLargeOnesGoInPieces) {
 
 TEST_F(ClientTest, AResultThatComesWithItsReplyIsGivenOnceToTheSubmitterThatAskedForIt) {
   Client c = connected();
-  add_pilot(c);
-  JobSpec spec;
-  spec.argv = {SORTIE_TEST_NBODY};
-  spec.kind = "engine";
-  ASSERT_TRUE(c.submit(spec).ok());
+  start_nbody_engine(c);
   auto session = Session::connect(options_);
   ASSERT_TRUE(session.ok()) << session.error().to_string();
   // Each result reaches the caller once: in submit()'s `arrived` when it came before submit()
@@ -407,11 +406,7 @@ TEST_F(ClientTest, TransientCallsThatWouldTakeTheQueueOver64MiBAreStored) {
 
 TEST_F(ClientTest, ACallInFlightWhenTheHubStopsFailsWithUnavailable) {
   Client c = connected();
-  add_pilot(c);
-  JobSpec spec;
-  spec.argv = {SORTIE_TEST_NBODY, "--dt", "0.0001"};
-  spec.kind = "engine";
-  ASSERT_TRUE(c.submit(spec).ok());
+  start_nbody_engine(c, {"--dt", "0.0001"});
   std::vector<double> particles(7 * 500, 1.0);
   ASSERT_TRUE(c.call("set_state", std::string(reinterpret_cast<const char*>(particles.data()),
                                                particles.size() * sizeof(double)))
