@@ -37,6 +37,12 @@ constexpr std::int64_t kWatchAfterMs = 10; // a job's pipes join the event loop 
 
 std::int64_t wall_ms() { return wall_now_ms(); }
 
+/// The exported environment of a job whose submission brought none (shared).
+std::shared_ptr<const pb::EnvList> no_exported_env() {
+  static const auto none = std::make_shared<const pb::EnvList>();
+  return none;
+}
+
 } // namespace
 
 /// One attempt of a job on this node, from its assignment to its FINISHED event. ("Task" is
@@ -70,7 +76,9 @@ struct JobAttempt {
   /// An MPI job's nodes (this one first) and its ranks on each; one entry: all here.
   std::vector<std::pair<std::string, std::uint32_t>> mpi_hosts;
   std::string rsh_args; ///< an ssh pilot's ssh options for mpiexec (OMPI_MCA_plm_rsh_args)
-  pb::EnvList base_env; ///< its submission's exported environment, under spec.env
+  /// Its submission's exported environment, under spec.env (shared by the attempts that came
+  /// with the same one, as an array's do).
+  std::shared_ptr<const pb::EnvList> base_env = no_exported_env();
   std::string engine_socket, engine_key; ///< an MPI engine job's across nodes (from the hub)
   std::string direct_socket, direct_key; ///< a local pilot's engine: the hub's own socket
   std::vector<std::string> engine_names; ///< variables its engine environment set (for -x)
@@ -168,7 +176,7 @@ std::vector<std::string> mpiexec_argv(const JobAttempt& t) {
                                    std::to_string(t.spec.mpi_ranks())};
   if (t.mpi_hosts.size() > 1) {
     std::vector<std::string> names;
-    for (const auto& e : t.base_env.vars()) // exported shell functions are not for mpiexec
+    for (const auto& e : t.base_env->vars()) // exported shell functions are not for mpiexec
       if (!e.name().starts_with("BASH_FUNC_"))
         names.push_back(e.name());
     for (const auto& e : t.spec.env())
@@ -279,8 +287,20 @@ void JobRunner::assign(pb::Assignment& a) {
   t->engine_key = a.engine_key();
   t->direct_socket = a.engine_direct_socket();
   t->direct_key = a.engine_direct_key();
-  if (!a.base_env().empty() && !t->base_env.ParseFromString(a.base_env()))
-    log::warn("job {}: its exported environment does not parse; started without it", a.job_id());
+  if (!a.base_env().empty()) {
+    // An array's jobs (and a batch's) bring the same bytes: parsed once.
+    if (a.base_env() != parsed_env_bytes_) {
+      auto env = std::make_shared<pb::EnvList>();
+      if (!env->ParseFromString(a.base_env())) {
+        log::warn("job {}: its exported environment does not parse; started without it",
+                  a.job_id());
+        env->Clear();
+      }
+      parsed_env_bytes_ = a.base_env();
+      parsed_env_ = std::move(env);
+    }
+    t->base_env = parsed_env_;
+  }
   for (const auto& h : a.mpi_hosts()) {
     // Nodes on one host (several agents there) are one hostfile line: mpiexec refuses two.
     std::string host = h.address().empty() ? address() : h.address();
@@ -342,29 +362,58 @@ Awaitable<void> JobRunner::sweep_loop() {
   }
 }
 
-std::vector<std::string> JobRunner::job_env(JobAttempt& t) const {
-  std::vector<std::string> env = config_.base_env;
-  auto set = [&env](const std::string& name, const std::string& value) {
-    std::string prefix = name + "=";
-    for (auto& e : env)
-      if (e.compare(0, prefix.size(), prefix) == 0) {
-        e = prefix + value;
-        return;
-      }
-    env.push_back(prefix + value);
+std::vector<std::string> JobRunner::job_env(JobAttempt& t) {
+  // The node's environment, then what the submitter exported, then the job's own: merged once
+  // for the jobs that share them (an array's), with where each name is.
+  std::string own;
+  for (const auto& e : t.spec.env()) {
+    own += e.name();
+    own += '\0';
+    own += e.value();
+    own += '\0';
+  }
+  if (!merged_env_ || merged_env_->exported != t.base_env || merged_env_->own != own) {
+    auto m = std::make_unique<MergedEnv>();
+    m->exported = t.base_env;
+    m->own = std::move(own);
+    m->env = config_.base_env;
+    for (std::size_t i = 0; i < m->env.size(); ++i) // a name's first entry is the one set
+      m->at.emplace(m->env[i].substr(0, m->env[i].find('=')), i);
+    auto put = [&m](const std::string& name, const std::string& value) {
+      auto [it, added] = m->at.emplace(name, m->env.size());
+      if (added)
+        m->env.push_back(name + "=" + value);
+      else
+        m->env[it->second] = name + "=" + value;
+    };
+    for (const auto& e : t.base_env->vars())
+      put(e.name(), e.value());
+    for (const auto& e : t.spec.env())
+      put(e.name(), e.value());
+    merged_env_ = std::move(m);
+  }
+  std::vector<std::string> env = merged_env_->env;
+  std::vector<std::pair<std::string, std::size_t>> added; // this job's names beyond those
+  auto find = [&](const std::string& name) -> std::optional<std::size_t> {
+    if (auto it = merged_env_->at.find(name); it != merged_env_->at.end())
+      return it->second;
+    for (const auto& [n, i] : added)
+      if (n == name)
+        return i;
+    return std::nullopt;
   };
-  auto set_default = [&env, &set](const std::string& name, const std::string& value) {
-    std::string prefix = name + "=";
-    for (const auto& e : env)
-      if (e.compare(0, prefix.size(), prefix) == 0)
-        return;
-    set(name, value);
+  auto set = [&](const std::string& name, const std::string& value) {
+    if (auto i = find(name)) {
+      env[*i] = name + "=" + value;
+    } else {
+      added.emplace_back(name, env.size());
+      env.push_back(name + "=" + value);
+    }
   };
-  // The node's environment, then what the submitter exported, then the job's own.
-  for (const auto& e : t.base_env.vars())
-    set(e.name(), e.value());
-  for (const auto& e : t.spec.env())
-    set(e.name(), e.value());
+  auto set_default = [&](const std::string& name, const std::string& value) {
+    if (!find(name))
+      set(name, value);
+  };
   set("SORTIE_JOB_ID", std::to_string(t.job));
   set("SORTIE_JOB_TAG", t.tag);
   set("SORTIE_ATTEMPT", std::to_string(t.attempt));
@@ -568,11 +617,13 @@ void JobRunner::drain_unwatched(JobAttempt& t) {
         watch(t); // the loop's readers wait for credit
         return;
       }
-      // Readable or hung up: this read does not block.
-      std::string buf(kReadChunk, '\0');
+      // Readable or hung up: this read does not block. (Most reads find the end of an empty
+      // stream: the buffer is the runner's, not a fresh 64 KiB per read.)
+      if (!drain_buffer_)
+        drain_buffer_ = std::make_unique<char[]>(kReadChunk);
       ssize_t got;
       do
-        got = ::read(t.fds[s], buf.data(), buf.size());
+        got = ::read(t.fds[s], drain_buffer_.get(), kReadChunk);
       while (got < 0 && errno == EINTR);
       if (got <= 0) {
         ::close(t.fds[s]);
@@ -580,8 +631,7 @@ void JobRunner::drain_unwatched(JobAttempt& t) {
         --t.streams_open;
         continue;
       }
-      buf.resize(static_cast<std::size_t>(got));
-      emit_output(t, s, std::move(buf));
+      emit_output(t, s, std::string(drain_buffer_.get(), static_cast<std::size_t>(got)));
     }
   }
 }

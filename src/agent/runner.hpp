@@ -102,7 +102,7 @@ public:
 
 private:
   void launch(JobAttempt& t);
-  std::vector<std::string> job_env(JobAttempt& t) const; // (notes its engine variables in t)
+  std::vector<std::string> job_env(JobAttempt& t); // (notes its engine variables in t)
   void arm_watch_timer();
   void watch(JobAttempt& t);
   void drain_unwatched(JobAttempt& t);
@@ -141,6 +141,19 @@ private:
   asio::steady_timer watch_timer_;
   bool watch_armed_ = false;
   std::deque<std::uint64_t> unwatched_; ///< started jobs whose pipes the loop does not watch yet
+  std::unique_ptr<char[]> drain_buffer_; ///< drain_unwatched()'s reads (kReadChunk bytes)
+  /// The node's environment with a submission's exported one and a job's own --env over it, as
+  /// the last job started had them (an array's jobs share them); each name's entry.
+  struct MergedEnv {
+    std::shared_ptr<const pb::EnvList> exported;
+    std::string own; ///< the job's own variables, as NAME\0VALUE\0...
+    std::vector<std::string> env;
+    std::unordered_map<std::string, std::size_t> at;
+  };
+  std::unique_ptr<MergedEnv> merged_env_;
+  /// The exported environment the last assignment brought, as bytes and parsed.
+  std::string parsed_env_bytes_;
+  std::shared_ptr<const pb::EnvList> parsed_env_;
   std::int64_t budget_ = 0;             ///< output credit left
   asio::steady_timer credit_wakeup_;
   bool stopping_ = false;

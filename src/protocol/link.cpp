@@ -121,14 +121,14 @@ Awaitable<Result<pb::Envelope>> Link::receive() {
 }
 
 void Link::send(const pb::Envelope& env) {
-  if (closed_ || closing_)
+  if (closed_ || closing_ || write_failed_)
     return;
   protocol::encode_frame(env, pending_);
   wake_writer();
 }
 
 void Link::send_encoded(std::string_view frame) {
-  if (closed_ || closing_)
+  if (closed_ || closing_ || write_failed_)
     return;
   pending_.append(frame);
   wake_writer();
@@ -168,6 +168,15 @@ Awaitable<void> Link::write_loop() {
       std::string().swap(pending_);
     if (closed_)
       break;
+    if (ec && !closing_ &&
+        (ec == asio::error::broken_pipe || ec == asio::error::connection_reset)) {
+      // The peer closed its end, perhaps right after its last frames (an agent's events and
+      // goodbye): those are still to be read, and its end of the stream closes the link then.
+      write_failed_ = true;
+      std::string().swap(pending_);
+      run_drained();
+      break;
+    }
     if (ec) {
       close(make_error(ErrorCode::Unavailable, "write failed: " + ec.message(), peer_));
       break;
@@ -177,7 +186,7 @@ Awaitable<void> Link::write_loop() {
 }
 
 void Link::when_drained(std::function<void()> fn) {
-  if (closed_ || (pending_.empty() && writing_.empty())) {
+  if (closed_ || write_failed_ || (pending_.empty() && writing_.empty())) {
     asio::post(executor_, std::move(fn));
     return;
   }
@@ -194,6 +203,8 @@ void Link::run_drained() {
 void Link::close_with_error(const Error& error) {
   if (closed_ || closing_)
     return;
+  if (write_failed_) // the peer reads no more
+    return close(error);
   pb::Envelope env;
   error_to_pb(error, *env.mutable_error());
   protocol::encode_frame(env, pending_);
@@ -205,7 +216,7 @@ void Link::close_after_flush(const Error& reason) {
     return;
   closing_ = true;
   close_reason_ = reason;
-  if (pending_.empty() && writing_.empty()) {
+  if (write_failed_ || (pending_.empty() && writing_.empty())) {
     close(reason);
     return;
   }

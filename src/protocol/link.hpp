@@ -99,6 +99,9 @@ private:
   bool writer_waiting_ = false;
   bool closing_ = false; // close once the pending frames are written
   bool closed_ = false;
+  /// The peer stopped reading (its end is closed): nothing more is written, but what it sent
+  /// before, still on its way or buffered here, is read; its end of the stream closes the link.
+  bool write_failed_ = false;
   Error close_reason_;
   std::int64_t last_received_ms_ = 0;
   std::int64_t last_sent_ms_ = 0;
