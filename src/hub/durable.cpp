@@ -37,19 +37,21 @@ store::WriteBatch& Durable::batch(When when) {
   return batch_;
 }
 
-void Durable::after_commit(std::function<void(const Result<void>&)> fn, When when) {
-  batch(when).on_commit.push_back([alive = alive_, fn = std::move(fn)](const Result<void>& r) {
+std::function<void(const Result<void>&)>
+Durable::while_alive(std::function<void(const Result<void>&)> fn) const {
+  return [alive = alive_, fn = std::move(fn)](const Result<void>& r) {
     if (*alive)
       fn(r);
-  });
+  };
+}
+
+void Durable::after_commit(std::function<void(const Result<void>&)> fn, When when) {
+  batch(when).on_commit.push_back(while_alive(std::move(fn)));
 }
 
 void Durable::after_commit_last(std::function<void(const Result<void>&)> fn, When when) {
   batch(when);
-  last_.push_back([alive = alive_, fn = std::move(fn)](const Result<void>& r) {
-    if (*alive)
-      fn(r);
-  });
+  last_.push_back(while_alive(std::move(fn)));
 }
 
 void Durable::mark_dirty(Job& job) {

@@ -58,6 +58,10 @@ public:
   static Pilot pilot_from_row(const store::PilotRow& row);
 
 private:
+  /// `fn`, run only if the hub is still there when the commit ends.
+  std::function<void(const Result<void>&)>
+  while_alive(std::function<void(const Result<void>&)> fn) const;
+
   asio::any_io_executor executor_;
   store::Store& store_;
   HubState& state_;
