@@ -13,6 +13,8 @@
 
 #include <boost/asio/ip/tcp.hpp>
 #include <boost/asio/local/stream_protocol.hpp>
+#include <signal.h>
+
 #include <boost/asio/signal_set.hpp>
 
 #include <deque>
@@ -421,6 +423,9 @@ Result<int> lock_profile(const Profile& profile) {
 } // namespace
 
 int run_hub(RunOptions options) {
+  // A write to an ssh pilot's pipe whose ssh died is an error on that one link (Link handles
+  // it), not the end of the hub: sockets say MSG_NOSIGNAL, pipes cannot.
+  ::signal(SIGPIPE, SIG_IGN);
   HubConfig& config = options.config;
   auto fail = [&](const Error& e) {
     log::error("{}", e.to_string());
