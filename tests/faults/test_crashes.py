@@ -3,6 +3,7 @@
 lost, every job has one state, and a bad frame closes only its own connection."""
 import os
 import random
+import select
 import signal
 import socket
 import subprocess
@@ -100,3 +101,30 @@ def test_kill_9_of_a_job_leader_ends_its_children_and_fails_the_job(sortie, tmp_
     ours = set(processes_with_env(f"SORTIE_HOME={sortie.home}".encode()))
     wait_for(lambda: not [p for p in processes_with_env(tag) if p in ours], 10,
              "the job's children to be killed")
+
+
+def test_a_hub_whose_log_reader_has_gone_keeps_running(sortie):
+    """`sortie hub start --foreground 2>&1 | head -1`: the hub's log goes to a pipe whose reader
+    has gone, so each write to it fails. The hub runs on (a SIGPIPE would end it, as a write to
+    the pipe of a dead ssh once did); its agents and jobs too."""
+    hub = subprocess.Popen([sortie.bin, "hub", "start", "--foreground"], env=sortie.env,
+                           cwd=str(sortie.home), stdin=subprocess.DEVNULL,
+                           stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        ready, _, _ = select.select([hub.stderr], [], [], 60)
+        assert ready, "the hub logged nothing within 60 s"
+        assert b"listening on" in hub.stderr.readline()
+        hub.stderr.close()  # the reader goes
+        # Each of these logs a line ("pilot 1: started agent ...", "agent 1 registered ...").
+        sortie.add_pilot("--resource", "local", "--slots", "1")
+        job = sortie.submit("true")
+        sortie.wait_state(job, "succeeded")
+        assert hub.poll() is None, f"the hub exited with {hub.returncode}"
+        assert sortie.json("hub", "status")["pid"] == hub.pid
+    finally:
+        sortie.run("hub", "stop", check=False)
+        try:
+            hub.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            hub.kill()
+            hub.wait()
