@@ -7,8 +7,9 @@
 #include <time.h>
 #include <fcntl.h>
 #include <signal.h>
-#include <spawn.h>
+#include <sched.h>
 #include <sys/prctl.h>
+#include <sys/syscall.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -17,6 +18,8 @@
 #include <cstdio>
 #include <cstring>
 #include <fstream>
+#include <memory>
+#include <string_view>
 #include <unordered_map>
 #include <unordered_set>
 
@@ -24,7 +27,6 @@
 
 #include "agent/limits.hpp"
 #include "common/files.hpp"
-#include "common/spawn.hpp"
 
 namespace sortie::agent {
 namespace {
@@ -190,7 +192,147 @@ std::vector<pid_t> children_of(pid_t pid) {
 
 } // namespace
 
-Result<pid_t> spawn_process(const SpawnRequest& req) {
+namespace {
+
+/// What the child of spawn_process() needs, prepared by the parent: the child may only make
+/// system calls (it shares the agent's memory until it execs).
+struct ChildArgs {
+  char* const* argv = nullptr;
+  char* const* envp = nullptr;
+  std::vector<const char*> programs; ///< where to look for argv[0], in order
+  const char* cwd = nullptr;         ///< null: the agent's
+  int stdout_fd = -1;
+  int stderr_fd = -1;
+  // Set by the child when it cannot start the program (it then exits with 127).
+  int error = 0;
+  bool in_cwd = false; ///< the error is entering cwd
+};
+
+/// The kernel's struct sigaction (rt_sigaction takes it, not libc's).
+struct KernelSigaction {
+  void* handler;
+  unsigned long flags;
+  void* restorer;
+  std::uint64_t mask;
+};
+
+/// dup2 for the child: `from` onto `to` (with a copy's close-on-exec cleared when they are the
+/// same descriptor, as posix_spawn_file_actions_adddup2 does). dup3, as not every
+/// architecture has dup2.
+[[gnu::no_sanitize("address", "undefined")]] void child_dup(int from, int to) {
+  if (from == to)
+    ::syscall(SYS_fcntl, from, F_SETFD, 0);
+  else
+    ::syscall(SYS_dup3, from, to, 0);
+}
+
+/// Closes every descriptor from 3 on, in the child. close_range (Linux 5.9) in one call; before
+/// it, what /proc/self/fd lists, as glibc's closefrom does.
+[[gnu::no_sanitize("address", "undefined")]] void child_close_from_3() {
+  if (::syscall(SYS_close_range, 3U, ~0U, 0U) == 0)
+    return;
+  int dir = static_cast<int>(
+      ::syscall(SYS_openat, AT_FDCWD, "/proc/self/fd", O_RDONLY | O_DIRECTORY | O_CLOEXEC, 0));
+  if (dir < 0)
+    return;
+  alignas(8) char buf[1024];
+  bool closed = true;
+  while (closed) { // closing while listing may skip entries: list again until none is left
+    closed = false;
+    ::syscall(SYS_lseek, dir, 0, SEEK_SET);
+    long n;
+    while ((n = ::syscall(SYS_getdents64, dir, buf, sizeof buf)) > 0) {
+      for (long at = 0; at < n;) {
+        // struct linux_dirent64: ino (8), off (8), reclen (2), type (1), name
+        unsigned short reclen;
+        __builtin_memcpy(&reclen, buf + at + 16, sizeof reclen); // (inlined: no interceptor)
+        const char* name = buf + at + 19;
+        int fd = 0;
+        bool number = *name != '\0';
+        for (const char* c = name; *c; ++c) {
+          if (*c < '0' || *c > '9') {
+            number = false;
+            break;
+          }
+          fd = fd * 10 + (*c - '0');
+        }
+        if (number && fd >= 3 && fd != dir) {
+          ::syscall(SYS_close, fd);
+          closed = true;
+        }
+        at += reclen;
+      }
+    }
+  }
+  ::syscall(SYS_close, dir);
+}
+
+/// Between clone and exec, on its own stack, all signals blocked (as the parent left them):
+/// only raw system calls, nothing that touches the agent's state (errno is the parent's, which
+/// waits). What it does is what posix_spawn with SpawnAttr and the file actions did.
+[[gnu::no_sanitize("address", "undefined")]] int spawn_child(void* p) {
+  auto* a = static_cast<ChildArgs*>(p);
+  // Every disposition back to the default: ignored signals stay ignored across exec, and a
+  // handler of the agent's must not run here once signals are unblocked.
+  KernelSigaction dfl{};
+  for (int sig = 1; sig < 65; ++sig)
+    if (sig != SIGKILL && sig != SIGSTOP)
+      ::syscall(SYS_rt_sigaction, sig, &dfl, nullptr, sizeof(std::uint64_t));
+  ::syscall(SYS_setsid);
+  int null_fd = static_cast<int>(::syscall(SYS_openat, AT_FDCWD, "/dev/null", O_RDONLY, 0));
+  if (null_fd > 0) {
+    child_dup(null_fd, 0);
+    ::syscall(SYS_close, null_fd);
+  }
+  if (a->stdout_fd >= 0)
+    child_dup(a->stdout_fd, 1);
+  if (a->stderr_fd >= 0)
+    child_dup(a->stderr_fd, 2);
+  if (a->cwd != nullptr && ::syscall(SYS_chdir, a->cwd) != 0) {
+    a->error = errno;
+    a->in_cwd = true;
+    ::syscall(SYS_exit_group, 127);
+  }
+  // Nothing of the agent's leaks into jobs (Asio's sockets are not close-on-exec): a job holding
+  // the hub link open would hide the agent's death from the hub.
+  child_close_from_3();
+  std::uint64_t none = 0;
+  ::syscall(SYS_rt_sigprocmask, SIG_SETMASK, &none, nullptr, sizeof none);
+  // argv[0] along the agent's PATH, as execvp does: a directory where it is not (or cannot be
+  // reached) is skipped; one where it is but may not be run is remembered.
+  int error = ENOENT;
+  bool denied = false;
+  for (const char* program : a->programs) {
+    ::syscall(SYS_execve, program, a->argv, a->envp);
+    error = errno;
+    if (error == EACCES)
+      denied = true;
+    else if (error != ENOENT && error != ENOTDIR && error != ESTALE && error != ENODEV &&
+             error != ETIMEDOUT)
+      break;
+  }
+  a->error = denied && (error == ENOENT || error == ENOTDIR) ? EACCES : error;
+  ::syscall(SYS_exit_group, 127);
+  return 127;
+}
+
+/// The child's stack: one per thread that starts jobs, kept (the thread waits while its child
+/// uses it, so one is enough), where posix_spawn maps and unmaps one per child, with a TLB flush
+/// on every core the child ran on.
+constexpr std::size_t kChildStack = 64 * 1024;
+
+char* child_stack_top() {
+  thread_local std::unique_ptr<char[]> stack;
+  if (!stack)
+    stack = std::make_unique<char[]>(kChildStack);
+  return stack.get() + kChildStack; // (new[] aligns to 16)
+}
+
+} // namespace
+
+Result<pid_t> spawn_process(const SpawnRequest& req, int* pidfd) {
+  if (pidfd)
+    *pidfd = -1;
   std::vector<char*> argv;
   for (const auto& a : req.argv)
     argv.push_back(const_cast<char*>(a.c_str()));
@@ -200,31 +342,58 @@ Result<pid_t> spawn_process(const SpawnRequest& req) {
     envp.push_back(const_cast<char*>(e.c_str()));
   envp.push_back(nullptr);
 
-  posix_spawn_file_actions_t fa;
-  posix_spawn_file_actions_init(&fa);
-  posix_spawn_file_actions_addopen(&fa, 0, "/dev/null", O_RDONLY, 0);
-  if (req.stdout_fd >= 0)
-    posix_spawn_file_actions_adddup2(&fa, req.stdout_fd, 1);
-  if (req.stderr_fd >= 0)
-    posix_spawn_file_actions_adddup2(&fa, req.stderr_fd, 2);
-  if (!req.cwd.empty())
-    posix_spawn_file_actions_addchdir_np(&fa, req.cwd.c_str());
-  // Nothing of the agent's leaks into jobs (Asio's sockets are not close-on-exec): a job holding
-  // the hub link open would hide the agent's death from the hub.
-  posix_spawn_file_actions_addclosefrom_np(&fa, 3);
-  SpawnAttr attr;
-  pid_t pid = 0;
-  // glibc's posix_spawn reports exec failures (missing program, bad cwd) as its return value.
-  int rc = ::posix_spawnp(&pid, argv[0], &fa, attr.get(), argv.data(), envp.data());
-  posix_spawn_file_actions_destroy(&fa);
-  if (rc != 0) {
-    if (rc == ENOENT && !req.cwd.empty() && ::access(req.cwd.c_str(), X_OK) != 0)
+  ChildArgs args;
+  args.argv = argv.data();
+  args.envp = envp.data();
+  args.cwd = req.cwd.empty() ? nullptr : req.cwd.c_str();
+  args.stdout_fd = req.stdout_fd;
+  args.stderr_fd = req.stderr_fd;
+  std::vector<std::string> candidates;
+  const std::string& name = req.argv.at(0);
+  if (name.find('/') != std::string::npos) {
+    args.programs.push_back(name.c_str());
+  } else {
+    const char* path = std::getenv("PATH");
+    std::string_view dirs = path ? path : "/bin:/usr/bin";
+    for (std::size_t at = 0; at <= dirs.size();) {
+      std::size_t end = std::min(dirs.find(':', at), dirs.size());
+      std::string_view dir = dirs.substr(at, end - at);
+      candidates.push_back(dir.empty() ? name : fmt::format("{}/{}", dir, name));
+      at = end + 1;
+    }
+    for (const auto& c : candidates)
+      args.programs.push_back(c.c_str());
+  }
+
+  // The child shares this memory until it execs (CLONE_VM) and this thread waits until then
+  // (CLONE_VFORK); no signal handler may run in it before it has reset them.
+  sigset_t all, old;
+  ::sigfillset(&all);
+  ::pthread_sigmask(SIG_SETMASK, &all, &old);
+  int flags = CLONE_VM | CLONE_VFORK | SIGCHLD;
+  int fd = -1;
+  pid_t pid = ::clone(spawn_child, child_stack_top(), flags | (pidfd ? CLONE_PIDFD : 0), &args,
+                      &fd);
+  if (pid < 0 && pidfd && errno == EINVAL) // a kernel without CLONE_PIDFD (before 5.2)
+    pid = ::clone(spawn_child, child_stack_top(), flags, &args);
+  int clone_errno = errno;
+  ::pthread_sigmask(SIG_SETMASK, &old, nullptr);
+  if (pid < 0)
+    return make_error(ErrorCode::Io, fmt::format("cannot start '{}': clone: {}", name,
+                                                 errno_text(clone_errno)));
+  if (args.error != 0) {
+    if (fd >= 0)
+      ::close(fd);
+    ::waitpid(pid, nullptr, 0); // it has exited, or is about to
+    if (args.in_cwd)
       return make_error(ErrorCode::NotFound,
                         fmt::format("cannot enter working directory '{}': {}", req.cwd,
-                                    errno_text(errno)));
-    return make_error(rc == ENOENT ? ErrorCode::NotFound : ErrorCode::PermissionDenied,
-                      fmt::format("cannot execute '{}': {}", req.argv[0], errno_text(rc)));
+                                    errno_text(args.error)));
+    return make_error(args.error == ENOENT ? ErrorCode::NotFound : ErrorCode::PermissionDenied,
+                      fmt::format("cannot execute '{}': {}", name, errno_text(args.error)));
   }
+  if (pidfd)
+    *pidfd = fd;
   return pid;
 }
 

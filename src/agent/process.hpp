@@ -26,9 +26,12 @@ struct SpawnRequest {
 };
 
 /// Starts the process (argv[0] searched in the agent's PATH when it has no '/') in its own
-/// session with default signal dispositions and stdin from /dev/null. An exec failure (missing
-/// program, no permission) is returned as an error naming the program.
-Result<pid_t> spawn_process(const SpawnRequest& request);
+/// session with default signal dispositions, no signal blocked, stdin from /dev/null and no
+/// descriptor of the agent's beyond 0-2. An exec failure (missing program, no permission, a cwd
+/// it cannot enter) is returned as an error naming what failed. With `pidfd`, the new process's
+/// pidfd is stored there (-1 on kernels without CLONE_PIDFD); close-on-exec.
+/// (clone with CLONE_VM | CLONE_VFORK, as glibc's posix_spawn, on a stack kept per thread.)
+Result<pid_t> spawn_process(const SpawnRequest& request, int* pidfd = nullptr);
 
 /// What identifies a job's processes: its leader's session, and a tag in every process's
 /// environment (SORTIE_JOB_TAG, unique per agent, job and attempt), which survives setsid() and

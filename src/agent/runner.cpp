@@ -502,7 +502,8 @@ void JobRunner::launch(JobAttempt& t) {
   req.cwd = t.spec.cwd();
   req.stdout_fd = out[1];
   req.stderr_fd = err[1];
-  auto pid = spawn_process(req);
+  int pidfd = -1;
+  auto pid = spawn_process(req, pidfds_ ? &pidfd : nullptr);
   ::close(out[1]);
   ::close(err[1]);
   if (!pid.ok()) {
@@ -513,7 +514,7 @@ void JobRunner::launch(JobAttempt& t) {
   }
   t.pid = *pid;
   t.started = true;
-  if (!watch_exit(t.pid)) {
+  if (!watch_exit(t.pid, pidfd)) {
     start_reaper_thread();
     reaper_->child_started();
   }
@@ -706,10 +707,11 @@ void JobRunner::start_reaper_thread() {
   });
 }
 
-bool JobRunner::watch_exit(pid_t pid) {
+bool JobRunner::watch_exit(pid_t pid, int fd) {
   if (!pidfds_)
     return false;
-  int fd = static_cast<int>(::syscall(SYS_pidfd_open, pid, 0));
+  if (fd < 0) // (spawn_process gives one where clone can: Linux 5.2)
+    fd = static_cast<int>(::syscall(SYS_pidfd_open, pid, 0));
   if (fd < 0) {
     // Out of descriptors: the reaper thread takes this one. Each exit is still reaped once, by
     // one or the other, and reported once.

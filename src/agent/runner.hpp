@@ -109,9 +109,9 @@ private:
   void emit_output(JobAttempt& t, int stream, std::string data);
   Awaitable<void> read_stream(std::uint64_t job, int stream,
                               std::shared_ptr<asio::posix::stream_descriptor> pipe);
-  /// Waits for the leader's exit on a pidfd, on the loop (false: none to be had: this kernel has
-  /// no pidfds, or the descriptors ran out).
-  bool watch_exit(pid_t pid);
+  /// Waits for the leader's exit on its pidfd (`pidfd`, or one opened here when it is -1), on
+  /// the loop (false: none to be had: this kernel has no pidfds, or the descriptors ran out).
+  bool watch_exit(pid_t pid, int pidfd);
   /// With pidfds, children that are not job leaders (orphans of jobs, which this process
   /// adopts as their subreaper) are reaped here: after a kill, and by the sweep.
   void reap_strays();

@@ -10,6 +10,7 @@
 #include <gtest/gtest.h>
 
 #include <algorithm>
+#include <cstring>
 #include <chrono>
 #include <fstream>
 #include <map>
@@ -63,12 +64,13 @@ protected:
   }
 
   void assign(std::uint64_t job, std::vector<std::string> argv, std::uint32_t slots = 1,
-              std::int64_t run_timeout_ms = 0) {
+              std::int64_t run_timeout_ms = 0, std::string cwd = {}) {
     pb::JobSpec spec;
     for (auto& a : argv)
       spec.add_argv(a);
     spec.set_slots(slots);
     spec.set_run_timeout_ms(run_timeout_ms);
+    spec.set_cwd(cwd);
     pb::Assignment a;
     a.set_job_id(job);
     a.set_attempt(1);
@@ -188,6 +190,84 @@ TEST_F(RunnerTest, ExitCodesSignalsAndProgramsThatCannotStart) {
   EXPECT_EQ(three->exit_code(), 127);
   EXPECT_NE(three->error().find("/no/such/program"), std::string::npos) << three->error();
   EXPECT_EQ(event(3, pb::JobEvent::STARTED), nullptr);
+}
+
+/// A line of /proc/<pid>/status ("SigIgn:\t0000000000001000" -> "0000000000001000").
+std::string status_field(const std::string& status, const std::string& name) {
+  auto at = status.find("\n" + name + ":");
+  if (at == std::string::npos)
+    return "(no " + name + ")";
+  at = status.find_first_not_of(" \t", at + name.size() + 2);
+  return status.substr(at, status.find('\n', at) - at);
+}
+
+// What the agent holds does not reach the job: ignored signals, handlers, a blocked mask, its
+// session, its descriptors (even ones without close-on-exec), its stdin.
+TEST_F(RunnerTest, AJobStartsCleanWhateverTheAgentHolds) {
+  make(4);
+  struct sigaction ignore {}, handler {}, old_pipe {}, old_usr2 {};
+  ignore.sa_handler = SIG_IGN;
+  handler.sa_handler = [](int) {};
+  ASSERT_EQ(::sigaction(SIGPIPE, &ignore, &old_pipe), 0);
+  ASSERT_EQ(::sigaction(SIGUSR2, &handler, &old_usr2), 0);
+  sigset_t usr1, old_mask;
+  sigemptyset(&usr1);
+  sigaddset(&usr1, SIGUSR1);
+  ASSERT_EQ(::pthread_sigmask(SIG_BLOCK, &usr1, &old_mask), 0); // this thread starts the jobs
+  int leaked = ::open("/dev/null", O_RDONLY); // no close-on-exec
+  ASSERT_GE(leaked, 3);
+
+  assign(1, {"cat", "/proc/self/status"}); // found along PATH
+  assign(2, {"ls", "/proc/self/fd"});      // ls's own: 0-2 and the directory it lists
+  assign(3, {"readlink", "/proc/self/fd/0"});
+  runner_->start_queued();
+  run_until([&] { return finished() == 3; }, "three jobs");
+  ::close(leaked);
+  ::pthread_sigmask(SIG_SETMASK, &old_mask, nullptr);
+  ::sigaction(SIGPIPE, &old_pipe, nullptr);
+  ::sigaction(SIGUSR2, &old_usr2, nullptr);
+
+  const auto& status = out_[{1, pb::STREAM_STDOUT}];
+  EXPECT_EQ(status_field(status, "SigIgn"), "0000000000000000") << status;
+  EXPECT_EQ(status_field(status, "SigCgt"), "0000000000000000") << status;
+  EXPECT_EQ(status_field(status, "SigBlk"), "0000000000000000") << status;
+  EXPECT_EQ(status_field(status, "NSsid"), status_field(status, "Pid")) << "its own session";
+  EXPECT_EQ((out_[{2, pb::STREAM_STDOUT}]), "0\n1\n2\n3\n");
+  EXPECT_EQ((out_[{3, pb::STREAM_STDOUT}]), "/dev/null\n");
+  for (std::uint64_t j = 1; j <= 3; ++j)
+    EXPECT_EQ(event(j, pb::JobEvent::FINISHED)->exit_code(), 0) << j;
+}
+
+// Why a job could not start names what failed: the directory it was to run in, or the program.
+TEST_F(RunnerTest, AJobThatCannotStartSaysWhy) {
+  make(4);
+  auto no_exec = dir_.path() / "not-executable";
+  std::ofstream(no_exec) << "#!/bin/sh\n";
+  assign(1, {"/bin/true"}, 1, 0, (dir_.path() / "gone").string());
+  assign(2, {no_exec.string()});
+  assign(3, {"no-such-program-anywhere"});
+  assign(4, {"pwd"}, 1, 0, dir_.path().string());
+  runner_->start_queued();
+  run_until([&] { return finished() == 4; }, "four jobs");
+  const auto* one = event(1, pb::JobEvent::FINISHED);
+  EXPECT_NE(one->error().find("cannot enter working directory '" +
+                              (dir_.path() / "gone").string() + "'"),
+            std::string::npos)
+      << one->error();
+  const auto* two = event(2, pb::JobEvent::FINISHED);
+  EXPECT_NE(two->error().find("cannot execute '" + no_exec.string() + "'"), std::string::npos)
+      << two->error();
+  EXPECT_NE(two->error().find(std::strerror(EACCES)), std::string::npos) << two->error();
+  const auto* three = event(3, pb::JobEvent::FINISHED);
+  EXPECT_NE(three->error().find("cannot execute 'no-such-program-anywhere'"), std::string::npos)
+      << three->error();
+  EXPECT_NE(three->error().find(std::strerror(ENOENT)), std::string::npos) << three->error();
+  for (std::uint64_t j = 1; j <= 3; ++j) {
+    EXPECT_EQ(event(j, pb::JobEvent::FINISHED)->exit_code(), 127) << j;
+    EXPECT_EQ(event(j, pb::JobEvent::STARTED), nullptr) << j;
+  }
+  EXPECT_EQ((out_[{4, pb::STREAM_STDOUT}]), dir_.path().string() + "\n");
+  EXPECT_EQ(runner_->used_slots(), 0u);
 }
 
 TEST_F(RunnerTest, ACancelKillsTheWholeTree) {
