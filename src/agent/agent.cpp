@@ -63,8 +63,8 @@ using OutItem = std::variant<pb::JobEvent, pb::OutputChunk>;
 class Agent {
 public:
   Agent(asio::io_context& io, AgentOptions options, Keeper keeper, MemoryLimits limits)
-      : io_(io), options_(std::move(options)), keeper_fd_(keeper.fd), keeper_pid_(keeper.pid),
-        limits_(std::move(limits)),
+      : io_(io), options_(std::move(options)), keeper_fd_(keeper.fd),
+        keeper_table_fd_(keeper.table_fd), keeper_pid_(keeper.pid), limits_(std::move(limits)),
         hostname_(host_name()), lazy_flush_(io), signals_(io, SIGTERM, SIGINT),
         engines_(io,
                  [this](pb::Envelope& env) {
@@ -505,7 +505,6 @@ private:
 
   void flush() {
     flush_posted_ = false;
-    runner_.flush_keeper();
     if (!link_ || link_->closed() || agent_id_ == 0)
       return; // kept until the next registration
     while (!outbox_.empty()) {
@@ -549,7 +548,7 @@ private:
     c.address = options_.address.empty() ? hostname_ : options_.address;
     c.slots = options_.slots ? options_.slots : cores();
     c.gpus = options_.gpus_declared ? options_.gpus : detect_gpus();
-    c.keeper_fd = keeper_fd_;
+    c.keeper_table_fd = keeper_table_fd_;
     c.nonce = protocol::to_hex(protocol::random_bytes(8));
     for (char** e = environ; *e; ++e)
       c.base_env.emplace_back(*e);
@@ -562,6 +561,7 @@ private:
   asio::io_context& io_;
   AgentOptions options_;
   int keeper_fd_;
+  int keeper_table_fd_;
   pid_t keeper_pid_; ///< told to the hub: it waits for the keeper before requeueing our jobs
   MemoryLimits limits_;
   std::int64_t kill_grace_ms_ = 3000;

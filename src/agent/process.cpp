@@ -8,13 +8,16 @@
 #include <fcntl.h>
 #include <signal.h>
 #include <sched.h>
+#include <sys/mman.h>
 #include <sys/prctl.h>
+#include <sys/stat.h>
 #include <sys/syscall.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
 #include <algorithm>
 #include <cerrno>
+#include <atomic>
 #include <cstdio>
 #include <cstring>
 #include <fstream>
@@ -119,14 +122,14 @@ std::vector<pid_t> children_of(pid_t pid) {
   return out;
 }
 
-[[noreturn]] void keeper_main(int read_fd, pid_t agent, const std::string& cgroup_dir) {
+[[noreturn]] void keeper_main(int read_fd, int table_fd, pid_t agent,
+                              const std::string& cgroup_dir) {
   // Survive the signals aimed at the agent: the keeper's whole job starts when the agent is gone.
   ::signal(SIGTERM, SIG_IGN);
   ::signal(SIGINT, SIG_IGN);
   ::signal(SIGHUP, SIG_IGN);
   ::prctl(PR_SET_NAME, "sortie-keeper");
-  std::unordered_map<pid_t, std::string> jobs; // sid -> tag
-  std::int64_t lease_end = 0;                  // 0: no lease yet
+  std::int64_t lease_end = 0; // 0: no lease yet
   char buf[4096];
   std::string pending;
   bool expired = false;
@@ -157,25 +160,19 @@ std::vector<pid_t> children_of(pid_t pid) {
       pending.erase(0, pos + 1);
       if (line.size() < 2)
         continue;
-      if (line[0] == 'L') { // "L<monotonic ms>": the agent's lease now ends then
+      if (line[0] == 'L') // "L<monotonic ms>": the agent's lease now ends then
         lease_end = std::max<std::int64_t>(lease_end, std::atoll(line.c_str() + 1));
-        continue;
-      }
-      // "+SID TAG" or "-SID"
-      pid_t sid = static_cast<pid_t>(std::atoi(line.c_str() + 1));
-      if (line[0] == '+') {
-        auto space = line.find(' ');
-        jobs[sid] = space == std::string::npos ? std::string() : line.substr(space + 1);
-      } else {
-        jobs.erase(sid);
-      }
     }
   }
-  if (expired) {
-    // The agent has not heard from the hub within its lease: it is frozen or cut off, and the
-    // hub will run its jobs elsewhere once the lease is over. Stop it, so it starts nothing more;
-    // its children not yet announced to us are jobs too (each leads its own session).
+  // The agent has not heard from the hub within its lease: it is frozen or cut off, and the hub
+  // will run its jobs elsewhere once the lease is over. Stop it, so it starts nothing more.
+  if (expired)
     ::kill(agent, SIGSTOP);
+  std::unordered_map<pid_t, std::string> jobs; // sid -> tag
+  for (auto& job : KeeperTable::read(table_fd))
+    jobs.emplace(job.sid, std::move(job.tag));
+  if (expired) {
+    // Its children not yet in the table are jobs too (each leads its own session).
     for (pid_t child : children_of(agent))
       if (child != ::getpid() && !jobs.contains(child))
         jobs.emplace(child, std::string());
@@ -513,6 +510,9 @@ std::vector<std::pair<pid_t, std::string>> adopted_children(const std::vector<pi
 void become_subreaper() { ::prctl(PR_SET_CHILD_SUBREAPER, 1); }
 
 Result<Keeper> start_keeper(const std::string& cgroup_dir) {
+  int table = ::memfd_create("sortie-keeper-jobs", MFD_CLOEXEC);
+  if (table < 0)
+    return make_error(ErrorCode::Io, fmt::format("memfd_create: {}", errno_text(errno)));
   int fds[2];
   if (::pipe2(fds, O_CLOEXEC) != 0)
     return make_error(ErrorCode::Io, fmt::format("pipe: {}", errno_text(errno)));
@@ -523,18 +523,99 @@ Result<Keeper> start_keeper(const std::string& cgroup_dir) {
   if (pid == 0) {
     ::close(fds[1]);
     for (int fd = 3; fd < 1024; ++fd)
-      if (fd != fds[0])
+      if (fd != fds[0] && fd != table)
         ::close(fd);
-    keeper_main(fds[0], agent, cgroup_dir);
+    keeper_main(fds[0], table, agent, cgroup_dir);
   }
   ::close(fds[0]);
   ::fcntl(fds[1], F_SETFL, ::fcntl(fds[1], F_GETFL) | O_NONBLOCK);
-  return Keeper{fds[1], pid};
+  return Keeper{fds[1], table, pid};
 }
 
-std::string keeper_add(const JobProcesses& job) { return fmt::format("+{} {}\n", job.sid, job.tag); }
+/// One job in the table. `sid` is written last (release) and cleared first, so a reader that
+/// sees it non-zero sees the tag written before it.
+struct KeeperTable::Entry {
+  std::atomic<std::int32_t> sid; ///< 0: free
+  char tag[60];                  ///< NUL-terminated (tags are about 40 characters)
+};
+static_assert(std::atomic<std::int32_t>::is_always_lock_free); // shared between processes
 
-std::string keeper_remove(const JobProcesses& job) { return fmt::format("-{}\n", job.sid); }
+KeeperTable::KeeperTable(int memfd) : fd_(memfd) { static_assert(sizeof(Entry) == 64); }
+
+KeeperTable::~KeeperTable() {
+  if (entries_)
+    ::munmap(entries_, capacity_ * sizeof(Entry));
+}
+
+Result<void> KeeperTable::grow() {
+  std::size_t capacity = std::max<std::size_t>(64, capacity_ * 2);
+  if (::ftruncate(fd_, static_cast<off_t>(capacity * sizeof(Entry))) != 0)
+    return make_error(ErrorCode::Io, fmt::format("ftruncate: {}", errno_text(errno)));
+  void* view = ::mmap(nullptr, capacity * sizeof(Entry), PROT_READ | PROT_WRITE, MAP_SHARED,
+                      fd_, 0);
+  if (view == MAP_FAILED)
+    return make_error(ErrorCode::Io, fmt::format("mmap: {}", errno_text(errno)));
+  if (entries_) // (what it holds is in the memfd, which the new view maps too)
+    ::munmap(entries_, capacity_ * sizeof(Entry));
+  entries_ = static_cast<Entry*>(view);
+  for (std::size_t i = capacity; i-- > capacity_;)
+    free_.push_back(static_cast<std::uint32_t>(i));
+  capacity_ = capacity;
+  return ok_result();
+}
+
+Result<void> KeeperTable::add(const JobProcesses& job) {
+  if (fd_ < 0 || at_.contains(job.sid))
+    return ok_result();
+  if (free_.empty())
+    if (auto grown = grow(); !grown.ok())
+      return make_error(ErrorCode::Io,
+                        fmt::format("the keeper's table cannot hold job {} ({}): it is not "
+                                    "killed if this agent dies",
+                                    job.tag, grown.error().to_string()));
+  std::uint32_t i = free_.back();
+  free_.pop_back();
+  Entry& e = entries_[i];
+  std::size_t n = std::min(job.tag.size(), sizeof e.tag - 1);
+  std::memcpy(e.tag, job.tag.data(), n);
+  e.tag[n] = '\0';
+  e.sid.store(job.sid, std::memory_order_release);
+  at_.emplace(job.sid, i);
+  return ok_result();
+}
+
+void KeeperTable::remove(pid_t sid) {
+  auto it = at_.find(sid);
+  if (it == at_.end())
+    return;
+  entries_[it->second].sid.store(0, std::memory_order_release);
+  free_.push_back(it->second);
+  at_.erase(it);
+}
+
+std::vector<JobProcesses> KeeperTable::read(int memfd) {
+  std::vector<JobProcesses> out;
+  struct stat st {};
+  if (memfd < 0 || ::fstat(memfd, &st) != 0 || st.st_size < static_cast<off_t>(sizeof(Entry)))
+    return out;
+  std::size_t n = static_cast<std::size_t>(st.st_size) / sizeof(Entry);
+  void* view = ::mmap(nullptr, n * sizeof(Entry), PROT_READ, MAP_SHARED, memfd, 0);
+  if (view == MAP_FAILED)
+    return out;
+  const auto* entries = static_cast<const Entry*>(view);
+  for (std::size_t i = 0; i < n; ++i) {
+    pid_t sid = entries[i].sid.load(std::memory_order_acquire);
+    if (sid <= 0)
+      continue;
+    std::string tag(entries[i].tag, ::strnlen(entries[i].tag, sizeof entries[i].tag));
+    // An agent that is still running (its SIGSTOP on the way) may have reused the entry meanwhile.
+    std::atomic_thread_fence(std::memory_order_acquire);
+    if (entries[i].sid.load(std::memory_order_relaxed) == sid)
+      out.push_back({sid, std::move(tag)});
+  }
+  ::munmap(view, n * sizeof(Entry));
+  return out;
+}
 
 std::string keeper_lease(std::int64_t end_monotonic_ms) { return fmt::format("L{}\n", end_monotonic_ms); }
 

@@ -10,7 +10,9 @@
 
 #include <sys/types.h>
 
+#include <cstdint>
 #include <string>
+#include <unordered_map>
 #include <vector>
 
 #include "sortie/result.hpp"
@@ -67,22 +69,52 @@ std::vector<pid_t> own_children();
 /// Makes this process the subreaper of its descendants (PR_SET_CHILD_SUBREAPER).
 void become_subreaper();
 
-/// The keeper: a small process forked at agent start (before any thread exists). The agent tells
-/// it each job as the job starts and ends; when the agent dies the keeper's pipe reaches
-/// end-of-file and it kills every registered job, then exits. Returns the pipe's write end.
-/// The agent also keeps renewing a lease (keeper_lease): if the lease runs out, the agent is
-/// frozen or has lost the hub for longer than the hub waits, so the keeper stops and kills it
-/// and every job it has, itself unable to be frozen by what froze the agent (docs/architecture.md
-/// §5 has the rule and its numbers).
+/// The jobs the keeper is to kill, in memory the agent and the keeper share (a memfd both
+/// map): the agent writes an entry as a job's leader starts and clears it as the leader exits,
+/// with no system call and no wake-up of the keeper, which reads the table only once the agent
+/// is gone or its lease has run out. It grows as needed (so nothing announced is ever dropped,
+/// as a full pipe would); an entry is 64 bytes.
+class KeeperTable {
+public:
+  /// Over a memfd from start_keeper (not owned); -1: a table that records nothing.
+  explicit KeeperTable(int memfd);
+  ~KeeperTable();
+  KeeperTable(const KeeperTable&) = delete;
+  KeeperTable& operator=(const KeeperTable&) = delete;
+
+  /// False when the table could not grow (out of memory): the job is not in it, and says so.
+  Result<void> add(const JobProcesses& job);
+  void remove(pid_t sid);
+  std::size_t size() const { return at_.size(); }
+
+  /// What a table's memfd holds now: read by the keeper, from its own mapping.
+  static std::vector<JobProcesses> read(int memfd);
+
+private:
+  struct Entry;
+  Result<void> grow();
+
+  int fd_;
+  Entry* entries_ = nullptr;
+  std::size_t capacity_ = 0;
+  std::vector<std::uint32_t> free_;          ///< free entries, the lowest last
+  std::unordered_map<pid_t, std::uint32_t> at_; ///< sid -> entry
+};
+
+/// The keeper: a small process forked at agent start (before any thread exists). The agent
+/// records each job in their shared KeeperTable as the job starts and ends; when the agent dies
+/// the keeper's pipe reaches end-of-file and it kills every job in the table, then exits.
+/// The agent also keeps renewing a lease over the pipe (keeper_lease): if the lease runs out, the
+/// agent is frozen or has lost the hub for longer than the hub waits, so the keeper stops and
+/// kills it and every job it has, itself unable to be frozen by what froze the agent
+/// (docs/architecture.md §5 has the rule and its numbers).
 /// `cgroup_dir` (may be empty) is removed after the jobs are killed.
 struct Keeper {
-  int fd = -1;  ///< the pipe's write end
+  int fd = -1;       ///< the pipe's write end
+  int table_fd = -1; ///< the memfd of the KeeperTable
   pid_t pid = 0;
 };
 Result<Keeper> start_keeper(const std::string& cgroup_dir);
-/// Keeper messages, to be written with keeper_write (several at once).
-std::string keeper_add(const JobProcesses& job);
-std::string keeper_remove(const JobProcesses& job);
 /// The lease now ends at this CLOCK_MONOTONIC time (ms); it only ever moves later.
 std::string keeper_lease(std::int64_t end_monotonic_ms);
 /// Writes messages to the keeper; non-blocking, best effort.

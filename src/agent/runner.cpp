@@ -198,7 +198,7 @@ std::vector<std::string> mpiexec_argv(const JobAttempt& t) {
 JobRunner::JobRunner(asio::io_context& io, RunnerConfig config, MemoryLimits& limits,
                      RunnerHooks hooks)
     : io_(io), config_(std::move(config)), limits_(limits), hooks_(std::move(hooks)),
-      watch_timer_(io), credit_wakeup_(io), reaper_(std::make_unique<Reaper>()) {}
+      keeper_table_(config_.keeper_table_fd), watch_timer_(io), credit_wakeup_(io), reaper_(std::make_unique<Reaper>()) {}
 
 JobRunner::~JobRunner() { reaper_->stop(); }
 
@@ -329,14 +329,6 @@ void JobRunner::start_queued() {
       break;
     launch_queue_.pop_front();
     launch(t);
-  }
-  flush_keeper();
-}
-
-void JobRunner::flush_keeper() {
-  if (!keeper_pending_.empty()) {
-    keeper_write(config_.keeper_fd, keeper_pending_);
-    keeper_pending_.clear();
   }
 }
 
@@ -544,7 +536,8 @@ void JobRunner::launch(JobAttempt& t) {
   }
   used_slots_ += t.slots;
   by_pid_[t.pid] = t.job;
-  keeper_pending_ += keeper_add(t.procs());
+  if (auto kept = keeper_table_.add(t.procs()); !kept.ok())
+    log::error("{}", kept.error().to_string());
   pb::JobEvent ev = event_of(t, pb::JobEvent::STARTED);
   ev.set_limits(limited_by);
   hooks_.event(std::move(ev), /*urgent=*/false);
@@ -771,7 +764,7 @@ void JobRunner::on_child_exit(pid_t pid, int status, const rusage& ru) {
     } else {
       ::kill(-t.pid, SIGKILL);
     }
-    keeper_pending_ += keeper_remove(t.procs());
+    keeper_table_.remove(t.pid);
     if (t.kill_timer)
       t.kill_timer->cancel();
     if (t.run_timer)

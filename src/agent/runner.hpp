@@ -2,7 +2,7 @@
 // The job attempts of one node: the launch queue (started in order as slots free, the moment
 // they free), each attempt's process tree in its own session with its output on pipes, reaping
 // (a thread blocked in wait4 hands each exit to the loop), run timeouts, kills of whole trees,
-// and the keeper told of every job. What happens is reported to the owner (the agent, or a test)
+// and every running job in the keeper's table. What happens is reported to the owner (the agent, or a test)
 // as STARTED/FINISHED events and output chunks; it knows nothing of the hub or the link.
 //
 // "Attempt" is one run of a job on this node; "task" is kept for one call to an engine.
@@ -23,6 +23,7 @@
 #include <vector>
 
 #include "agent/limits.hpp"
+#include "agent/process.hpp"
 #include "protocol/asio.hpp"
 #include "protocol/sortie.pb.h"
 
@@ -37,7 +38,7 @@ struct RunnerConfig {
   std::string address;            ///< how other nodes reach this one (MPI hostfiles)
   std::uint32_t slots = 1;
   std::vector<std::uint32_t> gpus; ///< the node's GPUs (jobs see only theirs)
-  int keeper_fd = -1;              ///< where jobs are announced to the keeper (-1: no keeper)
+  int keeper_table_fd = -1; ///< the memfd of the keeper's KeeperTable (-1: no keeper)
   std::string nonce;               ///< makes job tags unique to this agent process
   std::vector<std::string> base_env; ///< the node's environment, "NAME=VALUE"
   std::int64_t kill_grace_ms = 3000; ///< SIGTERM to SIGKILL at a run timeout
@@ -73,7 +74,7 @@ public:
   /// Queues an assigned attempt (a duplicate of one held is ignored; a new attempt of a job whose
   /// old one is still ending waits for it).
   void assign(pb::Assignment& assignment);
-  /// Starts queued attempts, in order, while slots are free (then tells the keeper).
+  /// Starts queued attempts, in order, while slots are free.
   void start_queued();
   /// Kills the attempt (SIGTERM, SIGKILL after `grace_ms`; at once with 0) or drops it from the
   /// queue; it ends with a FINISHED event either way. `attempt` 0: whichever it holds.
@@ -91,8 +92,6 @@ public:
   /// Output bytes this runner may read before more credit comes.
   void set_credit(std::int64_t bytes);
   void add_credit(std::int64_t bytes);
-  /// Sends pending job announcements to the keeper.
-  void flush_keeper();
 
   /// Attempts held (queued, running or ending), with whether each has started.
   void describe(pb::AgentRegister& reg) const;
@@ -137,7 +136,7 @@ private:
   std::unordered_map<pid_t, std::uint64_t> by_pid_;
   std::uint32_t used_slots_ = 0;
   std::vector<std::string> pending_cgroups_; ///< job cgroups to remove once empty
-  std::string keeper_pending_;
+  KeeperTable keeper_table_; ///< the jobs running, as the keeper will see them
   asio::steady_timer watch_timer_;
   bool watch_armed_ = false;
   std::deque<std::uint64_t> unwatched_; ///< started jobs whose pipes the loop does not watch yet

@@ -5,6 +5,7 @@
 // events and output the runner reports.
 #include <fcntl.h>
 #include <signal.h>
+#include <sys/mman.h>
 #include <unistd.h>
 
 #include <gtest/gtest.h>
@@ -35,8 +36,8 @@ protected:
     c.address = "n1";
     c.slots = slots;
     c.pidfds = pidfds;
-    c.keeper_fd = ::open("/dev/null", O_WRONLY | O_CLOEXEC);
-    keeper_fd_ = c.keeper_fd;
+    c.keeper_table_fd = ::memfd_create("keeper-table", MFD_CLOEXEC);
+    keeper_fd_ = c.keeper_table_fd;
     // Unique like an agent's: tags are how kills find a job's processes, across the machine.
     c.nonce = protocol::to_hex(protocol::random_bytes(8));
     for (char** e = environ; *e; ++e)
@@ -110,7 +111,7 @@ protected:
 
   asio::io_context io_;
   MemoryLimits limits_;
-  int keeper_fd_ = -1;
+  int keeper_fd_ = -1; ///< the keeper table's memfd
   std::unique_ptr<JobRunner> runner_;
   std::vector<pb::JobEvent> events_;
   std::map<std::pair<std::uint64_t, int>, std::string> out_;
@@ -321,6 +322,58 @@ TEST_F(RunnerTest, WhatItHoldsIsWhatAReconnectingAgentReports) {
   std::ofstream(flag).put('x');
   run_until([&] { return finished() == 2; }, "both jobs");
   EXPECT_EQ(runner_->held(), 0u);
+}
+
+// What the keeper would kill, were the agent to die now, is exactly what runs.
+TEST_F(RunnerTest, TheKeepersTableHoldsTheRunningJobs) {
+  make(2);
+  assign(1, {"sleep", "300"});
+  assign(2, {"sleep", "300"});
+  assign(3, {"/bin/true"}); // queued behind them
+  runner_->start_queued();
+  run_until([&] { return event(2, pb::JobEvent::STARTED) != nullptr; }, "two jobs to start");
+  auto table = KeeperTable::read(keeper_fd_);
+  ASSERT_EQ(table.size(), 2u);
+  std::map<pid_t, std::string> held;
+  for (auto& j : table)
+    held[j.sid] = j.tag;
+  for (std::uint64_t j = 1; j <= 2; ++j) {
+    pid_t pid = static_cast<pid_t>(event(j, pb::JobEvent::STARTED)->pid());
+    ASSERT_TRUE(held.contains(pid)) << "job " << j;
+    EXPECT_NE(held[pid].find("." + std::to_string(j) + ".1"), std::string::npos) << held[pid];
+  }
+  runner_->cancel(1, 0, 0, "by the test");
+  run_until([&] { return finished() == 2; }, "job 1 to end and job 3 to run");
+  ASSERT_EQ(KeeperTable::read(keeper_fd_).size(), 1u);
+  runner_->cancel(2, 0, 0, "by the test");
+  run_until([&] { return finished() == 3; }, "job 2 to end");
+  EXPECT_TRUE(KeeperTable::read(keeper_fd_).empty());
+}
+
+// The table grows as jobs come (no job is ever dropped from it), and reuses what ends.
+TEST(KeeperTable, GrowsAndReusesEntries) {
+  int fd = ::memfd_create("keeper-table", MFD_CLOEXEC);
+  ASSERT_GE(fd, 0);
+  {
+    KeeperTable table(fd);
+    for (pid_t sid = 1; sid <= 300; ++sid)
+      ASSERT_TRUE(table.add({sid, "tag-" + std::to_string(sid)}).ok());
+    for (pid_t sid = 1; sid <= 300; sid += 2)
+      table.remove(sid);
+    for (pid_t sid = 1001; sid <= 1100; ++sid) // into the freed entries
+      ASSERT_TRUE(table.add({sid, "tag-" + std::to_string(sid)}).ok());
+    auto held = KeeperTable::read(fd);
+    EXPECT_EQ(held.size(), 250u);
+    EXPECT_EQ(table.size(), 250u);
+    std::map<pid_t, std::string> by_sid;
+    for (auto& j : held)
+      by_sid[j.sid] = j.tag;
+    EXPECT_EQ(by_sid.size(), 250u);
+    EXPECT_EQ(by_sid[300], "tag-300");
+    EXPECT_EQ(by_sid[1100], "tag-1100");
+    EXPECT_FALSE(by_sid.contains(299));
+  }
+  ::close(fd);
 }
 
 TEST_F(RunnerTest, StopAllEndsEveryJobThenSaysSo) {
