@@ -1,5 +1,6 @@
 // SPDX-License-Identifier: Apache-2.0
-// Job processes on a node: spawning into their own session, finding and killing a whole tree.
+// Job processes on a node: spawning into their own session, finding and killing a whole tree,
+// and the keeper with the table of jobs it shares with the agent.
 #include "agent/process.hpp"
 
 #include <dirent.h>
@@ -16,8 +17,8 @@
 #include <unistd.h>
 
 #include <algorithm>
-#include <cerrno>
 #include <atomic>
+#include <cerrno>
 #include <cstdio>
 #include <cstring>
 #include <fstream>
