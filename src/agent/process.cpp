@@ -224,50 +224,9 @@ struct KernelSigaction {
     ::syscall(SYS_dup3, from, to, 0);
 }
 
-/// Closes every descriptor from 3 on, in the child. close_range (Linux 5.9) in one call; before
-/// it, what /proc/self/fd lists, as glibc's closefrom does.
-[[gnu::no_sanitize("address", "undefined")]] void child_close_from_3() {
-  if (::syscall(SYS_close_range, 3U, ~0U, 0U) == 0)
-    return;
-  int dir = static_cast<int>(
-      ::syscall(SYS_openat, AT_FDCWD, "/proc/self/fd", O_RDONLY | O_DIRECTORY | O_CLOEXEC, 0));
-  if (dir < 0)
-    return;
-  alignas(8) char buf[1024];
-  bool closed = true;
-  while (closed) { // closing while listing may skip entries: list again until none is left
-    closed = false;
-    ::syscall(SYS_lseek, dir, 0, SEEK_SET);
-    long n;
-    while ((n = ::syscall(SYS_getdents64, dir, buf, sizeof buf)) > 0) {
-      for (long at = 0; at < n;) {
-        // struct linux_dirent64: ino (8), off (8), reclen (2), type (1), name
-        unsigned short reclen;
-        __builtin_memcpy(&reclen, buf + at + 16, sizeof reclen); // (inlined: no interceptor)
-        const char* name = buf + at + 19;
-        int fd = 0;
-        bool number = *name != '\0';
-        for (const char* c = name; *c; ++c) {
-          if (*c < '0' || *c > '9') {
-            number = false;
-            break;
-          }
-          fd = fd * 10 + (*c - '0');
-        }
-        if (number && fd >= 3 && fd != dir) {
-          ::syscall(SYS_close, fd);
-          closed = true;
-        }
-        at += reclen;
-      }
-    }
-  }
-  ::syscall(SYS_close, dir);
-}
-
 /// Between clone and exec, on its own stack, all signals blocked (as the parent left them):
-/// only raw system calls, nothing that touches the agent's state (errno is the parent's, which
-/// waits). What it does is what posix_spawn with SpawnAttr and the file actions did.
+/// only system calls (and closefrom, as glibc's own posix_spawn child), nothing that touches the
+/// agent's state (errno is the parent's, which waits). What it does is what posix_spawn with SpawnAttr and the file actions did.
 [[gnu::no_sanitize("address", "undefined")]] int spawn_child(void* p) {
   auto* a = static_cast<ChildArgs*>(p);
   // Every disposition back to the default: ignored signals stay ignored across exec, and a
@@ -293,7 +252,7 @@ struct KernelSigaction {
   }
   // Nothing of the agent's leaks into jobs (Asio's sockets are not close-on-exec): a job holding
   // the hub link open would hide the agent's death from the hub.
-  child_close_from_3();
+  ::closefrom(3); // (close_range, or a /proc/self/fd walk before Linux 5.9; no allocation)
   std::uint64_t none = 0;
   ::syscall(SYS_rt_sigprocmask, SIG_SETMASK, &none, nullptr, sizeof none);
   // argv[0] along the agent's PATH, as execvp does: a directory where it is not (or cannot be

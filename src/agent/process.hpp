@@ -82,7 +82,8 @@ public:
   KeeperTable(const KeeperTable&) = delete;
   KeeperTable& operator=(const KeeperTable&) = delete;
 
-  /// False when the table could not grow (out of memory): the job is not in it, and says so.
+  /// An error when the table could not grow (out of memory): the job is not in it, and the
+  /// error says so.
   Result<void> add(const JobProcesses& job);
   void remove(pid_t sid);
   std::size_t size() const { return at_.size(); }

@@ -198,7 +198,8 @@ std::vector<std::string> mpiexec_argv(const JobAttempt& t) {
 JobRunner::JobRunner(asio::io_context& io, RunnerConfig config, MemoryLimits& limits,
                      RunnerHooks hooks)
     : io_(io), config_(std::move(config)), limits_(limits), hooks_(std::move(hooks)),
-      keeper_table_(config_.keeper_table_fd), watch_timer_(io), credit_wakeup_(io), reaper_(std::make_unique<Reaper>()) {}
+      keeper_table_(config_.keeper_table_fd), watch_timer_(io), credit_wakeup_(io),
+      reaper_(std::make_unique<Reaper>()) {}
 
 JobRunner::~JobRunner() { reaper_->stop(); }
 

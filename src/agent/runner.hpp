@@ -2,8 +2,8 @@
 // The job attempts of one node: the launch queue (started in order as slots free, the moment
 // they free), each attempt's process tree in its own session with its output on pipes, reaping
 // (a thread blocked in wait4 hands each exit to the loop), run timeouts, kills of whole trees,
-// and every running job in the keeper's table. What happens is reported to the owner (the agent, or a test)
-// as STARTED/FINISHED events and output chunks; it knows nothing of the hub or the link.
+// and every running job in the keeper's table. What happens is reported to the owner (the agent,
+// or a test) as STARTED/FINISHED events and output chunks; it knows nothing of the hub or the link.
 //
 // "Attempt" is one run of a job on this node; "task" is kept for one call to an engine.
 #pragma once
@@ -38,7 +38,7 @@ struct RunnerConfig {
   std::string address;            ///< how other nodes reach this one (MPI hostfiles)
   std::uint32_t slots = 1;
   std::vector<std::uint32_t> gpus; ///< the node's GPUs (jobs see only theirs)
-  int keeper_table_fd = -1; ///< the memfd of the keeper's KeeperTable (-1: no keeper)
+  int keeper_table_fd = -1;        ///< the memfd of the keeper's KeeperTable (-1: no keeper)
   std::string nonce;               ///< makes job tags unique to this agent process
   std::vector<std::string> base_env; ///< the node's environment, "NAME=VALUE"
   std::int64_t kill_grace_ms = 3000; ///< SIGTERM to SIGKILL at a run timeout
