@@ -41,7 +41,12 @@ std::vector<pid_t> processes_under(const std::string& dir) {
     if (name.find_first_not_of("0123456789") != std::string::npos)
       continue;
     std::ifstream f(e.path() / "cmdline");
-    std::string cmdline((std::istreambuf_iterator<char>(f)), std::istreambuf_iterator<char>());
+    std::string cmdline;
+    try {
+      cmdline.assign(std::istreambuf_iterator<char>(f), std::istreambuf_iterator<char>());
+    } catch (const std::ios_base::failure&) {
+      continue; // it exited while being read (ESRCH): libstdc++'s filebuf throws on that
+    }
     if (cmdline.find(dir) != std::string::npos && std::stoi(name) != ::getpid())
       out.push_back(std::stoi(name));
   }
