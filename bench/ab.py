@@ -4,7 +4,8 @@
 drift falls on both: per round, for each build a fresh hub with a 2-slot local pilot and two
 arrays of N /bin/true, each after its own posix_spawn floor run. Reports the median ratio to
 the floor and the median CPU per job of sortie's own processes (hub, agent, keeper: utime +
-stime from /proc), which the machine's noise moves far less than wall time.
+stime from /proc; in all and per process), which the machine's noise moves far less than wall
+time.
 
 Usage: bench/ab.py OLD_BUILD_DIR NEW_BUILD_DIR [--rounds 4] [--jobs 2000]
 (a build dir holds apps/sortie and bench/bench_spawn_floor, as build/release does)
@@ -33,18 +34,36 @@ def cpu_seconds(pid):
 
 
 def cpu_between(before, pids):
-    """CPU seconds used since `before` by the processes alive at both readings."""
+    """CPU seconds used since `before` by the processes alive at both readings, by role."""
     now = {p: cpu_seconds(p) for p in pids}
-    return sum(now[p] - before[p] for p in pids if now[p] is not None and before[p] is not None)
+    used = {}
+    for p, who in pids.items():
+        if now[p] is not None and before[p] is not None:
+            used[who] = used.get(who, 0.0) + now[p] - before[p]
+    return used
+
+
+def role(pid):
+    """hub, agent or keeper, from the process's arguments (the keeper is the agent's child)."""
+    args = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+    if b"hub" in args:
+        return "hub"
+    parent = int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
+    try:
+        if b"agent" in Path(f"/proc/{parent}/cmdline").read_bytes().split(b"\0"):
+            return "keeper"
+    except OSError:
+        pass
+    return "agent"
 
 
 def sortie_processes():
-    out = []
+    out = {}
     for d in Path("/proc").iterdir():
         if d.name.isdigit():
             try:
                 if (d / "comm").read_text().startswith("sortie"):
-                    out.append(int(d.name))
+                    out[int(d.name)] = role(int(d.name))
             except OSError:
                 pass
     return out
@@ -60,6 +79,7 @@ def main():
     builds = {"old": Path(args.old), "new": Path(args.new)}
     ratio = {k: [] for k in builds}
     cpu = {k: [] for k in builds}
+    split = {k: {} for k in builds}  # role -> CPU per job of each run
     for r in range(args.rounds):
         for name, build in builds.items():
             hub = bench_run.Hub(build)
@@ -76,7 +96,10 @@ def main():
                     hub.run("job", "wait", ids.strip(), "--quiet")
                     took = time.perf_counter() - t0
                     ratio[name].append(floor / took)
-                    cpu[name].append(cpu_between(c0, pids) / args.jobs * 1e6)
+                    used = cpu_between(c0, pids)
+                    cpu[name].append(sum(used.values()) / args.jobs * 1e6)
+                    for who, sec in used.items():
+                        split[name].setdefault(who, []).append(sec / args.jobs * 1e6)
             finally:
                 hub.close()
         print(f"round {r + 1}: " + "  ".join(
@@ -84,7 +107,9 @@ def main():
             for k in builds), flush=True)
     for k in builds:
         print(f"{k}: {statistics.median(ratio[k]):.3f}x the floor (median), "
-              f"{statistics.median(cpu[k]):.0f} us of sortie CPU per job (median)")
+              f"{statistics.median(cpu[k]):.0f} us of sortie CPU per job (median: " +
+              ", ".join(f"{r} {statistics.median(v):.0f}" for r, v in sorted(split[k].items())) +
+              ")")
 
 
 if __name__ == "__main__":
