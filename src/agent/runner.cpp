@@ -56,6 +56,7 @@ struct JobAttempt {
   pid_t pid = 0;
   bool started = false;
   bool exited = false;
+  std::int64_t exited_ms = 0; ///< wall clock when its leader was reaped: the attempt's end
   int status = 0;
   rusage usage{};
   int streams_open = 0;
@@ -742,62 +743,64 @@ void JobRunner::reap(pid_t pid, std::shared_ptr<asio::posix::stream_descriptor> 
 }
 
 void JobRunner::on_child_exit(pid_t pid, int status, const rusage& ru) {
-  {
-    auto it = by_pid_.find(pid);
-    if (it == by_pid_.end())
-      return; // an orphan of some job, reparented to us (subreaper), or the keeper
-    std::uint64_t job = it->second;
-    by_pid_.erase(it);
-    auto t_it = attempts_.find(job);
-    if (t_it == attempts_.end())
-      return;
-    JobAttempt& t = *t_it->second;
-    t.exited = true;
-    t.status = status;
-    t.usage = ru;
-    used_slots_ -= std::min(used_slots_, t.slots);
-    // The job is over when its leader exits: what it left behind in its process group goes
-    // too (as Slurm does at the end of a step). Stragglers elsewhere are found below.
-    // What the job left running outside its group is found by the periodic sweep.
-    if (t.kill_requested) {
-      kill_job(t.procs()); // returns once every process of it is dead (zombies at most)
-      reap_strays();       // so that none is even a zombie when its end is reported
-    } else {
-      ::kill(-t.pid, SIGKILL);
-    }
-    keeper_table_.remove(t.pid);
-    if (t.kill_timer)
-      t.kill_timer->cancel();
-    if (t.run_timer)
-      t.run_timer->cancel();
-    drain_unwatched(t);
-    if (t.streams_open > 0) {
-      // Something outside the group still holds the pipes: give it a moment, then kill the
-      // whole tree so the pipes close.
-      t.drain_timer = std::make_unique<asio::steady_timer>(io_);
-      t.drain_timer->expires_after(std::chrono::milliseconds(kDrainMs));
-      t.drain_timer->async_wait([this, job](error_code e) {
-        if (e)
-          return;
-        if (auto i = attempts_.find(job); i != attempts_.end()) {
-          kill_job(i->second->procs());
-          for (auto& p : i->second->pipes)
-            if (p) {
-              error_code ignored;
-              p->cancel(ignored);
-            }
-        }
-      });
-    }
-    maybe_finish(t);
-  }
+  auto it = by_pid_.find(pid);
+  if (it == by_pid_.end())
+    return; // an orphan of some job, reparented to us (subreaper), or the keeper
+  std::uint64_t job = it->second;
+  by_pid_.erase(it);
+  auto t_it = attempts_.find(job);
+  if (t_it == attempts_.end())
+    return;
+  JobAttempt& t = *t_it->second;
+  t.exited = true;
+  t.exited_ms = wall_ms();
+  t.status = status;
+  t.usage = ru;
+  used_slots_ -= std::min(used_slots_, t.slots);
+  // The freed slot's next job starts before anything else is done for this one (its group,
+  // its pipes, its event): a short job's slot would otherwise idle through all of that.
   start_queued();
+  // The job is over when its leader exits: what it left behind in its process group goes
+  // too (as Slurm does at the end of a step). Stragglers elsewhere are found below.
+  // What the job left running outside its group is found by the periodic sweep.
+  if (t.kill_requested) {
+    kill_job(t.procs()); // returns once every process of it is dead (zombies at most)
+    reap_strays();       // so that none is even a zombie when its end is reported
+  } else {
+    ::kill(-t.pid, SIGKILL);
+  }
+  keeper_table_.remove(t.pid);
+  if (t.kill_timer)
+    t.kill_timer->cancel();
+  if (t.run_timer)
+    t.run_timer->cancel();
+  drain_unwatched(t);
+  if (t.streams_open > 0) {
+    // Something outside the group still holds the pipes: give it a moment, then kill the
+    // whole tree so the pipes close.
+    t.drain_timer = std::make_unique<asio::steady_timer>(io_);
+    t.drain_timer->expires_after(std::chrono::milliseconds(kDrainMs));
+    t.drain_timer->async_wait([this, job](error_code e) {
+      if (e)
+        return;
+      if (auto i = attempts_.find(job); i != attempts_.end()) {
+        kill_job(i->second->procs());
+        for (auto& p : i->second->pipes)
+          if (p) {
+            error_code ignored;
+            p->cancel(ignored);
+          }
+      }
+    });
+  }
+  maybe_finish(t);
 }
 
 void JobRunner::maybe_finish(JobAttempt& t) {
   if (!t.exited || t.streams_open > 0)
     return;
   pb::JobEvent ev = event_of(t, pb::JobEvent::FINISHED);
+  ev.set_time_ms(t.exited_ms); // (its pipes may have closed later)
   if (WIFEXITED(t.status))
     ev.set_exit_code(WEXITSTATUS(t.status));
   else if (WIFSIGNALED(t.status))

@@ -137,6 +137,27 @@ TEST_F(RunnerTest, TheLaunchQueueStartsJobsInOrderAsSlotsFree) {
   EXPECT_EQ(runner_->held(), 0u);
 }
 
+
+// A freed slot is filled before the ended job is dealt with (its output read, its FINISHED
+// reported), and the record keeps a slot's jobs apart: an attempt ends when its leader exits,
+// not when its end is reported.
+TEST_F(RunnerTest, TheNextJobStartsBeforeTheEndedOneIsReported) {
+  make(1);
+  assign(1, {"sh", "-c", "echo one"});
+  assign(2, {"sh", "-c", "echo two >&2"});
+  assign(3, {"/bin/true"});
+  runner_->start_queued();
+  run_until([&] { return finished() == 3; }, "three jobs");
+  EXPECT_LT(position(2, pb::JobEvent::STARTED), position(1, pb::JobEvent::FINISHED));
+  EXPECT_LT(position(3, pb::JobEvent::STARTED), position(2, pb::JobEvent::FINISHED));
+  for (std::uint64_t j = 1; j <= 2; ++j)
+    EXPECT_LE(event(j, pb::JobEvent::FINISHED)->time_ms(),
+              event(j + 1, pb::JobEvent::STARTED)->time_ms())
+        << "job " << j << " ends after the job that took its slot started";
+  EXPECT_EQ((out_[{1, pb::STREAM_STDOUT}]), "one\n");
+  EXPECT_EQ((out_[{2, pb::STREAM_STDERR}]), "two\n");
+  EXPECT_EQ(max_used_, 1u);
+}
 // Kernels before 5.3 have no pidfds: a thread blocked in wait4 reports the exits instead.
 TEST_F(RunnerTest, WithoutPidfdsAThreadReapsTheJobs) {
   make(1, /*pidfds=*/false);
