@@ -23,9 +23,11 @@
 #include <cstring>
 #include <fstream>
 #include <memory>
+#include <mutex>
 #include <string_view>
 #include <unordered_map>
 #include <unordered_set>
+#include <utility>
 
 #include <fmt/format.h>
 
@@ -192,19 +194,81 @@ std::vector<pid_t> children_of(pid_t pid) {
 
 namespace {
 
-/// What the child of spawn_process() needs, prepared by the parent: the child may only make
-/// system calls (it shares the agent's memory until it execs).
-struct ChildArgs {
-  char* const* argv = nullptr;
-  char* const* envp = nullptr;
+/// A system call for the child, which must not write errno: until it execs it runs on the
+/// agent's thread-local storage while that thread goes on. Returns -errno on failure.
+#if defined(__x86_64__)
+constexpr bool kRawSyscalls = true;
+[[gnu::always_inline, gnu::no_sanitize("address", "undefined")]] inline long
+child_syscall(long n, long a = 0, long b = 0, long c = 0, long d = 0) {
+  long ret;
+  register long r10 asm("r10") = d;
+  asm volatile("syscall"
+               : "=a"(ret)
+               : "a"(n), "D"(a), "S"(b), "d"(c), "r"(r10)
+               : "rcx", "r11", "memory");
+  return ret;
+}
+#elif defined(__aarch64__)
+constexpr bool kRawSyscalls = true;
+[[gnu::always_inline, gnu::no_sanitize("address", "undefined")]] inline long
+child_syscall(long n, long a = 0, long b = 0, long c = 0, long d = 0) {
+  register long x8 asm("x8") = n;
+  register long x0 asm("x0") = a;
+  register long x1 asm("x1") = b;
+  register long x2 asm("x2") = c;
+  register long x3 asm("x3") = d;
+  asm volatile("svc 0" : "+r"(x0) : "r"(x8), "r"(x1), "r"(x2), "r"(x3) : "memory");
+  return x0;
+}
+#else
+constexpr bool kRawSyscalls = false; // the parent waits (CLONE_VFORK): errno may be written
+inline long child_syscall(long n, long a = 0, long b = 0, long c = 0, long d = 0) {
+  long r = ::syscall(n, a, b, c, d);
+  return r < 0 ? -errno : r;
+}
+#endif
+
+/// Whether the child can close the agent's descriptors with one system call (Linux 5.9), which
+/// it needs to run beside the agent (glibc's closefrom falls back to a /proc walk that writes
+/// errno and allocates).
+bool has_close_range() {
+  static const bool has = ::syscall(SYS_close_range, ~0U, ~0U, 0) == 0 || errno != ENOSYS;
+  return has;
+}
+
+} // namespace
+
+/// What the child of spawn_process() reads until it execs, prepared by the parent, and where it
+/// says why it could not start. (The child may only make system calls: it shares the agent's
+/// memory.)
+struct ChildFrame {
+  static constexpr std::size_t kStack = 64 * 1024;
+
+  std::vector<std::string> strings; ///< argv, env, PATH candidates and cwd, owned
+  std::vector<char*> argv;
+  std::vector<char*> envp;
   std::vector<const char*> programs; ///< where to look for argv[0], in order
   const char* cwd = nullptr;         ///< null: the agent's
   int stdout_fd = -1;
   int stderr_fd = -1;
+  bool concurrent = false; ///< the parent does not wait for the exec
+  std::unique_ptr<char[]> stack{new char[kStack]};
+  std::string name;     ///< argv[0] as given, for the error
+  std::string cwd_text; ///< for the error
   // Set by the child when it cannot start the program (it then exits with 127).
-  int error = 0;
-  bool in_cwd = false; ///< the error is entering cwd
+  volatile int error = 0;
+  volatile bool in_cwd = false; ///< the error is entering cwd
+
+  std::string why() const {
+    if (error == 0)
+      return {};
+    if (in_cwd)
+      return fmt::format("cannot enter working directory '{}': {}", cwd_text, errno_text(error));
+    return fmt::format("cannot execute '{}': {}", name, errno_text(error));
+  }
 };
+
+namespace {
 
 /// The kernel's struct sigaction (rt_sigaction takes it, not libc's).
 struct KernelSigaction {
@@ -219,49 +283,57 @@ struct KernelSigaction {
 /// architecture has dup2.
 [[gnu::no_sanitize("address", "undefined")]] void child_dup(int from, int to) {
   if (from == to)
-    ::syscall(SYS_fcntl, from, F_SETFD, 0);
+    child_syscall(SYS_fcntl, from, F_SETFD, 0);
   else
-    ::syscall(SYS_dup3, from, to, 0);
+    child_syscall(SYS_dup3, from, to, 0);
 }
 
-/// Between clone and exec, on its own stack, all signals blocked (as the parent left them):
-/// only system calls (and closefrom, as glibc's own posix_spawn child), nothing that touches the
-/// agent's state (errno is the parent's, which waits). What it does is what posix_spawn with SpawnAttr and the file actions did.
+/// Between clone and exec, on its own stack, all signals blocked (as the parent left them): only
+/// system calls that leave errno alone, nothing that touches the agent's state but the frame.
+/// What it does is what posix_spawn with SpawnAttr and the file actions did.
 [[gnu::no_sanitize("address", "undefined")]] int spawn_child(void* p) {
-  auto* a = static_cast<ChildArgs*>(p);
+  auto* a = static_cast<ChildFrame*>(p);
   // Every disposition back to the default: ignored signals stay ignored across exec, and a
-  // handler of the agent's must not run here once signals are unblocked.
+  // handler of the agent's must not run here once signals are unblocked. (Its own table: no
+  // CLONE_SIGHAND.)
   KernelSigaction dfl{};
-  for (int sig = 1; sig < 65; ++sig)
+  for (long sig = 1; sig < 65; ++sig)
     if (sig != SIGKILL && sig != SIGSTOP)
-      ::syscall(SYS_rt_sigaction, sig, &dfl, nullptr, sizeof(std::uint64_t));
-  ::syscall(SYS_setsid);
-  int null_fd = static_cast<int>(::syscall(SYS_openat, AT_FDCWD, "/dev/null", O_RDONLY, 0));
+      child_syscall(SYS_rt_sigaction, sig, reinterpret_cast<long>(&dfl), 0,
+                    sizeof(std::uint64_t));
+  child_syscall(SYS_setsid);
+  long null_fd = child_syscall(SYS_openat, AT_FDCWD, reinterpret_cast<long>("/dev/null"), O_RDONLY);
   if (null_fd > 0) {
-    child_dup(null_fd, 0);
-    ::syscall(SYS_close, null_fd);
+    child_dup(static_cast<int>(null_fd), 0);
+    child_syscall(SYS_close, null_fd);
   }
   if (a->stdout_fd >= 0)
     child_dup(a->stdout_fd, 1);
   if (a->stderr_fd >= 0)
     child_dup(a->stderr_fd, 2);
-  if (a->cwd != nullptr && ::syscall(SYS_chdir, a->cwd) != 0) {
-    a->error = errno;
-    a->in_cwd = true;
-    ::syscall(SYS_exit_group, 127);
+  if (a->cwd != nullptr) {
+    if (long r = child_syscall(SYS_chdir, reinterpret_cast<long>(a->cwd)); r < 0) {
+      a->error = static_cast<int>(-r);
+      a->in_cwd = true;
+      child_syscall(SYS_exit_group, 127);
+    }
   }
   // Nothing of the agent's leaks into jobs (Asio's sockets are not close-on-exec): a job holding
   // the hub link open would hide the agent's death from the hub.
-  ::closefrom(3); // (close_range, or a /proc/self/fd walk before Linux 5.9; no allocation)
+  if (a->concurrent)
+    child_syscall(SYS_close_range, 3, ~0U, 0);
+  else
+    ::closefrom(3); // (the parent waits: a /proc walk before Linux 5.9 may write errno)
   std::uint64_t none = 0;
-  ::syscall(SYS_rt_sigprocmask, SIG_SETMASK, &none, nullptr, sizeof none);
+  child_syscall(SYS_rt_sigprocmask, SIG_SETMASK, reinterpret_cast<long>(&none), 0, sizeof none);
   // argv[0] along the agent's PATH, as execvp does: a directory where it is not (or cannot be
   // reached) is skipped; one where it is but may not be run is remembered.
   int error = ENOENT;
   bool denied = false;
   for (const char* program : a->programs) {
-    ::syscall(SYS_execve, program, a->argv, a->envp);
-    error = errno;
+    error = static_cast<int>(-child_syscall(SYS_execve, reinterpret_cast<long>(program),
+                                            reinterpret_cast<long>(a->argv.data()),
+                                            reinterpret_cast<long>(a->envp.data())));
     if (error == EACCES)
       denied = true;
     else if (error != ENOENT && error != ENOTDIR && error != ESTALE && error != ENODEV &&
@@ -269,89 +341,108 @@ struct KernelSigaction {
       break;
   }
   a->error = denied && (error == ENOENT || error == ENOTDIR) ? EACCES : error;
-  ::syscall(SYS_exit_group, 127);
+  child_syscall(SYS_exit_group, 127);
   return 127;
-}
-
-/// The child's stack: one per thread that starts jobs, kept (the thread waits while its child
-/// uses it, so one is enough), where posix_spawn maps and unmaps one per child, with a TLB flush
-/// on every core the child ran on.
-constexpr std::size_t kChildStack = 64 * 1024;
-
-char* child_stack_top() {
-  thread_local std::unique_ptr<char[]> stack;
-  if (!stack)
-    stack = std::make_unique<char[]>(kChildStack);
-  return stack.get() + kChildStack; // (new[] aligns to 16)
 }
 
 } // namespace
 
-Result<pid_t> spawn_process(const SpawnRequest& req, int* pidfd) {
+StartedChild::StartedChild(StartedChild&& other) noexcept
+    : pid_(std::exchange(other.pid_, -1)), frame_(std::exchange(other.frame_, nullptr)) {}
+
+StartedChild& StartedChild::operator=(StartedChild&& other) noexcept {
+  if (this != &other) {
+    StartedChild dropped(std::move(*this)); // (a frame it holds is left to its process)
+    pid_ = std::exchange(other.pid_, -1);
+    frame_ = std::exchange(other.frame_, nullptr);
+  }
+  return *this;
+}
+
+// A frame not released by reaped() may still be read by a process that has not exec'd yet: it
+// is left to it, on a list that keeps it reachable (a job dropped unreaped, as at the agent's
+// exit, is not a leak the sanitizers should report).
+StartedChild::~StartedChild() {
+  if (!frame_)
+    return;
+  static std::mutex mu;
+  static auto* left = new std::vector<ChildFrame*>();
+  std::lock_guard lock(mu);
+  left->push_back(frame_);
+}
+
+std::string StartedChild::reaped() {
+  std::unique_ptr<ChildFrame> frame(std::exchange(frame_, nullptr));
+  return frame ? frame->why() : std::string();
+}
+
+Result<StartedChild> spawn_process(const SpawnRequest& req, int* pidfd) {
   if (pidfd)
     *pidfd = -1;
-  std::vector<char*> argv;
+  auto frame = std::make_unique<ChildFrame>();
+  auto& f = *frame;
+  f.concurrent = kRawSyscalls && has_close_range();
+  f.name = req.argv.at(0);
+  f.cwd_text = req.cwd;
+  // Every string the child reads, in one vector reserved up front (no reallocation moves them).
+  const char* path = std::getenv("PATH");
+  std::string_view dirs = path ? path : "/bin:/usr/bin";
+  bool search = f.name.find('/') == std::string::npos;
+  f.strings.reserve(req.argv.size() + req.env.size() + 1 +
+                    (search ? static_cast<std::size_t>(std::count(dirs.begin(), dirs.end(), ':')) + 1 : 1));
   for (const auto& a : req.argv)
-    argv.push_back(const_cast<char*>(a.c_str()));
-  argv.push_back(nullptr);
-  std::vector<char*> envp;
+    f.argv.push_back(f.strings.emplace_back(a).data());
+  f.argv.push_back(nullptr);
   for (const auto& e : req.env)
-    envp.push_back(const_cast<char*>(e.c_str()));
-  envp.push_back(nullptr);
-
-  ChildArgs args;
-  args.argv = argv.data();
-  args.envp = envp.data();
-  args.cwd = req.cwd.empty() ? nullptr : req.cwd.c_str();
-  args.stdout_fd = req.stdout_fd;
-  args.stderr_fd = req.stderr_fd;
-  std::vector<std::string> candidates;
-  const std::string& name = req.argv.at(0);
-  if (name.find('/') != std::string::npos) {
-    args.programs.push_back(name.c_str());
+    f.envp.push_back(f.strings.emplace_back(e).data());
+  f.envp.push_back(nullptr);
+  f.cwd = req.cwd.empty() ? nullptr : f.strings.emplace_back(req.cwd).c_str();
+  if (!search) {
+    f.programs.push_back(f.strings.emplace_back(f.name).c_str());
   } else {
-    const char* path = std::getenv("PATH");
-    std::string_view dirs = path ? path : "/bin:/usr/bin";
     for (std::size_t at = 0; at <= dirs.size();) {
       std::size_t end = std::min(dirs.find(':', at), dirs.size());
       std::string_view dir = dirs.substr(at, end - at);
-      candidates.push_back(dir.empty() ? name : fmt::format("{}/{}", dir, name));
+      f.programs.push_back(
+          f.strings.emplace_back(dir.empty() ? f.name : fmt::format("{}/{}", dir, f.name)).c_str());
       at = end + 1;
     }
-    for (const auto& c : candidates)
-      args.programs.push_back(c.c_str());
   }
+  f.stdout_fd = req.stdout_fd;
+  f.stderr_fd = req.stderr_fd;
 
-  // The child shares this memory until it execs (CLONE_VM) and this thread waits until then
-  // (CLONE_VFORK); no signal handler may run in it before it has reset them.
+  // No signal handler may run in the child before it has reset them: it starts with all
+  // blocked (its own copy of the mask).
   sigset_t all, old;
   ::sigfillset(&all);
   ::pthread_sigmask(SIG_SETMASK, &all, &old);
-  int flags = CLONE_VM | CLONE_VFORK | SIGCHLD;
+  int flags = CLONE_VM | SIGCHLD | (f.concurrent ? 0 : CLONE_VFORK);
+  char* stack_top = f.stack.get() + ChildFrame::kStack; // (new[] aligns to 16)
   int fd = -1;
-  pid_t pid = ::clone(spawn_child, child_stack_top(), flags | (pidfd ? CLONE_PIDFD : 0), &args,
-                      &fd);
+  pid_t pid = ::clone(spawn_child, stack_top, flags | (pidfd ? CLONE_PIDFD : 0), &f, &fd);
   if (pid < 0 && pidfd && errno == EINVAL) // a kernel without CLONE_PIDFD (before 5.2)
-    pid = ::clone(spawn_child, child_stack_top(), flags, &args);
+    pid = ::clone(spawn_child, stack_top, flags, &f);
   int clone_errno = errno;
   ::pthread_sigmask(SIG_SETMASK, &old, nullptr);
   if (pid < 0)
-    return make_error(ErrorCode::Io, fmt::format("cannot start '{}': clone: {}", name,
+    return make_error(ErrorCode::Io, fmt::format("cannot start '{}': clone: {}", f.name,
                                                  errno_text(clone_errno)));
-  if (args.error != 0) {
+  if (!f.concurrent && f.error != 0) { // (it has exec'd or exited: the frame is ours again)
     if (fd >= 0)
       ::close(fd);
     ::waitpid(pid, nullptr, 0); // it has exited, or is about to
-    if (args.in_cwd)
-      return make_error(ErrorCode::NotFound,
-                        fmt::format("cannot enter working directory '{}': {}", req.cwd,
-                                    errno_text(args.error)));
-    return make_error(args.error == ENOENT ? ErrorCode::NotFound : ErrorCode::PermissionDenied,
-                      fmt::format("cannot execute '{}': {}", name, errno_text(args.error)));
+    return make_error(f.in_cwd ? ErrorCode::NotFound
+                      : f.error == ENOENT ? ErrorCode::NotFound
+                                          : ErrorCode::PermissionDenied,
+                      f.why());
   }
   if (pidfd)
     *pidfd = fd;
-  return pid;
+  StartedChild child;
+  child.pid_ = pid;
+  if (f.concurrent)
+    child.frame_ = frame.release();
+  return child;
 }
 
 std::string job_tag_entry(const std::string& tag) { return "SORTIE_JOB_TAG=" + tag; }

@@ -27,13 +27,40 @@ struct SpawnRequest {
   int stderr_fd = -1;           ///< becomes the child's fd 2
 };
 
+struct ChildFrame;
+
+/// A process spawn_process() started. Until it execs it shares the agent's memory, and the agent
+/// does not wait for that: what it reads (its arguments, environment and stack) lives here, and
+/// here it leaves why it could not start. Keep it until the process has been reaped; dropped
+/// before, it leaks that memory rather than pull it from under the process.
+class StartedChild {
+public:
+  StartedChild() = default;
+  StartedChild(StartedChild&& other) noexcept;
+  StartedChild& operator=(StartedChild&& other) noexcept;
+  ~StartedChild();
+
+  pid_t pid() const { return pid_; }
+  /// Once the process has been reaped: why it could not start (it then exited with 127), or
+  /// empty if it did; frees what it read.
+  std::string reaped();
+
+private:
+  friend Result<StartedChild> spawn_process(const SpawnRequest&, int*);
+  pid_t pid_ = -1;
+  ChildFrame* frame_ = nullptr;
+};
+
 /// Starts the process (argv[0] searched in the agent's PATH when it has no '/') in its own
 /// session with default signal dispositions, no signal blocked, stdin from /dev/null and no
-/// descriptor of the agent's beyond 0-2. An exec failure (missing program, no permission, a cwd
-/// it cannot enter) is returned as an error naming what failed. With `pidfd`, the new process's
-/// pidfd is stored there (-1 on kernels without CLONE_PIDFD); close-on-exec.
-/// (clone with CLONE_VM | CLONE_VFORK, as glibc's posix_spawn, on a stack kept per thread.)
-Result<pid_t> spawn_process(const SpawnRequest& request, int* pidfd = nullptr);
+/// descriptor of the agent's beyond 0-2. It returns before the process has exec'd: a failure to
+/// exec (missing program, no permission, a cwd it cannot enter) is told by
+/// StartedChild::reaped(), naming what failed; a failure to create the process, here. With
+/// `pidfd`, the new process's pidfd is stored there (-1 on kernels without CLONE_PIDFD);
+/// close-on-exec. (clone with CLONE_VM, as glibc's posix_spawn, but without CLONE_VFORK where
+/// the child can make raw system calls (x86-64, arm64) and close_range exists (Linux 5.9): the
+/// agent goes on while the child execs, elsewhere it waits as posix_spawn does.)
+Result<StartedChild> spawn_process(const SpawnRequest& request, int* pidfd = nullptr);
 
 /// What identifies a job's processes: its leader's session, and a tag in every process's
 /// environment (SORTIE_JOB_TAG, unique per agent, job and attempt), which survives setsid() and

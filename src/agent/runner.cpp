@@ -54,8 +54,10 @@ struct JobAttempt {
   std::optional<std::int64_t> array_index;
   std::uint32_t slots = 1;
   pid_t pid = 0;
+  StartedChild child; ///< what its leader reads until it execs; why it could not start
   bool started = false;
   bool exited = false;
+  std::string start_error; ///< from the reaped leader: it never ran the program
   std::int64_t exited_ms = 0; ///< wall clock when its leader was reaped: the attempt's end
   int status = 0;
   rusage usage{};
@@ -497,16 +499,17 @@ void JobRunner::launch(JobAttempt& t) {
   req.stdout_fd = out[1];
   req.stderr_fd = err[1];
   int pidfd = -1;
-  auto pid = spawn_process(req, pidfds_ ? &pidfd : nullptr);
+  auto child = spawn_process(req, pidfds_ ? &pidfd : nullptr);
   ::close(out[1]);
   ::close(err[1]);
-  if (!pid.ok()) {
+  if (!child.ok()) {
     ::close(out[0]);
     ::close(err[0]);
-    emit_finished(t, pid.error().message, 127);
+    emit_finished(t, child.error().message, 127);
     return erase(t.job);
   }
-  t.pid = *pid;
+  t.child = std::move(*child);
+  t.pid = t.child.pid();
   t.started = true;
   if (!watch_exit(t.pid, pidfd)) {
     start_reaper_thread();
@@ -756,6 +759,7 @@ void JobRunner::on_child_exit(pid_t pid, int status, const rusage& ru) {
   t.exited_ms = wall_ms();
   t.status = status;
   t.usage = ru;
+  t.start_error = t.child.reaped();
   used_slots_ -= std::min(used_slots_, t.slots);
   // The freed slot's next job starts before anything else is done for this one (its group,
   // its pipes, its event): a short job's slot would otherwise idle through all of that.
@@ -801,6 +805,7 @@ void JobRunner::maybe_finish(JobAttempt& t) {
     return;
   pb::JobEvent ev = event_of(t, pb::JobEvent::FINISHED);
   ev.set_time_ms(t.exited_ms); // (its pipes may have closed later)
+  ev.set_error(t.start_error);
   if (WIFEXITED(t.status))
     ev.set_exit_code(WEXITSTATUS(t.status));
   else if (WIFSIGNALED(t.status))
