@@ -376,7 +376,7 @@ std::string StartedChild::reaped() {
   return frame ? frame->why() : std::string();
 }
 
-Result<StartedChild> spawn_process(const SpawnRequest& req, int* pidfd) {
+Result<StartedChild> spawn_process(SpawnRequest req, int* pidfd) {
   if (pidfd)
     *pidfd = -1;
   auto frame = std::make_unique<ChildFrame>();
@@ -390,11 +390,11 @@ Result<StartedChild> spawn_process(const SpawnRequest& req, int* pidfd) {
   bool search = f.name.find('/') == std::string::npos;
   f.strings.reserve(req.argv.size() + req.env.size() + 1 +
                     (search ? static_cast<std::size_t>(std::count(dirs.begin(), dirs.end(), ':')) + 1 : 1));
-  for (const auto& a : req.argv)
-    f.argv.push_back(f.strings.emplace_back(a).data());
+  for (auto& a : req.argv)
+    f.argv.push_back(f.strings.emplace_back(std::move(a)).data());
   f.argv.push_back(nullptr);
-  for (const auto& e : req.env)
-    f.envp.push_back(f.strings.emplace_back(e).data());
+  for (auto& e : req.env) // (moved: the environment is the bulk of what a job's start copies)
+    f.envp.push_back(f.strings.emplace_back(std::move(e)).data());
   f.envp.push_back(nullptr);
   f.cwd = req.cwd.empty() ? nullptr : f.strings.emplace_back(req.cwd).c_str();
   if (!search) {

@@ -46,7 +46,7 @@ public:
   std::string reaped();
 
 private:
-  friend Result<StartedChild> spawn_process(const SpawnRequest&, int*);
+  friend Result<StartedChild> spawn_process(SpawnRequest, int*);
   pid_t pid_ = -1;
   ChildFrame* frame_ = nullptr;
 };
@@ -60,7 +60,7 @@ private:
 /// close-on-exec. (clone with CLONE_VM, as glibc's posix_spawn, but without CLONE_VFORK where
 /// the child can make raw system calls (x86-64, arm64) and close_range exists (Linux 5.9): the
 /// agent goes on while the child execs, elsewhere it waits as posix_spawn does.)
-Result<StartedChild> spawn_process(const SpawnRequest& request, int* pidfd = nullptr);
+Result<StartedChild> spawn_process(SpawnRequest request, int* pidfd = nullptr);
 
 /// What identifies a job's processes: its leader's session, and a tag in every process's
 /// environment (SORTIE_JOB_TAG, unique per agent, job and attempt), which survives setsid() and

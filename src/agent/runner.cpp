@@ -499,7 +499,7 @@ void JobRunner::launch(JobAttempt& t) {
   req.stdout_fd = out[1];
   req.stderr_fd = err[1];
   int pidfd = -1;
-  auto child = spawn_process(req, pidfds_ ? &pidfd : nullptr);
+  auto child = spawn_process(std::move(req), pidfds_ ? &pidfd : nullptr);
   ::close(out[1]);
   ::close(err[1]);
   if (!child.ok()) {
