@@ -48,7 +48,9 @@ extern char** environ;
 namespace sortie::agent {
 namespace {
 
-constexpr auto kLazyFlush = std::chrono::milliseconds(10);
+// How long a busy agent (work in its launch queue) lets events and output gather: each frame it
+// sends costs the hub a commit; the hub keeps ~50 ms of work per slot queued here.
+constexpr auto kLazyFlush = std::chrono::milliseconds(20);
 
 std::string host_name() {
   char buf[256] = {};

@@ -18,7 +18,8 @@ constexpr std::size_t kScheduleStep = 4096; // assignments per loop turn
 // cover the hub's round trip (agent batching, group commit, network) for very short jobs, and
 // one job at most for long ones, so queued work rarely waits on a busy node.
 constexpr double kLaunchBufferMs = 50;
-constexpr std::uint32_t kMaxLaunchRounds = 16;
+// (Jobs of 1 ms still get their 50 ms: the agent sends their ends every 20 ms when busy.)
+constexpr std::uint32_t kMaxLaunchRounds = 48;
 
 } // namespace
 
