@@ -32,6 +32,7 @@
 #include <fmt/format.h>
 
 #include "agent/limits.hpp"
+#include "common/assert.hpp"
 #include "common/files.hpp"
 
 namespace sortie::agent {
@@ -384,12 +385,15 @@ Result<StartedChild> spawn_process(SpawnRequest req, int* pidfd) {
   f.concurrent = kRawSyscalls && has_close_range();
   f.name = req.argv.at(0);
   f.cwd_text = req.cwd;
-  // Every string the child reads, in one vector reserved up front (no reallocation moves them).
+  // Every string the child reads, in one vector reserved up front: no reallocation may move
+  // them once their addresses are taken (argv, cwd, then one program per PATH entry).
   const char* path = std::getenv("PATH");
   std::string_view dirs = path ? path : "/bin:/usr/bin";
   bool search = f.name.find('/') == std::string::npos;
-  f.strings.reserve(req.argv.size() + req.env.size() + 1 +
-                    (search ? static_cast<std::size_t>(std::count(dirs.begin(), dirs.end(), ':')) + 1 : 1));
+  auto programs = search ? static_cast<std::size_t>(std::count(dirs.begin(), dirs.end(), ':')) + 1
+                         : std::size_t{1};
+  f.strings.reserve(req.argv.size() + req.env.size() + 1 + programs);
+  const auto capacity = f.strings.capacity();
   for (auto& a : req.argv)
     f.argv.push_back(f.strings.emplace_back(std::move(a)).data());
   f.argv.push_back(nullptr);
@@ -408,6 +412,7 @@ Result<StartedChild> spawn_process(SpawnRequest req, int* pidfd) {
       at = end + 1;
     }
   }
+  SORTIE_CHECK(f.strings.capacity() == capacity, "the child's strings were not moved");
   f.stdout_fd = req.stdout_fd;
   f.stderr_fd = req.stderr_fd;
 
