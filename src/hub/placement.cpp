@@ -23,6 +23,12 @@ constexpr std::uint32_t kMaxLaunchRounds = 48;
 
 } // namespace
 
+std::uint32_t launch_rounds(double runtime_ms) {
+  return static_cast<std::uint32_t>(
+      std::clamp(std::ceil(kLaunchBufferMs / std::max(runtime_ms, 1.0)), 1.0,
+                 static_cast<double>(kMaxLaunchRounds)));
+}
+
 Placement::Placement(Core& core, Jobs& jobs, Resources& resources)
     : core_(core), jobs_(jobs), resources_(resources) {
   core_.events.schedulable.subscribe([this] { request_schedule(); });
@@ -55,9 +61,7 @@ void Placement::learn_runtime(Agent& a, std::int64_t runtime_ms) {
     return;
   double r = static_cast<double>(runtime_ms);
   a.runtime_ms = a.runtime_ms < 0 ? r : 0.8 * a.runtime_ms + 0.2 * r;
-  auto rounds = static_cast<std::uint32_t>(
-      std::clamp(std::ceil(kLaunchBufferMs / std::max(a.runtime_ms, 1.0)), 1.0,
-                 static_cast<double>(kMaxLaunchRounds)));
+  auto rounds = launch_rounds(a.runtime_ms);
   if (rounds != a.queue_rounds) {
     a.queue_rounds = rounds;
     core_.scheduler.set_queue_slots(a.id, a.slots * rounds);

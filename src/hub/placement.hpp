@@ -11,6 +11,10 @@
 
 namespace sortie::hub {
 
+/// Rounds of its slots an agent's launch queue holds for jobs that run about `runtime_ms`: about
+/// 50 ms of work per slot, between 1 and 48 rounds.
+std::uint32_t launch_rounds(double runtime_ms);
+
 class Placement {
 public:
   Placement(Core& core, Jobs& jobs, Resources& resources);

@@ -14,6 +14,7 @@
 #include "fakes/recording_peer.hpp"
 #include "fakes/temp_dir.hpp"
 #include "hub/hub.hpp"
+#include "hub/placement.hpp"
 #include "protocol/auth.hpp"
 
 namespace sortie::hub {
@@ -23,6 +24,17 @@ using testing::ManualClock;
 using testing::RecordingPeer;
 using testing::TempDir;
 using Body = pb::Envelope::BodyCase;
+
+// The launch queue's depth (docs/architecture.md, "Schedule"): about 50 ms of work per slot,
+// between 1 and 48 rounds.
+TEST(LaunchRounds, AboutFiftyMillisecondsOfWorkPerSlot) {
+  EXPECT_EQ(launch_rounds(0), 48u); // /bin/true: under a millisecond, as the hub measures it
+  EXPECT_EQ(launch_rounds(1), 48u);
+  EXPECT_EQ(launch_rounds(2), 25u);
+  EXPECT_EQ(launch_rounds(10), 5u);
+  EXPECT_EQ(launch_rounds(50), 1u);
+  EXPECT_EQ(launch_rounds(60'000), 1u);
+}
 
 class HubTest : public ::testing::Test {
 protected:
